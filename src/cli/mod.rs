@@ -1,0 +1,161 @@
+//! The `genda` command line (clap). Each subcommand is a thin layer over the library.
+mod doctor;
+
+use crate::config::Config;
+use crate::experiment::{run_truth, run_twin, RunOptions};
+use crate::parallel::{Collectives, MpiComm};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "genda",
+    version,
+    about = "Ensemble and score-based data assimilation on HPC machines",
+    long_about = "genda runs twin experiments (truth run, synthetic observations, ensemble forecasts \
+and analyses) from TOML configs, on one process or under mpirun/srun, and writes CF NetCDF \
+output.\n\nExamples:\n  genda run configs/l96_sakov2008.toml\n  mpirun -np 2 genda run configs/l63_sakov2012.toml\n  \
+genda plot output/l96_sakov2008.nc\n  genda doctor\n\nLogging: RUST_LOG=debug genda run ... (default: info)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a twin experiment: truth, observations, forecast and analysis every cycle; writes the
+    /// NetCDF run file named in [output] and prints time-averaged RMSE and spread.
+    Run {
+        /// TOML config (see configs/).
+        config: PathBuf,
+        /// Override [output].path.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Override [experiment].cycles.
+        #[arg(long)]
+        cycles: Option<usize>,
+        /// Override [experiment].seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Do not write the NetCDF run file.
+        #[arg(long)]
+        no_output: bool,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Generate the truth trajectory and observations only: a CF NetCDF file and an HDF5
+    /// trajectory dataset (`trajectory`, (time, x)) for training score networks.
+    Truth {
+        config: PathBuf,
+        /// NetCDF output (default: [output].path with `.truth.nc`); the HDF5 file sits beside it
+        /// with `.h5`.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
+    Plot {
+        /// NetCDF run file written by `genda run`.
+        file: PathBuf,
+        /// PNG path (default: the run file with .png).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Number of state variables to plot against the truth.
+        #[arg(long, default_value_t = 3)]
+        variables: usize,
+    },
+    /// Parse and validate a config, then print it with all defaults filled in.
+    Check { config: PathBuf },
+    /// Report the MPI, NetCDF/HDF5 and libtorch/CUDA that genda is linked against, and fixes.
+    Doctor,
+}
+
+fn load(config: &PathBuf) -> Result<Config> {
+    Ok(Config::from_file(config)?)
+}
+
+/// Execute a parsed command line.
+pub fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            output,
+            cycles,
+            seed,
+            no_output,
+            quiet,
+        } => {
+            let mut cfg = load(&config)?;
+            if let Some(o) = output {
+                cfg.output.path = o;
+            }
+            if let Some(c) = cycles {
+                cfg.experiment.cycles = c;
+            }
+            if let Some(s) = seed {
+                cfg.experiment.seed = s;
+            }
+            cfg.validate().with_context(|| {
+                format!("config {} with command-line overrides", config.display())
+            })?;
+            let comm = MpiComm::init()?;
+            let opts = RunOptions {
+                write_output: !no_output,
+                progress: !quiet && std::io::stderr().is_terminal(),
+            };
+            let summary = run_twin(&cfg, &comm, &opts)?;
+            if comm.is_root() {
+                println!(
+                    "{}: {} with {} members on {} rank(s)",
+                    cfg.experiment.name,
+                    cfg.filter.name(),
+                    cfg.filter.members(),
+                    summary.ranks
+                );
+                println!("{}", summary.averages.table());
+                println!("{}", summary.times.table(cfg.experiment.cycles));
+                if let Some(p) = summary.output {
+                    println!("wrote {}", p.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Truth { config, output } => {
+            let cfg = load(&config)?;
+            let nc = output.unwrap_or_else(|| cfg.output.path.with_extension("truth.nc"));
+            let h5 = nc.with_extension("h5");
+            let (nc, h5) = run_truth(&cfg, &nc, &h5)?;
+            println!("wrote {}\nwrote {}", nc.display(), h5.display());
+            Ok(())
+        }
+        Command::Plot {
+            file,
+            output,
+            variables,
+        } => {
+            let png = crate::io::plot::plot_run(&file, output.as_deref(), variables)?;
+            println!("wrote {}", png.display());
+            Ok(())
+        }
+        Command::Check { config } => {
+            let cfg = load(&config)?;
+            println!(
+                "# {} is valid; resolved settings:\n{}",
+                config.display(),
+                cfg.to_toml()
+            );
+            Ok(())
+        }
+        Command::Doctor => {
+            let (text, problems) = doctor::doctor();
+            print!("{text}");
+            if problems > 0 {
+                anyhow::bail!("genda doctor found {problems} problem(s)");
+            }
+            Ok(())
+        }
+    }
+}

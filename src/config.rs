@@ -1,0 +1,226 @@
+//! TOML run configuration (serde). Every table rejects unknown keys, so a typo is an error
+//! naming the key, not a silently ignored setting.
+use crate::error::{GendaError, Result};
+use crate::filters::FilterConfig;
+use crate::models::ModelConfig;
+use crate::obs::ObsConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A whole twin experiment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub experiment: ExperimentConfig,
+    pub model: ModelConfig,
+    pub initial: InitialConfig,
+    pub observations: ObsConfig,
+    pub filter: FilterConfig,
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Name used in output metadata and default file names.
+    pub name: String,
+    /// Master seed; every stream is keyed by (seed, purpose, cycle, member).
+    #[serde(default)]
+    pub seed: u64,
+    /// Number of assimilation cycles (observation times).
+    pub cycles: usize,
+    /// Cycles excluded from time averages (DAPPER's BurnIn, in cycles).
+    #[serde(default)]
+    pub burn_in: usize,
+    /// Model steps the truth is integrated before t = 0 (the ensemble is not spun up).
+    #[serde(default)]
+    pub spinup_steps: usize,
+}
+
+/// A value given either as one number for every component or as a full-length list.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ScalarOrVec {
+    Scalar(f64),
+    Vector(Vec<f64>),
+}
+
+impl ScalarOrVec {
+    /// Expand to `n` components; a list of any other length is an error naming `key`.
+    pub fn expand(&self, n: usize, key: &str) -> Result<Vec<f64>> {
+        match self {
+            ScalarOrVec::Scalar(v) => Ok(vec![*v; n]),
+            ScalarOrVec::Vector(v) if v.len() == n => Ok(v.clone()),
+            ScalarOrVec::Vector(v) => Err(GendaError::Dimension {
+                what: key.to_string(),
+                expected: n,
+                got: v.len(),
+            }),
+        }
+    }
+}
+
+/// Gaussian distribution that the truth and the initial ensemble are drawn from
+/// (independently), as in DAPPER's `X0 = GaussRV(mu, C)`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitialConfig {
+    /// Mean: one number, or a list of the state dimension.
+    pub mean: ScalarOrVec,
+    /// Variance (diagonal covariance): one number, or a list of the state dimension.
+    pub var: ScalarOrVec,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// NetCDF file for the run (written to a temporary name, renamed when complete).
+    #[serde(default = "default_output_path")]
+    pub path: PathBuf,
+    /// Also store the full forecast and analysis ensembles (time, member, x).
+    #[serde(default)]
+    pub save_ensemble: bool,
+}
+
+fn default_output_path() -> PathBuf {
+    PathBuf::from("output/genda_run.nc")
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            path: default_output_path(),
+            save_ensemble: false,
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| GendaError::Config {
+            path: path.display().to_string(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate TOML text; `origin` names the source in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let cfg: Config = toml::from_str(text).map_err(|e| GendaError::Config {
+            path: origin.to_string(),
+            msg: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate().map_err(|e| GendaError::Config {
+            path: origin.to_string(),
+            msg: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML text (stored in output metadata).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise config: {e}"))
+    }
+
+    /// Check every value that serde's types cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let e = &self.experiment;
+        if e.cycles == 0 {
+            return Err(GendaError::invalid(
+                "experiment.cycles",
+                "must be at least 1",
+            ));
+        }
+        if e.burn_in >= e.cycles {
+            return Err(GendaError::invalid(
+                "experiment.burn_in",
+                format!(
+                    "{} must be smaller than experiment.cycles = {}",
+                    e.burn_in, e.cycles
+                ),
+            ));
+        }
+        self.model.validate()?;
+        let n = self.model.dim();
+        let mean = self.initial.mean.expand(n, "initial.mean")?;
+        let var = self.initial.var.expand(n, "initial.var")?;
+        if mean.iter().any(|v| !v.is_finite()) {
+            return Err(GendaError::invalid("initial.mean", "must be finite"));
+        }
+        if var.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(GendaError::invalid(
+                "initial.var",
+                "must be finite and >= 0",
+            ));
+        }
+        self.observations.validate(n)?;
+        self.filter.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[experiment]
+name = "t"
+cycles = 10
+[model]
+kind = "lorenz63"
+dt = 0.01
+[initial]
+mean = [1.0, 2.0, 3.0]
+var = 2.0
+[observations]
+operator = "identity"
+error_var = 2.0
+obs_every = 25
+[filter]
+method = "etkf"
+members = 10
+"#;
+
+    #[test]
+    fn parses_good_config() {
+        let c = Config::from_toml(GOOD, "test").unwrap();
+        assert_eq!(c.model.dim(), 3);
+        assert_eq!(c.filter.members(), 10);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        for (from, to) in [
+            ("cycles = 10", "cycles = 10\ncylces = 3"),
+            ("dt = 0.01", "dt = 0.01\nsigmaa = 3.0"),
+            ("members = 10", "members = 10\ninflaton = 1.1"),
+            ("obs_every = 25", "obs_every = 25\nevery = 2"),
+        ] {
+            let bad = GOOD.replace(from, to);
+            let err = Config::from_toml(&bad, "test").unwrap_err().to_string();
+            assert!(err.contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (from, to, needle) in [
+            ("dt = 0.01", "dt = -0.01", "dt"),
+            ("obs_every = 25", "obs_every = 0", "obs_every"),
+            (
+                "mean = [1.0, 2.0, 3.0]",
+                "mean = [1.0, 2.0]",
+                "initial.mean",
+            ),
+            ("members = 10", "members = 1", "members"),
+            ("method = \"etkf\"", "method = \"etfk\"", "etfk"),
+        ] {
+            let bad = GOOD.replace(from, to);
+            let err = Config::from_toml(&bad, "test").unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Library error type: every variant names the file, key or dimension that is wrong.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GendaError {
+    #[error("config {path}: {msg}")]
+    Config { path: String, msg: String },
+
+    #[error("invalid setting `{key}`: {msg}")]
+    Invalid { key: String, msg: String },
+
+    #[error("dimension mismatch in {what}: expected {expected}, got {got}")]
+    Dimension {
+        what: String,
+        expected: usize,
+        got: usize,
+    },
+
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+
+    #[error("filter diverged at cycle {cycle}: {what} contains non-finite values (NaN/inf); try more inflation, more members or a smaller dt")]
+    Diverged { cycle: usize, what: &'static str },
+
+    #[error("parallel layout: {0}")]
+    Parallel(String),
+
+    #[error("linear algebra: {0}")]
+    LinAlg(String),
+
+    #[error("score network: {0}")]
+    Score(String),
+}
+
+pub type Result<T> = std::result::Result<T, GendaError>;
+
+impl GendaError {
+    pub fn invalid(key: impl Into<String>, msg: impl Into<String>) -> Self {
+        GendaError::Invalid {
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        GendaError::File {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Files: NetCDF (CF) for what people and other models read, HDF5 for what genda reads back.
+//! Every writer goes through `PendingFile`: data go to a temporary name in the target directory
+//! and are renamed into place only when complete, so a failed run never leaves a half-written file.
+mod hdf5_io;
+mod netcdf_out;
+pub mod plot;
+
+pub use hdf5_io::{read_trajectory, write_trajectory, Trajectory};
+pub use netcdf_out::{read_run, RunData, RunMeta, RunWriter};
+
+use crate::error::{GendaError, Result};
+use std::path::{Path, PathBuf};
+
+/// A file being written under a temporary name; removed on drop unless committed.
+#[derive(Debug)]
+pub struct PendingFile {
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl PendingFile {
+    /// Reserve `target`: create its directory if needed and check it is writable.
+    pub fn new(target: &Path) -> Result<Self> {
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| GendaError::file(&dir, format!("cannot create output directory: {e}")))?;
+        let name = target
+            .file_name()
+            .ok_or_else(|| GendaError::file(target, "output path has no file name"))?
+            .to_string_lossy()
+            .to_string();
+        // Keep the extension last: some writers (PNG) choose the format from it.
+        let tmp = dir.join(format!(".genda-tmp-{}-{name}", std::process::id()));
+        // Probe writability now, before any work is done.
+        std::fs::File::create(&tmp)
+            .map_err(|e| GendaError::file(target, format!("output is not writable: {e}")))?;
+        Ok(PendingFile {
+            tmp,
+            target: target.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Move the complete file into place.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| {
+            GendaError::file(
+                &self.target,
+                format!("cannot move finished file into place: {e}"),
+            )
+        })?;
+        self.committed = true;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Version string of the linked libnetcdf (for `genda doctor`).
+pub fn netcdf_library_version() -> String {
+    // SAFETY: nc_inq_libvers returns a pointer to a static NUL-terminated string.
+    unsafe {
+        let p = netcdf_sys::nc_inq_libvers();
+        if p.is_null() {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// Version of the linked libhdf5 (for `genda doctor`).
+pub fn hdf5_library_version() -> String {
+    let (a, b, c) = hdf5::library_version();
+    format!("{a}.{b}.{c}")
+}

@@ -1,0 +1,362 @@
+//! The run file: one NetCDF-4 file per run with CF-style metadata, written cycle by cycle to a
+//! temporary name and renamed when the run completes.
+//!
+//! Dimensions: `time` (cycles), `x` (state), `obs` (observations), `member` (if ensembles are
+//! saved). Variables: `time`, `x`, `obs_location`, `truth`, `observations`, `forecast_mean`,
+//! `analysis_mean`, `forecast_spread`, `analysis_spread`, `rmse_forecast`, `rmse_analysis`
+//! and optionally `forecast_ensemble`, `analysis_ensemble`. Global attributes hold the full config
+//! and the time-averaged statistics.
+use super::PendingFile;
+use crate::error::{GendaError, Result};
+use crate::metrics::{CycleStats, TimeAverage};
+use ndarray::Array2;
+use std::path::{Path, PathBuf};
+
+/// Static description of a run, written as metadata.
+pub struct RunMeta<'a> {
+    pub name: &'a str,
+    pub model: &'a str,
+    /// Filter name, or `None` for a truth-only file (`genda truth`).
+    pub method: Option<&'a str>,
+    pub members: usize,
+    pub state_dim: usize,
+    /// State index of each observation.   (obs_dim)
+    pub obs_locations: &'a [usize],
+    pub obs_operator: &'a str,
+    pub cycles: usize,
+    /// Model time between cycles.
+    pub cycle_dt: f64,
+    pub burn_in: usize,
+    pub save_ensemble: bool,
+    pub config_toml: &'a str,
+    pub ranks: usize,
+}
+
+pub struct RunWriter {
+    file: netcdf::FileMut,
+    pending: PendingFile,
+    with_filter: bool,
+    save_ensemble: bool,
+}
+
+fn ncerr(path: &Path, what: &str, e: netcdf::Error) -> GendaError {
+    GendaError::file(path, format!("NetCDF {what}: {e}"))
+}
+
+impl RunWriter {
+    pub fn create(path: &Path, meta: &RunMeta) -> Result<Self> {
+        let pending = PendingFile::new(path)?;
+        let mut file = netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4)
+            .map_err(|e| ncerr(path, "create", e))?;
+        let e = |what: &str| {
+            let what = what.to_string();
+            move |err: netcdf::Error| ncerr(path, &what, err)
+        };
+        let p = meta.obs_locations.len();
+        file.add_dimension("time", meta.cycles)
+            .map_err(e("dimension time"))?;
+        file.add_dimension("x", meta.state_dim)
+            .map_err(e("dimension x"))?;
+        file.add_dimension("obs", p).map_err(e("dimension obs"))?;
+        let with_filter = meta.method.is_some();
+        let save_ensemble = with_filter && meta.save_ensemble;
+        if save_ensemble {
+            file.add_dimension("member", meta.members)
+                .map_err(e("dimension member"))?;
+        }
+
+        let history = format!(
+            "created by genda {} ({} MPI ranks)",
+            env!("CARGO_PKG_VERSION"),
+            meta.ranks
+        );
+        let globals: Vec<(&str, String)> = vec![
+            ("Conventions", "CF-1.8".into()),
+            ("title", format!("genda twin experiment `{}`", meta.name)),
+            ("source", format!("genda {}", env!("CARGO_PKG_VERSION"))),
+            ("history", history),
+            ("experiment", meta.name.into()),
+            ("model", meta.model.into()),
+            ("method", meta.method.unwrap_or("truth").into()),
+            ("obs_operator", meta.obs_operator.into()),
+            ("config", meta.config_toml.into()),
+        ];
+        for (k, v) in globals {
+            file.add_attribute(k, v.as_str())
+                .map_err(e(&format!("attribute {k}")))?;
+        }
+        file.add_attribute("members", meta.members as i64)
+            .map_err(e("attribute members"))?;
+        file.add_attribute("burn_in_cycles", meta.burn_in as i64)
+            .map_err(e("attribute burn_in_cycles"))?;
+
+        {
+            let mut v = file
+                .add_variable::<f64>("time", &["time"])
+                .map_err(e("variable time"))?;
+            v.put_attribute("standard_name", "time")
+                .map_err(e("time attrs"))?;
+            v.put_attribute(
+                "long_name",
+                "model time of the observation (nondimensional model time units)",
+            )
+            .map_err(e("time attrs"))?;
+            v.put_attribute("units", "1").map_err(e("time attrs"))?;
+            v.put_attribute("axis", "T").map_err(e("time attrs"))?;
+            let t: Vec<f64> = (1..=meta.cycles)
+                .map(|k| k as f64 * meta.cycle_dt)
+                .collect();
+            v.put_values(&t, ..).map_err(e("write time"))?;
+        }
+        {
+            let mut v = file
+                .add_variable::<i32>("x", &["x"])
+                .map_err(e("variable x"))?;
+            v.put_attribute("long_name", "state variable index")
+                .map_err(e("x attrs"))?;
+            v.put_attribute("units", "1").map_err(e("x attrs"))?;
+            let ix: Vec<i32> = (0..meta.state_dim as i32).collect();
+            v.put_values(&ix, ..).map_err(e("write x"))?;
+        }
+        {
+            let mut v = file
+                .add_variable::<i32>("obs_location", &["obs"])
+                .map_err(e("variable obs_location"))?;
+            v.put_attribute("long_name", "state index observed by each observation")
+                .map_err(e("obs_location attrs"))?;
+            v.put_attribute("units", "1")
+                .map_err(e("obs_location attrs"))?;
+            let loc: Vec<i32> = meta.obs_locations.iter().map(|&i| i as i32).collect();
+            v.put_values(&loc, ..).map_err(e("write obs_location"))?;
+        }
+        let mut vars: Vec<(&str, Vec<&str>, &str)> = vec![
+            ("truth", vec!["time", "x"], "true state"),
+            (
+                "observations",
+                vec!["time", "obs"],
+                "synthetic observations y = h(truth) + noise",
+            ),
+        ];
+        if with_filter {
+            vars.extend([
+                (
+                    "forecast_mean",
+                    vec!["time", "x"],
+                    "forecast (prior) ensemble mean",
+                ),
+                (
+                    "analysis_mean",
+                    vec!["time", "x"],
+                    "analysis (posterior) ensemble mean",
+                ),
+                (
+                    "forecast_spread",
+                    vec!["time"],
+                    "forecast ensemble spread sqrt(mean variance)",
+                ),
+                (
+                    "analysis_spread",
+                    vec!["time"],
+                    "analysis ensemble spread sqrt(mean variance)",
+                ),
+                (
+                    "rmse_forecast",
+                    vec!["time"],
+                    "RMSE of forecast mean against truth",
+                ),
+                (
+                    "rmse_analysis",
+                    vec!["time"],
+                    "RMSE of analysis mean against truth",
+                ),
+            ]);
+            if save_ensemble {
+                vars.extend([
+                    (
+                        "forecast_ensemble",
+                        vec!["time", "member", "x"],
+                        "forecast ensemble",
+                    ),
+                    (
+                        "analysis_ensemble",
+                        vec!["time", "member", "x"],
+                        "analysis ensemble",
+                    ),
+                ]);
+            }
+        }
+        for (name, dims, long) in vars {
+            let mut v = file
+                .add_variable::<f64>(name, &dims)
+                .map_err(e(&format!("variable {name}")))?;
+            v.put_attribute("long_name", long)
+                .map_err(e(&format!("{name} attrs")))?;
+            v.put_attribute("units", "1")
+                .map_err(e(&format!("{name} attrs")))?;
+        }
+        Ok(RunWriter {
+            file,
+            pending,
+            with_filter,
+            save_ensemble,
+        })
+    }
+
+    fn put(&mut self, name: &str, data: &[f64], k: usize) -> Result<()> {
+        let path = self.pending.target().to_path_buf();
+        let mut v = self
+            .file
+            .variable_mut(name)
+            .ok_or_else(|| GendaError::file(&path, format!("variable {name} missing")))?;
+        let ndim = v.dimensions().len();
+        let res = match ndim {
+            1 => v.put_values(data, [k..k + 1]),
+            2 => v.put_values(data, [k..k + 1, 0..data.len()]),
+            _ => {
+                let m = v.dimensions()[1].len();
+                v.put_values(data, [k..k + 1, 0..m, 0..data.len() / m])
+            }
+        };
+        res.map_err(|e| ncerr(&path, &format!("write {name}"), e))
+    }
+
+    /// Write the truth and observations of cycle index `k` (0-based).
+    pub fn write_truth(&mut self, k: usize, truth: &[f64], obs: &[f64]) -> Result<()> {
+        self.put("truth", truth, k)?;
+        self.put("observations", obs, k)
+    }
+
+    /// Write the filter output of cycle index `k` (0-based).
+    pub fn write_filter(
+        &mut self,
+        k: usize,
+        forecast_mean: &[f64],
+        analysis_mean: &[f64],
+        stats: &CycleStats,
+        forecast: &Array2<f64>,
+        analysis: &Array2<f64>,
+    ) -> Result<()> {
+        if !self.with_filter {
+            return Ok(());
+        }
+        self.put("forecast_mean", forecast_mean, k)?;
+        self.put("analysis_mean", analysis_mean, k)?;
+        self.put("forecast_spread", &[stats.spread_forecast], k)?;
+        self.put("analysis_spread", &[stats.spread_analysis], k)?;
+        self.put("rmse_forecast", &[stats.rmse_forecast], k)?;
+        self.put("rmse_analysis", &[stats.rmse_analysis], k)?;
+        if self.save_ensemble {
+            let f = forecast.as_standard_layout();
+            let a = analysis.as_standard_layout();
+            self.put(
+                "forecast_ensemble",
+                f.as_slice().expect("standard layout"),
+                k,
+            )?;
+            self.put(
+                "analysis_ensemble",
+                a.as_slice().expect("standard layout"),
+                k,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Store the time averages, close the file and move it into place.
+    pub fn finish(mut self, averages: Option<&TimeAverage>) -> Result<PathBuf> {
+        let path = self.pending.target().to_path_buf();
+        if let Some(avg) = averages {
+            let m = avg.mean();
+            for (k, v) in [
+                ("rmse_analysis_time_mean", m.rmse_analysis),
+                ("rmse_forecast_time_mean", m.rmse_forecast),
+                ("spread_analysis_time_mean", m.spread_analysis),
+                ("spread_forecast_time_mean", m.spread_forecast),
+            ] {
+                self.file
+                    .add_attribute(k, v)
+                    .map_err(|e| ncerr(&path, k, e))?;
+            }
+            self.file
+                .add_attribute("averaged_cycles", avg.count() as i64)
+                .map_err(|e| ncerr(&path, "averaged_cycles", e))?;
+        }
+        let RunWriter { file, pending, .. } = self;
+        file.close().map_err(|e| ncerr(&path, "close", e))?;
+        pending.commit()
+    }
+}
+
+/// What `genda plot` and the tests read back from a run file.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    pub time: Vec<f64>,
+    pub state_dim: usize,
+    /// (time, x) row-major
+    pub truth: Vec<f64>,
+    pub analysis_mean: Vec<f64>,
+    pub forecast_mean: Vec<f64>,
+    pub rmse_forecast: Vec<f64>,
+    pub rmse_analysis: Vec<f64>,
+    pub spread_forecast: Vec<f64>,
+    pub spread_analysis: Vec<f64>,
+    pub method: String,
+    pub experiment: String,
+    pub rmse_analysis_time_mean: Option<f64>,
+}
+
+fn read_var(file: &netcdf::File, path: &Path, name: &str, dims: &[&str]) -> Result<Vec<f64>> {
+    let v = file.variable(name).ok_or_else(|| {
+        GendaError::file(
+            path,
+            format!("missing variable `{name}` (is this a genda run file?)"),
+        )
+    })?;
+    let have: Vec<String> = v.dimensions().iter().map(|d| d.name()).collect();
+    if have != dims {
+        return Err(GendaError::file(
+            path,
+            format!("variable `{name}` has dims {have:?}, expected {dims:?}"),
+        ));
+    }
+    v.get_values::<f64, _>(..)
+        .map_err(|e| ncerr(path, &format!("read {name}"), e))
+}
+
+fn read_string_attr(file: &netcdf::File, name: &str) -> String {
+    match file.attribute(name).map(|a| a.value()) {
+        Some(Ok(netcdf::AttributeValue::Str(s))) => s,
+        _ => String::new(),
+    }
+}
+
+/// Read a run file, checking that every variable exists with the right dims.
+pub fn read_run(path: &Path) -> Result<RunData> {
+    if !path.exists() {
+        return Err(GendaError::file(path, "no such file"));
+    }
+    let file = netcdf::open(path).map_err(|e| ncerr(path, "open (not a NetCDF file?)", e))?;
+    let state_dim = file
+        .dimension("x")
+        .ok_or_else(|| GendaError::file(path, "missing dimension `x`"))?
+        .len();
+    let rmse_analysis_time_mean = match file.attribute("rmse_analysis_time_mean").map(|a| a.value())
+    {
+        Some(Ok(netcdf::AttributeValue::Double(v))) => Some(v),
+        _ => None,
+    };
+    Ok(RunData {
+        time: read_var(&file, path, "time", &["time"])?,
+        state_dim,
+        truth: read_var(&file, path, "truth", &["time", "x"])?,
+        analysis_mean: read_var(&file, path, "analysis_mean", &["time", "x"])?,
+        forecast_mean: read_var(&file, path, "forecast_mean", &["time", "x"])?,
+        rmse_forecast: read_var(&file, path, "rmse_forecast", &["time"])?,
+        rmse_analysis: read_var(&file, path, "rmse_analysis", &["time"])?,
+        spread_forecast: read_var(&file, path, "forecast_spread", &["time"])?,
+        spread_analysis: read_var(&file, path, "analysis_spread", &["time"])?,
+        method: read_string_attr(&file, "method"),
+        experiment: read_string_attr(&file, "experiment"),
+        rmse_analysis_time_mean,
+    })
+}

@@ -1,0 +1,171 @@
+//! `genda plot`: a PNG of a run (RMSE and spread over time; truth vs analysis for a few
+//! variables), so a run can be looked at without writing a script.
+use super::{read_run, PendingFile};
+use crate::error::{GendaError, Result};
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// plotters draws text with ab_glyph from a font we register once (no system font library).
+fn ensure_font() -> Result<()> {
+    static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let mut candidates: Vec<PathBuf> = std::env::var_os("GENDA_FONT").map(PathBuf::from).into_iter().collect();
+        candidates.extend(FONT_PATHS.iter().map(PathBuf::from));
+        for p in candidates {
+            if let Ok(bytes) = std::fs::read(&p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        Err("no TrueType font found for plot labels: install fonts-dejavu-core (apt) or set GENDA_FONT=/path/to/font.ttf".to_string())
+    })
+    .clone()
+    .map_err(|m| GendaError::Invalid { key: "font".into(), msg: m })
+}
+
+fn finite_max(v: impl Iterator<Item = f64>) -> f64 {
+    v.filter(|x| x.is_finite()).fold(f64::MIN, f64::max)
+}
+
+fn finite_min(v: impl Iterator<Item = f64>) -> f64 {
+    v.filter(|x| x.is_finite()).fold(f64::MAX, f64::min)
+}
+
+/// Plot `run_file` to `png` (default: the run file with `.png`). Returns the PNG path.
+pub fn plot_run(run_file: &Path, png: Option<&Path>, variables: usize) -> Result<PathBuf> {
+    let data = read_run(run_file)?;
+    ensure_font()?;
+    let out = png
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| run_file.with_extension("png"));
+    let pending = PendingFile::new(&out)?;
+    let perr = |e: &dyn std::fmt::Display| GendaError::file(&out, format!("plotting: {e}"));
+    let nt = data.time.len();
+    if nt == 0 {
+        return Err(GendaError::file(run_file, "run file has no cycles"));
+    }
+    let nvar = variables.min(data.state_dim).max(1);
+    {
+        let root = BitMapBackend::new(pending.tmp_path(), (1200, 300 * (1 + nvar) as u32))
+            .into_drawing_area();
+        root.fill(&WHITE).map_err(|e| perr(&e))?;
+        let areas = root.split_evenly((1 + nvar, 1));
+        let (t0, t1) = (data.time[0], data.time[nt - 1].max(data.time[0] + 1e-9));
+
+        // Panel 1: RMSE and spread.
+        let series: [(&str, &Vec<f64>, RGBColor); 4] = [
+            ("analysis RMSE", &data.rmse_analysis, RGBColor(200, 30, 30)),
+            (
+                "analysis spread",
+                &data.spread_analysis,
+                RGBColor(240, 150, 150),
+            ),
+            ("forecast RMSE", &data.rmse_forecast, RGBColor(30, 60, 200)),
+            (
+                "forecast spread",
+                &data.spread_forecast,
+                RGBColor(140, 170, 240),
+            ),
+        ];
+        let ymax = finite_max(series.iter().flat_map(|s| s.1.iter().copied())).max(1e-12) * 1.05;
+        let caption = format!(
+            "{} ({}) — time-mean analysis RMSE {}",
+            data.experiment,
+            data.method,
+            data.rmse_analysis_time_mean
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "n/a".into())
+        );
+        let mut chart = ChartBuilder::on(&areas[0])
+            .caption(caption, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(t0..t1, 0.0..ymax)
+            .map_err(|e| perr(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("time")
+            .y_desc("RMSE / spread")
+            .draw()
+            .map_err(|e| perr(&e))?;
+        for (label, ys, color) in series {
+            chart
+                .draw_series(LineSeries::new(
+                    data.time.iter().copied().zip(ys.iter().copied()),
+                    color.stroke_width(1),
+                ))
+                .map_err(|e| perr(&e))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| perr(&e))?;
+
+        // Panels 2..: truth vs analysis mean for the first variables, last ≤ 300 cycles.
+        let k0 = nt.saturating_sub(300);
+        let n = data.state_dim;
+        for (j, area) in areas.iter().skip(1).enumerate() {
+            let truth: Vec<(f64, f64)> = (k0..nt)
+                .map(|k| (data.time[k], data.truth[k * n + j]))
+                .collect();
+            let ana: Vec<(f64, f64)> = (k0..nt)
+                .map(|k| (data.time[k], data.analysis_mean[k * n + j]))
+                .collect();
+            let lo = finite_min(truth.iter().chain(&ana).map(|p| p.1));
+            let hi = finite_max(truth.iter().chain(&ana).map(|p| p.1));
+            let pad = 0.05 * (hi - lo).max(1e-9);
+            let mut c = ChartBuilder::on(area)
+                .margin(12)
+                .x_label_area_size(35)
+                .y_label_area_size(60)
+                .build_cartesian_2d(data.time[k0]..t1, (lo - pad)..(hi + pad))
+                .map_err(|e| perr(&e))?;
+            c.configure_mesh()
+                .x_desc("time")
+                .y_desc(format!("x[{j}]"))
+                .draw()
+                .map_err(|e| perr(&e))?;
+            c.draw_series(LineSeries::new(truth, BLACK.stroke_width(2)))
+                .map_err(|e| perr(&e))?
+                .label("truth")
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2))
+                });
+            c.draw_series(LineSeries::new(ana, RGBColor(200, 30, 30).stroke_width(1)))
+                .map_err(|e| perr(&e))?
+                .label("analysis mean")
+                .legend(|(x, y)| {
+                    PathElement::new(
+                        vec![(x, y), (x + 20, y)],
+                        RGBColor(200, 30, 30).stroke_width(2),
+                    )
+                });
+            c.configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| perr(&e))?;
+        }
+        root.present().map_err(|e| perr(&e))?;
+    }
+    pending.commit()
+}

@@ -1,0 +1,190 @@
+//! Dynamical models. A model is pure and size-generic: a tendency `dxdt(x)` and a time step.
+mod linear;
+mod lorenz63;
+mod lorenz96;
+
+pub use linear::LinearModel;
+pub use lorenz63::Lorenz63;
+pub use lorenz96::Lorenz96;
+
+use crate::error::{GendaError, Result};
+use serde::{Deserialize, Serialize};
+
+/// Scratch buffers for one RK4 step, allocated once per trajectory and reused every step.
+#[derive(Debug, Clone)]
+pub struct Rk4Workspace {
+    k1: Vec<f64>,
+    k2: Vec<f64>,
+    k3: Vec<f64>,
+    k4: Vec<f64>,
+    tmp: Vec<f64>,
+}
+
+impl Rk4Workspace {
+    pub fn new(n: usize) -> Self {
+        Rk4Workspace {
+            k1: vec![0.0; n],
+            k2: vec![0.0; n],
+            k3: vec![0.0; n],
+            k4: vec![0.0; n],
+            tmp: vec![0.0; n],
+        }
+    }
+}
+
+/// Classical fourth-order Runge–Kutta step of `dx/dt = f(x)`, in place, no allocation.
+pub fn rk4_step<F: Fn(&[f64], &mut [f64])>(f: F, x: &mut [f64], dt: f64, ws: &mut Rk4Workspace) {
+    let Rk4Workspace {
+        k1,
+        k2,
+        k3,
+        k4,
+        tmp,
+    } = ws;
+    let h2 = 0.5 * dt;
+    f(x, k1);
+    for ((t, xi), k) in tmp.iter_mut().zip(x.iter()).zip(k1.iter()) {
+        *t = xi + h2 * k;
+    }
+    f(tmp, k2);
+    for ((t, xi), k) in tmp.iter_mut().zip(x.iter()).zip(k2.iter()) {
+        *t = xi + h2 * k;
+    }
+    f(tmp, k3);
+    for ((t, xi), k) in tmp.iter_mut().zip(x.iter()).zip(k3.iter()) {
+        *t = xi + dt * k;
+    }
+    f(tmp, k4);
+    let h6 = dt / 6.0;
+    for i in 0..x.len() {
+        x[i] += h6 * (k1[i] + 2.0 * (k2[i] + k3[i]) + k4[i]);
+    }
+}
+
+/// A deterministic dynamical model advanced with a fixed step `dt`.
+pub trait Model: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// State dimension.
+    fn dim(&self) -> usize;
+    /// Model time step.
+    fn dt(&self) -> f64;
+    /// Tendency `dxdt = f(x)`, written into `dxdt` (no allocation).
+    fn tendency(&self, x: &[f64], dxdt: &mut [f64]);
+    /// One time step in place (RK4 unless the model knows better).
+    fn step(&self, x: &mut [f64], ws: &mut Rk4Workspace) {
+        rk4_step(|x, d| self.tendency(x, d), x, self.dt(), ws);
+    }
+    /// `nsteps` time steps in place.
+    fn integrate(&self, x: &mut [f64], nsteps: usize) {
+        let mut ws = Rk4Workspace::new(self.dim());
+        for _ in 0..nsteps {
+            self.step(x, &mut ws);
+        }
+    }
+}
+
+/// Model choice in the config, tagged by `kind`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// Lorenz (1963) three-variable convection model.
+    Lorenz63 {
+        dt: f64,
+        #[serde(default = "l63_sigma")]
+        sigma: f64,
+        #[serde(default = "l63_rho")]
+        rho: f64,
+        #[serde(default = "l63_beta")]
+        beta: f64,
+    },
+    /// Lorenz (1996) ring model of any dimension >= 4.
+    Lorenz96 {
+        dim: usize,
+        dt: f64,
+        #[serde(default = "l96_forcing")]
+        forcing: f64,
+    },
+}
+
+fn l63_sigma() -> f64 {
+    10.0
+}
+fn l63_rho() -> f64 {
+    28.0
+}
+fn l63_beta() -> f64 {
+    8.0 / 3.0
+}
+fn l96_forcing() -> f64 {
+    8.0
+}
+
+impl ModelConfig {
+    pub fn dim(&self) -> usize {
+        match self {
+            ModelConfig::Lorenz63 { .. } => 3,
+            ModelConfig::Lorenz96 { dim, .. } => *dim,
+        }
+    }
+
+    pub fn dt(&self) -> f64 {
+        match self {
+            ModelConfig::Lorenz63 { dt, .. } | ModelConfig::Lorenz96 { dt, .. } => *dt,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let dt = self.dt();
+        if !(dt.is_finite() && dt > 0.0) {
+            return Err(GendaError::invalid(
+                "model.dt",
+                format!("must be a positive number, got {dt}"),
+            ));
+        }
+        match self {
+            ModelConfig::Lorenz63 {
+                sigma, rho, beta, ..
+            } => {
+                for (k, v) in [
+                    ("model.sigma", sigma),
+                    ("model.rho", rho),
+                    ("model.beta", beta),
+                ] {
+                    if !v.is_finite() {
+                        return Err(GendaError::invalid(k, "must be finite"));
+                    }
+                }
+            }
+            ModelConfig::Lorenz96 { dim, forcing, .. } => {
+                if *dim < 4 {
+                    return Err(GendaError::invalid(
+                        "model.dim",
+                        format!("Lorenz-96 needs dim >= 4, got {dim}"),
+                    ));
+                }
+                if !forcing.is_finite() {
+                    return Err(GendaError::invalid("model.forcing", "must be finite"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The registry: config → model.
+    pub fn build(&self) -> Box<dyn Model> {
+        match *self {
+            ModelConfig::Lorenz63 {
+                dt,
+                sigma,
+                rho,
+                beta,
+            } => Box::new(Lorenz63 {
+                dt,
+                sigma,
+                rho,
+                beta,
+            }),
+            ModelConfig::Lorenz96 { dim, dt, forcing } => Box::new(Lorenz96::new(dim, forcing, dt)),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Score networks through libtorch (`tch`). Only this room names `tch`.
+//!
+//! Present here: device selection (CUDA when libtorch sees a GPU, CPU otherwise, overridable),
+//! libtorch facts for `genda doctor`, and a time-conditioned MLP score network trained by
+//! denoising score matching under a variance-exploding noise schedule.
+mod mlp;
+
+pub use mlp::{ScoreMlp, ScoreMlpConfig, VeSchedule};
+
+use crate::error::{GendaError, Result};
+use serde::{Deserialize, Serialize};
+
+/// Where networks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// CUDA device `local_rank % device_count` if libtorch sees a GPU, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Resolve a device choice; `local_rank` maps MPI ranks on a node to GPUs.
+pub fn select_device(choice: DeviceChoice, local_rank: usize) -> Result<tch::Device> {
+    let n = tch::Cuda::device_count().max(0) as usize;
+    match choice {
+        DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+        DeviceChoice::Auto if n == 0 => Ok(tch::Device::Cpu),
+        DeviceChoice::Auto | DeviceChoice::Cuda if n > 0 => Ok(tch::Device::Cuda(local_rank % n)),
+        _ => Err(GendaError::Score(
+            "device = \"cuda\" requested but libtorch sees no CUDA device".into(),
+        )),
+    }
+}
+
+/// What libtorch offers in this process.
+#[derive(Debug, Clone)]
+pub struct TorchInfo {
+    /// torch version genda was built against.
+    pub version: &'static str,
+    /// Directory of the libtorch shared libraries genda was built against.
+    pub libdir: &'static str,
+    pub cuda_available: bool,
+    pub cuda_devices: i64,
+    pub cudnn_available: bool,
+    pub threads: i32,
+}
+
+pub fn torch_info() -> TorchInfo {
+    TorchInfo {
+        version: env!("GENDA_TORCH_VERSION"),
+        libdir: env!("GENDA_TORCH_LIBDIR"),
+        cuda_available: tch::Cuda::is_available(),
+        cuda_devices: tch::Cuda::device_count(),
+        cudnn_available: tch::Cuda::cudnn_is_available(),
+        threads: tch::get_num_threads(),
+    }
+}
