@@ -19,8 +19,8 @@ pub enum GendaError {
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
 
-    #[error("filter diverged at cycle {cycle}: {what} contains non-finite values (NaN/inf); try more inflation, more members or a smaller dt")]
-    Diverged { cycle: usize, what: &'static str },
+    #[error("filter diverged at cycle {cycle}: {what}; try more inflation, more members or a smaller dt")]
+    Diverged { cycle: usize, what: String },
 
     #[error("parallel layout: {0}")]
     Parallel(String),

@@ -146,7 +146,10 @@ fn check_finite(a: &Array2<f64>, cycle: usize, what: &'static str) -> Result<()>
     if a.iter().all(|v| v.is_finite()) {
         Ok(())
     } else {
-        Err(GendaError::Diverged { cycle, what })
+        Err(GendaError::Diverged {
+            cycle,
+            what: format!("{what} contains non-finite values (NaN/inf)"),
+        })
     }
 }
 
@@ -292,7 +295,13 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             cycle,
             seed,
         };
-        filter.analyse(&mut ens, &input)?;
+        filter.analyse(&mut ens, &input).map_err(|e| match e {
+            GendaError::LinAlg(msg) => GendaError::Diverged {
+                cycle,
+                what: format!("analysis failed ({msg})"),
+            },
+            other => other,
+        })?;
         check_finite(&ens, cycle, "analysis ensemble")?;
         let amean = ensemble_mean(&ens);
         let amean_s = amean.as_slice().expect("contiguous");
@@ -378,7 +387,8 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
         if x.iter().any(|v| !v.is_finite()) {
             return Err(GendaError::Diverged {
                 cycle: k + 1,
-                what: "truth trajectory",
+                what: "truth trajectory contains non-finite values (model unstable: reduce dt)"
+                    .into(),
             });
         }
         data.extend_from_slice(x);

@@ -1,0 +1,346 @@
+//! End-to-end runs of the `genda` binary: output files reopened and checked, truth/plot/doctor,
+//! and bad input giving one clear error, a non-zero exit and no half-written output.
+mod common;
+use common::*;
+use std::path::Path;
+
+#[test]
+fn run_writes_cf_netcdf_that_matches_what_was_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run.nc");
+    let cfg = config_variant(
+        dir.path(),
+        "configs/l96_sakov2008.toml",
+        "c.toml",
+        &[
+            ("cycles = 5000", "cycles = 400"),
+            ("burn_in = 1000", "burn_in = 100"),
+        ],
+    );
+    let o = genda(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("analysis") && stdout.contains("forecast"),
+        "{stdout}"
+    );
+
+    // Recompute RMSE from the stored truth and analysis mean and compare with the stored series.
+    let f = netcdf::open(&out).unwrap();
+    let n = f.dimension("x").unwrap().len();
+    assert_eq!(n, 40);
+    assert_eq!(f.dimension("time").unwrap().len(), 400);
+    assert_eq!(f.dimension("obs").unwrap().len(), 40);
+    let truth = nc_var(&out, "truth");
+    let amean = nc_var(&out, "analysis_mean");
+    let fmean = nc_var(&out, "forecast_mean");
+    let rmse_a = nc_var(&out, "rmse_analysis");
+    let rmse_f = nc_var(&out, "rmse_forecast");
+    let spread_a = nc_var(&out, "analysis_spread");
+    for k in 0..400 {
+        let r = |m: &[f64]| {
+            ((0..n)
+                .map(|i| (m[k * n + i] - truth[k * n + i]).powi(2))
+                .sum::<f64>()
+                / n as f64)
+                .sqrt()
+        };
+        assert!((r(&amean) - rmse_a[k]).abs() < 1e-12, "cycle {k}");
+        assert!((r(&fmean) - rmse_f[k]).abs() < 1e-12, "cycle {k}");
+        assert!(spread_a[k] > 0.0 && spread_a[k].is_finite());
+    }
+    // The time-mean attribute is the mean over cycles after the burn-in.
+    let want = rmse_a[100..].iter().sum::<f64>() / 300.0;
+    assert!((nc_attr_f64(&out, "rmse_analysis_time_mean") - want).abs() < 1e-12);
+    // Observations: identity operator, R = I → residuals y − truth have unit variance.
+    let obs = nc_var(&out, "observations");
+    let var = obs
+        .iter()
+        .zip(&truth)
+        .map(|(y, x)| (y - x).powi(2))
+        .sum::<f64>()
+        / obs.len() as f64;
+    assert!((var - 1.0).abs() < 0.05, "obs error variance {var}");
+    // CF metadata and the full config are there.
+    match f.attribute("Conventions").unwrap().value().unwrap() {
+        netcdf::AttributeValue::Str(s) => assert!(s.starts_with("CF-")),
+        v => panic!("{v:?}"),
+    }
+    match f.attribute("config").unwrap().value().unwrap() {
+        netcdf::AttributeValue::Str(s) => {
+            assert!(s.contains("inflation = 1.02") && s.contains("lorenz96"))
+        }
+        v => panic!("{v:?}"),
+    }
+    assert!(f.variable("time").unwrap().attribute("units").is_some());
+    // Only the final file is left, no temporary.
+    assert_eq!(
+        files_in(dir.path()),
+        vec!["c.toml".to_string(), "run.nc".to_string()]
+    );
+}
+
+#[test]
+fn saved_ensembles_have_member_dimension_and_consistent_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ens.nc");
+    let cfg = config_variant(
+        dir.path(),
+        "configs/l63_sakov2012.toml",
+        "c.toml",
+        &[
+            ("cycles = 4000", "cycles = 30"),
+            ("burn_in = 64", "burn_in = 5"),
+            (
+                "path = \"output/l63_sakov2012.nc\"",
+                "path = \"output/l63_sakov2012.nc\"\nsave_ensemble = true",
+            ),
+        ],
+    );
+    let o = genda(&["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let f = netcdf::open(&out).unwrap();
+    assert_eq!(f.dimension("member").unwrap().len(), 10);
+    let ens = nc_var(&out, "analysis_ensemble");
+    let mean = nc_var(&out, "analysis_mean");
+    for k in 0..30 {
+        for i in 0..3 {
+            let m: f64 = (0..10).map(|j| ens[(k * 10 + j) * 3 + i]).sum::<f64>() / 10.0;
+            assert!((m - mean[k * 3 + i]).abs() < 1e-10);
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_variant(
+        dir.path(),
+        "configs/l96_sakov2008.toml",
+        "c.toml",
+        &[
+            ("cycles = 5000", "cycles = 200"),
+            ("burn_in = 1000", "burn_in = 10"),
+        ],
+    );
+    let mut series = Vec::new();
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("t{threads}.nc"));
+        let o = std::process::Command::new(genda_bin())
+            .args(["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        series.push(nc_var(&out, "rmse_analysis"));
+    }
+    assert_eq!(series[0], series[1]);
+}
+
+#[test]
+fn truth_writes_netcdf_and_hdf5_with_the_same_trajectory() {
+    let dir = tempfile::tempdir().unwrap();
+    let nc = dir.path().join("truth.nc");
+    let cfg = config_variant(
+        dir.path(),
+        "configs/l96_sakov2008.toml",
+        "c.toml",
+        &[
+            ("cycles = 5000", "cycles = 50"),
+            ("burn_in = 1000", "burn_in = 0"),
+        ],
+    );
+    let o = genda(&["truth", cfg.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h5 = dir.path().join("truth.h5");
+    let traj = genda::io::read_trajectory(&h5).unwrap();
+    assert_eq!((traj.times, traj.state_dim), (50, 40));
+    assert!((traj.dt - 0.05).abs() < 1e-15);
+    assert_eq!(traj.model, "lorenz96");
+    assert_eq!(traj.data, nc_var(&nc, "truth"));
+    // The truth of `genda truth` is the truth of `genda run` with the same config.
+    let run = dir.path().join("run.nc");
+    let o = genda(&["run", cfg.to_str().unwrap(), "-o", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(nc_var(&run, "truth"), traj.data);
+    assert_eq!(nc_var(&run, "observations"), nc_var(&nc, "observations"));
+}
+
+#[test]
+fn plot_writes_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run.nc");
+    let cfg = config_variant(
+        dir.path(),
+        "configs/l63_sakov2012.toml",
+        "c.toml",
+        &[("cycles = 4000", "cycles = 200")],
+    );
+    assert!(
+        genda(&["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let png = dir.path().join("plot.png");
+    let o = genda(&["plot", out.to_str().unwrap(), "-o", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(
+        bytes.len() > 20_000,
+        "suspiciously small PNG: {} bytes",
+        bytes.len()
+    );
+}
+
+#[test]
+fn doctor_and_help_explain() {
+    let o = genda(&["doctor"]);
+    let t = text(&o);
+    assert!(
+        t.contains("MPI library")
+            && t.contains("libtorch")
+            && t.contains("NetCDF")
+            && t.contains("HDF5"),
+        "{t}"
+    );
+    let o = genda(&["--help"]);
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    for sub in ["run", "truth", "plot", "doctor", "check"] {
+        assert!(t.contains(sub), "--help lacks {sub}: {t}");
+    }
+    let o = genda(&["run", "--help"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--output"));
+}
+
+/// A bad run must exit non-zero with one clear message containing `needle`, never panic, and
+/// leave no file behind in `dir` other than the config.
+fn assert_clean_failure(dir: &Path, args: &[&str], needle: &str) {
+    let before = files_in(dir);
+    let o = genda(args);
+    let t = text(&o);
+    assert!(!o.status.success(), "expected failure: {t}");
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("genda: error:"), "{t}");
+    assert!(
+        stderr.contains(needle),
+        "error should mention `{needle}`: {t}"
+    );
+    assert!(!stderr.contains("panicked"), "{t}");
+    assert_eq!(files_in(dir), before, "a failed run left files behind");
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("out.nc");
+    let o = out.to_str().unwrap();
+    let base = "configs/l96_sakov2008.toml";
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        (
+            "unknown key",
+            vec![("inflation = 1.02", "inflaton = 1.02")],
+            "unknown field `inflaton`",
+        ),
+        (
+            "unknown table",
+            vec![("[output]", "[outptu]")],
+            "unknown field `outptu`",
+        ),
+        (
+            "wrong dimension",
+            vec![("\ndim = 40", "\ndim = 41")],
+            "initial.mean",
+        ),
+        ("dt <= 0", vec![("\ndt = 0.05", "\ndt = 0.0")], "model.dt"),
+        (
+            "obs_every 0",
+            vec![("obs_every = 1 ", "obs_every = 0 ")],
+            "obs_every",
+        ),
+        (
+            "unknown method",
+            vec![("method = \"etkf\"", "method = \"etfk\"")],
+            "etfk",
+        ),
+        (
+            "one member",
+            vec![("members = 20", "members = 1")],
+            "members",
+        ),
+        (
+            "negative variance",
+            vec![("error_var = 1.0", "error_var = -1.0")],
+            "error_var",
+        ),
+        (
+            "wrong R length",
+            vec![("error_var = 1.0", "error_var = [1.0, 2.0]")],
+            "observations.error_var",
+        ),
+        (
+            "divergence",
+            vec![("\ndt = 0.05", "\ndt = 2.0")],
+            "diverged",
+        ),
+    ];
+    for (what, edits, needle) in cases {
+        let cfg = config_variant(d, base, "bad.toml", &edits);
+        assert_clean_failure(
+            d,
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "-o",
+                o,
+                "--cycles",
+                "1100",
+                "--quiet",
+            ],
+            needle,
+        );
+        eprintln!("ok: {what}");
+    }
+    // Missing config file.
+    assert_clean_failure(
+        d,
+        &["run", d.join("nope.toml").to_str().unwrap()],
+        "nope.toml",
+    );
+    // Unwritable output path (its parent is a regular file).
+    let cfg = config_variant(d, base, "bad.toml", &[]);
+    let blocker = d.join("bad.toml");
+    let under_file = blocker.join("sub").join("out.nc");
+    assert_clean_failure(
+        d,
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "-o",
+            under_file.to_str().unwrap(),
+            "--cycles",
+            "1100",
+        ],
+        "output",
+    );
+    // Corrupt / missing files for plot.
+    std::fs::write(d.join("corrupt.nc"), b"not a netcdf file").unwrap();
+    assert_clean_failure(
+        d,
+        &["plot", d.join("corrupt.nc").to_str().unwrap()],
+        "corrupt.nc",
+    );
+    assert_clean_failure(
+        d,
+        &["plot", d.join("missing.nc").to_str().unwrap()],
+        "missing.nc",
+    );
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the end-to-end tests: run the real `genda` binary, under real `mpirun`.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn genda_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_genda")
+}
+
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Run `genda args...` on one process (no launcher).
+pub fn genda(args: &[&str]) -> Output {
+    Command::new(genda_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("spawn genda")
+}
+
+/// Run `mpirun -np N genda args...` (as root, oversubscribed: CI machines have 2 cores).
+pub fn mpirun(np: usize, args: &[&str]) -> Output {
+    Command::new("mpirun")
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            &np.to_string(),
+            genda_bin(),
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .output()
+        .expect("spawn mpirun (is openmpi-bin installed?)")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status: {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A config from `configs/` with `(from, to)` text replacements applied, written to `dir`.
+pub fn config_variant(dir: &Path, base: &str, name: &str, edits: &[(&str, &str)]) -> PathBuf {
+    let mut s = std::fs::read_to_string(repo_file(base)).expect("read base config");
+    for (from, to) in edits {
+        assert!(s.contains(from), "config {base} has no `{from}`");
+        s = s.replacen(from, to, 1);
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// Read a 1-D double variable from a NetCDF file.
+pub fn nc_var(path: &Path, name: &str) -> Vec<f64> {
+    let f = netcdf::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let v = f
+        .variable(name)
+        .unwrap_or_else(|| panic!("{} has no variable {name}", path.display()));
+    v.get_values::<f64, _>(..).unwrap()
+}
+
+pub fn nc_attr_f64(path: &Path, name: &str) -> f64 {
+    let f = netcdf::open(path).unwrap();
+    match f.attribute(name).unwrap().value().unwrap() {
+        netcdf::AttributeValue::Double(v) => v,
+        other => panic!("attribute {name}: {other:?}"),
+    }
+}
+
+/// Files in `dir` (to check that failed runs leave nothing behind).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
