@@ -16,6 +16,9 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Variable-steps per forecast below which threads cost more than they save.
+const PARALLEL_FORECAST_MIN_WORK: usize = 20_000;
+
 /// The true trajectory and its synthetic observations, generated cycle by cycle.
 pub struct TruthRun<'a> {
     model: &'a dyn Model,
@@ -260,14 +263,17 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         let x_true = truth.advance(&mut obs).to_vec();
         times.truth += t.elapsed().as_secs_f64();
 
-        // Forecast this rank's members, threads over members.
+        // Forecast this rank's members, threads over members when there is enough work to
+        // amortise waking the thread pool (members are independent, so both paths give the
+        // same numbers).
         let t = Instant::now();
         let m: &dyn Model = model.as_ref();
-        local
-            .as_slice_mut()
-            .expect("local ensemble is contiguous")
-            .par_chunks_mut(n)
-            .for_each(|x| m.integrate(x, obs_every));
+        let states = local.as_slice_mut().expect("local ensemble is contiguous");
+        if states.len() * obs_every >= PARALLEL_FORECAST_MIN_WORK {
+            states.par_chunks_mut(n).for_each(|x| m.integrate(x, obs_every));
+        } else {
+            states.chunks_mut(n).for_each(|x| m.integrate(x, obs_every));
+        }
         times.forecast += t.elapsed().as_secs_f64();
 
         let t = Instant::now();

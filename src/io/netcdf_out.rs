@@ -37,7 +37,20 @@ pub struct RunWriter {
     pending: PendingFile,
     with_filter: bool,
     save_ensemble: bool,
+    buffers: Vec<RowBuffer>,
 }
+
+/// Consecutive time rows of one variable, written in one hyperslab call: one small write per
+/// variable per cycle costs more than the L96-40 analysis itself.
+struct RowBuffer {
+    name: &'static str,
+    start: usize,
+    row_len: usize,
+    data: Vec<f64>,
+}
+
+/// Flush a variable's buffer once it holds this many values (≈ 1 MiB).
+const FLUSH_VALUES: usize = 1 << 17;
 
 fn ncerr(path: &Path, what: &str, e: netcdf::Error) -> GendaError {
     GendaError::file(path, format!("NetCDF {what}: {e}"))
@@ -85,9 +98,9 @@ impl RunWriter {
             file.add_attribute(k, v.as_str())
                 .map_err(e(&format!("attribute {k}")))?;
         }
-        file.add_attribute("members", meta.members as i64)
+        file.add_attribute("members", meta.members as i32)
             .map_err(e("attribute members"))?;
-        file.add_attribute("burn_in_cycles", meta.burn_in as i64)
+        file.add_attribute("burn_in_cycles", meta.burn_in as i32)
             .map_err(e("attribute burn_in_cycles"))?;
 
         {
@@ -199,25 +212,57 @@ impl RunWriter {
             pending,
             with_filter,
             save_ensemble,
+            buffers: Vec::new(),
         })
     }
 
-    fn put(&mut self, name: &str, data: &[f64], k: usize) -> Result<()> {
-        let path = self.pending.target().to_path_buf();
-        let mut v = self
-            .file
-            .variable_mut(name)
-            .ok_or_else(|| GendaError::file(&path, format!("variable {name} missing")))?;
-        let ndim = v.dimensions().len();
-        let res = match ndim {
-            1 => v.put_values(data, [k..k + 1]),
-            2 => v.put_values(data, [k..k + 1, 0..data.len()]),
-            _ => {
-                let m = v.dimensions()[1].len();
-                v.put_values(data, [k..k + 1, 0..m, 0..data.len() / m])
+    /// Queue row `k` of variable `name`; rows must arrive in order.
+    fn put(&mut self, name: &'static str, data: &[f64], k: usize) -> Result<()> {
+        let i = match self.buffers.iter().position(|b| b.name == name) {
+            Some(i) => i,
+            None => {
+                self.buffers.push(RowBuffer { name, start: k, row_len: data.len(), data: Vec::new() });
+                self.buffers.len() - 1
             }
         };
-        res.map_err(|e| ncerr(&path, &format!("write {name}"), e))
+        let b = &self.buffers[i];
+        let next = b.start + b.data.len() / b.row_len.max(1);
+        if b.row_len != data.len() || (k != next && !b.data.is_empty()) {
+            self.flush(i)?;
+        }
+        let b = &mut self.buffers[i];
+        if b.data.is_empty() {
+            b.start = k;
+            b.row_len = data.len();
+        }
+        b.data.extend_from_slice(data);
+        if b.data.len() >= FLUSH_VALUES {
+            self.flush(i)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, i: usize) -> Result<()> {
+        let path = self.pending.target().to_path_buf();
+        let b = &mut self.buffers[i];
+        if b.data.is_empty() {
+            return Ok(());
+        }
+        let rows = b.data.len() / b.row_len;
+        let (s, e) = (b.start, b.start + rows);
+        let mut v = self.file.variable_mut(b.name).ok_or_else(|| GendaError::file(&path, format!("variable {} missing", b.name)))?;
+        let res = match v.dimensions().len() {
+            1 => v.put_values(&b.data, [s..e]),
+            2 => v.put_values(&b.data, [s..e, 0..b.row_len]),
+            _ => {
+                let m = v.dimensions()[1].len();
+                v.put_values(&b.data, [s..e, 0..m, 0..b.row_len / m])
+            }
+        };
+        res.map_err(|err| ncerr(&path, &format!("write {}", b.name), err))?;
+        b.start = e;
+        b.data.clear();
+        Ok(())
     }
 
     /// Write the truth and observations of cycle index `k` (0-based).
@@ -265,6 +310,9 @@ impl RunWriter {
     /// Store the time averages, close the file and move it into place.
     pub fn finish(mut self, averages: Option<&TimeAverage>) -> Result<PathBuf> {
         let path = self.pending.target().to_path_buf();
+        for i in 0..self.buffers.len() {
+            self.flush(i)?;
+        }
         if let Some(avg) = averages {
             let m = avg.mean();
             for (k, v) in [
@@ -278,7 +326,7 @@ impl RunWriter {
                     .map_err(|e| ncerr(&path, k, e))?;
             }
             self.file
-                .add_attribute("averaged_cycles", avg.count() as i64)
+                .add_attribute("averaged_cycles", avg.count() as i32)
                 .map_err(|e| ncerr(&path, "averaged_cycles", e))?;
         }
         let RunWriter { file, pending, .. } = self;
