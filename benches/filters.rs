@@ -50,7 +50,11 @@ fn etkf_cycle(c: &mut Criterion) {
         }
     }
     let obs: Vec<f64> = x0.iter().map(|v| v + 0.5).collect();
-    let mut filter = Etkf::new(EtkfConfig { members, inflation: 1.02, rotation: false });
+    let mut filter = Etkf::new(EtkfConfig {
+        members,
+        inflation: 1.02,
+        rotation: false,
+    });
     let mut ws = Rk4Workspace::new(n);
     let base = ens.clone();
     c.bench_function("etkf_cycle_l96_40_n20", |b| {
@@ -59,7 +63,13 @@ fn etkf_cycle(c: &mut Criterion) {
             for mut row in ens.rows_mut() {
                 model.step(row.as_slice_mut().unwrap(), &mut ws);
             }
-            let input = AnalysisInput { obs: &obs, obs_operator: &h, obs_error_var: &r, cycle: 1, seed: 1 };
+            let input = AnalysisInput {
+                obs: &obs,
+                obs_operator: &h,
+                obs_error_var: &r,
+                cycle: 1,
+                seed: 1,
+            };
             filter.analyse(black_box(&mut ens), &input).unwrap();
         })
     });

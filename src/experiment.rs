@@ -270,7 +270,9 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         let m: &dyn Model = model.as_ref();
         let states = local.as_slice_mut().expect("local ensemble is contiguous");
         if states.len() * obs_every >= PARALLEL_FORECAST_MIN_WORK {
-            states.par_chunks_mut(n).for_each(|x| m.integrate(x, obs_every));
+            states
+                .par_chunks_mut(n)
+                .for_each(|x| m.integrate(x, obs_every));
         } else {
             states.chunks_mut(n).for_each(|x| m.integrate(x, obs_every));
         }

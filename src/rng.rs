@@ -22,6 +22,7 @@ pub enum Purpose {
     ObsPerturbation = 4,
     Rotation = 5,
     Training = 6,
+    Sampling = 7,
 }
 
 #[inline]

@@ -7,7 +7,11 @@ use genda::experiment::{run_twin, RunOptions};
 use genda::parallel::SerialComm;
 
 fn rmse_a(config: &str, seed: Option<u64>) -> (f64, f64, usize) {
-    let path = if std::path::Path::new(config).is_absolute() { config.into() } else { repo_file(config) };
+    let path = if std::path::Path::new(config).is_absolute() {
+        config.into()
+    } else {
+        repo_file(config)
+    };
     let mut cfg = Config::from_file(&path).unwrap();
     if let Some(s) = seed {
         cfg.experiment.seed = s;
@@ -35,7 +39,10 @@ fn l96_sakov2008_etkf_n20() {
     assert!(n >= 2000, "{n} averaged cycles");
     assert!(r <= 0.21, "analysis RMSE {r}");
     // A healthy filter's spread is of the size of its error.
-    assert!(spread > 0.5 * r && spread < 2.0 * r, "spread {spread} vs rmse {r}");
+    assert!(
+        spread > 0.5 * r && spread < 2.0 * r,
+        "spread {spread} vs rmse {r}"
+    );
 }
 
 /// Reference: DAPPER (Python DA suite) on the same sakov2012 setup, T = 1000, burn-in 16 time
@@ -53,8 +60,13 @@ const TOL: f64 = 0.08;
 fn variant(edits: &[(&str, &str)]) -> String {
     let dir = std::env::temp_dir().join(format!("genda-science-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let name = format!("v{}.toml", edits.len() * 7 + edits.iter().map(|e| e.1.len()).sum::<usize>());
-    common::config_variant(&dir, "configs/l63_sakov2012.toml", &name, edits).to_string_lossy().into_owned()
+    let name = format!(
+        "v{}.toml",
+        edits.len() * 7 + edits.iter().map(|e| e.1.len()).sum::<usize>()
+    );
+    common::config_variant(&dir, "configs/l63_sakov2012.toml", &name, edits)
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -83,7 +95,10 @@ fn l63_sakov2012_enkf_n10_matches_dapper() {
 fn l63_assimilation_beats_free_run_and_observations() {
     // Free-running ensemble (no assimilation) is at climatological error; the ETKF must be far
     // below it and below the observation error √2.
-    let free = variant(&[("method = \"etkf\"", "method = \"none\""), ("inflation = 1.02\nrotation = true\n", "")]);
+    let free = variant(&[
+        ("method = \"etkf\"", "method = \"none\""),
+        ("inflation = 1.02\nrotation = true\n", ""),
+    ]);
     let (r_free, _, _) = rmse_a(&free, Some(1));
     let (r_etkf, _, _) = rmse_a("configs/l63_sakov2012.toml", Some(1));
     eprintln!("L63 free run rmse {r_free:.3}, ETKF {r_etkf:.3}");

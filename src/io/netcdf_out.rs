@@ -221,7 +221,12 @@ impl RunWriter {
         let i = match self.buffers.iter().position(|b| b.name == name) {
             Some(i) => i,
             None => {
-                self.buffers.push(RowBuffer { name, start: k, row_len: data.len(), data: Vec::new() });
+                self.buffers.push(RowBuffer {
+                    name,
+                    start: k,
+                    row_len: data.len(),
+                    data: Vec::new(),
+                });
                 self.buffers.len() - 1
             }
         };
@@ -250,7 +255,10 @@ impl RunWriter {
         }
         let rows = b.data.len() / b.row_len;
         let (s, e) = (b.start, b.start + rows);
-        let mut v = self.file.variable_mut(b.name).ok_or_else(|| GendaError::file(&path, format!("variable {} missing", b.name)))?;
+        let mut v = self
+            .file
+            .variable_mut(b.name)
+            .ok_or_else(|| GendaError::file(&path, format!("variable {} missing", b.name)))?;
         let res = match v.dimensions().len() {
             1 => v.put_values(&b.data, [s..e]),
             2 => v.put_values(&b.data, [s..e, 0..b.row_len]),

@@ -3,9 +3,14 @@
 //! Present here: device selection (CUDA when libtorch sees a GPU, CPU otherwise, overridable),
 //! libtorch facts for `genda doctor`, and a time-conditioned MLP score network trained by
 //! denoising score matching under a variance-exploding noise schedule.
+pub mod analytic;
 mod mlp;
+pub mod process;
+pub mod sampler;
 
 pub use mlp::{ScoreMlp, ScoreMlpConfig, VeSchedule};
+pub use process::ForwardProcess;
+pub use sampler::{prior_sample, sample, SamplerConfig, SamplerKind};
 
 use crate::error::{GendaError, Result};
 use serde::{Deserialize, Serialize};
