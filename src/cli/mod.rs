@@ -56,6 +56,21 @@ pub enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Train a score network by denoising score matching on an HDF5 trajectory (from
+    /// `genda truth`); under mpirun the batch is split over ranks and gradients are averaged.
+    Train {
+        /// Training config (see configs/train_*.toml).
+        config: PathBuf,
+        /// Continue from a checkpoint written by an earlier `genda train` of the same config.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Override [training].steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
     Plot {
         /// NetCDF run file written by `genda run`.
@@ -129,6 +144,29 @@ pub fn execute(cli: Cli) -> Result<()> {
             let h5 = nc.with_extension("h5");
             let (nc, h5) = run_truth(&cfg, &nc, &h5)?;
             println!("wrote {}\nwrote {}", nc.display(), h5.display());
+            Ok(())
+        }
+        Command::Train {
+            config,
+            resume,
+            steps,
+            quiet,
+        } => {
+            let mut cfg = crate::score::TrainConfig::from_file(&config)?;
+            if let Some(s) = steps {
+                cfg.training.steps = s;
+            }
+            let comm = MpiComm::init()?;
+            let progress = !quiet && std::io::stderr().is_terminal();
+            let (loss, val) = crate::score::run_training(&cfg, &comm, resume.as_deref(), progress)?;
+            if comm.is_root() {
+                println!("trained {} steps: final loss {loss:.5}, validation loss (EMA weights) {val:.5}", cfg.training.steps);
+                println!(
+                    "wrote {}\nwrote {}",
+                    cfg.output.weights.display(),
+                    cfg.output.checkpoint.display()
+                );
+            }
             Ok(())
         }
         Command::Plot {

@@ -4,9 +4,11 @@
 mod hdf5_io;
 mod netcdf_out;
 pub mod plot;
+mod tensors;
 
 pub use hdf5_io::{read_trajectory, write_trajectory, Trajectory};
 pub use netcdf_out::{read_run, RunData, RunMeta, RunWriter};
+pub use tensors::{read_tensor_file, write_tensor_file, NamedArray, TensorFile};
 
 use crate::error::{GendaError, Result};
 use std::path::{Path, PathBuf};

@@ -29,6 +29,8 @@ pub trait Collectives {
     fn all_ok(&self, ok: bool) -> bool;
     /// Broadcast a value from the root.
     fn broadcast_f64(&self, value: &mut [f64]);
+    /// Element-wise sum over ranks, in place (data-parallel gradients).
+    fn all_reduce_sum_f32(&self, values: &mut [f32]);
     fn barrier(&self);
 }
 
@@ -56,6 +58,7 @@ impl Collectives for SerialComm {
         ok
     }
     fn broadcast_f64(&self, _value: &mut [f64]) {}
+    fn all_reduce_sum_f32(&self, _values: &mut [f32]) {}
     fn barrier(&self) {}
 }
 
@@ -122,6 +125,11 @@ impl Collectives for MpiComm {
     }
     fn broadcast_f64(&self, value: &mut [f64]) {
         self.world.process_at_rank(0).broadcast_into(value);
+    }
+    fn all_reduce_sum_f32(&self, values: &mut [f32]) {
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, mpi::collective::SystemOperation::sum());
     }
     fn barrier(&self) {
         self.world.barrier();

@@ -1,16 +1,20 @@
 //! Score networks through libtorch (`tch`). Only this room names `tch`.
 //!
-//! Present here: device selection (CUDA when libtorch sees a GPU, CPU otherwise, overridable),
-//! libtorch facts for `genda doctor`, and a time-conditioned MLP score network trained by
-//! denoising score matching under a variance-exploding noise schedule.
+//! - `process`: forward processes (VP, VE, linear interpolant) with α, σ, f, g² in closed form;
+//! - `sampler`: reverse SDE / predictor–corrector / probability-flow ODE / annealed Langevin on
+//!   score closures; `analytic`: exact Gaussian-mixture scores;
+//! - `net`: MLP and periodic U-Net score networks; `train`: DSM training (Adam, EMA, checkpoints,
+//!   MPI data parallel); device selection and libtorch facts for `genda doctor` here.
 pub mod analytic;
-mod mlp;
+pub mod net;
 pub mod process;
 pub mod sampler;
+pub mod train;
 
-pub use mlp::{ScoreMlp, ScoreMlpConfig, VeSchedule};
+pub use net::{NetworkConfig, ScoreNetwork};
 pub use process::ForwardProcess;
 pub use sampler::{prior_sample, sample, SamplerConfig, SamplerKind};
+pub use train::{run_training, Dataset, TrainConfig, Trainer, TrainingConfig};
 
 use crate::error::{GendaError, Result};
 use serde::{Deserialize, Serialize};

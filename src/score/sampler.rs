@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// The predictor–corrector step size uses batch-mean norms (as Song et al.), so it is the one
 /// sampler whose result depends on which samples share a batch.
-pub type ScoreFn<'a> = dyn Fn(&[f64], f64, &mut [f64]) + Sync + 'a;
+pub type ScoreFn<'a> = dyn Fn(&[f64], f64, &mut [f64]) + 'a;
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]

@@ -1,0 +1,439 @@
+//! Time-conditioned score networks: an MLP for low-dimensional states and a small U-Net with
+//! periodic padding for 2-D fields, both with a sinusoidal time embedding.
+//!
+//! The networks predict ε̂(x_t, t) ≈ −z for x_t = α(t) x₀ + σ(t) z and the score is
+//! s_θ = ε̂/σ(t) ("noise-prediction" parametrisation, well scaled at every noise level).
+use super::process::ForwardProcess;
+use super::DeviceChoice;
+use crate::error::{GendaError, Result};
+use crate::io::{NamedArray, TensorFile};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NetworkConfig {
+    /// Fully connected, SiLU, input [x, emb(t)].
+    Mlp {
+        #[serde(default = "d_hidden")]
+        hidden: i64,
+        #[serde(default = "d_layers")]
+        layers: usize,
+        #[serde(default = "d_tf")]
+        time_features: i64,
+    },
+    /// Two-level U-Net on a (height, width) doubly periodic field; height and width even.
+    Unet {
+        height: i64,
+        width: i64,
+        #[serde(default = "d_channels")]
+        channels: i64,
+        #[serde(default = "d_tf")]
+        time_features: i64,
+    },
+}
+
+fn d_hidden() -> i64 {
+    128
+}
+fn d_layers() -> usize {
+    3
+}
+fn d_tf() -> i64 {
+    16
+}
+fn d_channels() -> i64 {
+    16
+}
+
+impl NetworkConfig {
+    pub fn validate(&self, dim: usize) -> Result<()> {
+        match *self {
+            NetworkConfig::Mlp {
+                hidden,
+                layers,
+                time_features,
+            } => {
+                if hidden < 1 || layers < 1 || time_features < 1 {
+                    return Err(GendaError::invalid(
+                        "network",
+                        "hidden, layers and time_features must be >= 1",
+                    ));
+                }
+            }
+            NetworkConfig::Unet {
+                height,
+                width,
+                channels,
+                time_features,
+            } => {
+                if height < 4 || width < 4 || height % 2 != 0 || width % 2 != 0 {
+                    return Err(GendaError::invalid(
+                        "network",
+                        format!("unet needs even height, width >= 4, got {height}x{width}"),
+                    ));
+                }
+                if (height * width) as usize != dim {
+                    return Err(GendaError::Dimension {
+                        what: "unet height*width vs sample dimension".into(),
+                        expected: dim,
+                        got: (height * width) as usize,
+                    });
+                }
+                if channels < 1 || time_features < 1 {
+                    return Err(GendaError::invalid(
+                        "network",
+                        "channels and time_features must be >= 1",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn time_features(&self) -> i64 {
+        match *self {
+            NetworkConfig::Mlp { time_features, .. }
+            | NetworkConfig::Unet { time_features, .. } => time_features,
+        }
+    }
+}
+
+/// Sinusoidal embedding [sin(kπt), cos(kπt)], k = 1..F.   t: (B) → (B, 2F)
+pub fn time_embedding(t: &Tensor, features: i64) -> Tensor {
+    let freqs = (Tensor::arange(features, (Kind::Float, t.device())) + 1.0) * std::f64::consts::PI;
+    let arg = t.unsqueeze(-1) * freqs.unsqueeze(0);
+    Tensor::cat(&[arg.sin(), arg.cos()], -1)
+}
+
+struct Mlp {
+    layers: Vec<nn::Linear>,
+    out: nn::Linear,
+}
+
+struct Unet {
+    h: i64,
+    w: i64,
+    c_in: nn::Conv2D,
+    d1: nn::Conv2D,
+    d2: nn::Conv2D,
+    u1: nn::Conv2D,
+    c_out: nn::Conv2D,
+    t1: nn::Linear,
+    t2: nn::Linear,
+}
+
+fn periodic_conv(conv: &nn::Conv2D, x: &Tensor) -> Tensor {
+    conv.forward(&x.pad([1, 1, 1, 1], "circular", None))
+}
+
+enum Arch {
+    Mlp(Mlp),
+    Unet(Unet),
+}
+
+/// A score network with its forward process and data normalisation (its provenance).
+pub struct ScoreNetwork {
+    pub cfg: NetworkConfig,
+    pub process: ForwardProcess,
+    /// Sample dimension d (state dim × window).
+    pub dim: usize,
+    /// Data were standardised as (x − shift)/scale before training.
+    pub shift: f64,
+    pub scale: f64,
+    pub vs: nn::VarStore,
+    arch: Arch,
+}
+
+impl ScoreNetwork {
+    pub fn new(
+        cfg: NetworkConfig,
+        process: ForwardProcess,
+        dim: usize,
+        device: Device,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate(dim)?;
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let tf2 = 2 * cfg.time_features();
+        let arch = match cfg {
+            NetworkConfig::Mlp { hidden, layers, .. } => {
+                let mut ls = Vec::new();
+                let mut width = dim as i64 + tf2;
+                for l in 0..layers {
+                    ls.push(nn::linear(
+                        &root / format!("hidden{l}"),
+                        width,
+                        hidden,
+                        Default::default(),
+                    ));
+                    width = hidden;
+                }
+                Arch::Mlp(Mlp {
+                    layers: ls,
+                    out: nn::linear(&root / "out", width, dim as i64, Default::default()),
+                })
+            }
+            NetworkConfig::Unet {
+                height,
+                width,
+                channels: c,
+                ..
+            } => {
+                let cc = nn::ConvConfig {
+                    padding: 0,
+                    ..Default::default()
+                };
+                Arch::Unet(Unet {
+                    h: height,
+                    w: width,
+                    c_in: nn::conv2d(&root / "conv_in", 1, c, 3, cc),
+                    d1: nn::conv2d(&root / "down1", c, c, 3, cc),
+                    d2: nn::conv2d(&root / "down2", c, 2 * c, 3, cc),
+                    u1: nn::conv2d(&root / "up1", 3 * c, c, 3, cc),
+                    c_out: nn::conv2d(&root / "conv_out", c, 1, 3, cc),
+                    t1: nn::linear(&root / "temb1", tf2, c, Default::default()),
+                    t2: nn::linear(&root / "temb2", tf2, 2 * c, Default::default()),
+                })
+            }
+        };
+        Ok(ScoreNetwork {
+            cfg,
+            process,
+            dim,
+            shift: 0.0,
+            scale: 1.0,
+            vs,
+            arch,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// ε̂(x_t, t).   x: (B, d), t: (B) → (B, d)
+    pub fn eps_hat(&self, x: &Tensor, t: &Tensor) -> Tensor {
+        let emb = time_embedding(t, self.cfg.time_features());
+        match &self.arch {
+            Arch::Mlp(m) => {
+                let mut h = Tensor::cat(&[x.shallow_clone(), emb], -1);
+                for l in &m.layers {
+                    h = l.forward(&h).silu();
+                }
+                m.out.forward(&h)
+            }
+            Arch::Unet(u) => {
+                let b = x.size()[0];
+                let x = x.reshape([b, 1, u.h, u.w]);
+                let e1 = u.t1.forward(&emb).unsqueeze(-1).unsqueeze(-1);
+                let e2 = u.t2.forward(&emb).unsqueeze(-1).unsqueeze(-1);
+                let h0 = periodic_conv(&u.c_in, &x).silu();
+                let h1 = (periodic_conv(&u.d1, &h0) + e1).silu();
+                let p = h1.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+                let h2 = (periodic_conv(&u.d2, &p) + e2).silu();
+                let up = h2.upsample_nearest2d([u.h, u.w], None::<f64>, None::<f64>);
+                let h3 = periodic_conv(&u.u1, &Tensor::cat(&[up, h1], 1)).silu();
+                periodic_conv(&u.c_out, &h3).reshape([b, u.h * u.w])
+            }
+        }
+    }
+
+    /// Score s_θ(x, t) in the standardised coordinates at the rows of `x` (M, d), written to `out`.
+    pub fn score_into(&self, x: &[f64], t: f64, out: &mut [f64]) {
+        let n = (x.len() / self.dim) as i64;
+        let device = self.device();
+        let _g = tch::no_grad_guard();
+        let xt = Tensor::from_slice(x)
+            .to_kind(Kind::Float)
+            .reshape([n, self.dim as i64])
+            .to(device);
+        let tt = Tensor::full([n], t, (Kind::Float, device));
+        let s = (self.eps_hat(&xt, &tt) / self.process.sigma(t))
+            .to_kind(Kind::Double)
+            .to(Device::Cpu)
+            .reshape([-1]);
+        s.copy_data(out, out.len());
+    }
+
+    /// Parameters sorted by name (a fixed order for flattening, allreduce and files).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Provenance attributes stored with weights.
+    pub fn attrs(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "network".into(),
+                toml::to_string(&self.cfg).unwrap_or_default(),
+            ),
+            (
+                "process".into(),
+                toml::to_string(&self.process).unwrap_or_default(),
+            ),
+            ("dim".into(), self.dim.to_string()),
+            ("data_shift".into(), format!("{:e}", self.shift)),
+            ("data_scale".into(), format!("{:e}", self.scale)),
+            ("genda_version".into(), env!("CARGO_PKG_VERSION").into()),
+        ]
+    }
+
+    /// Copy of every parameter as named f32 arrays.
+    pub fn export(tensors: &[(String, Tensor)]) -> Vec<NamedArray> {
+        tensors
+            .iter()
+            .map(|(n, t)| {
+                let shape: Vec<usize> = t.size().iter().map(|&s| s as usize).collect();
+                let flat = t
+                    .detach()
+                    .to_kind(Kind::Float)
+                    .to(Device::Cpu)
+                    .reshape([-1]);
+                let data = Vec::<f32>::try_from(&flat).unwrap_or_default();
+                NamedArray {
+                    name: n.clone(),
+                    shape,
+                    data,
+                }
+            })
+            .collect()
+    }
+
+    /// Overwrite `tensors` with `arrays`, checking names and shapes.
+    pub fn import(tensors: &[(String, Tensor)], arrays: &[NamedArray], origin: &str) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        for (n, t) in tensors {
+            let a = arrays.iter().find(|a| &a.name == n).ok_or_else(|| {
+                GendaError::Score(format!(
+                    "{origin}: parameter `{n}` missing (different architecture?)"
+                ))
+            })?;
+            let shape: Vec<usize> = t.size().iter().map(|&s| s as usize).collect();
+            if a.shape != shape {
+                return Err(GendaError::Score(format!(
+                    "{origin}: parameter `{n}` has shape {:?}, the network expects {shape:?}",
+                    a.shape
+                )));
+            }
+            let src = Tensor::from_slice(&a.data).reshape(t.size()).to(t.device());
+            let mut t = t.shallow_clone();
+            t.copy_(&src);
+        }
+        if arrays.len() != tensors.len() {
+            return Err(GendaError::Score(format!(
+                "{origin}: {} parameters stored, the network has {}",
+                arrays.len(),
+                tensors.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rebuild a network from a weights/checkpoint file (group `group`).
+    pub fn from_tensor_file(
+        tf: &TensorFile,
+        group: &str,
+        device: DeviceChoice,
+        origin: &str,
+    ) -> Result<Self> {
+        let get = |k: &str| {
+            tf.attrs.get(k).ok_or_else(|| {
+                GendaError::Score(format!(
+                    "{origin}: attribute `{k}` missing (not a genda weights file?)"
+                ))
+            })
+        };
+        let cfg: NetworkConfig = toml::from_str(get("network")?)
+            .map_err(|e| GendaError::Score(format!("{origin}: bad `network` attribute: {e}")))?;
+        let process: ForwardProcess = toml::from_str(get("process")?)
+            .map_err(|e| GendaError::Score(format!("{origin}: bad `process` attribute: {e}")))?;
+        let dim: usize = get("dim")?
+            .parse()
+            .map_err(|e| GendaError::Score(format!("{origin}: bad `dim`: {e}")))?;
+        let dev = super::select_device(device, 0)?;
+        let mut net = ScoreNetwork::new(cfg, process, dim, dev, 0)?;
+        net.shift = get("data_shift")?
+            .parse()
+            .map_err(|e| GendaError::Score(format!("{origin}: bad data_shift: {e}")))?;
+        net.scale = get("data_scale")?
+            .parse()
+            .map_err(|e| GendaError::Score(format!("{origin}: bad data_scale: {e}")))?;
+        let arrays = tf
+            .groups
+            .get(group)
+            .ok_or_else(|| GendaError::Score(format!("{origin}: group `{group}` missing")))?;
+        Self::import(&net.parameters(), arrays, origin)?;
+        Ok(net)
+    }
+
+    /// Load weights written by `genda train`, refusing a different forward process.
+    pub fn load(
+        path: &std::path::Path,
+        expected_process: Option<&ForwardProcess>,
+        device: DeviceChoice,
+    ) -> Result<Self> {
+        let tf = crate::io::read_tensor_file(path)?;
+        let origin = path.display().to_string();
+        let net = Self::from_tensor_file(&tf, "params", device, &origin)?;
+        if let Some(p) = expected_process {
+            if p != &net.process {
+                return Err(GendaError::Score(format!(
+                    "{origin}: network was trained with forward process {:?} but is used with {p:?}; its score would be mis-scaled",
+                    net.process
+                )));
+            }
+        }
+        Ok(net)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With periodic padding and stride-2 pooling, shifting the input field by 2 cells shifts the
+    /// U-Net output by the same 2 cells (translation equivariance on the torus).
+    #[test]
+    fn unet_is_periodic() {
+        let (h, w) = (8i64, 12i64);
+        let cfg = NetworkConfig::Unet {
+            height: h,
+            width: w,
+            channels: 4,
+            time_features: 4,
+        };
+        let net = ScoreNetwork::new(
+            cfg,
+            ForwardProcess::default(),
+            (h * w) as usize,
+            Device::Cpu,
+            1,
+        )
+        .unwrap();
+        let x = Tensor::randn([2, h * w], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0.3f32, 0.7]);
+        let y = net.eps_hat(&x, &t).reshape([2, h, w]);
+        let xs = x
+            .reshape([2, h, w])
+            .roll([2, 4], [1, 2])
+            .reshape([2, h * w]);
+        let ys = net.eps_hat(&xs, &t).reshape([2, h, w]);
+        let diff = (ys - y.roll([2, 4], [1, 2])).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+        assert_eq!(net.eps_hat(&x, &t).size(), vec![2, h * w]);
+        // Wrong field size for the sample dimension is a clear error.
+        let bad = NetworkConfig::Unet {
+            height: h,
+            width: w,
+            channels: 4,
+            time_features: 4,
+        };
+        assert!(ScoreNetwork::new(bad, ForwardProcess::default(), 10, Device::Cpu, 1).is_err());
+    }
+}

@@ -1,0 +1,898 @@
+//! Denoising score matching: Adam with warm-up + cosine learning rate, EMA of the weights,
+//! validation loss, checkpoints that resume bit-for-bit, and data parallelism over MPI.
+//!
+//! Adam is written out here (a dozen tensor ops) rather than taken from `tch::nn::Adam`, whose
+//! moment buffers live inside libtorch and cannot be saved: a resumable checkpoint needs them.
+//!
+//! Data parallel: step k draws one global batch of B sample indices and, for global sample j,
+//! its time and noise from the stream (seed, Training, k, j). Rank r of R trains on samples
+//! r·B/R..(r+1)·B/R and the gradients are summed over ranks and divided by R, so R ranks with
+//! B/R samples each take the same step as one rank with B (up to float summation order).
+use super::net::{NetworkConfig, ScoreNetwork};
+use super::process::ForwardProcess;
+use super::DeviceChoice;
+use crate::error::{GendaError, Result};
+use crate::io::{read_tensor_file, read_trajectory, write_tensor_file, TensorFile};
+use crate::parallel::Collectives;
+use crate::rng::{fill_standard_normal, stream, Purpose};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand_distr::{Distribution, Uniform};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    pub network: NetworkConfig,
+    pub process: ForwardProcess,
+    pub training: TrainingConfig,
+    pub output: TrainOutput,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// HDF5 file with dataset `trajectory` (time, x), e.g. from `genda truth`.
+    pub path: PathBuf,
+    /// Consecutive states per training sample (1: single states; 2k+1: SDA windows).
+    #[serde(default = "one")]
+    pub window: usize,
+    /// Trailing fraction of the trajectory held out for validation (time-contiguous split).
+    #[serde(default = "d_val")]
+    pub validation_fraction: f64,
+    /// Standardise data by their global mean and std before training.
+    #[serde(default = "yes")]
+    pub standardize: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    Constant,
+    #[default]
+    Cosine,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    pub steps: usize,
+    /// Global batch size (split over MPI ranks).
+    pub batch: usize,
+    pub lr: f64,
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    #[serde(default)]
+    pub warmup: usize,
+    /// EMA decay of the weights that are saved.
+    #[serde(default = "d_ema")]
+    pub ema: f64,
+    #[serde(default = "one_u64")]
+    pub seed: u64,
+    /// Smallest training time (the loss is ill-conditioned at t = 0).
+    #[serde(default = "d_tmin")]
+    pub t_min: f64,
+    #[serde(default = "d_val_every")]
+    pub validate_every: usize,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    #[serde(default)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOutput {
+    /// Weights (EMA) with provenance, HDF5.
+    pub weights: PathBuf,
+    /// Full training state for `--resume`, HDF5.
+    pub checkpoint: PathBuf,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_u64() -> u64 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn d_val() -> f64 {
+    0.1
+}
+fn d_ema() -> f64 {
+    0.999
+}
+fn d_tmin() -> f64 {
+    1e-3
+}
+fn d_val_every() -> usize {
+    200
+}
+
+impl TrainConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| GendaError::Config {
+            path: path.display().to_string(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| GendaError::Config {
+            path: path.display().to_string(),
+            msg: e.to_string().trim_end().to_string(),
+        })?;
+        let t = &cfg.training;
+        let bad = |k: &str, m: String| {
+            Err(GendaError::Config {
+                path: path.display().to_string(),
+                msg: GendaError::invalid(k, m).to_string(),
+            })
+        };
+        if t.steps == 0 || t.batch == 0 {
+            return bad("training.steps/batch", "must be >= 1".into());
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return bad("training.lr", format!("must be positive, got {}", t.lr));
+        }
+        if !(0.0..1.0).contains(&t.ema) {
+            return bad("training.ema", format!("must be in [0, 1), got {}", t.ema));
+        }
+        if cfg.data.window == 0 || !(0.0..0.9).contains(&cfg.data.validation_fraction) {
+            return bad(
+                "data",
+                "window >= 1 and 0 <= validation_fraction < 0.9".into(),
+            );
+        }
+        if let Err(m) = cfg.process.validate() {
+            return bad("process", m);
+        }
+        Ok(cfg)
+    }
+}
+
+/// Training samples: windows of a trajectory, standardised, row-major (samples, dim).
+pub struct Dataset {
+    pub train: Vec<f64>,
+    pub valid: Vec<f64>,
+    pub dim: usize,
+    pub shift: f64,
+    pub scale: f64,
+}
+
+impl Dataset {
+    pub fn from_samples(
+        samples: Vec<f64>,
+        dim: usize,
+        validation_fraction: f64,
+        standardize: bool,
+    ) -> Result<Self> {
+        let n = samples.len() / dim;
+        if n < 2 {
+            return Err(GendaError::Score(format!(
+                "need at least 2 training samples, have {n}"
+            )));
+        }
+        let (shift, scale) = if standardize {
+            let m = samples.iter().sum::<f64>() / samples.len() as f64;
+            let v = samples.iter().map(|x| (x - m).powi(2)).sum::<f64>() / samples.len() as f64;
+            (m, v.sqrt().max(1e-12))
+        } else {
+            (0.0, 1.0)
+        };
+        let z: Vec<f64> = samples.iter().map(|x| (x - shift) / scale).collect();
+        let n_val = ((n as f64) * validation_fraction).round() as usize;
+        let n_train = n - n_val;
+        Ok(Dataset {
+            train: z[..n_train * dim].to_vec(),
+            valid: z[n_train * dim..].to_vec(),
+            dim,
+            shift,
+            scale,
+        })
+    }
+
+    /// Windows of `window` consecutive states of an HDF5 trajectory.
+    pub fn from_trajectory(
+        path: &Path,
+        window: usize,
+        validation_fraction: f64,
+        standardize: bool,
+    ) -> Result<Self> {
+        let traj = read_trajectory(path)?;
+        if traj.times < window {
+            return Err(GendaError::file(
+                path,
+                format!(
+                    "trajectory has {} times, fewer than window = {window}",
+                    traj.times
+                ),
+            ));
+        }
+        let n = traj.state_dim;
+        let count = traj.times - window + 1;
+        let mut samples = Vec::with_capacity(count * window * n);
+        for i in 0..count {
+            samples.extend_from_slice(&traj.data[i * n..(i + window) * n]);
+        }
+        if samples.iter().any(|v| !v.is_finite()) {
+            return Err(GendaError::file(
+                path,
+                "dataset `trajectory` contains NaN/inf",
+            ));
+        }
+        Self::from_samples(samples, window * n, validation_fraction, standardize)
+    }
+
+    pub fn n_train(&self) -> usize {
+        self.train.len() / self.dim
+    }
+}
+
+/// The whole training state (what a checkpoint holds).
+pub struct Trainer {
+    pub net: ScoreNetwork,
+    pub cfg: TrainingConfig,
+    params: Vec<(String, Tensor)>,
+    adam_m: Vec<(String, Tensor)>,
+    adam_v: Vec<(String, Tensor)>,
+    ema: Vec<(String, Tensor)>,
+    pub step: usize,
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+
+fn zeros_like(p: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    p.iter()
+        .map(|(n, t)| (n.clone(), t.zeros_like().detach()))
+        .collect()
+}
+
+impl Trainer {
+    pub fn new(net: ScoreNetwork, cfg: TrainingConfig) -> Self {
+        let params = net.parameters();
+        let ema = params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach().copy()))
+            .collect();
+        Trainer {
+            adam_m: zeros_like(&params),
+            adam_v: zeros_like(&params),
+            ema,
+            params,
+            net,
+            cfg,
+            step: 0,
+        }
+    }
+
+    fn lr_at(&self, step: usize) -> f64 {
+        let c = &self.cfg;
+        if step < c.warmup {
+            return c.lr * (step + 1) as f64 / c.warmup as f64;
+        }
+        match c.lr_schedule {
+            LrSchedule::Constant => c.lr,
+            LrSchedule::Cosine => {
+                let p = (step - c.warmup) as f64 / (c.steps.saturating_sub(c.warmup)).max(1) as f64;
+                c.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()))
+            }
+        }
+    }
+
+    /// (x_t, z, t) for global samples `lo..hi` of step `step`, from the counter-keyed streams.
+    fn noised_batch(
+        &self,
+        data: &[f64],
+        dim: usize,
+        idx: &[usize],
+        lo: usize,
+        step: u64,
+        device: Device,
+    ) -> (Tensor, Tensor, Tensor) {
+        let p = &self.net.process;
+        let tdist = Uniform::new(self.cfg.t_min, p.t_max());
+        let b = idx.len();
+        let mut xt = vec![0f32; b * dim];
+        let mut zf = vec![0f32; b * dim];
+        let mut ts = vec![0f32; b];
+        let mut z = vec![0.0; dim];
+        for (j, &i) in idx.iter().enumerate() {
+            let g = (lo + j) as u64;
+            let mut rng = stream(self.cfg.seed, Purpose::Training, step, g, u64::MAX);
+            let t = tdist.sample(&mut rng);
+            fill_standard_normal(self.cfg.seed, Purpose::Training, step, g, 0, &mut z);
+            let (a, s) = (p.alpha(t), p.sigma(t));
+            for k in 0..dim {
+                xt[j * dim + k] = (a * data[i * dim + k] + s * z[k]) as f32;
+                zf[j * dim + k] = z[k] as f32;
+            }
+            ts[j] = t as f32;
+        }
+        let shape = [b as i64, dim as i64];
+        (
+            Tensor::from_slice(&xt).reshape(shape).to(device),
+            Tensor::from_slice(&zf).reshape(shape).to(device),
+            Tensor::from_slice(&ts).to(device),
+        )
+    }
+
+    /// One optimisation step on this rank's share of the global batch; returns the global loss.
+    pub fn step(&mut self, data: &Dataset, comm: &dyn Collectives) -> Result<f64> {
+        let (ranks, rank) = (comm.size(), comm.rank());
+        let b = self.cfg.batch;
+        if b % ranks != 0 {
+            return Err(GendaError::Parallel(format!(
+                "training.batch = {b} is not divisible by {ranks} MPI ranks"
+            )));
+        }
+        let step = self.step as u64;
+        let n = data.n_train();
+        let mut rng = stream(self.cfg.seed, Purpose::Training, step, u64::MAX, u64::MAX);
+        let pick = Uniform::new(0, n);
+        let global: Vec<usize> = (0..b).map(|_| pick.sample(&mut rng)).collect();
+        let (lo, hi) = (rank * b / ranks, (rank + 1) * b / ranks);
+        let device = self.net.device();
+        let (xt, z, t) =
+            self.noised_batch(&data.train, data.dim, &global[lo..hi], lo, step, device);
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let loss = (self.net.eps_hat(&xt, &t) + &z).square().mean(Kind::Float);
+        loss.backward();
+        // Flatten gradients (and the loss) for one allreduce.
+        let mut flat: Vec<f32> = Vec::new();
+        for (_, p) in &self.params {
+            let g = p.grad().to(Device::Cpu).to_kind(Kind::Float).reshape([-1]);
+            flat.extend(Vec::<f32>::try_from(&g).map_err(|e| GendaError::Score(e.to_string()))?);
+        }
+        flat.push(loss.double_value(&[]) as f32);
+        comm.all_reduce_sum_f32(&mut flat);
+        let inv = 1.0 / ranks as f32;
+        flat.iter_mut().for_each(|v| *v *= inv);
+        let global_loss = *flat.last().expect("loss appended") as f64;
+        if !global_loss.is_finite() {
+            return Err(GendaError::Score(format!(
+                "training loss is {global_loss} at step {} (lower training.lr?)",
+                self.step
+            )));
+        }
+        let lr = self.lr_at(self.step);
+        let k = (self.step + 1) as i32;
+        let (c1, c2) = (1.0 - BETA1.powi(k), 1.0 - BETA2.powi(k));
+        let _g = tch::no_grad_guard();
+        let mut off = 0;
+        for (i, (_, p)) in self.params.iter().enumerate() {
+            let numel = p.numel();
+            let g = Tensor::from_slice(&flat[off..off + numel])
+                .reshape(p.size())
+                .to(device);
+            off += numel;
+            let m = &self.adam_m[i].1;
+            let v = &self.adam_v[i].1;
+            m.shallow_clone().copy_(&(m * BETA1 + &g * (1.0 - BETA1)));
+            v.shallow_clone()
+                .copy_(&(v * BETA2 + g.square() * (1.0 - BETA2)));
+            let upd = (m / c1) / ((v / c2).sqrt() + ADAM_EPS) * lr;
+            p.shallow_clone().copy_(&(p - upd));
+            let e = &self.ema[i].1;
+            e.shallow_clone()
+                .copy_(&(e * self.cfg.ema + p * (1.0 - self.cfg.ema)));
+        }
+        self.step += 1;
+        Ok(global_loss)
+    }
+
+    /// DSM loss of the EMA weights on the validation set with fixed noise.
+    pub fn validation_loss(&self, data: &Dataset) -> f64 {
+        let nv = data.valid.len() / data.dim;
+        if nv == 0 {
+            return f64::NAN;
+        }
+        let idx: Vec<usize> = (0..nv.min(1024)).collect();
+        let (xt, z, t) =
+            self.noised_batch(&data.valid, data.dim, &idx, 0, u64::MAX, self.net.device());
+        let _g = tch::no_grad_guard();
+        // Swap in the EMA weights for evaluation.
+        let saved: Vec<Tensor> = self.params.iter().map(|(_, p)| p.detach().copy()).collect();
+        for ((_, p), (_, e)) in self.params.iter().zip(&self.ema) {
+            p.shallow_clone().copy_(e);
+        }
+        let loss = (self.net.eps_hat(&xt, &t) + &z)
+            .square()
+            .mean(Kind::Float)
+            .double_value(&[]);
+        for ((_, p), s) in self.params.iter().zip(&saved) {
+            p.shallow_clone().copy_(s);
+        }
+        loss
+    }
+
+    fn base_attrs(&self, kind: &str) -> TensorFile {
+        let mut tf = TensorFile::default();
+        for (k, v) in self.net.attrs() {
+            tf.attrs.insert(k, v);
+        }
+        tf.attrs.insert("kind".into(), kind.into());
+        tf.attrs.insert("step".into(), self.step.to_string());
+        tf.attrs.insert(
+            "training".into(),
+            toml::to_string(&self.cfg).unwrap_or_default(),
+        );
+        tf
+    }
+
+    /// Weights file: the EMA weights as `params`, with provenance.
+    pub fn save_weights(&self, path: &Path, data_source: &str) -> Result<()> {
+        let mut tf = self.base_attrs("weights");
+        tf.attrs.insert("data".into(), data_source.into());
+        tf.groups
+            .insert("params".into(), ScoreNetwork::export(&self.ema));
+        write_tensor_file(path, &tf)
+    }
+
+    /// Checkpoint: parameters, EMA, Adam moments and the step counter.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let mut tf = self.base_attrs("checkpoint");
+        tf.groups
+            .insert("params".into(), ScoreNetwork::export(&self.params));
+        tf.groups
+            .insert("ema".into(), ScoreNetwork::export(&self.ema));
+        tf.groups
+            .insert("adam_m".into(), ScoreNetwork::export(&self.adam_m));
+        tf.groups
+            .insert("adam_v".into(), ScoreNetwork::export(&self.adam_v));
+        write_tensor_file(path, &tf)
+    }
+
+    /// Restore a checkpoint into a trainer built from the same config.
+    pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+        let tf = read_tensor_file(path)?;
+        let origin = path.display().to_string();
+        if tf.attrs.get("kind").map(String::as_str) != Some("checkpoint") {
+            return Err(GendaError::Score(format!(
+                "{origin}: not a genda training checkpoint"
+            )));
+        }
+        let want = toml::to_string(&self.net.cfg).unwrap_or_default();
+        if tf.attrs.get("network") != Some(&want) {
+            return Err(GendaError::Score(format!(
+                "{origin}: checkpoint is for a different network config"
+            )));
+        }
+        for (group, tensors) in [
+            ("params", &self.params),
+            ("ema", &self.ema),
+            ("adam_m", &self.adam_m),
+            ("adam_v", &self.adam_v),
+        ] {
+            let arrays = tf
+                .groups
+                .get(group)
+                .ok_or_else(|| GendaError::Score(format!("{origin}: group `{group}` missing")))?;
+            ScoreNetwork::import(tensors, arrays, &origin)?;
+        }
+        self.step = tf
+            .attrs
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| GendaError::Score(format!("{origin}: bad `step`")))?;
+        Ok(())
+    }
+
+    /// Flat copy of the current parameters (for comparisons).
+    pub fn flat_params(&self) -> Vec<f32> {
+        ScoreNetwork::export(&self.params)
+            .into_iter()
+            .flat_map(|a| a.data)
+            .collect()
+    }
+}
+
+/// `genda train`: train on the configured HDF5 trajectory, write weights (and checkpoints).
+pub fn run_training(
+    cfg: &TrainConfig,
+    comm: &dyn Collectives,
+    resume: Option<&Path>,
+    progress: bool,
+) -> Result<(f64, f64)> {
+    let data = Dataset::from_trajectory(
+        &cfg.data.path,
+        cfg.data.window,
+        cfg.data.validation_fraction,
+        cfg.data.standardize,
+    )?;
+    // One GPU per rank: MPI rank → local device index (ranks on a node share its GPUs).
+    let local_rank = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")
+        .or_else(|_| std::env::var("SLURM_LOCALID"))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let device = super::select_device(cfg.training.device, local_rank)?;
+    let mut net = ScoreNetwork::new(
+        cfg.network.clone(),
+        cfg.process,
+        data.dim,
+        device,
+        cfg.training.seed,
+    )?;
+    net.shift = data.shift;
+    net.scale = data.scale;
+    let mut trainer = Trainer::new(net, cfg.training.clone());
+    if let Some(ckpt) = resume {
+        trainer.load_checkpoint(ckpt)?;
+        log::info!("resumed from {} at step {}", ckpt.display(), trainer.step);
+    }
+    log::info!(
+        "training {:?} score network (dim {}) on {} samples ({} validation) from {}, {:?}, {} rank(s), device {:?}",
+        cfg.network,
+        data.dim,
+        data.n_train(),
+        data.valid.len() / data.dim,
+        cfg.data.path.display(),
+        cfg.process,
+        comm.size(),
+        device
+    );
+    let bar = if progress && comm.is_root() {
+        ProgressBar::new(cfg.training.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "train {pos}/{len} [{bar:40}] {elapsed_precise} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_position(trainer.step as u64);
+    let mut last = f64::NAN;
+    let mut val = f64::NAN;
+    while trainer.step < cfg.training.steps {
+        last = trainer.step(&data, comm)?;
+        bar.inc(1);
+        let s = trainer.step;
+        if s % cfg.training.validate_every == 0 || s == cfg.training.steps {
+            val = trainer.validation_loss(&data);
+            bar.set_message(format!("loss {last:.4} val {val:.4}"));
+            log::info!(
+                "step {s}: loss {last:.5}, validation loss (EMA) {val:.5}, lr {:.2e}",
+                trainer.lr_at(s.saturating_sub(1))
+            );
+        }
+        if cfg.training.checkpoint_every > 0
+            && s % cfg.training.checkpoint_every == 0
+            && comm.is_root()
+        {
+            trainer.save_checkpoint(&cfg.output.checkpoint)?;
+        }
+    }
+    bar.finish_and_clear();
+    if comm.is_root() {
+        trainer.save_checkpoint(&cfg.output.checkpoint)?;
+        trainer.save_weights(&cfg.output.weights, &cfg.data.path.display().to_string())?;
+    }
+    Ok((last, val))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parallel::SerialComm;
+    use crate::score::analytic::GaussianMixture;
+    use crate::score::sampler::{prior_sample, sample, SamplerConfig, SamplerKind};
+    use nalgebra::{DMatrix, DVector};
+    use rand_distr::StandardNormal;
+
+    fn cfg(steps: usize, batch: usize) -> TrainingConfig {
+        TrainingConfig {
+            steps,
+            batch,
+            lr: 2e-3,
+            lr_schedule: LrSchedule::Cosine,
+            warmup: 50,
+            ema: 0.99,
+            seed: 3,
+            t_min: 1e-3,
+            validate_every: 100,
+            checkpoint_every: 0,
+            device: DeviceChoice::Cpu,
+        }
+    }
+
+    fn mlp(hidden: i64) -> NetworkConfig {
+        NetworkConfig::Mlp {
+            hidden,
+            layers: 3,
+            time_features: 8,
+        }
+    }
+
+    /// Exact samples of a 2-D Gaussian mixture (means, Cholesky factors).
+    fn mixture_samples(gm: &GaussianMixture, n: usize, seed: u64) -> Vec<f64> {
+        let mut rng = stream(seed, Purpose::Training, 9, 9, 9);
+        let u = Uniform::new(0.0, 1.0);
+        let chols: Vec<DMatrix<f64>> = gm
+            .covs
+            .iter()
+            .map(|c| c.clone().cholesky().unwrap().l())
+            .collect();
+        let mut out = Vec::with_capacity(2 * n);
+        for _ in 0..n {
+            let k = if u.sample(&mut rng) < gm.weights[0] {
+                0
+            } else {
+                1
+            };
+            let z = DVector::from_fn(2, |_, _| StandardNormal.sample(&mut rng));
+            let x = &gm.means[k] + &chols[k] * z;
+            out.extend_from_slice(x.as_slice());
+        }
+        out
+    }
+
+    fn mixture() -> GaussianMixture {
+        GaussianMixture {
+            weights: vec![0.3, 0.7],
+            means: vec![
+                DVector::from_vec(vec![-2.0, 0.0]),
+                DVector::from_vec(vec![2.0, 1.0]),
+            ],
+            covs: vec![
+                DMatrix::from_row_slice(2, 2, &[0.5, 0.2, 0.2, 0.3]),
+                DMatrix::from_row_slice(2, 2, &[0.4, -0.1, -0.1, 0.6]),
+            ],
+        }
+    }
+
+    /// (a) On Gaussian data the learned score approaches the exact one: −(x − αμ)/(α²v + σ²).
+    #[test]
+    fn learned_score_approaches_exact_gaussian_score() {
+        let (mu, v) = ([1.0f64, -2.0], [0.5f64, 2.0]);
+        let mut rng = stream(11, Purpose::Training, 1, 0, 0);
+        let data: Vec<f64> = (0..8000)
+            .map(|i| {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                mu[i % 2] + v[i % 2].sqrt() * z
+            })
+            .collect();
+        let ds = Dataset::from_samples(data, 2, 0.1, false).unwrap();
+        let process = ForwardProcess::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
+        let net = ScoreNetwork::new(mlp(64), process, 2, Device::Cpu, 5).unwrap();
+        let mut tr = Trainer::new(net, cfg(1500, 256));
+        for _ in 0..1500 {
+            tr.step(&ds, &SerialComm).unwrap();
+        }
+        // Evaluate the EMA weights, as saved.
+        let tf = {
+            let mut t = TensorFile::default();
+            t.groups
+                .insert("params".into(), ScoreNetwork::export(&tr.ema));
+            for (k, v) in tr.net.attrs() {
+                t.attrs.insert(k, v);
+            }
+            t
+        };
+        let net = ScoreNetwork::from_tensor_file(&tf, "params", DeviceChoice::Cpu, "test").unwrap();
+        for t in [0.1, 0.3, 0.6] {
+            let (a, s) = (process.alpha(t), process.sigma(t));
+            let pts: Vec<f64> = (0..400)
+                .map(|i| {
+                    let j = i % 2;
+                    let k = (i / 2) as f64;
+                    a * mu[j] + (a * a * v[j] + s * s).sqrt() * 1.5 * (k * 0.37).sin()
+                })
+                .collect();
+            let mut sc = vec![0.0; pts.len()];
+            net.score_into(&pts, t, &mut sc);
+            let (mut num, mut den) = (0.0, 0.0);
+            for i in 0..pts.len() {
+                let j = i % 2;
+                let exact = -(pts[i] - a * mu[j]) / (a * a * v[j] + s * s);
+                num += (sc[i] - exact).powi(2);
+                den += exact * exact;
+            }
+            let rel = (num / den).sqrt();
+            eprintln!("t = {t}: relative L2 score error {rel:.3}");
+            assert!(rel < 0.15, "t = {t}: relative L2 score error {rel}");
+        }
+    }
+
+    /// (c) A tiny network trained on mixture samples generates samples with the mixture's moments.
+    #[test]
+    fn network_trained_on_mixture_generates_its_moments() {
+        let gm = mixture();
+        let ds = Dataset::from_samples(mixture_samples(&gm, 20000, 1), 2, 0.05, false).unwrap();
+        let process = ForwardProcess::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
+        let net = ScoreNetwork::new(mlp(96), process, 2, Device::Cpu, 2).unwrap();
+        let mut tr = Trainer::new(
+            net,
+            TrainingConfig {
+                lr: 3e-3,
+                ema: 0.995,
+                ..cfg(3000, 256)
+            },
+        );
+        for _ in 0..3000 {
+            tr.step(&ds, &SerialComm).unwrap();
+        }
+        ScoreNetwork::import(&tr.params, &ScoreNetwork::export(&tr.ema), "ema").unwrap();
+        let score = |x: &[f64], t: f64, out: &mut [f64]| tr.net.score_into(x, t, out);
+        let sc = SamplerConfig {
+            kind: SamplerKind::ProbabilityFlow,
+            steps: 100,
+            t_min: 1e-3,
+            denoise: true,
+        };
+        let mut x = prior_sample(&process, 4000, 2, 5);
+        sample(&process, &sc, &score, &mut x, 2, 5, None);
+        let mut groups: Vec<Vec<[f64; 2]>> = vec![Vec::new(), Vec::new()];
+        for r in x.chunks(2) {
+            groups[usize::from(r[0] >= 0.0)].push([r[0], r[1]]);
+        }
+        for k in 0..2 {
+            let g = &groups[k];
+            let n = g.len() as f64;
+            let w = n / 4000.0;
+            let mean = [
+                g.iter().map(|p| p[0]).sum::<f64>() / n,
+                g.iter().map(|p| p[1]).sum::<f64>() / n,
+            ];
+            let cov = |a: usize, b: usize| {
+                g.iter()
+                    .map(|p| (p[a] - mean[a]) * (p[b] - mean[b]))
+                    .sum::<f64>()
+                    / (n - 1.0)
+            };
+            eprintln!(
+                "component {k}: w {w:.3} mean {mean:?} cov {:.3} {:.3} {:.3}",
+                cov(0, 0),
+                cov(0, 1),
+                cov(1, 1)
+            );
+            assert!((w - gm.weights[k]).abs() < 0.05, "weight {k}: {w}");
+            for j in 0..2 {
+                assert!(
+                    (mean[j] - gm.means[k][j]).abs() < 0.2,
+                    "mean {k},{j}: {}",
+                    mean[j]
+                );
+            }
+            for (a, b) in [(0, 0), (0, 1), (1, 1)] {
+                assert!(
+                    (cov(a, b) - gm.covs[k][(a, b)]).abs() < 0.15,
+                    "cov {k} ({a},{b}): {}",
+                    cov(a, b)
+                );
+            }
+        }
+    }
+
+    /// Training 40 steps straight equals 20 steps, checkpoint, reload into a fresh trainer, 20 more.
+    #[test]
+    fn resumed_training_equals_uninterrupted_training() {
+        let gm = mixture();
+        let ds = Dataset::from_samples(mixture_samples(&gm, 2000, 2), 2, 0.1, true).unwrap();
+        let process = ForwardProcess::Ve {
+            sigma_min: 0.01,
+            sigma_max: 5.0,
+        };
+        let make = || {
+            Trainer::new(
+                ScoreNetwork::new(mlp(32), process, 2, Device::Cpu, 8).unwrap(),
+                cfg(40, 64),
+            )
+        };
+        let mut straight = make();
+        for _ in 0..40 {
+            straight.step(&ds, &SerialComm).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck.h5");
+        let mut first = make();
+        for _ in 0..20 {
+            first.step(&ds, &SerialComm).unwrap();
+        }
+        first.save_checkpoint(&ck).unwrap();
+        let mut resumed = Trainer::new(
+            ScoreNetwork::new(mlp(32), process, 2, Device::Cpu, 999).unwrap(),
+            cfg(40, 64),
+        );
+        resumed.load_checkpoint(&ck).unwrap();
+        assert_eq!(resumed.step, 20);
+        for _ in 0..20 {
+            resumed.step(&ds, &SerialComm).unwrap();
+        }
+        assert_eq!(
+            straight.flat_params(),
+            resumed.flat_params(),
+            "resumed training diverged from uninterrupted training"
+        );
+    }
+
+    #[test]
+    fn weights_reload_bit_exactly_and_refuse_wrong_use() {
+        let gm = mixture();
+        let ds = Dataset::from_samples(mixture_samples(&gm, 500, 3), 2, 0.1, true).unwrap();
+        let process = ForwardProcess::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
+        let mut net = ScoreNetwork::new(mlp(16), process, 2, Device::Cpu, 1).unwrap();
+        (net.shift, net.scale) = (ds.shift, ds.scale);
+        let mut tr = Trainer::new(net, cfg(5, 32));
+        for _ in 0..5 {
+            tr.step(&ds, &SerialComm).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path().join("w.h5");
+        tr.save_weights(&w, "test data").unwrap();
+        let net = ScoreNetwork::load(&w, Some(&process), DeviceChoice::Cpu).unwrap();
+        let saved: Vec<f32> = ScoreNetwork::export(&tr.ema)
+            .into_iter()
+            .flat_map(|a| a.data)
+            .collect();
+        let loaded: Vec<f32> = ScoreNetwork::export(&net.parameters())
+            .into_iter()
+            .flat_map(|a| a.data)
+            .collect();
+        assert_eq!(saved, loaded);
+        assert_eq!((net.shift, net.scale), (ds.shift, ds.scale));
+        // Another forward process: refused, naming both.
+        let other = ForwardProcess::Ve {
+            sigma_min: 0.01,
+            sigma_max: 5.0,
+        };
+        let e = ScoreNetwork::load(&w, Some(&other), DeviceChoice::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("forward process") && e.contains("mis-scaled"),
+            "{e}"
+        );
+        // Another architecture: refused, naming the parameter.
+        let mut tf = read_tensor_file(&w).unwrap();
+        tf.attrs
+            .insert("network".into(), toml::to_string(&mlp(17)).unwrap());
+        let e = ScoreNetwork::from_tensor_file(&tf, "params", DeviceChoice::Cpu, "x")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("shape"), "{e}");
+        // Corrupt and missing files.
+        std::fs::write(dir.path().join("bad.h5"), b"garbage").unwrap();
+        let e = ScoreNetwork::load(&dir.path().join("bad.h5"), None, DeviceChoice::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("bad.h5"), "{e}");
+        let e = ScoreNetwork::load(&dir.path().join("none.h5"), None, DeviceChoice::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no such file"), "{e}");
+        // CUDA requested where there is none: an error, no silent fallback.
+        if !tch::Cuda::is_available() {
+            let e = crate::score::select_device(DeviceChoice::Cuda, 0)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("cuda"), "{e}");
+        }
+    }
+}
