@@ -18,6 +18,19 @@ pub struct Config {
     pub filter: FilterConfig,
     #[serde(default)]
     pub output: OutputConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+/// Restart files (HDF5) of a run.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Checkpoint file (default: the output path with `.ckpt.h5`).
+    pub path: Option<PathBuf>,
+    /// Write a checkpoint every this many cycles (0: only when stopped by SIGTERM/SIGUSR1).
+    #[serde(default)]
+    pub every: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -122,6 +135,28 @@ impl Config {
     /// The config as TOML text (stored in output metadata).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise config: {e}"))
+    }
+
+    /// Where checkpoints go.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.checkpoint
+            .path
+            .clone()
+            .unwrap_or_else(|| self.output.path.with_extension("ckpt.h5"))
+    }
+
+    /// FNV-1a hash of the science settings (everything but [output] and [checkpoint]): a
+    /// checkpoint only restarts the run it belongs to.
+    pub fn science_hash(&self) -> String {
+        let mut c = self.clone();
+        c.output = OutputConfig::default();
+        c.checkpoint = CheckpointConfig::default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in c.to_toml().bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
     }
 
     /// Check every value that serde's types cannot express.

@@ -22,6 +22,9 @@ pub enum GendaError {
     #[error("filter diverged at cycle {cycle}: {what}; try more inflation, more members or a smaller dt")]
     Diverged { cycle: usize, what: String },
 
+    #[error("stopped by signal after cycle {cycle}; checkpoint written to {checkpoint}; continue with `genda run <config> --restart {checkpoint}`", checkpoint = checkpoint.display())]
+    Stopped { cycle: usize, checkpoint: PathBuf },
+
     #[error("parallel layout: {0}")]
     Parallel(String),
 

@@ -4,7 +4,10 @@
 use crate::config::Config;
 use crate::error::{GendaError, Result};
 use crate::filters::{ensemble_mean, AnalysisInput};
-use crate::io::{write_trajectory, RunMeta, RunWriter, Trajectory};
+use crate::io::{
+    read_checkpoint, snapshot_path, write_checkpoint, write_trajectory, RunCheckpoint, RunMeta,
+    RunWriter, Trajectory,
+};
 use crate::metrics::{rmse, spread, CycleStats, TimeAverage};
 use crate::models::{Model, Rk4Workspace};
 use crate::obs::ObsOperator;
@@ -14,6 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, Array2};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Variable-steps per forecast below which threads cost more than they save.
@@ -66,6 +71,16 @@ impl<'a> TruthRun<'a> {
             ws,
             cycle: 0,
         })
+    }
+
+    /// Continue from a checkpointed true state after `cycle`.
+    pub fn restore(&mut self, state: &[f64], cycle: usize) {
+        self.state.copy_from_slice(state);
+        self.cycle = cycle;
+    }
+
+    pub fn state(&self) -> &[f64] {
+        &self.state
     }
 
     /// Advance to the next observation time; write y = h(x) + R^{1/2} z into `obs`.
@@ -143,6 +158,10 @@ pub struct RunOptions {
     pub write_output: bool,
     /// Show a progress bar (root rank, terminals only).
     pub progress: bool,
+    /// Continue from this checkpoint.
+    pub restart: Option<PathBuf>,
+    /// Set by a signal handler: checkpoint after the current cycle and stop.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 fn check_finite(a: &Array2<f64>, cycle: usize, what: &'static str) -> Result<()> {
@@ -170,6 +189,70 @@ fn on_root<T>(comm: &dyn Collectives, f: impl FnOnce() -> Result<T>) -> Result<O
             "the root rank failed to write output; see its error".into(),
         )))
     }
+}
+
+/// Write checkpoint `path` after `cycle` (root rank): the run-file snapshot first, named by
+/// cycle, then the checkpoint that points at it, then remove the previous snapshot — so a crash at
+/// any moment leaves the previous checkpoint usable.
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(
+    path: &Path,
+    cycle: usize,
+    ens: &Array2<f64>,
+    truth: &[f64],
+    avg: &TimeAverage,
+    inflation: f64,
+    config_hash: &str,
+    writer: Option<&mut RunWriter>,
+    previous: &mut Option<PathBuf>,
+) -> Result<()> {
+    let snap = match writer {
+        Some(w) => {
+            let p = snapshot_path(path, cycle);
+            w.snapshot(&p)?;
+            Some(p)
+        }
+        None => None,
+    };
+    let series: Vec<f64> = avg
+        .series
+        .iter()
+        .flat_map(|s| {
+            [
+                s.rmse_forecast,
+                s.rmse_analysis,
+                s.spread_forecast,
+                s.spread_analysis,
+            ]
+        })
+        .collect();
+    let ens = ens.as_standard_layout();
+    write_checkpoint(
+        path,
+        &RunCheckpoint {
+            cycle,
+            members: ens.nrows(),
+            state_dim: ens.ncols(),
+            ensemble: ens.as_slice().expect("standard layout").to_vec(),
+            truth: truth.to_vec(),
+            series,
+            inflation,
+            config_hash: config_hash.to_string(),
+            genda_version: env!("CARGO_PKG_VERSION").to_string(),
+            run_snapshot: snap
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned()),
+        },
+    )?;
+    if let Some(old) = previous.take() {
+        if Some(&old) != snap.as_ref() {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    *previous = snap;
+    log::info!("checkpoint after cycle {cycle}: {}", path.display());
+    Ok(())
 }
 
 /// A twin experiment: truth, observations, ensemble forecasts and analyses for every cycle.
@@ -216,7 +299,69 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let mut filter = cfg.filter.build();
     let mut truth = TruthRun::new(cfg, model.as_ref(), &h)?;
     let config_toml = cfg.to_toml();
-    let mut writer = if opts.write_output {
+    let config_hash = cfg.science_hash();
+    let ckpt_path = cfg.checkpoint_path();
+
+    // Restart: ensemble rows of this rank's members, truth, statistics, and the run file so far.
+    let mut avg = TimeAverage::new(cfg.experiment.burn_in);
+    let mut start = 1;
+    let mut snapshot: Option<PathBuf> = None;
+    if let Some(path) = &opts.restart {
+        let ck = read_checkpoint(path)?;
+        if ck.genda_version != env!("CARGO_PKG_VERSION") {
+            return Err(GendaError::file(
+                path,
+                format!(
+                    "checkpoint written by genda {}, this is {}",
+                    ck.genda_version,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
+        if ck.config_hash != config_hash || ck.members != members || ck.state_dim != n {
+            return Err(GendaError::file(path, "checkpoint belongs to another config (science settings differ); restart with the config it was written for"));
+        }
+        if ck.cycle >= cycles {
+            return Err(GendaError::file(
+                path,
+                format!(
+                    "checkpoint is at cycle {}, the run has only {cycles}",
+                    ck.cycle
+                ),
+            ));
+        }
+        for (mut row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
+            row.as_slice_mut()
+                .expect("contiguous")
+                .copy_from_slice(&ck.ensemble[m * n..(m + 1) * n]);
+        }
+        truth.restore(&ck.truth, ck.cycle);
+        for (k, v) in ck.series.chunks(4).enumerate() {
+            avg.push(
+                k + 1,
+                CycleStats {
+                    rmse_forecast: v[0],
+                    rmse_analysis: v[1],
+                    spread_forecast: v[2],
+                    spread_analysis: v[3],
+                },
+            );
+        }
+        start = ck.cycle + 1;
+        if opts.write_output {
+            let name = ck.run_snapshot.clone().ok_or_else(|| GendaError::file(path, "checkpoint has no run-file snapshot (written with --no-output); restart with --no-output"))?;
+            snapshot = Some(path.with_file_name(name));
+        }
+        log::info!(
+            "restarting from {} after cycle {}",
+            path.display(),
+            ck.cycle
+        );
+    }
+
+    let mut writer = if let (true, Some(snap)) = (opts.write_output, snapshot.clone()) {
+        on_root(comm, || RunWriter::resume(&cfg.output.path, &snap))?
+    } else if opts.write_output {
         on_root(comm, || {
             RunWriter::create(
                 &cfg.output.path,
@@ -254,11 +399,12 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         .progress_chars("=> "),
     );
 
-    let mut avg = TimeAverage::new(cfg.experiment.burn_in);
     let mut times = PhaseTimes::default();
     let mut obs = vec![0.0; p];
     let mut ens = Array2::<f64>::zeros((members, n));
-    for cycle in 1..=cycles {
+    bar.set_position(start as u64 - 1);
+    let ck_every = cfg.checkpoint.every;
+    for cycle in start..=cycles {
         let t = Instant::now();
         let x_true = truth.advance(&mut obs).to_vec();
         times.truth += t.elapsed().as_secs_f64();
@@ -336,6 +482,39 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         times.output += t.elapsed().as_secs_f64();
 
         local.assign(&ens.slice(s![mine.clone(), ..]));
+
+        // Checkpoint every `every` cycles, and when any rank got SIGTERM/SIGUSR1 (Slurm's notice
+        // before the wall time): then write one and stop.
+        let signalled = opts
+            .stop
+            .as_ref()
+            .map(|f| f.load(Ordering::Relaxed))
+            .unwrap_or(false);
+        let stop = opts.stop.is_some() && !comm.all_ok(!signalled);
+        if stop || (ck_every > 0 && cycle % ck_every == 0 && cycle < cycles) {
+            let t = Instant::now();
+            on_root(comm, || {
+                save_checkpoint(
+                    &ckpt_path,
+                    cycle,
+                    &ens,
+                    truth.state(),
+                    &avg,
+                    cfg.filter.inflation(),
+                    &config_hash,
+                    writer.as_mut(),
+                    &mut snapshot,
+                )
+            })?;
+            times.output += t.elapsed().as_secs_f64();
+            if stop {
+                bar.abandon();
+                return Err(GendaError::Stopped {
+                    cycle,
+                    checkpoint: ckpt_path,
+                });
+            }
+        }
         bar.inc(1);
         if cycle % 100 == 0 {
             bar.set_message(format!("rmse.a {:.3}", avg.mean().rmse_analysis));

@@ -7,6 +7,11 @@ fn main() {
     let cli = genda::cli::Cli::parse();
     if let Err(e) = genda::cli::execute(cli) {
         eprintln!("genda: error: {e:#}");
-        std::process::exit(1);
+        // 75 (EX_TEMPFAIL): stopped on a signal with a checkpoint written — restartable.
+        let code = match e.downcast_ref::<genda::GendaError>() {
+            Some(genda::GendaError::Stopped { .. }) => 75,
+            _ => 1,
+        };
+        std::process::exit(code);
     }
 }

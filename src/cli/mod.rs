@@ -46,6 +46,13 @@ pub enum Command {
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Continue from a checkpoint ([checkpoint] in the config; written every `every` cycles
+        /// and on SIGTERM/SIGUSR1). The rank count may differ from the run that wrote it.
+        #[arg(long)]
+        restart: Option<PathBuf>,
+        /// Override [checkpoint].every (cycles between checkpoints).
+        #[arg(long)]
+        checkpoint_every: Option<usize>,
     },
     /// Generate the truth trajectory and observations only: a CF NetCDF file and an HDF5
     /// trajectory dataset (`trajectory`, (time, x)) for training score networks.
@@ -102,6 +109,8 @@ pub fn execute(cli: Cli) -> Result<()> {
             seed,
             no_output,
             quiet,
+            restart,
+            checkpoint_every,
         } => {
             let mut cfg = load(&config)?;
             if let Some(o) = output {
@@ -113,13 +122,25 @@ pub fn execute(cli: Cli) -> Result<()> {
             if let Some(s) = seed {
                 cfg.experiment.seed = s;
             }
+            if let Some(k) = checkpoint_every {
+                cfg.checkpoint.every = k;
+            }
             cfg.validate().with_context(|| {
                 format!("config {} with command-line overrides", config.display())
             })?;
             let comm = MpiComm::init()?;
+            // Slurm sends SIGTERM (or the signal of --signal) before the wall time: checkpoint
+            // after the current cycle and stop cleanly.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handler")?;
+            }
             let opts = RunOptions {
                 write_output: !no_output,
                 progress: !quiet && std::io::stderr().is_terminal(),
+                restart,
+                stop: Some(stop),
             };
             let summary = run_twin(&cfg, &comm, &opts)?;
             if comm.is_root() {

@@ -57,6 +57,15 @@ impl FilterConfig {
         }
     }
 
+    /// Multiplicative inflation in use (1 for methods without).
+    pub fn inflation(&self) -> f64 {
+        match self {
+            FilterConfig::Etkf(c) => c.inflation,
+            FilterConfig::Enkf(c) => c.inflation,
+            FilterConfig::None(_) => 1.0,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             FilterConfig::Etkf(_) => "etkf",

@@ -1,11 +1,13 @@
 //! Files: NetCDF (CF) for what people and other models read, HDF5 for what genda reads back.
 //! Every writer goes through `PendingFile`: data go to a temporary name in the target directory
 //! and are renamed into place only when complete, so a failed run never leaves a half-written file.
+mod checkpoint;
 mod hdf5_io;
 mod netcdf_out;
 pub mod plot;
 mod tensors;
 
+pub use checkpoint::{read_checkpoint, snapshot_path, write_checkpoint, RunCheckpoint};
 pub use hdf5_io::{read_trajectory, write_trajectory, Trajectory};
 pub use netcdf_out::{read_run, RunData, RunMeta, RunWriter};
 pub use tensors::{read_tensor_file, write_tensor_file, NamedArray, TensorFile};
@@ -45,6 +47,31 @@ impl PendingFile {
             target: target.to_path_buf(),
             committed: false,
         })
+    }
+
+    /// Reserve `target` and start from a copy of `source` (resuming a partly written file).
+    /// Temporaries of the same target left by killed runs (their pid is gone) are removed.
+    pub fn from_copy(target: &Path, source: &Path) -> Result<Self> {
+        let p = Self::new(target)?;
+        if let (Some(dir), Some(name)) = (p.tmp.parent(), target.file_name()) {
+            let suffix = format!("-{}", name.to_string_lossy());
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let f = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = f
+                    .strip_prefix(".genda-tmp-")
+                    .and_then(|r| r.strip_suffix(&suffix))
+                {
+                    let alive = Path::new("/proc").join(pid).exists();
+                    if !alive && entry.path() != p.tmp {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        std::fs::copy(source, &p.tmp).map_err(|e| {
+            GendaError::file(source, format!("cannot copy to {}: {e}", p.tmp.display()))
+        })?;
+        Ok(p)
     }
 
     pub fn tmp_path(&self) -> &Path {

@@ -315,6 +315,35 @@ impl RunWriter {
         Ok(())
     }
 
+    /// Reopen a run file from a snapshot taken by `snapshot` (restart), to be completed at `path`.
+    pub fn resume(path: &Path, snapshot: &Path) -> Result<Self> {
+        let pending = PendingFile::from_copy(path, snapshot)?;
+        let file = netcdf::append(pending.tmp_path())
+            .map_err(|e| ncerr(snapshot, "reopen snapshot", e))?;
+        let with_filter = file.variable("analysis_mean").is_some();
+        let save_ensemble = file.variable("analysis_ensemble").is_some();
+        Ok(RunWriter {
+            file,
+            pending,
+            with_filter,
+            save_ensemble,
+            buffers: Vec::new(),
+        })
+    }
+
+    /// Flush everything written so far and copy the file, complete and consistent, to `dest`
+    /// (atomically); the run keeps writing to its own file.
+    pub fn snapshot(&mut self, dest: &Path) -> Result<()> {
+        for i in 0..self.buffers.len() {
+            self.flush(i)?;
+        }
+        let path = self.pending.target().to_path_buf();
+        self.file.sync().map_err(|e| ncerr(&path, "sync", e))?;
+        let out = PendingFile::from_copy(dest, self.pending.tmp_path())?;
+        out.commit()?;
+        Ok(())
+    }
+
     /// Store the time averages, close the file and move it into place.
     pub fn finish(mut self, averages: Option<&TimeAverage>) -> Result<PathBuf> {
         let path = self.pending.target().to_path_buf();
