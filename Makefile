@@ -4,9 +4,9 @@ SHELL := /bin/bash
 GENDA_HOME ?= $(HOME)/.cache/genda
 GENDA_VENV ?= $(GENDA_HOME)/venv
 export GENDA_HOME GENDA_VENV
+export PATH := $(GENDA_VENV)/bin:$(PATH)
 ifndef LIBTORCH
 export LIBTORCH_USE_PYTORCH := 1
-export PATH := $(GENDA_VENV)/bin:$(PATH)
 endif
 # tests launch `mpirun`; Open MPI refuses to run as root without these
 export OMPI_ALLOW_RUN_AS_ROOT := 1

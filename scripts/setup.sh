@@ -2,7 +2,9 @@
 # Idempotent set-up of everything genda needs on Debian 12 (or Ubuntu):
 #   1. system libraries from apt: OpenMPI, HDF5, NetCDF, libclang (bindgen), pkg-config, a font
 #      for plots; installed only when missing;
-#   2. libtorch: from $LIBTORCH if set (an HPC module or your own build), otherwise PyPI's `torch`
+#   2. a venv outside the clone ($GENDA_HOME/venv) with numpy + netCDF4 (the external model of
+#      the coupling tests) and, unless $LIBTORCH is set, torch;
+#   3. libtorch: from $LIBTORCH if set (an HPC module or your own build), otherwise PyPI's `torch`
 #      wheel in a venv kept outside the clone ($GENDA_HOME/venv, default ~/.cache/genda/venv),
 #      installed only when that venv lacks the pinned version.
 # tch and torch must be a matching pair: tch =0.24.0 binds torch 2.11.0 (see Cargo.toml).
@@ -37,6 +39,24 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+make_venv() {
+  [ -x "$VENV/bin/python" ] && return 0
+  mkdir -p "$GENDA_HOME"
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq python3-venv
+    python3 -m venv "$VENV"
+  fi
+}
+
+# numpy + netCDF4 for the external model of the coupling tests (tests/coupling_model.py).
+make_venv
+if "$VENV/bin/python" -c "import numpy, netCDF4" 2>/dev/null; then
+  log "numpy, netCDF4 present in $VENV"
+else
+  log "installing numpy, netCDF4 into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check numpy netCDF4
+fi
+
 if [ -n "${LIBTORCH:-}" ]; then
   if [ ! -d "$LIBTORCH/lib" ]; then
     log "LIBTORCH=$LIBTORCH has no lib/ directory"
@@ -57,11 +77,6 @@ if have_torch; then
   log "torch $TORCH_VERSION present in $VENV"
 else
   log "installing torch==$TORCH_VERSION into $VENV (several GB, first time only)"
-  mkdir -p "$GENDA_HOME"
-  if ! python3 -m venv "$VENV" 2>/dev/null; then
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq python3-venv
-    python3 -m venv "$VENV"
-  fi
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
   have_torch || { log "torch $TORCH_VERSION did not import from $VENV"; exit 1; }
 fi

@@ -20,6 +20,9 @@ pub struct Config {
     pub output: OutputConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// File-based coupling with an external model (`genda couple`).
+    #[serde(default)]
+    pub coupling: Option<crate::coupling::CouplingConfig>,
 }
 
 /// Restart files (HDF5) of a run.
@@ -151,6 +154,7 @@ impl Config {
         let mut c = self.clone();
         c.output = OutputConfig::default();
         c.checkpoint = CheckpointConfig::default();
+        c.coupling = None;
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in c.to_toml().bytes() {
             h ^= b as u64;

@@ -191,6 +191,30 @@ fn on_root<T>(comm: &dyn Collectives, f: impl FnOnce() -> Result<T>) -> Result<O
     }
 }
 
+/// Initial members `range` (rows), member m ~ N(mean, var) from stream (EnsembleInit, m): a
+/// rank draws only its own members, which are the same numbers on any layout.
+pub fn initial_ensemble(cfg: &Config, range: std::ops::Range<usize>) -> Result<Array2<f64>> {
+    let n = cfg.model.dim();
+    let mean0 = cfg.initial.mean.expand(n, "initial.mean")?;
+    let var0 = cfg.initial.var.expand(n, "initial.var")?;
+    let mut ens = Array2::<f64>::zeros((range.len(), n));
+    for (mut row, m) in ens.rows_mut().into_iter().zip(range) {
+        let x = row.as_slice_mut().expect("fresh array is contiguous");
+        fill_standard_normal(
+            cfg.experiment.seed,
+            Purpose::EnsembleInit,
+            0,
+            m as u64,
+            0,
+            x,
+        );
+        for ((xi, mu), v) in x.iter_mut().zip(&mean0).zip(&var0) {
+            *xi = mu + v.sqrt() * *xi;
+        }
+    }
+    Ok(ens)
+}
+
 /// Write checkpoint `path` after `cycle` (root rank): the run-file snapshot first, named by
 /// cycle, then the checkpoint that points at it, then remove the previous snapshot — so a crash at
 /// any moment leaves the previous checkpoint usable.
@@ -282,19 +306,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         p
     );
 
-    // Initial ensemble: member m ~ N(mean, var) from stream (EnsembleInit, member m); a rank
-    // draws only its own members, which are the same numbers on any layout.
-    let mean0 = cfg.initial.mean.expand(n, "initial.mean")?;
-    let var0 = cfg.initial.var.expand(n, "initial.var")?;
-    let mut local = Array2::<f64>::zeros((mine.len(), n));
-    for (row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
-        let mut row = row;
-        let x = row.as_slice_mut().expect("fresh array is contiguous");
-        fill_standard_normal(seed, Purpose::EnsembleInit, 0, m as u64, 0, x);
-        for ((xi, mu), v) in x.iter_mut().zip(&mean0).zip(&var0) {
-            *xi = mu + v.sqrt() * *xi;
-        }
-    }
+    let mut local = initial_ensemble(cfg, mine.clone())?;
 
     let mut filter = cfg.filter.build();
     let mut truth = TruthRun::new(cfg, model.as_ref(), &h)?;

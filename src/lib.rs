@@ -5,6 +5,7 @@
 //! `metrics`, `config`, and `experiment` (the cycle driver).
 pub mod cli;
 pub mod config;
+pub mod coupling;
 pub mod error;
 pub mod experiment;
 pub mod filters;

@@ -78,6 +78,15 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Assimilate for an external model through NetCDF files ([coupling] in the config; the
+    /// file contract is in docs/coupling.md): wait for each cycle's forecast and observations,
+    /// write the analysis ensemble and a completion marker.
+    Couple {
+        config: PathBuf,
+        /// First write genda's initial ensemble as cycle_000000/analysis.nc for the model.
+        #[arg(long)]
+        write_initial: bool,
+    },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
     Plot {
         /// NetCDF run file written by `genda run`.
@@ -188,6 +197,15 @@ pub fn execute(cli: Cli) -> Result<()> {
                     cfg.output.checkpoint.display()
                 );
             }
+            Ok(())
+        }
+        Command::Couple {
+            config,
+            write_initial,
+        } => {
+            let cfg = load(&config)?;
+            let cycles = crate::coupling::run_coupled(&cfg, write_initial)?;
+            println!("coupled {cycles} cycles");
             Ok(())
         }
         Command::Plot {

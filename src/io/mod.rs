@@ -2,6 +2,7 @@
 //! Every writer goes through `PendingFile`: data go to a temporary name in the target directory
 //! and are renamed into place only when complete, so a failed run never leaves a half-written file.
 mod checkpoint;
+pub mod coupling;
 mod hdf5_io;
 mod netcdf_out;
 pub mod plot;
