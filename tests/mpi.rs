@@ -77,3 +77,46 @@ fn too_many_ranks_is_a_clear_error() {
     assert!(!t.contains("panicked"), "{t}");
     assert_eq!(files_in(dir.path()), vec!["c.toml".to_string()]);
 }
+
+#[test]
+fn scaling_series_writes_csv_markdown_and_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_variant(dir.path(), "configs/l96_sakov2008.toml", "c.toml", &[]);
+    let out = dir.path().join("scal");
+    let o = std::process::Command::new(genda_bin())
+        .args([
+            "scaling",
+            cfg.to_str().unwrap(),
+            "--ranks",
+            "1,2",
+            "--mode",
+            "weak",
+            "--cycles",
+            "50",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ])
+        .env(
+            "GENDA_LAUNCHER_FLAGS",
+            "--allow-run-as-root --oversubscribe",
+        )
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(out.join("scaling.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[0].starts_with("ranks,members"));
+    // Weak scaling: members grow with ranks (20 → 40).
+    assert!(
+        rows[1].starts_with("1,20,40,50,") && rows[2].starts_with("2,40,40,50,"),
+        "{csv}"
+    );
+    let md = std::fs::read_to_string(out.join("scaling.md")).unwrap();
+    assert!(md.contains("| ranks |") && md.contains("efficiency"));
+    assert_eq!(
+        &std::fs::read(out.join("scaling.png")).unwrap()[..4],
+        b"\x89PNG"
+    );
+}

@@ -1,5 +1,6 @@
 //! The `genda` command line (clap). Each subcommand is a thin layer over the library.
 mod doctor;
+mod scaling;
 
 use crate::config::Config;
 use crate::experiment::{run_truth, run_twin, RunOptions};
@@ -37,6 +38,9 @@ pub enum Command {
         /// Override [experiment].cycles.
         #[arg(long)]
         cycles: Option<usize>,
+        /// Override [experiment].burn_in.
+        #[arg(long)]
+        burn_in: Option<usize>,
         /// Override [experiment].seed.
         #[arg(long)]
         seed: Option<u64>,
@@ -53,6 +57,12 @@ pub enum Command {
         /// Override [checkpoint].every (cycles between checkpoints).
         #[arg(long)]
         checkpoint_every: Option<usize>,
+        /// Override [filter].members.
+        #[arg(long)]
+        members: Option<usize>,
+        /// Write the run's wall time and per-phase times (TOML) here (used by `genda scaling`).
+        #[arg(long)]
+        timing_file: Option<PathBuf>,
     },
     /// Generate the truth trajectory and observations only: a CF NetCDF file and an HDF5
     /// trajectory dataset (`trajectory`, (time, x)) for training score networks.
@@ -87,6 +97,26 @@ pub enum Command {
         #[arg(long)]
         write_initial: bool,
     },
+    /// Strong or weak scaling series: run the config under `mpirun -n R` for each R and write
+    /// a CSV, a markdown table and a PNG (time per cycle, speed-up, efficiency, phase split).
+    Scaling {
+        config: PathBuf,
+        /// Rank counts, e.g. 1,2,4.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        ranks: Vec<usize>,
+        /// strong: fixed problem; weak: members grow with the rank count.
+        #[arg(long, value_enum, default_value_t = scaling::Mode::Strong)]
+        mode: scaling::Mode,
+        /// Override [experiment].cycles for every run.
+        #[arg(long)]
+        cycles: Option<usize>,
+        /// Where the CSV, markdown and PNG go.
+        #[arg(long, default_value = "output/scaling")]
+        out_dir: PathBuf,
+        /// Launcher command ("mpirun" or "srun"); extra launcher flags via GENDA_LAUNCHER_FLAGS.
+        #[arg(long, default_value = "mpirun")]
+        launcher: String,
+    },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
     Plot {
         /// NetCDF run file written by `genda run`.
@@ -115,11 +145,14 @@ pub fn execute(cli: Cli) -> Result<()> {
             config,
             output,
             cycles,
+            burn_in,
             seed,
             no_output,
             quiet,
             restart,
             checkpoint_every,
+            members,
+            timing_file,
         } => {
             let mut cfg = load(&config)?;
             if let Some(o) = output {
@@ -128,11 +161,17 @@ pub fn execute(cli: Cli) -> Result<()> {
             if let Some(c) = cycles {
                 cfg.experiment.cycles = c;
             }
+            if let Some(b) = burn_in {
+                cfg.experiment.burn_in = b;
+            }
             if let Some(s) = seed {
                 cfg.experiment.seed = s;
             }
             if let Some(k) = checkpoint_every {
                 cfg.checkpoint.every = k;
+            }
+            if let Some(m) = members {
+                cfg.filter.set_members(m);
             }
             cfg.validate().with_context(|| {
                 format!("config {} with command-line overrides", config.display())
@@ -151,7 +190,14 @@ pub fn execute(cli: Cli) -> Result<()> {
                 restart,
                 stop: Some(stop),
             };
+            comm.barrier();
+            let t0 = std::time::Instant::now();
             let summary = run_twin(&cfg, &comm, &opts)?;
+            comm.barrier();
+            let wall = t0.elapsed().as_secs_f64();
+            if let (true, Some(path)) = (comm.is_root(), timing_file) {
+                scaling::write_timing(&path, &cfg, &summary, wall)?;
+            }
             if comm.is_root() {
                 println!(
                     "{}: {} with {} members on {} rank(s)",
@@ -197,6 +243,18 @@ pub fn execute(cli: Cli) -> Result<()> {
                     cfg.output.checkpoint.display()
                 );
             }
+            Ok(())
+        }
+        Command::Scaling {
+            config,
+            ranks,
+            mode,
+            cycles,
+            out_dir,
+            launcher,
+        } => {
+            let report = scaling::run_series(&config, &ranks, mode, cycles, &out_dir, &launcher)?;
+            print!("{report}");
             Ok(())
         }
         Command::Couple {

@@ -57,6 +57,15 @@ impl FilterConfig {
         }
     }
 
+    /// Change the ensemble size (weak-scaling series, command-line overrides).
+    pub fn set_members(&mut self, m: usize) {
+        match self {
+            FilterConfig::Etkf(c) => c.members = m,
+            FilterConfig::Enkf(c) => c.members = m,
+            FilterConfig::None(c) => c.members = m,
+        }
+    }
+
     /// Multiplicative inflation in use (1 for methods without).
     pub fn inflation(&self) -> f64 {
         match self {

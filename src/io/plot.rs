@@ -169,3 +169,107 @@ pub fn plot_run(run_file: &Path, png: Option<&Path>, variables: usize) -> Result
     }
     pending.commit()
 }
+
+/// Scaling plot: time per cycle (log-log, with the ideal line) and parallel efficiency vs ranks.
+/// `points`: (ranks, time per cycle [s], speed-up, efficiency).
+pub fn plot_scaling(png: &Path, points: &[(f64, f64, f64, f64)], strong: bool) -> Result<PathBuf> {
+    ensure_font()?;
+    let pending = PendingFile::new(png)?;
+    let perr = |e: &dyn std::fmt::Display| GendaError::file(png, format!("plotting: {e}"));
+    {
+        let root = BitMapBackend::new(pending.tmp_path(), (1200, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| perr(&e))?;
+        let areas = root.split_evenly((1, 2));
+        let rmax = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.5;
+        let (r0, t0) = (points[0].0, points[0].1);
+        let tmin = points
+            .iter()
+            .map(|p| p.1)
+            .fold(f64::MAX, f64::min)
+            .min(if strong { t0 * r0 / rmax } else { t0 })
+            * 0.7;
+        let tmax = points.iter().map(|p| p.1).fold(0.0, f64::max) * 1.4;
+        let mut c = ChartBuilder::on(&areas[0])
+            .caption(
+                if strong {
+                    "strong scaling: time per cycle"
+                } else {
+                    "weak scaling: time per cycle"
+                },
+                ("sans-serif", 22),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0.8f64..rmax).log_scale(), (tmin..tmax).log_scale())
+            .map_err(|e| perr(&e))?;
+        c.configure_mesh()
+            .x_desc("MPI ranks")
+            .y_desc("seconds per cycle")
+            .draw()
+            .map_err(|e| perr(&e))?;
+        let ideal: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.0, if strong { t0 * r0 / p.0 } else { t0 }))
+            .collect();
+        c.draw_series(LineSeries::new(ideal, BLACK.stroke_width(1)))
+            .map_err(|e| perr(&e))?
+            .label("ideal")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        let red = RGBColor(200, 30, 30);
+        c.draw_series(LineSeries::new(
+            points.iter().map(|p| (p.0, p.1)),
+            red.stroke_width(2),
+        ))
+        .map_err(|e| perr(&e))?
+        .label("measured")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
+        c.draw_series(
+            points
+                .iter()
+                .map(|p| Circle::new((p.0, p.1), 4, red.filled())),
+        )
+        .map_err(|e| perr(&e))?;
+        c.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| perr(&e))?;
+        let mut c = ChartBuilder::on(&areas[1])
+            .caption("parallel efficiency", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0.8f64..rmax).log_scale(), 0.0..1.2f64)
+            .map_err(|e| perr(&e))?;
+        c.configure_mesh()
+            .x_desc("MPI ranks")
+            .y_desc("efficiency")
+            .draw()
+            .map_err(|e| perr(&e))?;
+        c.draw_series(LineSeries::new(
+            vec![(0.8, 1.0), (rmax, 1.0)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| perr(&e))?;
+        c.draw_series(LineSeries::new(
+            vec![(0.8, 0.8), (rmax, 0.8)],
+            RGBColor(150, 150, 150).stroke_width(1),
+        ))
+        .map_err(|e| perr(&e))?;
+        let blue = RGBColor(30, 60, 200);
+        c.draw_series(LineSeries::new(
+            points.iter().map(|p| (p.0, p.3)),
+            blue.stroke_width(2),
+        ))
+        .map_err(|e| perr(&e))?;
+        c.draw_series(
+            points
+                .iter()
+                .map(|p| Circle::new((p.0, p.3), 4, blue.filled())),
+        )
+        .map_err(|e| perr(&e))?;
+        root.present().map_err(|e| perr(&e))?;
+    }
+    pending.commit()
+}
