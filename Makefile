@@ -14,7 +14,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 CARGO_FLAGS := --release --locked
 GENDA := ./target/release/genda
 
-.PHONY: setup build demo test bench doctor clean-output
+.PHONY: setup build demo test test-slurm bench doctor clean-output
 
 setup:
 	@bash scripts/setup.sh
@@ -29,9 +29,14 @@ demo: build
 	$(GENDA) plot output/l96_sakov2008.nc
 	@echo "demo output: output/l96_sakov2008.nc and output/l96_sakov2008.png"
 
-## test: unit tests, science checks, end-to-end CLI tests and real mpirun tests
+## test: unit tests, science checks, end-to-end CLI tests, real mpirun tests, and a real
+## single-node Slurm cluster running jobs/twin.sbatch
 test: build
 	cargo test $(CARGO_FLAGS) -- --test-threads=2
+	bash tests/slurm.sh
+
+test-slurm: build
+	bash tests/slurm.sh
 
 bench: setup
 	cargo bench --locked

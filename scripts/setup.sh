@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything genda needs on Debian 12 (or Ubuntu):
 #   1. system libraries from apt: OpenMPI, HDF5, NetCDF, libclang (bindgen), pkg-config, a font
-#      for plots; installed only when missing;
+#      for plots, slurm-wlm + munge for the real Slurm test; installed only when missing;
 #   2. a venv outside the clone ($GENDA_HOME/venv) with numpy + netCDF4 (the external model of
 #      the coupling tests) and, unless $LIBTORCH is set, torch;
 #   3. libtorch: from $LIBTORCH if set (an HPC module or your own build), otherwise PyPI's `torch`
@@ -13,7 +13,7 @@ set -euo pipefail
 GENDA_HOME=${GENDA_HOME:-$HOME/.cache/genda}
 VENV=${GENDA_VENV:-$GENDA_HOME/venv}
 TORCH_VERSION=2.11.0
-APT_PKGS=(libopenmpi-dev openmpi-bin libhdf5-dev libnetcdf-dev netcdf-bin libclang-dev pkg-config fonts-dejavu-core)
+APT_PKGS=(libopenmpi-dev openmpi-bin libhdf5-dev libnetcdf-dev netcdf-bin libclang-dev pkg-config fonts-dejavu-core slurm-wlm munge)
 
 log() { printf '[setup] %s\n' "$*"; }
 
