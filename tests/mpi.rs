@@ -120,3 +120,14 @@ fn scaling_series_writes_csv_markdown_and_png() {
         b"\x89PNG"
     );
 }
+
+#[test]
+fn letkf_l96_same_numbers_on_1_2_3_ranks() {
+    compare_layouts(
+        "configs/l96_sakov2008_letkf.toml",
+        &[
+            ("cycles = 5000", "cycles = 200"),
+            ("burn_in = 1000", "burn_in = 10"),
+        ],
+    );
+}

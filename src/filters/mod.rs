@@ -5,11 +5,13 @@ mod core;
 mod enkf;
 mod etkf;
 mod free;
+mod letkf;
 
 pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace};
 pub use enkf::{Enkf, EnkfConfig};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
+pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
 
 use crate::error::{GendaError, Result};
 use crate::obs::ObsOperator;
@@ -44,6 +46,8 @@ pub enum FilterConfig {
     Etkf(EtkfConfig),
     /// Stochastic EnKF with perturbed observations (Burgers et al. 1998).
     Enkf(EnkfConfig),
+    /// Local ETKF with Gaspari–Cohn R-localisation (Hunt et al. 2007).
+    Letkf(LetkfConfig),
     /// No assimilation: the free-running ensemble, the baseline every filter must beat.
     None(FreeConfig),
 }
@@ -53,6 +57,7 @@ impl FilterConfig {
         match self {
             FilterConfig::Etkf(c) => c.members,
             FilterConfig::Enkf(c) => c.members,
+            FilterConfig::Letkf(c) => c.members,
             FilterConfig::None(c) => c.members,
         }
     }
@@ -62,6 +67,7 @@ impl FilterConfig {
         match self {
             FilterConfig::Etkf(c) => c.members = m,
             FilterConfig::Enkf(c) => c.members = m,
+            FilterConfig::Letkf(c) => c.members = m,
             FilterConfig::None(c) => c.members = m,
         }
     }
@@ -71,6 +77,7 @@ impl FilterConfig {
         match self {
             FilterConfig::Etkf(c) => c.inflation,
             FilterConfig::Enkf(c) => c.inflation,
+            FilterConfig::Letkf(c) => c.inflation,
             FilterConfig::None(_) => 1.0,
         }
     }
@@ -79,6 +86,7 @@ impl FilterConfig {
         match self {
             FilterConfig::Etkf(_) => "etkf",
             FilterConfig::Enkf(_) => "enkf",
+            FilterConfig::Letkf(_) => "letkf",
             FilterConfig::None(_) => "none",
         }
     }
@@ -90,11 +98,15 @@ impl FilterConfig {
                 format!("need at least 2 members, got {}", self.members()),
             ));
         }
-        let infl = match self {
-            FilterConfig::Etkf(c) => c.inflation,
-            FilterConfig::Enkf(c) => c.inflation,
-            FilterConfig::None(_) => 1.0,
-        };
+        let infl = self.inflation();
+        if let FilterConfig::Letkf(c) = self {
+            if !(c.localization_radius.is_finite() && c.localization_radius > 0.0) {
+                return Err(GendaError::invalid(
+                    "filter.localization_radius",
+                    format!("must be positive, got {}", c.localization_radius),
+                ));
+            }
+        }
         if !(infl.is_finite() && infl > 0.0) {
             return Err(GendaError::invalid(
                 "filter.inflation",
@@ -109,6 +121,7 @@ impl FilterConfig {
         match self {
             FilterConfig::Etkf(c) => Box::new(Etkf::new(c.clone())),
             FilterConfig::Enkf(c) => Box::new(Enkf::new(c.clone())),
+            FilterConfig::Letkf(c) => Box::new(Letkf::new(c.clone())),
             FilterConfig::None(_) => Box::new(FreeRun),
         }
     }
