@@ -114,6 +114,11 @@ impl Filter for Letkf {
             .map(|(o, m)| o - m)
             .collect();
         let locs = h.locations();
+        // Observations by the state index they look at.
+        let mut obs_at: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (j, &l) in locs.iter().enumerate() {
+            obs_at[l].push(j);
+        }
         let c = GC_HALF_WIDTH_PER_RADIUS * self.cfg.localization_radius;
         let geom = self.cfg.geometry;
         let n1 = (n_mem - 1) as f64;
@@ -121,15 +126,24 @@ impl Filter for Letkf {
         let cols: Vec<Result<Vec<f64>>> = (0..n)
             .into_par_iter()
             .map(|i| {
-                // Local observations and their localised inverse variances ρ_j / r_j.
-                let local: Vec<(usize, f64)> = locs
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, &l)| {
-                        let w = gaspari_cohn(geom.distance(i, l, n) / c);
-                        (w > 0.0).then(|| (j, w / input.obs_error_var[j]))
-                    })
-                    .collect();
+                // Local observations and their localised inverse variances ρ_j / r_j: only the
+                // state indices within the taper's support are visited (O(support), not O(p)).
+                let mut local: Vec<(usize, f64)> = Vec::new();
+                let reach = (2.0 * c).floor().min(n as f64) as usize;
+                let (lo, hi) = match geom {
+                    // A ring shorter than the support: visit every index once.
+                    Geometry::Ring if 2 * reach + 1 >= n => (0, n),
+                    Geometry::Ring => (i + n - reach, i + n + reach + 1),
+                    Geometry::Line => (i.saturating_sub(reach), (i + reach + 1).min(n)),
+                };
+                for k in (lo..hi).map(|k| k % n) {
+                    let w = gaspari_cohn(geom.distance(i, k, n) / c);
+                    if w > 0.0 {
+                        for &j in &obs_at[k] {
+                            local.push((j, w / input.obs_error_var[j]));
+                        }
+                    }
+                }
                 let mut col: Vec<f64> = (0..n_mem).map(|m| mean[i] + a[[m, i]]).collect();
                 if local.is_empty() {
                     return Ok(col);
