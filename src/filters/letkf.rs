@@ -41,9 +41,9 @@ pub struct LetkfConfig {
     pub members: usize,
     #[serde(default = "unit")]
     pub inflation: f64,
-    /// Localisation radius L in grid units, with DAPPER's convention: the Gaspari–Cohn weight is
-    /// exp(−½) at distance L (as a Gaussian of std L), i.e. half-width c = 1.7386·L, and falls to
-    /// 0 at 2c ≈ 3.48 L.
+    /// Localisation radius L in grid units, with DAPPER's convention: Gaspari–Cohn half-width
+    /// c = √(10/3)·L ≈ 1.826 L (a Gaussian of std L has the same curvature at 0), so the weight is
+    /// ≈ 0.63 at distance L and 0 beyond 2c ≈ 3.65 L.
     pub localization_radius: f64,
     #[serde(default)]
     pub geometry: Geometry,
@@ -53,8 +53,9 @@ fn unit() -> f64 {
     1.0
 }
 
-/// c/L such that GC(L/c) = exp(−½) (Sakov's 1.7386, used by DAPPER).
-pub const GC_HALF_WIDTH_PER_RADIUS: f64 = 1.738_588_541_254_375_6;
+/// c/L = √(10/3), DAPPER's `dist2coeff` scaling of the Gaspari–Cohn half-width (Sakov's
+/// original 1.7386 would put the weight exactly at exp(−½) at distance L).
+pub const GC_HALF_WIDTH_PER_RADIUS: f64 = 1.825_741_858_350_553_7;
 
 /// Gaspari & Cohn (1999) eq. (4.10), compactly supported 5th-order piecewise rational function of
 /// r = d/c: 1 at r = 0, 0 for r ≥ 2.
@@ -210,7 +211,8 @@ mod tests {
         assert_eq!(gaspari_cohn(0.0), 1.0);
         assert_eq!(gaspari_cohn(2.0), 0.0);
         assert!((gaspari_cohn(1.0) - 5.0 / 24.0).abs() < 1e-12);
-        assert!((gaspari_cohn(1.0 / GC_HALF_WIDTH_PER_RADIUS) - (-0.5f64).exp()).abs() < 1e-12);
+        assert!((GC_HALF_WIDTH_PER_RADIUS - (10.0f64 / 3.0).sqrt()).abs() < 1e-15);
+        assert!((gaspari_cohn(1.0 / 1.7386) - (-0.5f64).exp()).abs() < 1e-4);
         // Continuous at r = 1 and decreasing.
         assert!((gaspari_cohn(1.0 - 1e-9) - gaspari_cohn(1.0 + 1e-9)).abs() < 1e-7);
         let mut last = 1.0;

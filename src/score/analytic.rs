@@ -61,3 +61,62 @@ impl GaussianMixture {
         }
     }
 }
+
+/// The two-component 2-D mixture the sampler and training tests use, and its moment check.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::GaussianMixture;
+    use nalgebra::{DMatrix, DVector};
+
+    pub fn two_bumps() -> GaussianMixture {
+        GaussianMixture {
+            weights: vec![0.3, 0.7],
+            means: vec![
+                DVector::from_vec(vec![-2.0, 0.0]),
+                DVector::from_vec(vec![2.0, 1.0]),
+            ],
+            covs: vec![
+                DMatrix::from_row_slice(2, 2, &[0.5, 0.2, 0.2, 0.3]),
+                DMatrix::from_row_slice(2, 2, &[0.4, -0.1, -0.1, 0.6]),
+            ],
+        }
+    }
+
+    /// Samples (row-major (M, 2)) split at x₀ = 0 must reproduce the weights, means and
+    /// covariances of `two_bumps()` within the given absolute tolerances.
+    pub fn check_moments(gm: &GaussianMixture, x: &[f64], what: &str, tol: (f64, f64, f64)) {
+        let m = x.len() / 2;
+        let mut groups: Vec<Vec<[f64; 2]>> = vec![Vec::new(), Vec::new()];
+        for r in x.chunks(2) {
+            groups[usize::from(r[0] >= 0.0)].push([r[0], r[1]]);
+        }
+        for (k, g) in groups.iter().enumerate() {
+            let n = g.len() as f64;
+            let w = n / m as f64;
+            assert!((w - gm.weights[k]).abs() < tol.0, "{what}: weight {k} {w}");
+            let mean = [
+                g.iter().map(|p| p[0]).sum::<f64>() / n,
+                g.iter().map(|p| p[1]).sum::<f64>() / n,
+            ];
+            for j in 0..2 {
+                assert!(
+                    (mean[j] - gm.means[k][j]).abs() < tol.1,
+                    "{what}: mean {k},{j} {}",
+                    mean[j]
+                );
+            }
+            for (a, b) in [(0, 0), (0, 1), (1, 1)] {
+                let c = g
+                    .iter()
+                    .map(|p| (p[a] - mean[a]) * (p[b] - mean[b]))
+                    .sum::<f64>()
+                    / (n - 1.0);
+                assert!(
+                    (c - gm.covs[k][(a, b)]).abs() < tol.2,
+                    "{what}: cov {k} ({a},{b}) {c} vs {}",
+                    gm.covs[k][(a, b)]
+                );
+            }
+        }
+    }
+}

@@ -178,61 +178,9 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::analytic::GaussianMixture;
-    use nalgebra::{DMatrix, DVector};
+    use crate::score::analytic::test_support::{check_moments, two_bumps as mixture};
 
-    fn mixture() -> GaussianMixture {
-        GaussianMixture {
-            weights: vec![0.3, 0.7],
-            means: vec![
-                DVector::from_vec(vec![-2.0, 0.0]),
-                DVector::from_vec(vec![2.0, 1.0]),
-            ],
-            covs: vec![
-                DMatrix::from_row_slice(2, 2, &[0.5, 0.2, 0.2, 0.3]),
-                DMatrix::from_row_slice(2, 2, &[0.4, -0.1, -0.1, 0.6]),
-            ],
-        }
-    }
-
-    /// Samples split by nearest component must reproduce weights, means and covariances.
-    fn check_moments(gm: &GaussianMixture, x: &[f64], what: &str) {
-        let m = x.len() / 2;
-        let mut groups: Vec<Vec<[f64; 2]>> = vec![Vec::new(), Vec::new()];
-        for r in x.chunks(2) {
-            let k = if r[0] < 0.0 { 0 } else { 1 };
-            groups[k].push([r[0], r[1]]);
-        }
-        for k in 0..2 {
-            let g = &groups[k];
-            let w = g.len() as f64 / m as f64;
-            assert!((w - gm.weights[k]).abs() < 0.04, "{what}: weight {k} {w}");
-            let n = g.len() as f64;
-            let mean = [
-                g.iter().map(|p| p[0]).sum::<f64>() / n,
-                g.iter().map(|p| p[1]).sum::<f64>() / n,
-            ];
-            for j in 0..2 {
-                assert!(
-                    (mean[j] - gm.means[k][j]).abs() < 0.1,
-                    "{what}: mean {k},{j} {}",
-                    mean[j]
-                );
-            }
-            for (a, b) in [(0, 0), (0, 1), (1, 1)] {
-                let c = g
-                    .iter()
-                    .map(|p| (p[a] - mean[a]) * (p[b] - mean[b]))
-                    .sum::<f64>()
-                    / (n - 1.0);
-                assert!(
-                    (c - gm.covs[k][(a, b)]).abs() < 0.1,
-                    "{what}: cov {k} ({a},{b}) {c} vs {}",
-                    gm.covs[k][(a, b)]
-                );
-            }
-        }
-    }
+    const TOL: (f64, f64, f64) = (0.04, 0.1, 0.1);
 
     #[test]
     fn samplers_with_exact_mixture_score_reproduce_the_mixture() {
@@ -269,7 +217,7 @@ mod tests {
             };
             let mut x = prior_sample(&process, 3000, 2, 42);
             sample(&process, &cfg, &score, &mut x, 2, 42, None);
-            check_moments(&gm, &x, &format!("{kind:?}"));
+            check_moments(&gm, &x, &format!("{kind:?}"), TOL);
         }
     }
 
@@ -297,7 +245,7 @@ mod tests {
                     .for_each(|v| *v *= sigma_max / process.prior_std());
             }
             sample(&process, &cfg, &score, &mut x, 2, 7, None);
-            check_moments(&gm, &x, &format!("{process:?}"));
+            check_moments(&gm, &x, &format!("{process:?}"), TOL);
         }
     }
 }

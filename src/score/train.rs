@@ -587,6 +587,7 @@ pub fn run_training(
 mod tests {
     use super::*;
     use crate::parallel::SerialComm;
+    use crate::score::analytic::test_support::{check_moments, two_bumps as mixture};
     use crate::score::analytic::GaussianMixture;
     use crate::score::sampler::{prior_sample, sample, SamplerConfig, SamplerKind};
     use nalgebra::{DMatrix, DVector};
@@ -637,20 +638,6 @@ mod tests {
             out.extend_from_slice(x.as_slice());
         }
         out
-    }
-
-    fn mixture() -> GaussianMixture {
-        GaussianMixture {
-            weights: vec![0.3, 0.7],
-            means: vec![
-                DVector::from_vec(vec![-2.0, 0.0]),
-                DVector::from_vec(vec![2.0, 1.0]),
-            ],
-            covs: vec![
-                DMatrix::from_row_slice(2, 2, &[0.5, 0.2, 0.2, 0.3]),
-                DMatrix::from_row_slice(2, 2, &[0.4, -0.1, -0.1, 0.6]),
-            ],
-        }
     }
 
     /// (a) On Gaussian data the learned score approaches the exact one: −(x − αμ)/(α²v + σ²).
@@ -740,46 +727,7 @@ mod tests {
         };
         let mut x = prior_sample(&process, 4000, 2, 5);
         sample(&process, &sc, &score, &mut x, 2, 5, None);
-        let mut groups: Vec<Vec<[f64; 2]>> = vec![Vec::new(), Vec::new()];
-        for r in x.chunks(2) {
-            groups[usize::from(r[0] >= 0.0)].push([r[0], r[1]]);
-        }
-        for k in 0..2 {
-            let g = &groups[k];
-            let n = g.len() as f64;
-            let w = n / 4000.0;
-            let mean = [
-                g.iter().map(|p| p[0]).sum::<f64>() / n,
-                g.iter().map(|p| p[1]).sum::<f64>() / n,
-            ];
-            let cov = |a: usize, b: usize| {
-                g.iter()
-                    .map(|p| (p[a] - mean[a]) * (p[b] - mean[b]))
-                    .sum::<f64>()
-                    / (n - 1.0)
-            };
-            eprintln!(
-                "component {k}: w {w:.3} mean {mean:?} cov {:.3} {:.3} {:.3}",
-                cov(0, 0),
-                cov(0, 1),
-                cov(1, 1)
-            );
-            assert!((w - gm.weights[k]).abs() < 0.05, "weight {k}: {w}");
-            for j in 0..2 {
-                assert!(
-                    (mean[j] - gm.means[k][j]).abs() < 0.2,
-                    "mean {k},{j}: {}",
-                    mean[j]
-                );
-            }
-            for (a, b) in [(0, 0), (0, 1), (1, 1)] {
-                assert!(
-                    (cov(a, b) - gm.covs[k][(a, b)]).abs() < 0.15,
-                    "cov {k} ({a},{b}): {}",
-                    cov(a, b)
-                );
-            }
-        }
+        check_moments(&gm, &x, "network trained on the mixture", (0.05, 0.2, 0.15));
     }
 
     /// Training 40 steps straight equals 20 steps, checkpoint, reload into a fresh trainer, 20 more.
