@@ -730,6 +730,30 @@ mod tests {
         check_moments(&gm, &x, "network trained on the mixture", (0.05, 0.2, 0.15));
     }
 
+    /// A diverging optimisation (absurd learning rate) stops with an error naming the loss.
+    #[test]
+    fn nan_loss_is_an_error() {
+        let gm = mixture();
+        let ds = Dataset::from_samples(mixture_samples(&gm, 500, 4), 2, 0.0, true).unwrap();
+        let process = ForwardProcess::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
+        let mut tr = Trainer::new(
+            ScoreNetwork::new(mlp(16), process, 2, Device::Cpu, 1).unwrap(),
+            TrainingConfig {
+                lr: 1e30,
+                warmup: 0,
+                ..cfg(50, 32)
+            },
+        );
+        let err = (0..50)
+            .find_map(|_| tr.step(&ds, &SerialComm).err())
+            .expect("loss should blow up");
+        assert!(err.to_string().contains("training loss"), "{err}");
+        assert!(Dataset::from_samples(vec![1.0, f64::NAN], 2, 0.0, false).is_err());
+    }
+
     /// Training 40 steps straight equals 20 steps, checkpoint, reload into a fresh trainer, 20 more.
     #[test]
     fn resumed_training_equals_uninterrupted_training() {
