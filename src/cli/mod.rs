@@ -134,7 +134,7 @@ pub enum Command {
     Doctor,
 }
 
-fn load(config: &PathBuf) -> Result<Config> {
+fn load(config: &std::path::Path) -> Result<Config> {
     Ok(Config::from_file(config)?)
 }
 

@@ -86,8 +86,8 @@ impl EnsembleSpace {
         }
         let obs_mean = ensemble_mean(&obs_ens);
         let inv_sd: Array1<f64> = r_var.iter().map(|r| 1.0 / r.sqrt()).collect();
-        let s = (&obs_ens - &obs_mean.view().insert_axis(Axis(0)))
-            * &inv_sd.view().insert_axis(Axis(0));
+        let s =
+            (&obs_ens - &obs_mean.view().insert_axis(Axis(0))) * inv_sd.view().insert_axis(Axis(0));
         let mut c = s.dot(&s.t());
         let n1 = (n_mem - 1) as f64;
         for i in 0..n_mem {
@@ -123,7 +123,7 @@ impl EnsembleSpace {
 
     /// E = x̄ + G A for a member-space matrix G (N, N).
     pub fn combine(&self, g: &Array2<f64>) -> Array2<f64> {
-        g.dot(&self.anomalies) + &self.mean.view().insert_axis(Axis(0))
+        g.dot(&self.anomalies) + self.mean.view().insert_axis(Axis(0))
     }
 }
 

@@ -260,7 +260,7 @@ impl RunWriter {
             .variable_mut(b.name)
             .ok_or_else(|| GendaError::file(&path, format!("variable {} missing", b.name)))?;
         let res = match v.dimensions().len() {
-            1 => v.put_values(&b.data, [s..e]),
+            1 => v.put_values(&b.data, s..e),
             2 => v.put_values(&b.data, [s..e, 0..b.row_len]),
             _ => {
                 let m = v.dimensions()[1].len();

@@ -130,7 +130,7 @@ fn periodic_conv(conv: &nn::Conv2D, x: &Tensor) -> Tensor {
 
 enum Arch {
     Mlp(Mlp),
-    Unet(Unet),
+    Unet(Box<Unet>),
 }
 
 /// A score network with its forward process and data normalisation (its provenance).
@@ -187,7 +187,7 @@ impl ScoreNetwork {
                     padding: 0,
                     ..Default::default()
                 };
-                Arch::Unet(Unet {
+                Arch::Unet(Box::new(Unet {
                     h: height,
                     w: width,
                     c_in: nn::conv2d(&root / "conv_in", 1, c, 3, cc),
@@ -197,7 +197,7 @@ impl ScoreNetwork {
                     c_out: nn::conv2d(&root / "conv_out", c, 1, 3, cc),
                     t1: nn::linear(&root / "temb1", tf2, c, Default::default()),
                     t2: nn::linear(&root / "temb2", tf2, 2 * c, Default::default()),
-                })
+                }))
             }
         };
         Ok(ScoreNetwork {
