@@ -173,18 +173,20 @@ impl Filter for Letkf {
                         "LETKF: local matrix at grid point {i} is not positive definite"
                     )));
                 }
+                // Only matrix–vector products (O(N²)): with u = Vᵀ a_i (a_i the anomalies at
+                // this point), x_i^a = x̄_i + (wᵀ a_i) 1 + V diag(√((N−1)/d)) u, and
+                // w = V diag(1/d) Vᵀ b.
                 let v = &eig.eigenvectors;
-                let dinv = eig.eigenvalues.map(|d| 1.0 / d);
-                let w = v * DMatrix::from_diagonal(&dinv) * v.transpose() * &b;
-                let t = v
-                    * DMatrix::from_diagonal(&eig.eigenvalues.map(|d| (n1 / d).sqrt()))
-                    * v.transpose();
-                // x_i^a(m) = x̄_i + Σ_k (w_k + T_mk) A_k,i
+                let ai = DVector::from_iterator(n_mem, (0..n_mem).map(|k| a[[k, i]]));
+                let vtb = v.tr_mul(&b);
+                let w = v * vtb.component_div(&eig.eigenvalues);
+                let u = v
+                    .tr_mul(&ai)
+                    .component_mul(&eig.eigenvalues.map(|d| (n1 / d).sqrt()));
+                let ta = v * u;
+                let shift = mean[i] + w.dot(&ai);
                 for (m, cv) in col.iter_mut().enumerate() {
-                    *cv = mean[i]
-                        + (0..n_mem)
-                            .map(|k| (w[k] + t[(m, k)]) * a[[k, i]])
-                            .sum::<f64>();
+                    *cv = shift + ta[m];
                 }
                 Ok(col)
             })
