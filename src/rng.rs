@@ -23,6 +23,8 @@ pub enum Purpose {
     Rotation = 5,
     Training = 6,
     Sampling = 7,
+    Resampling = 8,
+    Jitter = 9,
 }
 
 #[inline]

@@ -6,12 +6,14 @@ mod enkf;
 mod etkf;
 mod free;
 mod letkf;
+mod particle;
 
 pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace};
 pub use enkf::{Enkf, EnkfConfig};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
+pub use particle::{systematic_resample, ParticleFilter, PfConfig};
 
 use crate::error::{GendaError, Result};
 use crate::obs::ObsOperator;
@@ -48,6 +50,8 @@ pub enum FilterConfig {
     Enkf(EnkfConfig),
     /// Local ETKF with Gaspari–Cohn R-localisation (Hunt et al. 2007).
     Letkf(LetkfConfig),
+    /// Bootstrap particle filter with systematic resampling (+ optional regularisation).
+    Pf(PfConfig),
     /// No assimilation: the free-running ensemble, the baseline every filter must beat.
     None(FreeConfig),
 }
@@ -58,6 +62,7 @@ impl FilterConfig {
             FilterConfig::Etkf(c) => c.members,
             FilterConfig::Enkf(c) => c.members,
             FilterConfig::Letkf(c) => c.members,
+            FilterConfig::Pf(c) => c.members,
             FilterConfig::None(c) => c.members,
         }
     }
@@ -68,6 +73,7 @@ impl FilterConfig {
             FilterConfig::Etkf(c) => c.members = m,
             FilterConfig::Enkf(c) => c.members = m,
             FilterConfig::Letkf(c) => c.members = m,
+            FilterConfig::Pf(c) => c.members = m,
             FilterConfig::None(c) => c.members = m,
         }
     }
@@ -78,7 +84,7 @@ impl FilterConfig {
             FilterConfig::Etkf(c) => c.inflation,
             FilterConfig::Enkf(c) => c.inflation,
             FilterConfig::Letkf(c) => c.inflation,
-            FilterConfig::None(_) => 1.0,
+            FilterConfig::Pf(_) | FilterConfig::None(_) => 1.0,
         }
     }
 
@@ -87,6 +93,7 @@ impl FilterConfig {
             FilterConfig::Etkf(_) => "etkf",
             FilterConfig::Enkf(_) => "enkf",
             FilterConfig::Letkf(_) => "letkf",
+            FilterConfig::Pf(_) => "pf",
             FilterConfig::None(_) => "none",
         }
     }
@@ -107,6 +114,14 @@ impl FilterConfig {
                 ));
             }
         }
+        if let FilterConfig::Pf(c) = self {
+            if !(c.regularization.is_finite() && c.regularization >= 0.0) {
+                return Err(GendaError::invalid(
+                    "filter.regularization",
+                    format!("must be >= 0, got {}", c.regularization),
+                ));
+            }
+        }
         if !(infl.is_finite() && infl > 0.0) {
             return Err(GendaError::invalid(
                 "filter.inflation",
@@ -122,6 +137,7 @@ impl FilterConfig {
             FilterConfig::Etkf(c) => Box::new(Etkf::new(c.clone())),
             FilterConfig::Enkf(c) => Box::new(Enkf::new(c.clone())),
             FilterConfig::Letkf(c) => Box::new(Letkf::new(c.clone())),
+            FilterConfig::Pf(c) => Box::new(ParticleFilter::new(c.clone())),
             FilterConfig::None(_) => Box::new(FreeRun),
         }
     }
