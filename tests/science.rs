@@ -134,3 +134,52 @@ fn l63_particle_filter_tracks_the_truth() {
     eprintln!("L63 PF N=100, reg 1.0: rmse.a {r:.4}, spread.a {spread:.4}");
     assert!(r < 1.0 && spread > 0.0, "{r}");
 }
+
+#[test]
+fn l96_ensf_arctan_obs_converges_and_tracks() {
+    // EnSF with arctan observations, both prior forms, against the free-running ensemble.
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let short = [
+        ("cycles = 1000", "cycles = 600"),
+        ("burn_in = 200", "burn_in = 200"),
+    ];
+    let mix = common::config_variant(
+        &dir,
+        "configs/l96_ensf.toml",
+        &format!("ensf-mix-{pid}.toml"),
+        &short,
+    );
+    let paired = common::config_variant(
+        &dir,
+        "configs/l96_ensf.toml",
+        &format!("ensf-pair-{pid}.toml"),
+        &[
+            short[0],
+            short[1],
+            ("prior = \"mixture\"", "prior = \"paired\""),
+        ],
+    );
+    let free = common::config_variant(
+        &dir,
+        "configs/l96_ensf.toml",
+        &format!("ensf-free-{pid}.toml"),
+        &[
+            short[0],
+            short[1],
+            ("method = \"ensf\"", "method = \"none\""),
+            (
+                "steps = 100\neps_alpha = 0.05\nt_min = 0.001\nprior = \"mixture\"\n",
+                "",
+            ),
+        ],
+    );
+    let (r_mix, _, _) = rmse_a(mix.to_str().unwrap(), None);
+    let (r_pair, _, _) = rmse_a(paired.to_str().unwrap(), None);
+    let (r_free, _, _) = rmse_a(free.to_str().unwrap(), None);
+    eprintln!(
+        "L96-40 arctan obs: EnSF mixture {r_mix:.4}, paired {r_pair:.4}, free run {r_free:.4}"
+    );
+    assert!(r_free > 2.0, "{r_free}");
+    assert!(r_mix < 0.5 && r_pair < 0.5, "{r_mix} {r_pair}");
+}

@@ -3,6 +3,7 @@
 //! uses, never writes files and never touches MPI (the driver in `experiment` does that).
 mod core;
 mod enkf;
+mod ensf;
 mod etkf;
 mod free;
 mod letkf;
@@ -10,6 +11,7 @@ mod particle;
 
 pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace};
 pub use enkf::{Enkf, EnkfConfig};
+pub use ensf::{mixture_score, Ensf, EnsfConfig, EnsfPrior};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
@@ -50,6 +52,8 @@ pub enum FilterConfig {
     Enkf(EnkfConfig),
     /// Local ETKF with Gaspari–Cohn R-localisation (Hunt et al. 2007).
     Letkf(LetkfConfig),
+    /// Ensemble score filter (training-free Gaussian-mixture score, Bao et al. 2024).
+    Ensf(EnsfConfig),
     /// Bootstrap particle filter with systematic resampling (+ optional regularisation).
     Pf(PfConfig),
     /// No assimilation: the free-running ensemble, the baseline every filter must beat.
@@ -63,6 +67,7 @@ impl FilterConfig {
             FilterConfig::Enkf(c) => c.members,
             FilterConfig::Letkf(c) => c.members,
             FilterConfig::Pf(c) => c.members,
+            FilterConfig::Ensf(c) => c.members,
             FilterConfig::None(c) => c.members,
         }
     }
@@ -74,6 +79,7 @@ impl FilterConfig {
             FilterConfig::Enkf(c) => c.members = m,
             FilterConfig::Letkf(c) => c.members = m,
             FilterConfig::Pf(c) => c.members = m,
+            FilterConfig::Ensf(c) => c.members = m,
             FilterConfig::None(c) => c.members = m,
         }
     }
@@ -84,7 +90,7 @@ impl FilterConfig {
             FilterConfig::Etkf(c) => c.inflation,
             FilterConfig::Enkf(c) => c.inflation,
             FilterConfig::Letkf(c) => c.inflation,
-            FilterConfig::Pf(_) | FilterConfig::None(_) => 1.0,
+            FilterConfig::Pf(_) | FilterConfig::Ensf(_) | FilterConfig::None(_) => 1.0,
         }
     }
 
@@ -94,6 +100,7 @@ impl FilterConfig {
             FilterConfig::Enkf(_) => "enkf",
             FilterConfig::Letkf(_) => "letkf",
             FilterConfig::Pf(_) => "pf",
+            FilterConfig::Ensf(_) => "ensf",
             FilterConfig::None(_) => "none",
         }
     }
@@ -111,6 +118,20 @@ impl FilterConfig {
                 return Err(GendaError::invalid(
                     "filter.localization_radius",
                     format!("must be positive, got {}", c.localization_radius),
+                ));
+            }
+        }
+        if let FilterConfig::Ensf(c) = self {
+            if c.steps == 0
+                || !(c.eps_alpha > 0.0 && c.eps_alpha < 1.0)
+                || !(c.t_min > 0.0 && c.t_min < 1.0)
+            {
+                return Err(GendaError::invalid(
+                    "filter",
+                    format!(
+                        "ensf needs steps >= 1, 0 < eps_alpha < 1, 0 < t_min < 1 (got {}, {}, {})",
+                        c.steps, c.eps_alpha, c.t_min
+                    ),
                 ));
             }
         }
@@ -138,6 +159,7 @@ impl FilterConfig {
             FilterConfig::Enkf(c) => Box::new(Enkf::new(c.clone())),
             FilterConfig::Letkf(c) => Box::new(Letkf::new(c.clone())),
             FilterConfig::Pf(c) => Box::new(ParticleFilter::new(c.clone())),
+            FilterConfig::Ensf(c) => Box::new(Ensf::new(c.clone())),
             FilterConfig::None(_) => Box::new(FreeRun),
         }
     }

@@ -17,6 +17,8 @@ pub enum ForwardProcess {
     /// (rectified flow / flow matching path, used by DAISI). f and g are singular at t = 1, so
     /// SDE samplers start from `t_max` < 1; the probability-flow ODE can start at 1.
     Interpolant { t_max: f64 },
+    /// EnSF's path (Bao, Zhang & Zhang 2024): α(t) = 1 − (1 − ε_α) t, σ²(t) = t.
+    Ensf { eps_alpha: f64 },
 }
 
 impl Default for ForwardProcess {
@@ -37,6 +39,7 @@ impl ForwardProcess {
             }
             ForwardProcess::Ve { .. } => 1.0,
             ForwardProcess::Interpolant { .. } => 1.0 - t,
+            ForwardProcess::Ensf { eps_alpha } => 1.0 - (1.0 - eps_alpha) * t,
         }
     }
 
@@ -49,6 +52,7 @@ impl ForwardProcess {
                 sigma_max,
             } => sigma_min * (sigma_max / sigma_min).powf(t),
             ForwardProcess::Interpolant { .. } => t,
+            ForwardProcess::Ensf { .. } => t.max(0.0).sqrt(),
         }
     }
 
@@ -60,6 +64,7 @@ impl ForwardProcess {
             }
             ForwardProcess::Ve { .. } => 0.0,
             ForwardProcess::Interpolant { .. } => -1.0 / (1.0 - t),
+            ForwardProcess::Ensf { eps_alpha } => -(1.0 - eps_alpha) / self.alpha(t),
         }
     }
 
@@ -72,6 +77,7 @@ impl ForwardProcess {
                 sigma_max,
             } => 2.0 * (sigma_max / sigma_min).ln() * self.sigma(t).powi(2),
             ForwardProcess::Interpolant { .. } => 2.0 * t / (1.0 - t),
+            ForwardProcess::Ensf { .. } => 1.0 - 2.0 * self.f(t) * t,
         }
     }
 
@@ -108,6 +114,9 @@ impl ForwardProcess {
             ForwardProcess::Interpolant { t_max } if !(t_max > 0.0 && t_max < 1.0) => {
                 Err(format!("interpolant needs 0 < t_max < 1, got {t_max}"))
             }
+            ForwardProcess::Ensf { eps_alpha } if !(eps_alpha > 0.0 && eps_alpha < 1.0) => {
+                Err(format!("ensf needs 0 < eps_alpha < 1, got {eps_alpha}"))
+            }
             _ => Ok(()),
         }
     }
@@ -117,8 +126,9 @@ impl ForwardProcess {
 mod tests {
     use super::*;
 
-    fn all() -> [ForwardProcess; 3] {
+    fn all() -> [ForwardProcess; 4] {
         [
+            ForwardProcess::Ensf { eps_alpha: 0.05 },
             ForwardProcess::Vp {
                 beta_min: 0.1,
                 beta_max: 20.0,
