@@ -131,3 +131,24 @@ fn letkf_l96_same_numbers_on_1_2_3_ranks() {
         ],
     );
 }
+
+#[test]
+fn serial_commands_refuse_to_run_as_several_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_variant(dir.path(), "configs/l63_sakov2012.toml", "c.toml", &[]);
+    let o = mpirun(
+        2,
+        &[
+            "truth",
+            cfg.to_str().unwrap(),
+            "-o",
+            dir.path().join("t.nc").to_str().unwrap(),
+        ],
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("runs on one process") && t.contains("2 MPI ranks"),
+        "{t}"
+    );
+    assert_eq!(files_in(dir.path()), vec!["c.toml".to_string()]);
+}

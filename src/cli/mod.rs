@@ -138,8 +138,33 @@ fn load(config: &std::path::Path) -> Result<Config> {
     Ok(Config::from_file(config)?)
 }
 
+/// Ranks of the MPI job this process was launched in (from the launcher's environment).
+fn launched_ranks() -> usize {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok()?.parse().ok())
+        .max()
+        .unwrap_or(1)
+}
+
 /// Execute a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
+    // Only `run` and `train` are MPI programs; the others would run N copies racing on the same
+    // files.
+    let serial = match &cli.command {
+        Command::Run { .. } | Command::Train { .. } => None,
+        Command::Truth { .. } => Some("truth"),
+        Command::Couple { .. } => Some("couple"),
+        Command::Plot { .. } => Some("plot"),
+        Command::Check { .. } => Some("check"),
+        Command::Doctor => None,
+        Command::Scaling { .. } => Some("scaling"),
+    };
+    if let (Some(name), n) = (serial, launched_ranks()) {
+        if n > 1 {
+            anyhow::bail!("`genda {name}` runs on one process, but it was launched as {n} MPI ranks; start it without mpirun/srun");
+        }
+    }
     match cli.command {
         Command::Run {
             config,
