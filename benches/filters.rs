@@ -63,13 +63,7 @@ fn etkf_cycle(c: &mut Criterion) {
             for mut row in ens.rows_mut() {
                 model.step(row.as_slice_mut().unwrap(), &mut ws);
             }
-            let input = AnalysisInput {
-                obs: &obs,
-                obs_operator: &h,
-                obs_error_var: &r,
-                cycle: 1,
-                seed: 1,
-            };
+            let input = AnalysisInput::whole(&obs, &h, &r, 1, 1);
             filter.analyse(black_box(&mut ens), &input).unwrap();
         })
     });

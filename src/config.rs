@@ -23,6 +23,36 @@ pub struct Config {
     /// File-based coupling with an external model (`genda couple`).
     #[serde(default)]
     pub coupling: Option<crate::coupling::CouplingConfig>,
+    /// How MPI ranks split the state (members are split over the remaining ranks).
+    #[serde(default)]
+    pub parallel: ParallelConfig,
+}
+
+/// Domain decomposition. The results do not depend on `domains` (or on the rank count): sums
+/// over the state are taken per tile in global tile order, and `tile_size` is science.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelConfig {
+    /// Spatial domains each member's state is split into (ranks = domains × member groups).
+    #[serde(default = "one")]
+    pub domains: usize,
+    /// Tile length in state indices (default: the smallest divisor of the state dimension that
+    /// gives at most 64 tiles). Domains own whole tiles, so tiles bound the domain count.
+    #[serde(default)]
+    pub tile_size: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        ParallelConfig {
+            domains: 1,
+            tile_size: None,
+        }
+    }
 }
 
 /// Restart files (HDF5) of a run.
@@ -155,6 +185,7 @@ impl Config {
         c.output = OutputConfig::default();
         c.checkpoint = CheckpointConfig::default();
         c.coupling = None;
+        c.parallel.domains = 1;
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in c.to_toml().bytes() {
             h ^= b as u64;

@@ -124,13 +124,7 @@ pub fn run_coupled(cfg: &Config, write_initial: bool) -> Result<usize> {
         let obs = read_observations(&d.join("obs.nc"), h.obs_dim())?;
         let fmean = ensemble_mean(&ens);
         let f_innov = rms_innovation(&h, fmean.as_slice().expect("contiguous"), &obs);
-        let input = AnalysisInput {
-            obs: &obs,
-            obs_operator: &h,
-            obs_error_var: &r_var,
-            cycle,
-            seed: cfg.experiment.seed,
-        };
+        let input = AnalysisInput::whole(&obs, &h, &r_var, cycle, cfg.experiment.seed);
         filter.analyse(&mut ens, &input)?;
         if ens.iter().any(|v| !v.is_finite()) {
             return Err(GendaError::Diverged {

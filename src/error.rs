@@ -33,6 +33,10 @@ pub enum GendaError {
 
     #[error("score network: {0}")]
     Score(String),
+
+    /// An error already reported by rank 0 (the same on every rank): exit non-zero silently.
+    #[error("see the error reported by rank 0")]
+    Quiet,
 }
 
 pub type Result<T> = std::result::Result<T, GendaError>;

@@ -3,19 +3,22 @@
 //! `Filter` implements only the analysis.
 use crate::config::Config;
 use crate::error::{GendaError, Result};
-use crate::filters::{ensemble_mean, AnalysisInput};
+use crate::filters::{ensemble_mean, AnalysisInput, LocalDomain};
 use crate::io::{
     read_checkpoint, snapshot_path, write_checkpoint, write_trajectory, RunCheckpoint, RunMeta,
     RunWriter, Trajectory,
 };
-use crate::metrics::{rmse, spread, CycleStats, TimeAverage};
-use crate::models::{Model, Rk4Workspace};
-use crate::obs::ObsOperator;
-use crate::parallel::{Collectives, MemberLayout};
+use crate::metrics::{CycleStats, TimeAverage};
+use crate::models::{Model, Rk4Workspace, SlabStepper};
+use crate::obs::{LocalObs, ObsOperator};
+use crate::parallel::{
+    max_rss_bytes, Collectives, Decomposition, Layout, Reducer, TileReducer, Topology,
+};
 use crate::rng::{fill_standard_normal, Purpose};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{s, Array2};
+use ndarray::{s, Array2, ArrayView2};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -149,6 +152,11 @@ pub struct RunSummary {
     pub times: PhaseTimes,
     pub output: Option<PathBuf>,
     pub ranks: usize,
+    /// Member groups × domains of the layout.
+    pub groups: usize,
+    pub domains: usize,
+    /// Peak resident memory (VmHWM) of each rank, bytes (0 where the OS does not report it).
+    pub max_rss_per_rank: Vec<u64>,
 }
 
 /// Options that are not part of the science config.
@@ -162,17 +170,6 @@ pub struct RunOptions {
     pub restart: Option<PathBuf>,
     /// Set by a signal handler: checkpoint after the current cycle and stop.
     pub stop: Option<Arc<AtomicBool>>,
-}
-
-fn check_finite(a: &Array2<f64>, cycle: usize, what: &'static str) -> Result<()> {
-    if a.iter().all(|v| v.is_finite()) {
-        Ok(())
-    } else {
-        Err(GendaError::Diverged {
-            cycle,
-            what: format!("{what} contains non-finite values (NaN/inf)"),
-        })
-    }
 }
 
 /// Run a root-only fallible step and make every rank agree on its outcome.
@@ -279,42 +276,283 @@ fn save_checkpoint(
     Ok(())
 }
 
-/// A twin experiment: truth, observations, ensemble forecasts and analyses for every cycle.
-pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Result<RunSummary> {
+/// The state propagation of this rank: slabs with halo exchange for models that can be
+/// decomposed (also on one domain, so every layout runs the same arithmetic), whole states
+/// otherwise.
+enum Propagator {
+    Slab(SlabStepper),
+    Whole { n: usize },
+}
+
+impl Propagator {
+    fn new(model: &dyn Model, rows: usize, len: usize) -> Self {
+        match model.halo() {
+            Some(h) => Propagator::Slab(SlabStepper::new(rows, len, h)),
+            None => Propagator::Whole { n: len },
+        }
+    }
+
+    /// Advance every row of `x` by `nsteps`; returns the seconds spent in halo exchanges.
+    fn advance(
+        &mut self,
+        model: &dyn Model,
+        x: &mut [f64],
+        nsteps: usize,
+        comm: &dyn Collectives,
+    ) -> Result<f64> {
+        match self {
+            Propagator::Slab(st) => {
+                let mut t_comm = 0.0;
+                for _ in 0..nsteps {
+                    st.step(model, x, &mut |tl, tr, fl, fr| {
+                        let t = Instant::now();
+                        let r = comm.ring_exchange(tl, tr, fl, fr);
+                        t_comm += t.elapsed().as_secs_f64();
+                        r
+                    })?;
+                }
+                Ok(t_comm)
+            }
+            Propagator::Whole { n } => {
+                // Threads over members when there is enough work to amortise waking the pool
+                // (members are independent, so both paths give the same numbers).
+                if x.len() * nsteps >= PARALLEL_FORECAST_MIN_WORK {
+                    x.par_chunks_mut(*n)
+                        .for_each(|r| model.integrate(r, nsteps));
+                } else {
+                    x.chunks_mut(*n).for_each(|r| model.integrate(r, nsteps));
+                }
+                Ok(0.0)
+            }
+        }
+    }
+}
+
+/// `a` (rows, len) with `w` columns of the ring neighbours' slabs on each side.
+fn with_halo(a: &Array2<f64>, w: usize, comm: &dyn Collectives) -> Result<Array2<f64>> {
+    let (rows, len) = a.dim();
+    let mut to_left = Vec::with_capacity(rows * w);
+    let mut to_right = Vec::with_capacity(rows * w);
+    for r in a.rows() {
+        to_left.extend(r.iter().take(w));
+        to_right.extend(r.iter().skip(len - w));
+    }
+    let mut from_left = vec![0.0; rows * w];
+    let mut from_right = vec![0.0; rows * w];
+    comm.ring_exchange(&to_left, &to_right, &mut from_left, &mut from_right)?;
+    let mut out = Array2::zeros((rows, len + 2 * w));
+    for (k, mut row) in out.rows_mut().into_iter().enumerate() {
+        let o = row.as_slice_mut().expect("fresh array");
+        o[..w].copy_from_slice(&from_left[k * w..(k + 1) * w]);
+        o[w..w + len].copy_from_slice(a.row(k).as_slice().expect("contiguous rows"));
+        o[w + len..].copy_from_slice(&from_right[k * w..(k + 1) * w]);
+    }
+    Ok(out)
+}
+
+/// Observations y = h(x) + R^{1/2} z of the columns `x` from the truth, with z keyed by global
+/// observation index (the same numbers whichever rank observes).
+fn observe(lobs: &LocalObs, x: &[f64], seed: u64, cycle: usize, out: &mut [f64]) {
+    lobs.op.apply(x, out);
+    let mut z = vec![0.0; out.len()];
+    // Runs of consecutive global indices (a slab that wraps around the ring has two).
+    let mut k = 0;
+    while k < z.len() {
+        let mut e = k + 1;
+        while e < z.len() && lobs.global[e] == lobs.global[e - 1] + 1 {
+            e += 1;
+        }
+        fill_standard_normal(
+            seed,
+            Purpose::ObsNoise,
+            cycle as u64,
+            0,
+            lobs.global[k],
+            &mut z[k..e],
+        );
+        k = e;
+    }
+    for ((y, z), r) in out.iter_mut().zip(&z).zip(&lobs.error_var) {
+        *y += r.sqrt() * z;
+    }
+}
+
+/// Per-tile sums of squared mean error and member deviations: (Σ(x̄−x)², Σ_m Σ(x_m−x̄)²).
+fn tile_error_sums(
+    ens: &Array2<f64>,
+    truth: &[f64],
+    tiles: &[Range<usize>],
+) -> (Vec<f64>, Vec<f64>) {
+    let mean = ensemble_mean(ens);
+    let mut err = Vec::with_capacity(tiles.len());
+    let mut dev = Vec::with_capacity(tiles.len());
+    for t in tiles {
+        err.push(t.clone().map(|i| (mean[i] - truth[i]).powi(2)).sum());
+        dev.push(
+            ens.rows()
+                .into_iter()
+                .map(|r| t.clone().map(|i| (r[i] - mean[i]).powi(2)).sum::<f64>())
+                .sum(),
+        );
+    }
+    (err, dev)
+}
+
+/// Check that every rank's array is finite; all ranks fail together.
+fn all_finite(comm: &dyn Collectives, a: &Array2<f64>, cycle: usize, what: &str) -> Result<()> {
+    let ok = a.iter().all(|v| v.is_finite());
+    if comm.all_ok(ok) {
+        Ok(())
+    } else {
+        Err(GendaError::Diverged {
+            cycle,
+            what: format!("{what} contains non-finite values (NaN/inf)"),
+        })
+    }
+}
+
+/// Check a config's parallel layout against a world of `ranks` ranks, before any work: the
+/// same answer on every rank, so they all stop together with the same message.
+pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout)> {
     let model = cfg.model.build();
     let n = model.dim();
-    let h = cfg.observations.build(n);
-    let r_var = cfg.observations.error_variances(n)?;
-    let p = h.obs_dim();
+    let domains = cfg.parallel.domains;
+    let layout = Layout::new(ranks, 0, domains, cfg.filter.members())?;
+    let mhalo = match model.halo() {
+        Some((l, r)) => l.max(r),
+        None if domains > 1 => return Err(GendaError::invalid(
+            "parallel.domains",
+            format!(
+                "{} cannot be domain-decomposed; use domains = 1 (members still split over ranks)",
+                model.name()
+            ),
+        )),
+        None => 0,
+    };
+    let fhalo = if domains > 1 {
+        cfg.filter.build().halo(n)
+    } else {
+        0
+    };
+    let tile = cfg
+        .parallel
+        .tile_size
+        .unwrap_or_else(|| Decomposition::default_tile(n));
+    let dec = Decomposition::new(n, tile, domains, mhalo.max(fhalo))?;
+    if domains > 1 && cfg.output.save_ensemble {
+        return Err(GendaError::invalid(
+            "output.save_ensemble",
+            "full ensembles are written only with parallel.domains = 1 (the output is gathered per variable on one rank)",
+        ));
+    }
+    Ok((dec, layout))
+}
+
+/// A twin experiment: truth, observations, ensemble forecasts and analyses for every cycle.
+///
+/// Each rank holds its member group's members on its domain (a slab of whole tiles). Forecasts
+/// exchange halos within the domain communicator; before the analysis the members of the
+/// domain are gathered over the ensemble communicator (plus a halo of neighbouring columns for
+/// localised methods), the filter analyses the owned columns with tile-ordered sums, and each
+/// rank keeps its own members. Output is gathered per variable to the root rank.
+pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Result<RunSummary> {
+    let (dec, _) = check_layout(cfg, comm.size())?;
+    let model = cfg.model.build();
+    let n = model.dim();
     let members = cfg.filter.members();
-    let layout = MemberLayout::new(members, comm.size())?;
-    let mine = layout.local(comm.rank());
-    let counts = layout.counts(n);
+    let topo = Topology::new(comm, dec.domains, members)?;
+    let lay = &topo.layout;
+    let dcomm = topo.domain.as_ref();
+    let ecomm = topo.ensemble.as_ref();
+    let own = dec.domain_range(lay.domain);
+    let len = own.len();
+    let mine = lay.my_members();
+    let reducer = TileReducer::new(dcomm, &dec);
+    let mut filter = cfg.filter.build();
+    let whole = dec.domains == 1;
+    let w = if whole { 0 } else { filter.halo(n) };
+    let tiles_own: Vec<Range<usize>> = dec
+        .domain_tiles(lay.domain)
+        .map(|t| (t * dec.tile - own.start)..((t + 1) * dec.tile - own.start))
+        .collect();
+    let domain = LocalDomain {
+        n_global: n,
+        ext_start: (own.start + n - w) % n,
+        own: w..w + len,
+        tiles: tiles_own
+            .iter()
+            .map(|t| (t.start + w)..(t.end + w))
+            .collect(),
+        whole,
+    };
+    // Observations of the analysed columns (owned + halo) and of the owned columns alone.
+    let lobs = cfg
+        .observations
+        .build_local(n, domain.ext_start, len + 2 * w);
+    let own_obs = {
+        let locs = lobs.op.locations();
+        locs.partition_point(|&l| l < w)..locs.partition_point(|&l| l < w + len)
+    };
+    let obs_offset = lobs.global.get(own_obs.start).copied().unwrap_or(0);
     let (seed, cycles, obs_every) = (
         cfg.experiment.seed,
         cfg.experiment.cycles,
         cfg.observations.obs_every,
     );
     let save_ensemble = cfg.output.save_ensemble;
-    log::info!(
-        "{}: {} (n = {n}), {} with {members} members on {} rank(s) ({} member(s) here), {} obs every {obs_every} steps, {cycles} cycles",
+    let p_total = cfg.observations.locations(n).len();
+    let info = if comm.is_root() {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
+    log::log!(info,
+        "{}: {} (n = {n}), {} with {members} members, {} obs every {obs_every} steps, {cycles} cycles; {} rank(s) = {} member group(s) × {} domain(s) of {}..{} tiles of {}",
         cfg.experiment.name,
         model.name(),
         cfg.filter.name(),
+        p_total,
         comm.size(),
-        mine.len(),
-        p
+        lay.groups,
+        lay.domains,
+        dec.min_domain_len(),
+        len.max(dec.min_domain_len()),
+        dec.tile
     );
 
-    let mut local = initial_ensemble(cfg, mine.clone())?;
+    // Truth and ensemble slabs, drawn from streams keyed by global index.
+    let mean0 = cfg.initial.mean.expand(n, "initial.mean")?;
+    let var0 = cfg.initial.var.expand(n, "initial.var")?;
+    let mut truth = vec![0.0; len];
+    fill_standard_normal(seed, Purpose::TruthInit, 0, 0, own.start, &mut truth);
+    for (k, x) in truth.iter_mut().enumerate() {
+        let i = own.start + k;
+        *x = mean0[i] + var0[i].sqrt() * *x;
+    }
+    let mut truth_prop = Propagator::new(model.as_ref(), 1, len);
+    truth_prop.advance(
+        model.as_ref(),
+        &mut truth,
+        cfg.experiment.spinup_steps,
+        dcomm,
+    )?;
+    let mut local = Array2::<f64>::zeros((mine.len(), len));
+    for (mut row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
+        let x = row.as_slice_mut().expect("fresh array is contiguous");
+        fill_standard_normal(seed, Purpose::EnsembleInit, 0, m as u64, own.start, x);
+        for (k, xi) in x.iter_mut().enumerate() {
+            let i = own.start + k;
+            *xi = mean0[i] + var0[i].sqrt() * *xi;
+        }
+    }
+    drop((mean0, var0));
+    let mut prop = Propagator::new(model.as_ref(), mine.len(), len);
 
-    let mut filter = cfg.filter.build();
-    let mut truth = TruthRun::new(cfg, model.as_ref(), &h)?;
     let config_toml = cfg.to_toml();
     let config_hash = cfg.science_hash();
     let ckpt_path = cfg.checkpoint_path();
 
-    // Restart: ensemble rows of this rank's members, truth, statistics, and the run file so far.
+    // Restart: this rank's members and columns, truth, statistics, and the run file so far.
     let mut avg = TimeAverage::new(cfg.experiment.burn_in);
     let mut start = 1;
     let mut snapshot: Option<PathBuf> = None;
@@ -345,9 +583,9 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         for (mut row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
             row.as_slice_mut()
                 .expect("contiguous")
-                .copy_from_slice(&ck.ensemble[m * n..(m + 1) * n]);
+                .copy_from_slice(&ck.ensemble[m * n + own.start..m * n + own.end]);
         }
-        truth.restore(&ck.truth, ck.cycle);
+        truth.copy_from_slice(&ck.truth[own.clone()]);
         for (k, v) in ck.series.chunks(4).enumerate() {
             avg.push(
                 k + 1,
@@ -383,7 +621,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     method: Some(filter.name()),
                     members,
                     state_dim: n,
-                    obs_locations: h.locations(),
+                    obs_locations: &cfg.observations.locations(n),
                     obs_operator: &format!("{:?}", cfg.observations.operator).to_lowercase(),
                     cycles,
                     cycle_dt: obs_every as f64 * model.dt(),
@@ -396,6 +634,22 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         })?
     } else {
         None
+    };
+    // Output is gathered over group 0's domain communicator; world rank 0 is its rank 0.
+    let gather_output = opts.write_output && lay.group == 0;
+    let slab_counts = dec.slab_counts(1);
+    let obs_counts: Vec<usize> = {
+        let mine_c = [own_obs.len() as f64];
+        let mut all = vec![0.0; dec.domains];
+        dcomm.all_gather_rows(&mine_c, &vec![1; dec.domains], &mut all)?;
+        all.iter().map(|v| *v as usize).collect()
+    };
+    let root_buf = |k: usize| {
+        if comm.is_root() {
+            vec![0.0; k]
+        } else {
+            Vec::new()
+        }
     };
 
     let bar = if opts.progress && comm.is_root() {
@@ -412,43 +666,55 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     );
 
     let mut times = PhaseTimes::default();
-    let mut obs = vec![0.0; p];
-    let mut ens = Array2::<f64>::zeros((members, n));
+    let mut obs = vec![0.0; lobs.global.len()];
+    let mut ens = Array2::<f64>::zeros((members, len));
+    let member_counts = lay.members.counts(len);
     bar.set_position(start as u64 - 1);
     let ck_every = cfg.checkpoint.every;
     for cycle in start..=cycles {
         let t = Instant::now();
-        let x_true = truth.advance(&mut obs).to_vec();
-        times.truth += t.elapsed().as_secs_f64();
-
-        // Forecast this rank's members, threads over members when there is enough work to
-        // amortise waking the thread pool (members are independent, so both paths give the
-        // same numbers).
-        let t = Instant::now();
-        let m: &dyn Model = model.as_ref();
-        let states = local.as_slice_mut().expect("local ensemble is contiguous");
-        if states.len() * obs_every >= PARALLEL_FORECAST_MIN_WORK {
-            states
-                .par_chunks_mut(n)
-                .for_each(|x| m.integrate(x, obs_every));
-        } else {
-            states.chunks_mut(n).for_each(|x| m.integrate(x, obs_every));
+        let c_truth = truth_prop.advance(model.as_ref(), &mut truth, obs_every, dcomm)?;
+        {
+            let tv = Array2::from_shape_vec((1, len), truth.clone()).expect("one row");
+            let ext = if w > 0 { with_halo(&tv, w, dcomm)? } else { tv };
+            observe(
+                &lobs,
+                ext.as_slice().expect("one row"),
+                seed,
+                cycle,
+                &mut obs,
+            );
         }
-        times.forecast += t.elapsed().as_secs_f64();
+        times.truth += t.elapsed().as_secs_f64() - c_truth;
+        times.communication += c_truth;
 
         let t = Instant::now();
-        comm.all_gather_rows(
+        let c_fc = prop.advance(
+            model.as_ref(),
+            local.as_slice_mut().expect("local ensemble is contiguous"),
+            obs_every,
+            dcomm,
+        )?;
+        times.forecast += t.elapsed().as_secs_f64() - c_fc;
+        times.communication += c_fc;
+
+        let t = Instant::now();
+        ecomm.all_gather_rows(
             local.as_slice().expect("contiguous"),
-            &counts,
+            &member_counts,
             ens.as_slice_mut().expect("contiguous"),
         )?;
+        all_finite(comm, &ens, cycle, "forecast ensemble")?;
+        let mut ens_a = if w > 0 {
+            with_halo(&ens, w, dcomm)?
+        } else {
+            ens.clone()
+        };
         times.communication += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        check_finite(&ens, cycle, "forecast ensemble")?;
+        let (f_err, f_dev) = tile_error_sums(&ens, &truth, &tiles_own);
         let fmean = ensemble_mean(&ens);
-        let fmean_s = fmean.as_slice().expect("contiguous");
-        let spread_forecast = spread(&ens, fmean_s);
         let forecast_copy = if save_ensemble {
             Some(ens.clone())
         } else {
@@ -456,37 +722,76 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         };
         let input = AnalysisInput {
             obs: &obs,
-            obs_operator: &h,
-            obs_error_var: &r_var,
+            obs_operator: &lobs.op,
+            obs_error_var: &lobs.error_var,
             cycle,
             seed,
+            obs_offset,
+            domain: domain.clone(),
+            reducer: &reducer,
         };
-        filter.analyse(&mut ens, &input).map_err(|e| match e {
-            GendaError::LinAlg(msg) => GendaError::Diverged {
-                cycle,
-                what: format!("analysis failed ({msg})"),
-            },
-            other => other,
-        })?;
-        check_finite(&ens, cycle, "analysis ensemble")?;
-        let amean = ensemble_mean(&ens);
-        let amean_s = amean.as_slice().expect("contiguous");
+        let res = filter.analyse(&mut ens_a, &input);
+        if !comm.all_ok(res.is_ok()) {
+            return Err(match res {
+                Err(GendaError::LinAlg(msg)) => GendaError::Diverged {
+                    cycle,
+                    what: format!("analysis failed ({msg})"),
+                },
+                Err(other) => other,
+                Ok(()) => GendaError::Diverged {
+                    cycle,
+                    what: "the analysis failed on another rank (see its error)".into(),
+                },
+            });
+        }
+        ens.assign(&ens_a.slice(s![.., w..w + len]));
+        drop(ens_a);
+        all_finite(comm, &ens, cycle, "analysis ensemble")?;
+        let (a_err, a_dev) = tile_error_sums(&ens, &truth, &tiles_own);
+        let mut partials = Vec::with_capacity(4 * tiles_own.len());
+        for k in 0..tiles_own.len() {
+            partials.extend([f_err[k], f_dev[k], a_err[k], a_dev[k]]);
+        }
+        let sums = reducer.sum_tiles(&partials, 4)?;
+        let nm1 = ((members - 1) * n) as f64;
         let stats = CycleStats {
-            rmse_forecast: rmse(fmean_s, &x_true),
-            rmse_analysis: rmse(amean_s, &x_true),
-            spread_forecast,
-            spread_analysis: spread(&ens, amean_s),
+            rmse_forecast: (sums[0] / n as f64).sqrt(),
+            spread_forecast: (sums[1] / nm1).sqrt(),
+            rmse_analysis: (sums[2] / n as f64).sqrt(),
+            spread_analysis: (sums[3] / nm1).sqrt(),
         };
+        let amean = ensemble_mean(&ens);
         times.analysis += t.elapsed().as_secs_f64();
         avg.push(cycle, stats);
 
         let t = Instant::now();
-        if let Some(w) = writer.as_mut() {
-            let empty = Array2::zeros((0, 0));
-            let f = forecast_copy.as_ref().unwrap_or(&empty);
-            let res = w
-                .write_truth(cycle - 1, &x_true, &obs)
-                .and_then(|_| w.write_filter(cycle - 1, fmean_s, amean_s, &stats, f, &ens));
+        if gather_output {
+            // One global vector at a time on the root: truth, owned observations, means.
+            let mut g_truth = root_buf(n);
+            dcomm.gather_rows_to_root(&truth, &slab_counts, &mut g_truth)?;
+            let mut g_obs = root_buf(p_total);
+            dcomm.gather_rows_to_root(&obs[own_obs.clone()], &obs_counts, &mut g_obs)?;
+            let mut g_f = root_buf(n);
+            dcomm.gather_rows_to_root(
+                fmean.as_slice().expect("contiguous"),
+                &slab_counts,
+                &mut g_f,
+            )?;
+            let mut g_a = root_buf(n);
+            dcomm.gather_rows_to_root(
+                amean.as_slice().expect("contiguous"),
+                &slab_counts,
+                &mut g_a,
+            )?;
+            let res = match writer.as_mut() {
+                Some(wr) => {
+                    let empty = Array2::zeros((0, 0));
+                    let f = forecast_copy.as_ref().unwrap_or(&empty);
+                    wr.write_truth(cycle - 1, &g_truth, &g_obs)
+                        .and_then(|_| wr.write_filter(cycle - 1, &g_f, &g_a, &stats, f, &ens))
+                }
+                None => Ok(()),
+            };
             on_root(comm, || res)?;
         } else if opts.write_output {
             on_root(comm, || Ok(()))?;
@@ -505,12 +810,42 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         let stop = opts.stop.is_some() && !comm.all_ok(!signalled);
         if stop || (ck_every > 0 && cycle % ck_every == 0 && cycle < cycles) {
             let t = Instant::now();
+            // The checkpoint holds the global ensemble in member order (restartable on any
+            // layout): gathered to the root over group 0's domain communicator.
+            let (g_ens, g_truth) = if lay.group == 0 {
+                let mut slabs = root_buf(members * n);
+                dcomm.gather_rows_to_root(
+                    ens.as_slice().expect("contiguous"),
+                    &dec.slab_counts(members),
+                    &mut slabs,
+                )?;
+                let mut g_truth = root_buf(n);
+                dcomm.gather_rows_to_root(&truth, &slab_counts, &mut g_truth)?;
+                let mut g =
+                    Array2::<f64>::zeros(if comm.is_root() { (members, n) } else { (0, 0) });
+                if comm.is_root() {
+                    let mut off = 0;
+                    for d in 0..dec.domains {
+                        let r = dec.domain_range(d);
+                        let blk = ArrayView2::from_shape(
+                            (members, r.len()),
+                            &slabs[off..off + members * r.len()],
+                        )
+                        .expect("slab shape");
+                        g.slice_mut(s![.., r.clone()]).assign(&blk);
+                        off += members * r.len();
+                    }
+                }
+                (g, g_truth)
+            } else {
+                (Array2::zeros((0, 0)), Vec::new())
+            };
             on_root(comm, || {
                 save_checkpoint(
                     &ckpt_path,
                     cycle,
-                    &ens,
-                    truth.state(),
+                    &g_ens,
+                    &g_truth,
                     &avg,
                     cfg.filter.inflation(),
                     &config_hash,
@@ -535,8 +870,8 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     bar.finish_and_clear();
 
     let t = Instant::now();
-    let output = if let Some(w) = writer.take() {
-        on_root(comm, || w.finish(Some(&avg)))?
+    let output = if let Some(wr) = writer.take() {
+        on_root(comm, || wr.finish(Some(&avg)))?
     } else if opts.write_output {
         on_root(comm, || Ok(PathBuf::new()))?;
         None
@@ -544,11 +879,21 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         None
     };
     times.output += t.elapsed().as_secs_f64();
+    // Peak memory of every rank.
+    let mut rss = vec![0.0; comm.size()];
+    comm.all_gather_rows(
+        &[max_rss_bytes().unwrap_or(0) as f64],
+        &vec![1; comm.size()],
+        &mut rss,
+    )?;
     Ok(RunSummary {
         averages: avg,
         times,
         output,
         ranks: comm.size(),
+        groups: lay.groups,
+        domains: lay.domains,
+        max_rss_per_rank: rss.into_iter().map(|v| v as u64).collect(),
     })
 }
 

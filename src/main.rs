@@ -6,7 +6,12 @@ fn main() {
         .init();
     let cli = genda::cli::Cli::parse();
     if let Err(e) = genda::cli::execute(cli) {
-        eprintln!("genda: error: {e:#}");
+        if !matches!(
+            e.downcast_ref::<genda::GendaError>(),
+            Some(genda::GendaError::Quiet)
+        ) {
+            eprintln!("genda: error: {e:#}");
+        }
         // 75 (EX_TEMPFAIL): stopped on a signal with a checkpoint written — restartable.
         let code = match e.downcast_ref::<genda::GendaError>() {
             Some(genda::GendaError::Stopped { .. }) => 75,

@@ -137,13 +137,7 @@ fn etkf_matches_kalman(rotation: bool) {
         }
         let y = vec![(cycle as f64 * 0.7).sin() * 2.0, (cycle as f64 * 0.3).cos()];
         kalman_analysis(&mut m, &mut p, &h, &r, &DVector::from_vec(y.clone()));
-        let input = AnalysisInput {
-            obs: &y,
-            obs_operator: &op,
-            obs_error_var: &r_var,
-            cycle,
-            seed: 5,
-        };
+        let input = AnalysisInput::whole(&y, &op, &r_var, cycle, 5);
         filter.analyse(&mut ens, &input).unwrap();
         let (em, ep) = ens_moments(&ens);
         let mean_err = (&em - &m).amax() / m.amax();
@@ -180,13 +174,7 @@ fn stochastic_enkf_approaches_kalman_filter_with_large_ensemble() {
         members,
         inflation: 1.0,
     });
-    let input = AnalysisInput {
-        obs: &y,
-        obs_operator: &op,
-        obs_error_var: &r_var,
-        cycle: 1,
-        seed: 21,
-    };
+    let input = AnalysisInput::whole(&y, &op, &r_var, 1, 21);
     filter.analyse(&mut ens, &input).unwrap();
     let (em, ep) = ens_moments(&ens);
     for i in 0..N_STATE {

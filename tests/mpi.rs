@@ -1,41 +1,61 @@
-//! Real `mpirun` runs: the same config gives bit-identical results on 1, 2 and 3 ranks, and a
-//! rank count that cannot split the ensemble is a clear error before any work.
+//! Real `mpirun` runs: the same config gives bit-identical results on every layout (1 rank;
+//! 2 ranks as 2 domains or 2 member groups; 4 ranks as 2×2; 3 ranks), and a layout that cannot
+//! work is a clear error before any work.
 mod common;
 use common::*;
 
-fn compare_layouts(base: &str, edits: &[(&str, &str)]) {
+/// (ranks, domains per member): one rank; 2 ranks as 2 domains; 2 ranks as 2 member groups;
+/// 4 ranks as 2 groups × 2 domains (oversubscribed); 3 ranks as 3 groups.
+const LAYOUTS: [(usize, usize); 5] = [(1, 1), (2, 2), (2, 1), (4, 2), (3, 1)];
+
+fn compare_layouts(base: &str, edits: &[(&str, &str)], layouts: &[(usize, usize)]) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_variant(dir.path(), base, "c.toml", edits);
     let mut runs = Vec::new();
-    for np in [1usize, 2, 3] {
-        let out = dir.path().join(format!("np{np}.nc"));
+    for &(np, domains) in layouts {
+        let out = dir.path().join(format!("np{np}_d{domains}.nc"));
+        let d = domains.to_string();
+        let args = [
+            "run",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--domains",
+            &d,
+            "--quiet",
+        ];
         let o = if np == 1 {
-            genda(&["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            genda(&args)
         } else {
-            mpirun(
-                np,
-                &["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()],
-            )
+            mpirun(np, &args)
         };
-        assert!(o.status.success(), "np = {np}: {}", text(&o));
+        assert!(
+            o.status.success(),
+            "np = {np}, domains = {domains}: {}",
+            text(&o)
+        );
         runs.push((
-            np,
+            (np, domains),
             nc_var(&out, "rmse_analysis"),
             nc_var(&out, "analysis_mean"),
             nc_var(&out, "analysis_spread"),
+            nc_var(&out, "truth"),
         ));
     }
-    let (_, r1, m1, s1) = &runs[0];
-    for (np, r, m, s) in &runs[1..] {
-        // Bitwise: members are gathered in a fixed order and every rank does the same arithmetic.
-        assert_eq!(r1, r, "rmse series differs on {np} ranks");
-        assert_eq!(m1, m, "analysis mean differs on {np} ranks");
-        assert_eq!(s1, s, "spread differs on {np} ranks");
+    let (_, r1, m1, s1, t1) = &runs[0];
+    assert!(r1.iter().all(|v| v.is_finite()) && !r1.is_empty());
+    for (lay, r, m, s, t) in &runs[1..] {
+        // Bitwise: sums over the state are taken per tile in global tile order, members are
+        // gathered in a fixed order, and random numbers are keyed by global index.
+        assert_eq!(t1, t, "truth differs on layout {lay:?}");
+        assert_eq!(r1, r, "rmse series differs on layout {lay:?}");
+        assert_eq!(m1, m, "analysis mean differs on layout {lay:?}");
+        assert_eq!(s1, s, "spread differs on layout {lay:?}");
     }
 }
 
 #[test]
-fn etkf_l96_same_numbers_on_1_2_3_ranks() {
+fn etkf_l96_same_numbers_on_every_layout() {
     compare_layouts(
         "configs/l96_sakov2008.toml",
         &[
@@ -43,6 +63,41 @@ fn etkf_l96_same_numbers_on_1_2_3_ranks() {
             ("burn_in = 1000", "burn_in = 50"),
             ("rotation = false", "rotation = true"),
         ],
+        &LAYOUTS,
+    );
+}
+
+#[test]
+fn letkf_l96_same_numbers_on_every_layout() {
+    compare_layouts(
+        "configs/l96_sakov2008_letkf.toml",
+        &[
+            ("cycles = 5000", "cycles = 200"),
+            ("burn_in = 1000", "burn_in = 10"),
+        ],
+        &LAYOUTS,
+    );
+}
+
+#[test]
+fn ensf_and_enkf_l96_same_numbers_on_every_layout() {
+    compare_layouts(
+        "configs/l96_ensf.toml",
+        &[
+            ("cycles = 1000", "cycles = 20"),
+            ("burn_in = 200", "burn_in = 2"),
+        ],
+        &LAYOUTS[..4],
+    );
+    compare_layouts(
+        "configs/l96_sakov2008.toml",
+        &[
+            ("cycles = 5000", "cycles = 100"),
+            ("burn_in = 1000", "burn_in = 5"),
+            ("method = \"etkf\"", "method = \"enkf\""),
+            ("rotation = false", ""),
+        ],
+        &LAYOUTS[..4],
     );
 }
 
@@ -51,7 +106,56 @@ fn enkf_l63_same_numbers_on_1_2_3_ranks() {
     compare_layouts(
         "configs/l63_sakov2012_enkf.toml",
         &[("cycles = 4000", "cycles = 300")],
+        &[(1, 1), (2, 1), (3, 1)],
     );
+}
+
+/// Layouts that cannot work fail on every rank with one message from rank 0, quickly.
+#[test]
+fn bad_layouts_are_clear_errors_without_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let letkf = config_variant(
+        dir.path(),
+        "configs/l96_sakov2008_letkf.toml",
+        "letkf.toml",
+        &[
+            ("cycles = 5000", "cycles = 20"),
+            ("burn_in = 1000", "burn_in = 1"),
+        ],
+    );
+    let l63 = config_variant(dir.path(), "configs/l63_sakov2012.toml", "l63.toml", &[]);
+    let cases: [(usize, &std::path::Path, &str, &str); 3] = [
+        (
+            3,
+            &letkf,
+            "2",
+            "3 MPI rank(s) cannot be split into 2 domain(s)",
+        ),
+        (2, &l63, "2", "lorenz63 cannot be domain-decomposed"),
+        (4, &letkf, "4", "smaller than the halo of 14"),
+    ];
+    for (np, cfg, domains, want) in cases {
+        let out = dir.path().join("x.nc");
+        let t0 = std::time::Instant::now();
+        let o = mpirun(
+            np,
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--domains",
+                domains,
+            ],
+        );
+        let t = text(&o);
+        assert!(!o.status.success(), "{t}");
+        assert!(t.contains(want), "want `{want}` in: {t}");
+        assert_eq!(t.matches(want).count(), 1, "reported once: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+        assert!(t0.elapsed().as_secs() < 60, "took {:?}", t0.elapsed());
+        assert!(!out.exists());
+    }
 }
 
 #[test]
@@ -71,7 +175,7 @@ fn too_many_ranks_is_a_clear_error() {
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(
-        t.contains("3 MPI ranks cannot split 2 ensemble members"),
+        t.contains("3 member groups, more than the 2 ensemble members"),
         "{t}"
     );
     assert!(!t.contains("panicked"), "{t}");
@@ -118,17 +222,6 @@ fn scaling_series_writes_csv_markdown_and_png() {
     assert_eq!(
         &std::fs::read(out.join("scaling.png")).unwrap()[..4],
         b"\x89PNG"
-    );
-}
-
-#[test]
-fn letkf_l96_same_numbers_on_1_2_3_ranks() {
-    compare_layouts(
-        "configs/l96_sakov2008_letkf.toml",
-        &[
-            ("cycles = 5000", "cycles = 200"),
-            ("burn_in = 1000", "burn_in = 10"),
-        ],
     );
 }
 

@@ -60,6 +60,10 @@ pub enum Command {
         /// Override [filter].members.
         #[arg(long)]
         members: Option<usize>,
+        /// Override [parallel].domains: spatial domains per member (ranks = domains × member
+        /// groups). The numbers do not depend on it.
+        #[arg(long)]
+        domains: Option<usize>,
         /// Write the run's wall time and per-phase times (TOML) here (used by `genda scaling`).
         #[arg(long)]
         timing_file: Option<PathBuf>,
@@ -177,6 +181,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             restart,
             checkpoint_every,
             members,
+            domains,
             timing_file,
         } => {
             let mut cfg = load(&config)?;
@@ -198,10 +203,21 @@ pub fn execute(cli: Cli) -> Result<()> {
             if let Some(m) = members {
                 cfg.filter.set_members(m);
             }
+            if let Some(d) = domains {
+                cfg.parallel.domains = d;
+            }
             cfg.validate().with_context(|| {
                 format!("config {} with command-line overrides", config.display())
             })?;
             let comm = MpiComm::init()?;
+            // Layout errors are the same on every rank: say so once, exit non-zero everywhere.
+            crate::experiment::check_layout(&cfg, comm.size()).map_err(|e| {
+                if comm.is_root() {
+                    anyhow::Error::from(e)
+                } else {
+                    anyhow::Error::from(crate::GendaError::Quiet)
+                }
+            })?;
             // Slurm sends SIGTERM (or the signal of --signal) before the wall time: checkpoint
             // after the current cycle and stop cleanly.
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -225,12 +241,20 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
             if comm.is_root() {
                 println!(
-                    "{}: {} with {} members on {} rank(s)",
+                    "{}: {} with {} members on {} rank(s) = {} member group(s) x {} domain(s)",
                     cfg.experiment.name,
                     cfg.filter.name(),
                     cfg.filter.members(),
-                    summary.ranks
+                    summary.ranks,
+                    summary.groups,
+                    summary.domains
                 );
+                let rss: Vec<String> = summary
+                    .max_rss_per_rank
+                    .iter()
+                    .map(|b| format!("{:.0}", *b as f64 / 1048576.0))
+                    .collect();
+                println!("max RSS per rank [MiB]: {}", rss.join(" "));
                 println!("{}", summary.averages.table());
                 println!("{}", summary.times.table(cfg.experiment.cycles));
                 if let Some(p) = summary.output {

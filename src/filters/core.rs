@@ -5,12 +5,13 @@
 //! C = S Sᵀ + (N−1) I and its eigendecomposition C = V D Vᵀ (N ≪ n, so this is cheap):
 //! ETKF's weights and symmetric square-root transform and the stochastic EnKF's gain in ensemble
 //! space (push-through identity Y(YᵀY + (N−1)R)⁻¹ = C⁻¹ Y R⁻¹) are both functions of V and D.
+use super::AnalysisInput;
 use crate::error::{GendaError, Result};
-use crate::obs::ObsOperator;
 use crate::rng::{stream, Purpose};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
-use ndarray::{Array1, Array2, Axis};
+use ndarray::{s, Array1, Array2, Axis};
 use rand_distr::{Distribution, StandardNormal};
+use std::ops::Range;
 
 /// Ensemble mean over members.   ens: (N, n) → (n)
 pub fn ensemble_mean(ens: &Array2<f64>) -> Array1<f64> {
@@ -57,23 +58,20 @@ pub struct EnsembleSpace {
 }
 
 impl EnsembleSpace {
-    pub fn new(ens: &Array2<f64>, h: &dyn ObsOperator, r_var: &[f64]) -> Result<Self> {
-        let (n_mem, n) = ens.dim();
-        if n != h.state_dim() {
-            return Err(GendaError::Dimension {
-                what: "ensemble state".into(),
-                expected: h.state_dim(),
-                got: n,
-            });
-        }
+    /// The analysis core on the local columns, with C = Σ_tiles S_t S_tᵀ + (N−1) I summed per
+    /// tile in global order (layout-independent). `extra` adds `k_extra` more tile sums that
+    /// need S (ETKF's S·dy, EnKF's innovation products): it gets (S, obs range of a tile, out).
+    pub fn new_with(
+        ens: &Array2<f64>,
+        input: &AnalysisInput,
+        k_extra: usize,
+        extra: &dyn Fn(&Array2<f64>, Range<usize>, &mut [f64]),
+    ) -> Result<(Self, Vec<f64>)> {
+        input.check(ens, "ensemble-space analysis")?;
+        let h = input.obs_operator;
+        let r_var = input.obs_error_var;
+        let n_mem = ens.nrows();
         let p = h.obs_dim();
-        if r_var.len() != p {
-            return Err(GendaError::Dimension {
-                what: "observation error variances".into(),
-                expected: p,
-                got: r_var.len(),
-            });
-        }
         let mean = ensemble_mean(ens);
         let anomalies = anomalies(ens, &mean);
         let mut obs_ens = Array2::zeros((n_mem, p));
@@ -88,25 +86,40 @@ impl EnsembleSpace {
         let inv_sd: Array1<f64> = r_var.iter().map(|r| 1.0 / r.sqrt()).collect();
         let s =
             (&obs_ens - &obs_mean.view().insert_axis(Axis(0))) * inv_sd.view().insert_axis(Axis(0));
-        let mut c = s.dot(&s.t());
-        let n1 = (n_mem - 1) as f64;
-        for i in 0..n_mem {
-            c[[i, i]] += n1;
+        // Tile partials [S_t S_tᵀ (N²) | extra (k_extra)], one GEMM per tile.
+        let k = n_mem * n_mem + k_extra;
+        let obs_tiles = input.domain.obs_per_tile(h.locations());
+        let mut partials = vec![0.0; obs_tiles.len() * k];
+        for (t, range) in obs_tiles.iter().enumerate() {
+            let out = &mut partials[t * k..(t + 1) * k];
+            if !range.is_empty() {
+                let st = s.slice(s![.., range.clone()]);
+                let c = st.dot(&st.t());
+                out[..n_mem * n_mem].copy_from_slice(c.as_slice().expect("fresh array"));
+            }
+            extra(&s, range.clone(), &mut out[n_mem * n_mem..]);
         }
-        let cm = DMatrix::from_fn(n_mem, n_mem, |i, j| 0.5 * (c[[i, j]] + c[[j, i]]));
+        let sums = input.reducer.sum_tiles(&partials, k)?;
+        let n1 = (n_mem - 1) as f64;
+        let cm = DMatrix::from_fn(n_mem, n_mem, |i, j| {
+            0.5 * (sums[i * n_mem + j] + sums[j * n_mem + i]) + if i == j { n1 } else { 0.0 }
+        });
         let eig = SymmetricEigen::new(cm);
         if eig.eigenvalues.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return Err(GendaError::LinAlg("ensemble-space matrix YᵀR⁻¹Y + (N−1)I is not positive definite (non-finite ensemble?)".into()));
         }
-        Ok(EnsembleSpace {
-            mean,
-            anomalies,
-            obs_mean,
-            obs_ens,
-            s,
-            v: eig.eigenvectors,
-            d: eig.eigenvalues,
-        })
+        Ok((
+            EnsembleSpace {
+                mean,
+                anomalies,
+                obs_mean,
+                obs_ens,
+                s,
+                v: eig.eigenvectors,
+                d: eig.eigenvalues,
+            },
+            sums[n_mem * n_mem..].to_vec(),
+        ))
     }
 
     pub fn members(&self) -> usize {

@@ -39,9 +39,11 @@ impl Filter for Enkf {
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
-        let es = EnsembleSpace::new(ens, input.obs_operator, input.obs_error_var)?;
-        let (n_mem, p) = es.obs_ens.dim();
-        // Standard-normal perturbations z_i (member-keyed), centred; ε_i = R^{1/2} z_i.
+        input.check(ens, "enkf")?;
+        let h = input.obs_operator;
+        let (n_mem, p) = (ens.nrows(), h.obs_dim());
+        // Perturbations keyed by (cycle, member, global observation index): the same numbers
+        // whichever rank holds the observation.
         let mut z = Array2::zeros((n_mem, p));
         for (i, mut row) in z.rows_mut().into_iter().enumerate() {
             let out = row.as_slice_mut().expect("fresh array is contiguous");
@@ -50,21 +52,34 @@ impl Filter for Enkf {
                 Purpose::ObsPerturbation,
                 input.cycle as u64,
                 i as u64,
-                0,
+                input.obs_offset,
                 out,
             );
         }
         let zmean = z.mean_axis(Axis(0)).expect("members > 0");
         z -= &zmean.view().insert_axis(Axis(0));
-        // Scaled innovations R^{-1/2}(y − ε_i − h(x_i)) = R^{-1/2}(y − h(x_i)) − z_i.
+        let mut hx = Array2::zeros((n_mem, p));
+        for (x, mut y) in ens.rows().into_iter().zip(hx.rows_mut()) {
+            h.apply(
+                x.as_slice().expect("contiguous rows"),
+                y.as_slice_mut().expect("fresh array"),
+            );
+        }
         let mut innov = Array2::zeros((n_mem, p));
         for i in 0..n_mem {
             for j in 0..p {
                 let sd = input.obs_error_var[j].sqrt();
-                innov[[i, j]] = (input.obs[j] - es.obs_ens[[i, j]]) / sd - z[[i, j]];
+                innov[[i, j]] = (input.obs[j] - hx[[i, j]]) / sd - z[[i, j]];
             }
         }
-        let b = innov.dot(&es.s.t());
+        // B = innov Sᵀ (N×N), summed per tile.
+        let (es, b) = EnsembleSpace::new_with(ens, input, n_mem * n_mem, &|s, range, out| {
+            let bt = innov
+                .slice(ndarray::s![.., range.clone()])
+                .dot(&s.slice(ndarray::s![.., range]).t());
+            out.copy_from_slice(bt.as_slice().expect("fresh array"));
+        })?;
+        let b = Array2::from_shape_vec((n_mem, n_mem), b).expect("N×N");
         let g = b.dot(&es.spectral(|d| 1.0 / d));
         *ens += &g.dot(&es.anomalies);
         inflate(ens, self.cfg.inflation);

@@ -9,10 +9,13 @@
 //! product); `paired` — sample i uses only member i, (α x_i − x)/σ² (the EnSF reference code).
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
-use crate::score::sampler::{prior_sample, sample, SamplerConfig, SamplerKind};
+pub use crate::score::mixture::mixture_score;
+use crate::score::mixture::mixture_score_tiled;
+use crate::score::sampler::{prior_sample_at, sample_at, SamplerConfig, SamplerKind};
 use crate::score::ForwardProcess;
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,66 +62,47 @@ impl Ensf {
 }
 
 /// Mixture score at rows of `x` (M, n) for centres α·c (N, n) with variance σ², into `out`.
-pub fn mixture_score(
-    x: ArrayView2<f64>,
-    c: ArrayView2<f64>,
-    alpha: f64,
-    sigma2: f64,
-    out: &mut Array2<f64>,
-) {
-    let xx: Vec<f64> = x.rows().into_iter().map(|r| r.dot(&r)).collect();
-    let cc: Vec<f64> = c.rows().into_iter().map(|r| r.dot(&r)).collect();
-    let mut logits = x.dot(&c.t()); // x·c, (M, N)
-    for (i, mut row) in logits.rows_mut().into_iter().enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            let d2 = (xx[i] + alpha * alpha * cc[j] - 2.0 * alpha * *v).max(0.0);
-            *v = -d2 / (2.0 * sigma2);
-        }
-        // Stable softmax.
-        let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        row.mapv_inplace(|v| (v - mx).exp());
-        let z = row.sum();
-        row.mapv_inplace(|v| v / z);
-    }
-    // Σ_j w_ij α c_j − x_i, over σ².
-    let wc = logits.dot(&c);
-    for ((o, w), xi) in out.iter_mut().zip(wc.iter()).zip(x.iter()) {
-        *o = (alpha * w - xi) / sigma2;
-    }
-}
-
 impl Filter for Ensf {
     fn name(&self) -> &'static str {
         "ensf"
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
+        input.check(ens, "ensf")?;
         let (m, n) = ens.dim();
         let h = input.obs_operator;
         let p = h.obs_dim();
-        if n != h.state_dim() || input.obs.len() != p || input.obs_error_var.len() != p {
-            return Err(GendaError::Dimension {
-                what: "EnSF observations".into(),
-                expected: p,
-                got: input.obs.len(),
-            });
-        }
         let process = ForwardProcess::Ensf {
             eps_alpha: self.cfg.eps_alpha,
         };
         let forecast = ens.clone();
         let prior = self.cfg.prior;
+        let tiles = &input.domain.tiles;
+        // The sampler's score closure cannot return an error; keep the first one here.
+        let failure: RefCell<Option<GendaError>> = RefCell::new(None);
         let score = |x: &[f64], t: f64, out: &mut [f64]| {
             let (a, s2) = (process.alpha(t), process.sigma(t).powi(2));
             let xv = ArrayView2::from_shape((m, n), x).expect("sample shape");
             let mut sc = Array2::zeros((m, n));
             match prior {
-                EnsfPrior::Mixture => mixture_score(xv, forecast.view(), a, s2, &mut sc),
+                EnsfPrior::Mixture => {
+                    if let Err(e) = mixture_score_tiled(
+                        xv,
+                        forecast.view(),
+                        a,
+                        s2,
+                        None,
+                        tiles,
+                        input.reducer,
+                        &mut sc,
+                    ) {
+                        failure.borrow_mut().get_or_insert(e);
+                    }
+                }
                 EnsfPrior::Paired => {
                     sc = (&forecast * a - &xv) / s2;
                 }
             }
-            // Damped likelihood score h(t) J(x)ᵀ R⁻¹ (y − h(x)).
             let damp = 1.0 - t;
             let mut hx = vec![0.0; p];
             let mut g = vec![0.0; n];
@@ -135,16 +119,19 @@ impl Filter for Ensf {
             }
             out.copy_from_slice(sc.as_slice().expect("standard layout"));
         };
-        // A cycle-specific seed: every cycle draws fresh noise, still keyed by sample index.
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut x = prior_sample(&process, m, n, seed);
+        let offset = input.domain.global(0);
+        let mut x = prior_sample_at(&process, m, n, seed, offset);
         let cfg = SamplerConfig {
             kind: SamplerKind::EulerMaruyama,
             steps: self.cfg.steps,
             t_min: self.cfg.t_min,
             denoise: false,
         };
-        sample(&process, &cfg, &score, &mut x, n, seed, Some(1.0));
+        sample_at(&process, &cfg, &score, &mut x, n, seed, Some(1.0), offset);
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
         *ens = Array2::from_shape_vec((m, n), x).expect("sample shape");
         Ok(())
     }
@@ -196,13 +183,7 @@ mod tests {
             ens[[i, 1]] = z[1];
         }
         let h = PointObs::new(n, vec![0], false);
-        let input = AnalysisInput {
-            obs: &[1.2],
-            obs_operator: &h,
-            obs_error_var: &[0.5],
-            cycle: 1,
-            seed: 9,
-        };
+        let input = AnalysisInput::whole(&[1.2], &h, &[0.5], 1, 9);
         let mut f = Ensf::new(EnsfConfig {
             members: m,
             steps: 200,

@@ -43,17 +43,35 @@ impl Filter for Etkf {
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
-        let es = EnsembleSpace::new(ens, input.obs_operator, input.obs_error_var)?;
-        let n_mem = es.members();
-        // Scaled innovation R^{-1/2}(y − ȳ), then b = S R^{-1/2}(y − ȳ).
+        // Scaled innovation R^{-1/2}(y − ȳ) needs ȳ, which is local to each observation, so
+        // b = S R^{-1/2}(y − ȳ) is formed per tile from S and the innovation.
+        let obs_mean: Vec<f64> = {
+            let mut ym = vec![0.0; input.obs.len()];
+            let mut y = vec![0.0; input.obs.len()];
+            input.check(ens, "etkf")?;
+            for x in ens.rows() {
+                input
+                    .obs_operator
+                    .apply(x.as_slice().expect("contiguous rows"), &mut y);
+                ym.iter_mut().zip(&y).for_each(|(m, v)| *m += v);
+            }
+            ym.iter().map(|v| v / ens.nrows() as f64).collect()
+        };
         let dy: Array1<f64> = input
             .obs
             .iter()
-            .zip(es.obs_mean.iter())
+            .zip(&obs_mean)
             .zip(input.obs_error_var)
             .map(|((y, m), r)| (y - m) / r.sqrt())
             .collect();
-        let b = es.s.dot(&dy);
+        let n_mem = ens.nrows();
+        let (es, b) = EnsembleSpace::new_with(ens, input, n_mem, &|s, range, out| {
+            let bt = s
+                .slice(ndarray::s![.., range.clone()])
+                .dot(&dy.slice(ndarray::s![range]));
+            out.copy_from_slice(bt.as_slice().expect("fresh array"));
+        })?;
+        let b = Array1::from(b);
         let w = es.spectral(|d| 1.0 / d).dot(&b);
         let n1 = (n_mem - 1) as f64;
         let mut g = es.spectral(|d| (n1 / d).sqrt());

@@ -4,8 +4,9 @@
 //! threads with identical results for any thread count. Inflation scales the analysis anomalies
 //! afterwards, as in genda's ETKF.
 //!
-//! Written for the whole state on one rank; the domain-decomposed version (issue 4) applies the
-//! same `local_analysis` to a rank's slab with a halo of observations.
+//! On a decomposed state each rank analyses its own columns; the driver supplies the ensemble
+//! (and so the observations) of `halo()` columns on each side, so every point sees exactly the
+//! observations it would see on one rank, visited in the same order: bit-identical results.
 use super::core::{ensemble_mean, inflate};
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
@@ -80,22 +81,30 @@ impl Letkf {
     }
 }
 
+impl Letkf {
+    /// Gaspari–Cohn half-width c in grid units.
+    fn half_width(&self) -> f64 {
+        GC_HALF_WIDTH_PER_RADIUS * self.cfg.localization_radius
+    }
+}
+
 impl Filter for Letkf {
     fn name(&self) -> &'static str {
         "letkf"
     }
 
+    /// The taper's support, 2c grid points each side.
+    fn halo(&self, n_global: usize) -> usize {
+        (2.0 * self.half_width()).floor().min(n_global as f64) as usize
+    }
+
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
-        let (n_mem, n) = ens.dim();
+        input.check(ens, "letkf")?;
+        let (n_mem, n_loc) = ens.dim();
         let h = input.obs_operator;
         let p = h.obs_dim();
-        if n != h.state_dim() || input.obs.len() != p || input.obs_error_var.len() != p {
-            return Err(GendaError::Dimension {
-                what: "LETKF ensemble/observations".into(),
-                expected: p,
-                got: input.obs.len(),
-            });
-        }
+        let dom = &input.domain;
+        let n_glob = dom.n_global;
         let mean = ensemble_mean(ens);
         let a = &*ens - &mean.view().insert_axis(Axis(0));
         // Observed ensemble h(E) and its anomalies Y (N, p) — computed once, used at every point.
@@ -114,31 +123,44 @@ impl Filter for Letkf {
             .zip(ymean.iter())
             .map(|(o, m)| o - m)
             .collect();
-        let locs = h.locations();
-        // Observations by the state index they look at.
-        let mut obs_at: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (j, &l) in locs.iter().enumerate() {
+        // Observations by the local column they look at.
+        let mut obs_at: Vec<Vec<usize>> = vec![Vec::new(); n_loc];
+        for (j, &l) in h.locations().iter().enumerate() {
             obs_at[l].push(j);
         }
-        let c = GC_HALF_WIDTH_PER_RADIUS * self.cfg.localization_radius;
+        let c = self.half_width();
+        let reach = self.halo(n_glob);
         let geom = self.cfg.geometry;
         let n1 = (n_mem - 1) as f64;
-        // Analysis of each grid point: its column of the new ensemble.
-        let cols: Vec<Result<Vec<f64>>> = (0..n)
+        if !dom.whole && (dom.own.start < reach || n_loc - dom.own.end < reach) {
+            return Err(GendaError::Parallel(format!(
+                "LETKF: a halo of {} columns cannot serve the localisation reach {reach}",
+                dom.own.start.min(n_loc - dom.own.end)
+            )));
+        }
+        // Analysis of each owned grid point: its column of the new ensemble.
+        let cols: Vec<Result<Vec<f64>>> = dom
+            .own
+            .clone()
             .into_par_iter()
             .map(|i| {
                 // Local observations and their localised inverse variances ρ_j / r_j: only the
-                // state indices within the taper's support are visited (O(support), not O(p)).
+                // columns within the taper's support are visited, nearest-left first, in the
+                // same order on any domain layout.
                 let mut local: Vec<(usize, f64)> = Vec::new();
-                let reach = (2.0 * c).floor().min(n as f64) as usize;
-                let (lo, hi) = match geom {
-                    // A ring shorter than the support: visit every index once.
-                    Geometry::Ring if 2 * reach + 1 >= n => (0, n),
-                    Geometry::Ring => (i + n - reach, i + n + reach + 1),
-                    Geometry::Line => (i.saturating_sub(reach), (i + reach + 1).min(n)),
+                let gi = dom.global(i);
+                let (lo, hi) = if dom.whole {
+                    match geom {
+                        // A ring shorter than the support: visit every index once.
+                        Geometry::Ring if 2 * reach + 1 >= n_loc => (0, n_loc),
+                        Geometry::Ring => (i + n_loc - reach, i + n_loc + reach + 1),
+                        Geometry::Line => (i.saturating_sub(reach), (i + reach + 1).min(n_loc)),
+                    }
+                } else {
+                    (i - reach, i + reach + 1)
                 };
-                for k in (lo..hi).map(|k| k % n) {
-                    let w = gaspari_cohn(geom.distance(i, k, n) / c);
+                for k in (lo..hi).map(|k| k % n_loc) {
+                    let w = gaspari_cohn(geom.distance(gi, dom.global(k), n_glob) / c);
                     if w > 0.0 {
                         for &j in &obs_at[k] {
                             local.push((j, w / input.obs_error_var[j]));
@@ -170,7 +192,7 @@ impl Filter for Letkf {
                 let eig = SymmetricEigen::new(cm);
                 if eig.eigenvalues.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
                     return Err(GendaError::LinAlg(format!(
-                        "LETKF: local matrix at grid point {i} is not positive definite"
+                        "LETKF: local matrix at grid point {gi} is not positive definite"
                     )));
                 }
                 // Only matrix–vector products (O(N²)): with u = Vᵀ a_i (a_i the anomalies at
@@ -191,7 +213,7 @@ impl Filter for Letkf {
                 Ok(col)
             })
             .collect();
-        for (i, col) in cols.into_iter().enumerate() {
+        for (i, col) in dom.own.clone().zip(cols) {
             let col = col?;
             for (m, v) in col.into_iter().enumerate() {
                 ens[[m, i]] = v;
@@ -235,13 +257,7 @@ mod tests {
         let h = PointObs::new(n, vec![0, 3, 5, 8, 11], false);
         let obs = [0.5, -0.3, 1.2, 0.1, -1.0];
         let r = [0.5, 1.0, 0.7, 0.4, 2.0];
-        let input = AnalysisInput {
-            obs: &obs,
-            obs_operator: &h,
-            obs_error_var: &r,
-            cycle: 1,
-            seed: 1,
-        };
+        let input = AnalysisInput::whole(&obs, &h, &r, 1, 1);
         let mut a = ens0.clone();
         Letkf::new(LetkfConfig {
             members: n_mem,
@@ -273,13 +289,7 @@ mod tests {
         let (n_mem, n) = (6, 40);
         let ens0 = Array2::from_shape_fn((n_mem, n), |(m, i)| ((m * 5 + i) as f64 * 0.71).cos());
         let h = PointObs::new(n, vec![0], false);
-        let input = AnalysisInput {
-            obs: &[3.0],
-            obs_operator: &h,
-            obs_error_var: &[0.1],
-            cycle: 1,
-            seed: 1,
-        };
+        let input = AnalysisInput::whole(&[3.0], &h, &[0.1], 1, 1);
         let mut a = ens0.clone();
         Letkf::new(LetkfConfig {
             members: n_mem,

@@ -1,6 +1,8 @@
-//! Analysis methods behind one `Filter` trait. A filter sees the ensemble as an array
-//! `(members, state_dim)` plus the cycle's observations; it never knows how many ranks the run
-//! uses, never writes files and never touches MPI (the driver in `experiment` does that).
+//! Analysis methods behind one `Filter` trait. A filter sees all members of its part of the
+//! state as an array `(members, local columns)` — a `LocalDomain`, the whole state on one rank —
+//! plus the observations located there, and a `Reducer` for sums over the whole state. It never
+//! knows how many ranks the run uses, never writes files and never touches MPI (the driver in
+//! `experiment` and the `parallel` room do that).
 mod core;
 mod enkf;
 mod ensf;
@@ -19,13 +21,58 @@ pub use particle::{systematic_resample, ParticleFilter, PfConfig};
 
 use crate::error::{GendaError, Result};
 use crate::obs::ObsOperator;
+use crate::parallel::{Reducer, SerialReducer};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// The part of a periodic 1-D state index space a filter works on: local column k is global
+/// index `(ext_start + k) mod n_global`. Columns `own` are this domain's; the others are a halo
+/// (read-only context, e.g. for localisation) that the driver discards after the analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalDomain {
+    pub n_global: usize,
+    pub ext_start: usize,
+    pub own: Range<usize>,
+    /// The owned tiles in global order (local column ranges, covering `own`): the units of
+    /// every state sum, so that sums do not depend on the layout.
+    pub tiles: Vec<Range<usize>>,
+    /// The local columns are the whole periodic state (one domain).
+    pub whole: bool,
+}
+
+impl LocalDomain {
+    /// The whole state of dimension n as one tile.
+    pub fn whole(n: usize) -> Self {
+        LocalDomain {
+            n_global: n,
+            ext_start: 0,
+            own: 0..n,
+            tiles: vec![0..n],
+            whole: true,
+        }
+    }
+
+    /// Global state index of local column k.
+    pub fn global(&self, k: usize) -> usize {
+        (self.ext_start + k) % self.n_global
+    }
+
+    /// Observation index ranges (into observations sorted by local column `locs`) of each
+    /// owned tile.
+    pub fn obs_per_tile(&self, locs: &[usize]) -> Vec<Range<usize>> {
+        self.tiles
+            .iter()
+            .map(|t| locs.partition_point(|&l| l < t.start)..locs.partition_point(|&l| l < t.end))
+            .collect()
+    }
+}
 
 /// Everything an analysis needs besides the ensemble.
 pub struct AnalysisInput<'a> {
-    /// Observation vector.   (obs_dim)
+    /// Observations located in the local columns.   (obs_dim)
     pub obs: &'a [f64],
+    /// Operator on the local columns; `locations()` are local column indices, increasing.
     pub obs_operator: &'a dyn ObsOperator,
     /// Diagonal of R.   (obs_dim)
     pub obs_error_var: &'a [f64],
@@ -33,12 +80,77 @@ pub struct AnalysisInput<'a> {
     pub cycle: usize,
     /// Master seed of the run.
     pub seed: u64,
+    /// Global index of the first local observation (keys per-observation random numbers;
+    /// methods that draw observation noise use halo-free domains).
+    pub obs_offset: usize,
+    pub domain: LocalDomain,
+    pub reducer: &'a dyn Reducer,
+}
+
+impl<'a> AnalysisInput<'a> {
+    /// The whole state on one rank (library use, tests).
+    pub fn whole(
+        obs: &'a [f64],
+        obs_operator: &'a dyn ObsOperator,
+        obs_error_var: &'a [f64],
+        cycle: usize,
+        seed: u64,
+    ) -> Self {
+        AnalysisInput {
+            obs,
+            obs_operator,
+            obs_error_var,
+            cycle,
+            seed,
+            obs_offset: 0,
+            domain: LocalDomain::whole(obs_operator.state_dim()),
+            reducer: &SerialReducer,
+        }
+    }
+
+    /// Dimension checks every method needs.
+    pub fn check(&self, ens: &Array2<f64>, method: &str) -> Result<()> {
+        let h = self.obs_operator;
+        let p = h.obs_dim();
+        if ens.ncols() != h.state_dim() {
+            return Err(GendaError::Dimension {
+                what: format!("{method}: ensemble columns vs observation operator state size"),
+                expected: h.state_dim(),
+                got: ens.ncols(),
+            });
+        }
+        if self.obs.len() != p || self.obs_error_var.len() != p {
+            return Err(GendaError::Dimension {
+                what: format!("{method}: observation vector / error variances vs operator output"),
+                expected: p,
+                got: if self.obs.len() != p {
+                    self.obs.len()
+                } else {
+                    self.obs_error_var.len()
+                },
+            });
+        }
+        if self.domain.own.end > ens.ncols() {
+            return Err(GendaError::Dimension {
+                what: format!("{method}: owned columns vs ensemble columns"),
+                expected: self.domain.own.end,
+                got: ens.ncols(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One analysis method.
 pub trait Filter: Send {
     fn name(&self) -> &'static str;
-    /// Replace the forecast ensemble by the analysis ensemble, in place.   ens: (members, state_dim)
+    /// State columns on each side of a domain this method reads (localisation reach); the
+    /// driver supplies them as a halo. 0 for methods that only need tile sums.
+    fn halo(&self, _n_global: usize) -> usize {
+        0
+    }
+    /// Replace the forecast ensemble by the analysis ensemble in the owned columns, in place.
+    /// ens: (members, local columns)
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()>;
 }
 

@@ -60,20 +60,26 @@ impl Filter for ParticleFilter {
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
-        let (n_mem, n) = ens.dim();
+        input.check(ens, "pf")?;
+        let (n_mem, n_loc) = ens.dim();
+        let n = input.domain.n_global;
         let h = input.obs_operator;
         let p = h.obs_dim();
+        // log-likelihoods, summed per tile then over tiles in global order.
+        let obs_tiles = input.domain.obs_per_tile(h.locations());
         let mut y = vec![0.0; p];
-        let mut logw = vec![0.0; n_mem];
+        let mut partials = vec![0.0; obs_tiles.len() * n_mem];
         for (m, x) in ens.rows().into_iter().enumerate() {
             h.apply(x.as_slice().expect("contiguous"), &mut y);
-            logw[m] = -0.5
-                * y.iter()
-                    .zip(input.obs)
-                    .zip(input.obs_error_var)
-                    .map(|((hx, o), r)| (o - hx) * (o - hx) / r)
-                    .sum::<f64>();
+            for (t, range) in obs_tiles.iter().enumerate() {
+                partials[t * n_mem + m] = -0.5
+                    * range
+                        .clone()
+                        .map(|j| (input.obs[j] - y[j]).powi(2) / input.obs_error_var[j])
+                        .sum::<f64>();
+            }
         }
+        let logw = input.reducer.sum_tiles(&partials, n_mem)?;
         let mx = logw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         if !mx.is_finite() {
             return Err(GendaError::LinAlg(
@@ -86,7 +92,7 @@ impl Filter for ParticleFilter {
         self.last_ess = 1.0 / w.iter().map(|v| v * v).sum::<f64>();
         // Weighted std per variable (before resampling) for the regularisation jitter.
         let sd: Vec<f64> = if self.cfg.regularization > 0.0 {
-            (0..n)
+            (0..n_loc)
                 .map(|i| {
                     let mean: f64 = (0..n_mem).map(|m| w[m] * ens[[m, i]]).sum();
                     (0..n_mem)
@@ -107,18 +113,20 @@ impl Filter for ParticleFilter {
         if self.cfg.regularization > 0.0 {
             // Silverman's rule for a Gaussian kernel in n dimensions.
             let hopt = (4.0 / ((n as f64 + 2.0) * n_mem as f64)).powf(1.0 / (n as f64 + 4.0));
-            let mut jitter = vec![0.0; n];
+            let own = input.domain.own.clone();
+            let start = input.domain.global(own.start);
+            let mut jitter = vec![0.0; own.len()];
             for (m, mut row) in ens.rows_mut().into_iter().enumerate() {
                 fill_standard_normal(
                     input.seed,
                     Purpose::Jitter,
                     input.cycle as u64,
                     m as u64,
-                    0,
+                    start,
                     &mut jitter,
                 );
-                for i in 0..n {
-                    row[i] += self.cfg.regularization * hopt * sd[i] * jitter[i];
+                for (i, z) in own.clone().zip(&jitter) {
+                    row[i] += self.cfg.regularization * hopt * sd[i] * z;
                 }
             }
         }
@@ -156,13 +164,7 @@ mod tests {
             ens[[m, 1]] = z[1];
         }
         let h = PointObs::new(n, vec![0], false);
-        let input = AnalysisInput {
-            obs: &[1.2],
-            obs_operator: &h,
-            obs_error_var: &[0.5],
-            cycle: 1,
-            seed: 3,
-        };
+        let input = AnalysisInput::whole(&[1.2], &h, &[0.5], 1, 3);
         let mut pf = ParticleFilter::new(PfConfig {
             members: n_mem,
             regularization: 0.0,

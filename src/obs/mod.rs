@@ -100,6 +100,42 @@ impl ObsConfig {
         self.error_var.expand(p, "observations.error_var")
     }
 
+    /// Global index of the observation at state index `l`, if `l` is observed.
+    pub fn obs_index(&self, l: usize) -> Option<usize> {
+        (l >= self.offset && (l - self.offset) % self.stride == 0)
+            .then(|| (l - self.offset) / self.stride)
+    }
+
+    /// Error variance of global observation `j`.
+    pub fn error_var_of(&self, j: usize) -> f64 {
+        match &self.error_var {
+            ScalarOrVec::Scalar(v) => *v,
+            ScalarOrVec::Vector(v) => v[j],
+        }
+    }
+
+    /// The observations of `len` consecutive state indices from global `start` (wrapping around
+    /// the periodic state of dimension `state_dim`): the operator on those columns (locations
+    /// are local columns) and the global index and error variance of each observation. Built
+    /// without forming the global observation set.
+    pub fn build_local(&self, state_dim: usize, start: usize, len: usize) -> LocalObs {
+        let mut idx = Vec::new();
+        let mut global = Vec::new();
+        let mut r = Vec::new();
+        for k in 0..len {
+            if let Some(j) = self.obs_index((start + k) % state_dim) {
+                idx.push(k);
+                global.push(j);
+                r.push(self.error_var_of(j));
+            }
+        }
+        LocalObs {
+            op: PointObs::new(len, idx, self.operator == ObsKind::Arctan),
+            global,
+            error_var: r,
+        }
+    }
+
     /// The registry: config → operator.
     pub fn build(&self, state_dim: usize) -> PointObs {
         PointObs::new(
@@ -108,6 +144,16 @@ impl ObsConfig {
             self.operator == ObsKind::Arctan,
         )
     }
+}
+
+/// The observations of a slab of the state.
+#[derive(Debug, Clone)]
+pub struct LocalObs {
+    pub op: PointObs,
+    /// Global observation index of each local observation.
+    pub global: Vec<usize>,
+    /// Diagonal of R for the local observations.
+    pub error_var: Vec<f64>,
 }
 
 /// Observations of individual state variables, optionally through arctan.

@@ -2,10 +2,12 @@
 //!
 //! - `process`: forward processes (VP, VE, linear interpolant) with α, σ, f, g² in closed form;
 //! - `sampler`: reverse SDE / predictor–corrector / probability-flow ODE / annealed Langevin on
-//!   score closures; `analytic`: exact Gaussian-mixture scores;
+//!   score closures; `analytic`: exact Gaussian-mixture scores; `mixture`: the tiled,
+//!   layout-independent Gaussian-mixture score kernel of the training-free filters;
 //! - `net`: MLP and periodic U-Net score networks; `train`: DSM training (Adam, EMA, checkpoints,
 //!   MPI data parallel); device selection and libtorch facts for `genda doctor` here.
 pub mod analytic;
+pub mod mixture;
 pub mod net;
 pub mod process;
 pub mod sampler;

@@ -51,18 +51,30 @@ fn yes() -> bool {
 
 /// Draw M samples of the reference distribution N(0, prior_std² I) (row-major (M, d)).
 pub fn prior_sample(process: &ForwardProcess, m: usize, d: usize, seed: u64) -> Vec<f64> {
+    prior_sample_at(process, m, d, seed, 0)
+}
+
+/// As `prior_sample`, for the `d` components starting at global index `offset` of each sample
+/// (a domain of a decomposed state draws the same numbers as the whole state would).
+pub fn prior_sample_at(
+    process: &ForwardProcess,
+    m: usize,
+    d: usize,
+    seed: u64,
+    offset: usize,
+) -> Vec<f64> {
     let mut x = vec![0.0; m * d];
     let s = process.prior_std();
     for (i, row) in x.chunks_mut(d).enumerate() {
-        fill_standard_normal(seed, Purpose::Sampling, u64::MAX, i as u64, 0, row);
+        fill_standard_normal(seed, Purpose::Sampling, u64::MAX, i as u64, offset, row);
         row.iter_mut().for_each(|v| *v *= s);
     }
     x
 }
 
-fn noise(seed: u64, step: u64, d: usize, z: &mut [f64]) {
+fn noise(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64]) {
     for (i, row) in z.chunks_mut(d).enumerate() {
-        fill_standard_normal(seed, Purpose::Sampling, step, i as u64, 0, row);
+        fill_standard_normal(seed, Purpose::Sampling, step, i as u64, offset, row);
     }
 }
 
@@ -77,6 +89,22 @@ pub fn sample(
     seed: u64,
     t_start: Option<f64>,
 ) {
+    sample_at(process, cfg, score, x, d, seed, t_start, 0)
+}
+
+/// As `sample`, with the noise of components starting at global index `offset` (domain
+/// decomposition: each domain draws its own part of the same numbers).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_at(
+    process: &ForwardProcess,
+    cfg: &SamplerConfig,
+    score: &ScoreFn,
+    x: &mut [f64],
+    d: usize,
+    seed: u64,
+    t_start: Option<f64>,
+    offset: usize,
+) {
     let t0 = t_start.unwrap_or_else(|| process.t_max());
     let n = cfg.steps.max(1);
     let h = (t0 - cfg.t_min) / n as f64;
@@ -89,7 +117,7 @@ pub fn sample(
                 let t = t0 - k as f64 * h;
                 let (f, g2) = (process.f(t), process.g2(t));
                 score(x, t, &mut s);
-                noise(seed, step_id, d, &mut z);
+                noise(seed, step_id, d, offset, &mut z);
                 step_id += 1;
                 let sq = (g2 * h).sqrt();
                 for i in 0..x.len() {
@@ -103,7 +131,7 @@ pub fn sample(
                     let tn = t - h;
                     for _ in 0..corrector_steps {
                         score(x, tn, &mut s);
-                        noise(seed, step_id, d, &mut z);
+                        noise(seed, step_id, d, offset, &mut z);
                         step_id += 1;
                         // Step from batch-mean norms, as in Song et al.'s reference code: a
                         // per-sample ‖z‖ would correlate the step with its own noise and bias
@@ -156,7 +184,7 @@ pub fn sample(
                 let sq = (2.0 * a).sqrt();
                 for _ in 0..steps_per_level {
                     score(x, t, &mut s);
-                    noise(seed, step_id, d, &mut z);
+                    noise(seed, step_id, d, offset, &mut z);
                     step_id += 1;
                     for i in 0..x.len() {
                         x[i] += a * s[i] + sq * z[i];
