@@ -420,13 +420,15 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
     let layout = Layout::new(ranks, 0, domains, cfg.filter.members())?;
     let mhalo = match model.halo() {
         Some((l, r)) => l.max(r),
-        None if domains > 1 => return Err(GendaError::invalid(
-            "parallel.domains",
-            format!(
+        None if domains > 1 => {
+            return Err(GendaError::invalid(
+                "parallel.domains",
+                format!(
                 "{} cannot be domain-decomposed; use domains = 1 (members still split over ranks)",
                 model.name()
             ),
-        )),
+            ))
+        }
         None => 0,
     };
     let fhalo = if domains > 1 {

@@ -120,6 +120,10 @@ pub enum Command {
         /// Launcher command ("mpirun" or "srun"); extra launcher flags via GENDA_LAUNCHER_FLAGS.
         #[arg(long, default_value = "mpirun")]
         launcher: String,
+        /// What the ranks split: `domains` (the state; every rank a domain) or `members`
+        /// (member groups, one domain).
+        #[arg(long, value_enum, default_value_t = scaling::Split::Domains)]
+        split: scaling::Split,
     },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
     Plot {
@@ -301,8 +305,10 @@ pub fn execute(cli: Cli) -> Result<()> {
             cycles,
             out_dir,
             launcher,
+            split,
         } => {
-            let report = scaling::run_series(&config, &ranks, mode, cycles, &out_dir, &launcher)?;
+            let report =
+                scaling::run_series(&config, &ranks, mode, cycles, &out_dir, &launcher, split)?;
             print!("{report}");
             Ok(())
         }

@@ -13,6 +13,15 @@ pub enum Mode {
     Weak,
 }
 
+/// What the ranks of a series split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// Spatial domains (`--domains R`).
+    Domains,
+    /// Member groups (`--domains 1`).
+    Members,
+}
+
 /// What one run reports (root rank's phase timers, whole-run wall time).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timing {
@@ -26,6 +35,12 @@ pub struct Timing {
     pub communication_s: f64,
     pub analysis_s: f64,
     pub output_s: f64,
+    /// Layout of the run.
+    #[serde(default)]
+    pub domains: usize,
+    /// Peak resident memory of each rank, MiB.
+    #[serde(default)]
+    pub max_rss_mib: Vec<f64>,
 }
 
 pub fn write_timing(path: &Path, cfg: &Config, s: &RunSummary, wall: f64) -> Result<()> {
@@ -40,6 +55,12 @@ pub fn write_timing(path: &Path, cfg: &Config, s: &RunSummary, wall: f64) -> Res
         communication_s: s.times.communication,
         analysis_s: s.times.analysis,
         output_s: s.times.output,
+        domains: s.domains,
+        max_rss_mib: s
+            .max_rss_per_rank
+            .iter()
+            .map(|b| *b as f64 / 1048576.0)
+            .collect(),
     };
     std::fs::write(path, toml::to_string(&t)?)
         .with_context(|| format!("writing {}", path.display()))?;
@@ -53,6 +74,7 @@ pub fn run_series(
     cycles: Option<usize>,
     out_dir: &Path,
     launcher: &str,
+    split: Split,
 ) -> Result<String> {
     let cfg = Config::from_file(config)?;
     if ranks.is_empty() || ranks.contains(&0) {
@@ -85,6 +107,11 @@ pub fn run_series(
                 "--quiet",
                 "--members",
                 &members.to_string(),
+                "--domains",
+                &match split {
+                    Split::Domains => r.to_string(),
+                    Split::Members => "1".to_string(),
+                },
                 "--timing-file",
             ])
             .arg(&tfile);

@@ -88,6 +88,116 @@ impl Letkf {
     }
 }
 
+/// One grid point in member space (N×N eigenproblem, for p_l ≥ N local observations).
+/// C = Y_l R_l⁻¹ Y_lᵀ + (N−1) I = V D Vᵀ, b = Y_l R_l⁻¹ dy_l; with u = Vᵀ a_i:
+/// shift = wᵀ a_i (w = V D⁻¹ Vᵀ b) and T a_i = V diag(√((N−1)/d)) u.
+fn point_update_member_space(
+    local: &[(usize, f64)],
+    yt: &Array2<f64>,
+    dy: &Array1<f64>,
+    ai: &[f64],
+    n1: f64,
+) -> Option<(f64, Vec<f64>)> {
+    let n_mem = ai.len();
+    let mut cm = DMatrix::<f64>::zeros(n_mem, n_mem);
+    let mut b = DVector::<f64>::zeros(n_mem);
+    for &(j, wr) in local {
+        let yj = yt.row(j);
+        let yj = yj.as_slice().expect("standard layout");
+        for m in 0..n_mem {
+            let ym = yj[m] * wr;
+            b[m] += ym * dy[j];
+            for k in 0..=m {
+                cm[(m, k)] += ym * yj[k];
+            }
+        }
+    }
+    for m in 0..n_mem {
+        cm[(m, m)] += n1;
+        for k in 0..m {
+            cm[(k, m)] = cm[(m, k)];
+        }
+    }
+    let eig = SymmetricEigen::new(cm);
+    if eig.eigenvalues.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        return None;
+    }
+    let v = &eig.eigenvectors;
+    let ai = DVector::from_column_slice(ai);
+    let vtb = v.tr_mul(&b);
+    let w = v * vtb.component_div(&eig.eigenvalues);
+    let u = v
+        .tr_mul(&ai)
+        .component_mul(&eig.eigenvalues.map(|d| (n1 / d).sqrt()));
+    Some((w.dot(&ai), (v * u).as_slice().to_vec()))
+}
+
+/// One grid point in observation space (p_l×p_l eigenproblem, for p_l < N), the same analysis:
+/// with S = Y_l diag(√(ρ/r)) (N×p_l), d̃ = √(ρ/r)∘dy and SᵀS = V Λ Vᵀ, C = SSᵀ + aI (a = N−1)
+/// gives, through C⁻¹S = S V diag(1/(a+λ)) Vᵀ:
+///   shift = d̃ᵀ V diag(1/(a+λ)) Vᵀ Sᵀ a_i,
+///   T a_i = √a C^{-1/2} a_i = a_i + S V diag(φ(λ)) Vᵀ Sᵀ a_i,  φ(λ) = (√(a/(a+λ)) − 1)/λ
+///         = −1 / (√(a+λ) (√a + √(a+λ))), finite as λ → 0.
+/// The eigenproblem shrinks from N³ to p_l³ — the LETKF's cost per point at large N.
+fn point_update_obs_space(
+    local: &[(usize, f64)],
+    yt: &Array2<f64>,
+    dy: &Array1<f64>,
+    ai: &[f64],
+    a: f64,
+) -> Option<(f64, Vec<f64>)> {
+    let (p, n_mem) = (local.len(), ai.len());
+    // Rows of Sᵀ (p × N) and d̃.
+    let mut st = vec![0.0; p * n_mem];
+    let mut dt = DVector::<f64>::zeros(p);
+    for (k, &(j, wr)) in local.iter().enumerate() {
+        let sw = wr.sqrt();
+        let yj = yt.row(j);
+        for (o, v) in st[k * n_mem..(k + 1) * n_mem].iter_mut().zip(yj.iter()) {
+            *o = sw * v;
+        }
+        dt[k] = sw * dy[j];
+    }
+    let row = |k: usize| &st[k * n_mem..(k + 1) * n_mem];
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
+    let mut g = DMatrix::<f64>::zeros(p, p);
+    for k in 0..p {
+        for l in 0..=k {
+            let v = dot(row(k), row(l));
+            g[(k, l)] = v;
+            g[(l, k)] = v;
+        }
+    }
+    let eig = SymmetricEigen::new(g);
+    if eig
+        .eigenvalues
+        .iter()
+        .any(|l| !(l.is_finite() && a + l > 0.0))
+    {
+        return None;
+    }
+    let v = &eig.eigenvectors;
+    let q = DVector::<f64>::from_fn(p, |k, _| dot(row(k), ai));
+    let r = v.tr_mul(&q);
+    let e = v.tr_mul(&dt);
+    let mut shift = 0.0;
+    let mut fr = DVector::<f64>::zeros(p);
+    for k in 0..p {
+        let l = eig.eigenvalues[k].max(0.0);
+        shift += e[k] * r[k] / (a + l);
+        let sl = (a + l).sqrt();
+        fr[k] = -r[k] / (sl * (a.sqrt() + sl));
+    }
+    let g = v * fr;
+    let mut ta = ai.to_vec();
+    for k in 0..p {
+        for (t, s) in ta.iter_mut().zip(row(k)) {
+            *t += s * g[k];
+        }
+    }
+    Some((shift, ta))
+}
+
 impl Filter for Letkf {
     fn name(&self) -> &'static str {
         "letkf"
@@ -116,7 +226,13 @@ impl Filter for Letkf {
             );
         }
         let ymean = eo.mean_axis(Axis(0)).expect("members > 0");
-        let y = &eo - &ymean.view().insert_axis(Axis(0));
+        // Yᵀ (p, N): one contiguous row of member anomalies per observation.
+        let yt = (&eo - &ymean.view().insert_axis(Axis(0)))
+            .t()
+            .as_standard_layout()
+            .into_owned();
+        // Anomalies by column (n_loc, N), contiguous per grid point.
+        let at = a.t().as_standard_layout().into_owned();
         let dy: Array1<f64> = input
             .obs
             .iter()
@@ -132,6 +248,7 @@ impl Filter for Letkf {
         let reach = self.halo(n_glob);
         let geom = self.cfg.geometry;
         let n1 = (n_mem - 1) as f64;
+        let taper: Vec<f64> = (0..=reach).map(|d| gaspari_cohn(d as f64 / c)).collect();
         if !dom.whole && (dom.own.start < reach || n_loc - dom.own.end < reach) {
             return Err(GendaError::Parallel(format!(
                 "LETKF: a halo of {} columns cannot serve the localisation reach {reach}",
@@ -143,11 +260,11 @@ impl Filter for Letkf {
             .own
             .clone()
             .into_par_iter()
-            .map(|i| {
+            .map_init(Vec::new, |local: &mut Vec<(usize, f64)>, i| {
                 // Local observations and their localised inverse variances ρ_j / r_j: only the
                 // columns within the taper's support are visited, nearest-left first, in the
                 // same order on any domain layout.
-                let mut local: Vec<(usize, f64)> = Vec::new();
+                local.clear();
                 let gi = dom.global(i);
                 let (lo, hi) = if dom.whole {
                     match geom {
@@ -160,57 +277,32 @@ impl Filter for Letkf {
                     (i - reach, i + reach + 1)
                 };
                 for k in (lo..hi).map(|k| k % n_loc) {
-                    let w = gaspari_cohn(geom.distance(gi, dom.global(k), n_glob) / c);
+                    let d = geom.distance(gi, dom.global(k), n_glob);
+                    // Integer grid distances: the taper from a table.
+                    let w = taper.get(d as usize).copied().unwrap_or(0.0);
                     if w > 0.0 {
                         for &j in &obs_at[k] {
                             local.push((j, w / input.obs_error_var[j]));
                         }
                     }
                 }
-                let mut col: Vec<f64> = (0..n_mem).map(|m| mean[i] + a[[m, i]]).collect();
+                let ai = at.row(i);
+                let ai = ai.as_slice().expect("standard layout");
+                let xm = mean[i];
                 if local.is_empty() {
-                    return Ok(col);
+                    return Ok(ai.iter().map(|v| xm + v).collect());
                 }
-                // C = Y_l R_l⁻¹ Y_lᵀ + (N−1) I and b = Y_l R_l⁻¹ dy_l in member space.
-                let mut cm = DMatrix::<f64>::zeros(n_mem, n_mem);
-                let mut b = DVector::<f64>::zeros(n_mem);
-                for &(j, wr) in &local {
-                    for m in 0..n_mem {
-                        let ym = y[[m, j]] * wr;
-                        b[m] += ym * dy[j];
-                        for k in 0..=m {
-                            cm[(m, k)] += ym * y[[k, j]];
-                        }
-                    }
+                let (shift, ta) = if local.len() < n_mem {
+                    point_update_obs_space(local, &yt, &dy, ai, n1)
+                } else {
+                    point_update_member_space(local, &yt, &dy, ai, n1)
                 }
-                for m in 0..n_mem {
-                    cm[(m, m)] += n1;
-                    for k in 0..m {
-                        cm[(k, m)] = cm[(m, k)];
-                    }
-                }
-                let eig = SymmetricEigen::new(cm);
-                if eig.eigenvalues.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
-                    return Err(GendaError::LinAlg(format!(
+                .ok_or_else(|| {
+                    GendaError::LinAlg(format!(
                         "LETKF: local matrix at grid point {gi} is not positive definite"
-                    )));
-                }
-                // Only matrix–vector products (O(N²)): with u = Vᵀ a_i (a_i the anomalies at
-                // this point), x_i^a = x̄_i + (wᵀ a_i) 1 + V diag(√((N−1)/d)) u, and
-                // w = V diag(1/d) Vᵀ b.
-                let v = &eig.eigenvectors;
-                let ai = DVector::from_iterator(n_mem, (0..n_mem).map(|k| a[[k, i]]));
-                let vtb = v.tr_mul(&b);
-                let w = v * vtb.component_div(&eig.eigenvalues);
-                let u = v
-                    .tr_mul(&ai)
-                    .component_mul(&eig.eigenvalues.map(|d| (n1 / d).sqrt()));
-                let ta = v * u;
-                let shift = mean[i] + w.dot(&ai);
-                for (m, cv) in col.iter_mut().enumerate() {
-                    *cv = shift + ta[m];
-                }
-                Ok(col)
+                    ))
+                })?;
+                Ok(ta.iter().map(|t| xm + shift + t).collect())
             })
             .collect();
         for (i, col) in dom.own.clone().zip(cols) {
