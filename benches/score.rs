@@ -56,4 +56,32 @@ fn training_throughput(c: &mut Criterion) {
 }
 
 criterion_group!(benches, training_throughput);
-criterion_main!(benches);
+
+/// The Gaussian-mixture score kernel of EnSF / KDE diffusion (two GEMMs of 2·M·N·d flops each
+/// plus O(M·N) softmax), M = N samples and centres. Criterion's "thrpt" line reports elements
+/// = 4·M·N·d flops per iteration, i.e. flop/s.
+fn mixture_kernel(c: &mut Criterion) {
+    use genda::score::mixture::mixture_score;
+    use ndarray::Array2;
+    let mut g = c.benchmark_group("mixture_score_flops");
+    g.sample_size(10);
+    for (n_mem, d) in [
+        (20usize, 1_000usize),
+        (20, 100_000),
+        (20, 1_000_000),
+        (100, 100_000),
+        (200, 10_000),
+    ] {
+        let x = Array2::from_shape_fn((n_mem, d), |(i, j)| ((i * 31 + j) as f64 * 0.37).sin());
+        let cen = Array2::from_shape_fn((n_mem, d), |(i, j)| ((i * 17 + j) as f64 * 0.11).cos());
+        let mut out = Array2::zeros((n_mem, d));
+        g.throughput(Throughput::Elements((4 * n_mem * n_mem * d) as u64));
+        g.bench_function(format!("N{n_mem}_d{d}"), |b| {
+            b.iter(|| mixture_score(x.view(), cen.view(), 0.8, 0.5, &mut out))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(mixture, mixture_kernel);
+criterion_main!(benches, mixture);

@@ -116,6 +116,24 @@ pub struct InitialConfig {
     pub mean: ScalarOrVec,
     /// Variance (diagonal covariance): one number, or a list of the state dimension.
     pub var: ScalarOrVec,
+    /// The truth's own initial mean and variance, if it is not drawn like the ensemble (e.g.
+    /// EnSF's twin experiments: truth far from the ensemble's N(0, I)).
+    #[serde(default)]
+    pub truth_mean: Option<ScalarOrVec>,
+    #[serde(default)]
+    pub truth_var: Option<ScalarOrVec>,
+}
+
+impl InitialConfig {
+    /// Mean and variance the truth is drawn from.
+    pub fn truth_moments(&self, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        let m = self.truth_mean.as_ref().unwrap_or(&self.mean);
+        let v = self.truth_var.as_ref().unwrap_or(&self.var);
+        Ok((
+            m.expand(n, "initial.truth_mean")?,
+            v.expand(n, "initial.truth_var")?,
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -216,6 +234,13 @@ impl Config {
         let n = self.model.dim();
         let mean = self.initial.mean.expand(n, "initial.mean")?;
         let var = self.initial.var.expand(n, "initial.var")?;
+        let (tm, tv) = self.initial.truth_moments(n)?;
+        if tm.iter().chain(&tv).any(|v| !v.is_finite()) || tv.iter().any(|v| *v < 0.0) {
+            return Err(GendaError::invalid(
+                "initial.truth_mean / initial.truth_var",
+                "must be finite, variances >= 0",
+            ));
+        }
         if mean.iter().any(|v| !v.is_finite()) {
             return Err(GendaError::invalid("initial.mean", "must be finite"));
         }

@@ -37,6 +37,7 @@ pub struct TruthRun<'a> {
     state: Vec<f64>,
     ws: Rk4Workspace,
     cycle: usize,
+    spinup: usize,
 }
 
 impl<'a> TruthRun<'a> {
@@ -47,16 +48,21 @@ impl<'a> TruthRun<'a> {
         obs_operator: &'a dyn ObsOperator,
     ) -> Result<Self> {
         let n = model.dim();
-        let mean = cfg.initial.mean.expand(n, "initial.mean")?;
-        let var = cfg.initial.var.expand(n, "initial.var")?;
+        let (mean, var) = cfg.initial.truth_moments(n)?;
         let mut state = vec![0.0; n];
         fill_standard_normal(cfg.experiment.seed, Purpose::TruthInit, 0, 0, 0, &mut state);
         for ((x, m), v) in state.iter_mut().zip(&mean).zip(&var) {
             *x = m + v.sqrt() * *x;
         }
         let mut ws = Rk4Workspace::new(n);
-        for _ in 0..cfg.experiment.spinup_steps {
+        let key = NoiseKey {
+            seed: cfg.experiment.seed,
+            rows: vec![TRUTH_STREAM],
+            offset: 0,
+        };
+        for s in 0..cfg.experiment.spinup_steps {
             model.step(&mut state, &mut ws);
+            add_model_noise(model, &mut state, &key, s as u64);
         }
         let obs_sd = cfg
             .observations
@@ -73,6 +79,7 @@ impl<'a> TruthRun<'a> {
             state,
             ws,
             cycle: 0,
+            spinup: cfg.experiment.spinup_steps,
         })
     }
 
@@ -89,8 +96,15 @@ impl<'a> TruthRun<'a> {
     /// Advance to the next observation time; write y = h(x) + R^{1/2} z into `obs`.
     pub fn advance(&mut self, obs: &mut [f64]) -> &[f64] {
         self.cycle += 1;
-        for _ in 0..self.obs_every {
+        let key = NoiseKey {
+            seed: self.seed,
+            rows: vec![TRUTH_STREAM],
+            offset: 0,
+        };
+        for s in 0..self.obs_every {
             self.model.step(&mut self.state, &mut self.ws);
+            let step = self.spinup + (self.cycle - 1) * self.obs_every + s;
+            add_model_noise(self.model, &mut self.state, &key, step as u64);
         }
         self.obs_operator.apply(&self.state, obs);
         let mut z = vec![0.0; obs.len()];
@@ -276,6 +290,34 @@ fn save_checkpoint(
     Ok(())
 }
 
+/// Keys of the model-noise streams of a propagated block: (step, member, global index).
+struct NoiseKey {
+    seed: u64,
+    /// Stream id of each row: the member index, `TRUTH_STREAM` for the truth.
+    rows: Vec<u64>,
+    /// Global index of the first column.
+    offset: usize,
+}
+
+/// Model-noise stream id of the truth (members use their index).
+pub const TRUTH_STREAM: u64 = u64::MAX;
+
+/// Add σ√dt·z to every row after model step `step` (global step counter).
+fn add_model_noise(model: &dyn Model, x: &mut [f64], key: &NoiseKey, step: u64) {
+    let sd = model.noise_sd() * model.dt().sqrt();
+    if sd == 0.0 {
+        return;
+    }
+    let len = x.len() / key.rows.len().max(1);
+    let mut z = vec![0.0; len];
+    for (row, &id) in x.chunks_mut(len).zip(&key.rows) {
+        fill_standard_normal(key.seed, Purpose::ModelNoise, step, id, key.offset, &mut z);
+        for (xi, zi) in row.iter_mut().zip(&z) {
+            *xi += sd * zi;
+        }
+    }
+}
+
 /// The state propagation of this rank: slabs with halo exchange for models that can be
 /// decomposed (also on one domain, so every layout runs the same arithmetic), whole states
 /// otherwise.
@@ -292,8 +334,30 @@ impl Propagator {
         }
     }
 
-    /// Advance every row of `x` by `nsteps`; returns the seconds spent in halo exchanges.
+    /// Advance every row of `x` by `nsteps` from global step `first_step`; returns the seconds
+    /// spent in halo exchanges.
     fn advance(
+        &mut self,
+        model: &dyn Model,
+        x: &mut [f64],
+        nsteps: usize,
+        comm: &dyn Collectives,
+        noise: &NoiseKey,
+        first_step: u64,
+    ) -> Result<f64> {
+        if model.noise_sd() > 0.0 {
+            // Stochastic: step by step, noise after each step.
+            let mut t = 0.0;
+            for s in 0..nsteps {
+                t += self.advance_deterministic(model, x, 1, comm)?;
+                add_model_noise(model, x, noise, first_step + s as u64);
+            }
+            return Ok(t);
+        }
+        self.advance_deterministic(model, x, nsteps, comm)
+    }
+
+    fn advance_deterministic(
         &mut self,
         model: &dyn Model,
         x: &mut [f64],
@@ -411,6 +475,34 @@ fn all_finite(comm: &dyn Collectives, a: &Array2<f64>, cycle: usize, what: &str)
     }
 }
 
+/// The initial members `mine` on columns `own` (the draws `run_twin` makes).
+fn local_init_preview(
+    cfg: &Config,
+    mine: &Range<usize>,
+    own: &Range<usize>,
+) -> Result<Array2<f64>> {
+    let n = cfg.model.dim();
+    let mean0 = cfg.initial.mean.expand(n, "initial.mean")?;
+    let var0 = cfg.initial.var.expand(n, "initial.var")?;
+    let mut local = Array2::<f64>::zeros((mine.len(), own.len()));
+    for (mut row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
+        let x = row.as_slice_mut().expect("fresh array is contiguous");
+        fill_standard_normal(
+            cfg.experiment.seed,
+            Purpose::EnsembleInit,
+            0,
+            m as u64,
+            own.start,
+            x,
+        );
+        for (k, xi) in x.iter_mut().enumerate() {
+            let i = own.start + k;
+            *xi = mean0[i] + var0[i].sqrt() * *xi;
+        }
+    }
+    Ok(local)
+}
+
 /// Check a config's parallel layout against a world of `ranks` ranks, before any work: the
 /// same answer on every rank, so they all stop together with the same message.
 pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout)> {
@@ -523,32 +615,50 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     );
 
     // Truth and ensemble slabs, drawn from streams keyed by global index.
-    let mean0 = cfg.initial.mean.expand(n, "initial.mean")?;
-    let var0 = cfg.initial.var.expand(n, "initial.var")?;
     let mut truth = vec![0.0; len];
     fill_standard_normal(seed, Purpose::TruthInit, 0, 0, own.start, &mut truth);
-    for (k, x) in truth.iter_mut().enumerate() {
-        let i = own.start + k;
-        *x = mean0[i] + var0[i].sqrt() * *x;
-    }
-    let mut truth_prop = Propagator::new(model.as_ref(), 1, len);
-    truth_prop.advance(
-        model.as_ref(),
-        &mut truth,
-        cfg.experiment.spinup_steps,
-        dcomm,
-    )?;
-    let mut local = Array2::<f64>::zeros((mine.len(), len));
-    for (mut row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
-        let x = row.as_slice_mut().expect("fresh array is contiguous");
-        fill_standard_normal(seed, Purpose::EnsembleInit, 0, m as u64, own.start, x);
-        for (k, xi) in x.iter_mut().enumerate() {
+    {
+        let (tm, tv) = cfg.initial.truth_moments(n)?;
+        for (k, x) in truth.iter_mut().enumerate() {
             let i = own.start + k;
-            *xi = mean0[i] + var0[i].sqrt() * *xi;
+            *x = tm[i] + tv[i].sqrt() * *x;
         }
     }
-    drop((mean0, var0));
+    // Stability at the start (CFL of the 2-D models), on the truth and every local member.
+    {
+        let mut problem = model.stability_problem(&truth);
+        if problem.is_none() && len == n {
+            for row in local_init_preview(cfg, &mine, &own)?.rows() {
+                problem = model.stability_problem(row.as_slice().expect("contiguous"));
+                if problem.is_some() {
+                    break;
+                }
+            }
+        }
+        let ok = comm.all_ok(problem.is_none());
+        if let Some(msg) = problem {
+            return Err(GendaError::invalid("model.dt", msg));
+        }
+        if !ok {
+            return Err(GendaError::Quiet);
+        }
+    }
+    let mut truth_prop = Propagator::new(model.as_ref(), 1, len);
+    let truth_key = NoiseKey {
+        seed,
+        rows: vec![TRUTH_STREAM],
+        offset: own.start,
+    };
+    let spinup = cfg.experiment.spinup_steps;
+    truth_prop.advance(model.as_ref(), &mut truth, spinup, dcomm, &truth_key, 0)?;
+    let mut local = local_init_preview(cfg, &mine, &own)?;
+
     let mut prop = Propagator::new(model.as_ref(), mine.len(), len);
+    let member_key = NoiseKey {
+        seed,
+        rows: mine.clone().map(|m| m as u64).collect(),
+        offset: own.start,
+    };
 
     let config_toml = cfg.to_toml();
     let config_hash = cfg.science_hash();
@@ -675,7 +785,15 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let ck_every = cfg.checkpoint.every;
     for cycle in start..=cycles {
         let t = Instant::now();
-        let c_truth = truth_prop.advance(model.as_ref(), &mut truth, obs_every, dcomm)?;
+        let first_step = (spinup + (cycle - 1) * obs_every) as u64;
+        let c_truth = truth_prop.advance(
+            model.as_ref(),
+            &mut truth,
+            obs_every,
+            dcomm,
+            &truth_key,
+            first_step,
+        )?;
         {
             let tv = Array2::from_shape_vec((1, len), truth.clone()).expect("one row");
             let ext = if w > 0 { with_halo(&tv, w, dcomm)? } else { tv };
@@ -696,6 +814,8 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             local.as_slice_mut().expect("local ensemble is contiguous"),
             obs_every,
             dcomm,
+            &member_key,
+            first_step,
         )?;
         times.forecast += t.elapsed().as_secs_f64() - c_fc;
         times.communication += c_fc;

@@ -25,6 +25,7 @@ pub enum Purpose {
     Sampling = 7,
     Resampling = 8,
     Jitter = 9,
+    ModelNoise = 10,
 }
 
 #[inline]

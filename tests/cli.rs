@@ -32,6 +32,7 @@ fn run_writes_cf_netcdf_that_matches_what_was_computed() {
     );
 
     // Recompute RMSE from the stored truth and analysis mean and compare with the stored series.
+    let _g = nc_lock();
     let f = netcdf::open(&out).unwrap();
     let n = f.dimension("x").unwrap().len();
     assert_eq!(n, 40);
@@ -105,6 +106,7 @@ fn saved_ensembles_have_member_dimension_and_consistent_mean() {
     );
     let o = genda(&["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+    let _g = nc_lock();
     let f = netcdf::open(&out).unwrap();
     assert_eq!(f.dimension("member").unwrap().len(), 10);
     let ens = nc_var(&out, "analysis_ensemble");
@@ -290,6 +292,23 @@ fn bad_input_gives_clear_errors_and_no_output() {
             "divergence",
             vec![("\ndt = 0.05", "\ndt = 2.0")],
             "diverged",
+        ),
+        (
+            "zero bandwidth",
+            vec![
+                (
+                    "method = \"etkf\"",
+                    "method = \"kde_diffusion\"\nstate_scale = 0.0",
+                ),
+                ("inflation = 1.02\n", ""),
+                ("rotation = false\n", ""),
+            ],
+            "filter.state_scale",
+        ),
+        (
+            "negative model noise",
+            vec![("forcing = 8.0", "forcing = 8.0\nnoise = -0.1")],
+            "model.noise",
         ),
     ];
     for (what, edits, needle) in cases {

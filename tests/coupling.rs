@@ -77,6 +77,7 @@ fn coupled_matches_run(method_edits: &[(&str, &str)]) {
     let n = 40;
     let mut worst = 0f64;
     for k in 1..=CYCLES {
+        let _g = nc_lock();
         let f = netcdf::open(exchange.join(format!("cycle_{k:06}/analysis.nc"))).unwrap();
         let a: Vec<f64> = f
             .variable("analysis")
@@ -138,6 +139,7 @@ fn bad_cycle(setup: impl Fn(&Path), needle: &str) {
 }
 
 fn write_nc(path: &Path, var: &str, dims: &[(&str, usize)], value: f64) {
+    let _g = nc_lock();
     let mut f = netcdf::create(path).unwrap();
     for (n, l) in dims {
         f.add_dimension(n, *l).unwrap();

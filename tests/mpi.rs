@@ -80,7 +80,7 @@ fn letkf_l96_same_numbers_on_every_layout() {
 }
 
 #[test]
-fn ensf_and_enkf_l96_same_numbers_on_every_layout() {
+fn ensf_kde_and_enkf_l96_same_numbers_on_every_layout() {
     compare_layouts(
         "configs/l96_ensf.toml",
         &[

@@ -183,3 +183,61 @@ fn l96_ensf_arctan_obs_converges_and_tracks() {
     assert!(r_free > 2.0, "{r_free}");
     assert!(r_mix < 0.5 && r_pair < 0.5, "{r_mix} {r_pair}");
 }
+
+#[test]
+fn l63_arctan_kde_diffusion_beats_the_particle_filter() {
+    // Issue 7's L63 comparison, one seed, N = 20 (the 3-seed table is docs/results.md):
+    // closed-form KDE diffusion against the bootstrap PF of the same size.
+    let (r_kde, s_kde, _) = rmse_a("configs/l63_arctan_kde.toml", Some(1));
+    let pf = common::config_variant(
+        &std::env::temp_dir(),
+        "configs/l63_arctan_kde.toml",
+        &format!("pf-{}.toml", std::process::id()),
+        &[
+            (
+                "method = \"kde_diffusion\"",
+                "method = \"pf\"\nregularization = 0.0",
+            ),
+            ("steps = 100\n", ""),
+            ("eps_alpha = 0.05\n", ""),
+            ("bandwidth = \"fixed\"\n", ""),
+            ("state_scale = 0.5\n", ""),
+            ("obs_scale = 0.15\n", ""),
+        ],
+    );
+    let (r_pf, _, _) = rmse_a(pf.to_str().unwrap(), Some(1));
+    eprintln!("L63 arctan obs, N=20: KDE diffusion rmse.a {r_kde:.3} (spread {s_kde:.3}), bootstrap PF {r_pf:.3}");
+    assert!(r_kde < 3.0 && r_kde < 0.5 * r_pf, "{r_kde} vs {r_pf}");
+}
+
+#[test]
+fn l96_ensf_paper_setup_converges_from_a_wrong_start() {
+    // EnSF's own setup (stochastic L96, arctan obs of everything, ensemble from N(0, I) far from
+    // the truth): the paired prior converges and tracks; the free run does not.
+    let cfg = |edits: &[(&str, &str)], name: &str| {
+        common::config_variant(
+            &std::env::temp_dir(),
+            "configs/l96_ensf_paper.toml",
+            &format!("{name}-{}.toml", std::process::id()),
+            edits,
+        )
+    };
+    let paired = cfg(
+        &[("prior = \"mixture\"", "prior = \"paired\"")],
+        "ensf-paper",
+    );
+    let (r, s, n) = rmse_a(paired.to_str().unwrap(), None);
+    let free = cfg(
+        &[
+            ("method = \"ensf\"", "method = \"none\""),
+            ("steps = 100\n", ""),
+            ("eps_alpha = 0.05\n", ""),
+            ("t_min = 0.001\n", ""),
+            ("prior = \"mixture\"\n", ""),
+        ],
+        "ensf-paper-free",
+    );
+    let (r_free, _, _) = rmse_a(free.to_str().unwrap(), None);
+    eprintln!("EnSF paper setup n=40, paired prior: rmse.a {r:.3} (spread {s:.3}, {n} cycles); free run {r_free:.3}");
+    assert!(r < 0.6 && r_free > 3.0, "{r} {r_free}");
+}

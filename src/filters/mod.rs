@@ -8,6 +8,7 @@ mod enkf;
 mod ensf;
 mod etkf;
 mod free;
+mod kde;
 mod letkf;
 mod particle;
 
@@ -16,6 +17,7 @@ pub use enkf::{Enkf, EnkfConfig};
 pub use ensf::{mixture_score, Ensf, EnsfConfig, EnsfPrior};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
+pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
 pub use particle::{systematic_resample, ParticleFilter, PfConfig};
 
@@ -168,6 +170,9 @@ pub enum FilterConfig {
     Ensf(EnsfConfig),
     /// Bootstrap particle filter with systematic resampling (+ optional regularisation).
     Pf(PfConfig),
+    /// Closed-form conditional diffusion with a KDE of (state, predicted measurement)
+    /// (training-free, Binder & Oberai 2026).
+    KdeDiffusion(KdeConfig),
     /// No assimilation: the free-running ensemble, the baseline every filter must beat.
     None(FreeConfig),
 }
@@ -180,6 +185,7 @@ impl FilterConfig {
             FilterConfig::Letkf(c) => c.members,
             FilterConfig::Pf(c) => c.members,
             FilterConfig::Ensf(c) => c.members,
+            FilterConfig::KdeDiffusion(c) => c.members,
             FilterConfig::None(c) => c.members,
         }
     }
@@ -192,6 +198,7 @@ impl FilterConfig {
             FilterConfig::Letkf(c) => c.members = m,
             FilterConfig::Pf(c) => c.members = m,
             FilterConfig::Ensf(c) => c.members = m,
+            FilterConfig::KdeDiffusion(c) => c.members = m,
             FilterConfig::None(c) => c.members = m,
         }
     }
@@ -202,7 +209,10 @@ impl FilterConfig {
             FilterConfig::Etkf(c) => c.inflation,
             FilterConfig::Enkf(c) => c.inflation,
             FilterConfig::Letkf(c) => c.inflation,
-            FilterConfig::Pf(_) | FilterConfig::Ensf(_) | FilterConfig::None(_) => 1.0,
+            FilterConfig::Pf(_)
+            | FilterConfig::Ensf(_)
+            | FilterConfig::KdeDiffusion(_)
+            | FilterConfig::None(_) => 1.0,
         }
     }
 
@@ -213,6 +223,7 @@ impl FilterConfig {
             FilterConfig::Letkf(_) => "letkf",
             FilterConfig::Pf(_) => "pf",
             FilterConfig::Ensf(_) => "ensf",
+            FilterConfig::KdeDiffusion(_) => "kde_diffusion",
             FilterConfig::None(_) => "none",
         }
     }
@@ -247,6 +258,9 @@ impl FilterConfig {
                 ));
             }
         }
+        if let FilterConfig::KdeDiffusion(c) = self {
+            c.validate()?;
+        }
         if let FilterConfig::Pf(c) = self {
             if !(c.regularization.is_finite() && c.regularization >= 0.0) {
                 return Err(GendaError::invalid(
@@ -272,6 +286,7 @@ impl FilterConfig {
             FilterConfig::Letkf(c) => Box::new(Letkf::new(c.clone())),
             FilterConfig::Pf(c) => Box::new(ParticleFilter::new(c.clone())),
             FilterConfig::Ensf(c) => Box::new(Ensf::new(c.clone())),
+            FilterConfig::KdeDiffusion(c) => Box::new(KdeDiffusion::new(c.clone())),
             FilterConfig::None(_) => Box::new(FreeRun),
         }
     }

@@ -2,13 +2,26 @@
 mod linear;
 mod lorenz63;
 mod lorenz96;
+mod turbulence2d;
 
 pub use linear::LinearModel;
 pub use lorenz63::Lorenz63;
 pub use lorenz96::Lorenz96;
+pub use turbulence2d::{Flow, Turbulence2d, Turbulence2dParams};
 
 use crate::error::{GendaError, Result};
 use serde::{Deserialize, Serialize};
+
+/// Time scheme of a model's deterministic part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// Classical fourth-order Runge–Kutta.
+    #[default]
+    Rk4,
+    /// Forward Euler (with `noise`: Euler–Maruyama).
+    Euler,
+}
 
 /// Scratch buffers for one RK4 step, allocated once per trajectory and reused every step.
 #[derive(Debug, Clone)]
@@ -73,6 +86,23 @@ pub trait Model: Send + Sync {
     /// One time step in place (RK4 unless the model knows better).
     fn step(&self, x: &mut [f64], ws: &mut Rk4Workspace) {
         rk4_step(|x, d| self.tendency(x, d), x, self.dt(), ws);
+    }
+    /// Time scheme of `step` (and of the slab stepper).
+    fn scheme(&self) -> Scheme {
+        Scheme::Rk4
+    }
+    /// Additive model-noise amplitude σ: after every step x += σ·√dt·z, z ~ N(0, I) keyed by
+    /// (step, member, global index). 0 for deterministic models.
+    fn noise_sd(&self) -> f64 {
+        0.0
+    }
+    /// A problem with the state before a run starts (e.g. a CFL violation), as a message.
+    fn stability_problem(&self, _x: &[f64]) -> Option<String> {
+        None
+    }
+    /// Side of the square grid for 2-D models (their state is row-major (y, x)).
+    fn grid_side(&self) -> Option<usize> {
+        None
     }
     /// Stencil reach `(left, right)` if the model can run on a slab of a periodic 1-D ring
     /// with halos (domain decomposition); `None` if it cannot be decomposed.
@@ -139,6 +169,13 @@ impl SlabStepper {
         exchange: &mut HaloExchange,
     ) -> Result<()> {
         let dt = model.dt();
+        if model.scheme() == Scheme::Euler {
+            self.stage(model, x, 0, 0.0, exchange)?;
+            for (xi, k) in x.iter_mut().zip(&self.k[0]) {
+                *xi += dt * k;
+            }
+            return Ok(());
+        }
         let coef = [0.0, 0.5 * dt, 0.5 * dt, dt];
         for s in 0..4 {
             self.stage(model, x, s, coef[s], exchange)?;
@@ -224,7 +261,54 @@ pub enum ModelConfig {
         dt: f64,
         #[serde(default = "l96_forcing")]
         forcing: f64,
+        /// `rk4` (default) or `euler`.
+        #[serde(default)]
+        scheme: Scheme,
+        /// Additive noise amplitude σ (x += σ·√dt·z every step); 0 = deterministic.
+        #[serde(default)]
+        noise: f64,
     },
+    /// 2-D Navier–Stokes (vorticity) on [0, 2π)², Kolmogorov forcing, pseudo-spectral.
+    Kolmogorov(TurbulenceConfig),
+    /// Surface quasi-geostrophic turbulence on the same spectral core.
+    Sqg(TurbulenceConfig),
+}
+
+/// Grid, time step and physics of the 2-D turbulence models.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurbulenceConfig {
+    /// Grid points per side (64 … 2048).
+    pub n: usize,
+    pub dt: f64,
+    /// Kinematic viscosity ν.
+    pub viscosity: f64,
+    /// Linear drag μ.
+    #[serde(default)]
+    pub drag: f64,
+    /// Forcing F = amplitude · sin(k_f y) on the vorticity (or θ) equation.
+    #[serde(default = "kf_default")]
+    pub forcing_wavenumber: usize,
+    #[serde(default)]
+    pub forcing_amplitude: f64,
+}
+
+fn kf_default() -> usize {
+    4
+}
+
+impl TurbulenceConfig {
+    fn params(&self, flow: Flow) -> Turbulence2dParams {
+        Turbulence2dParams {
+            n: self.n,
+            dt: self.dt,
+            viscosity: self.viscosity,
+            drag: self.drag,
+            forcing_wavenumber: self.forcing_wavenumber,
+            forcing_amplitude: self.forcing_amplitude,
+            flow,
+        }
+    }
 }
 
 fn l63_sigma() -> f64 {
@@ -245,12 +329,14 @@ impl ModelConfig {
         match self {
             ModelConfig::Lorenz63 { .. } => 3,
             ModelConfig::Lorenz96 { dim, .. } => *dim,
+            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.n * c.n,
         }
     }
 
     pub fn dt(&self) -> f64 {
         match self {
             ModelConfig::Lorenz63 { dt, .. } | ModelConfig::Lorenz96 { dt, .. } => *dt,
+            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.dt,
         }
     }
 
@@ -263,6 +349,33 @@ impl ModelConfig {
             ));
         }
         match self {
+            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => {
+                if c.n < 8 || c.n % 2 != 0 {
+                    return Err(GendaError::invalid(
+                        "model.n",
+                        format!("grid side must be even and >= 8, got {}", c.n),
+                    ));
+                }
+                if !(c.viscosity.is_finite()
+                    && c.viscosity >= 0.0
+                    && c.drag.is_finite()
+                    && c.drag >= 0.0)
+                {
+                    return Err(GendaError::invalid(
+                        "model.viscosity / model.drag",
+                        "must be finite and >= 0",
+                    ));
+                }
+                if !c.forcing_amplitude.is_finite() || 3 * c.forcing_wavenumber >= c.n {
+                    return Err(GendaError::invalid(
+                        "model.forcing_wavenumber",
+                        format!(
+                            "must be resolved after dealiasing (k_f < n/3 = {}), amplitude finite",
+                            c.n / 3
+                        ),
+                    ));
+                }
+            }
             ModelConfig::Lorenz63 {
                 sigma, rho, beta, ..
             } => {
@@ -276,7 +389,18 @@ impl ModelConfig {
                     }
                 }
             }
-            ModelConfig::Lorenz96 { dim, forcing, .. } => {
+            ModelConfig::Lorenz96 {
+                dim,
+                forcing,
+                noise,
+                ..
+            } => {
+                if !(noise.is_finite() && *noise >= 0.0) {
+                    return Err(GendaError::invalid(
+                        "model.noise",
+                        format!("must be >= 0, got {noise}"),
+                    ));
+                }
                 if *dim < 4 {
                     return Err(GendaError::invalid(
                         "model.dim",
@@ -293,19 +417,31 @@ impl ModelConfig {
 
     /// The registry: config → model.
     pub fn build(&self) -> Box<dyn Model> {
-        match *self {
+        match self {
             ModelConfig::Lorenz63 {
                 dt,
                 sigma,
                 rho,
                 beta,
             } => Box::new(Lorenz63 {
-                dt,
-                sigma,
-                rho,
-                beta,
+                dt: *dt,
+                sigma: *sigma,
+                rho: *rho,
+                beta: *beta,
             }),
-            ModelConfig::Lorenz96 { dim, dt, forcing } => Box::new(Lorenz96::new(dim, forcing, dt)),
+            ModelConfig::Lorenz96 {
+                dim,
+                dt,
+                forcing,
+                scheme,
+                noise,
+            } => Box::new(Lorenz96 {
+                scheme: *scheme,
+                noise: *noise,
+                ..Lorenz96::new(*dim, *forcing, *dt)
+            }),
+            ModelConfig::Kolmogorov(c) => Box::new(Turbulence2d::new(c.params(Flow::NavierStokes))),
+            ModelConfig::Sqg(c) => Box::new(Turbulence2d::new(c.params(Flow::Sqg))),
         }
     }
 }

@@ -28,6 +28,45 @@ pub enum ObsKind {
     /// arctan of every `stride`-th variable, y = arctan(x[idx]) (the nonlinear operator of the
     /// score-filter literature, e.g. Bao et al. 2024).
     Arctan,
+    /// Square of every `stride`-th variable, y = x[idx]² (sign-blind: a bimodal likelihood).
+    Quadratic,
+}
+
+/// Pointwise transform of an observed component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    Linear,
+    Arctan,
+    Square,
+}
+
+impl Transform {
+    #[inline]
+    fn apply(self, x: f64) -> f64 {
+        match self {
+            Transform::Linear => x,
+            Transform::Arctan => x.atan(),
+            Transform::Square => x * x,
+        }
+    }
+    #[inline]
+    fn derivative(self, x: f64) -> f64 {
+        match self {
+            Transform::Linear => 1.0,
+            Transform::Arctan => 1.0 / (1.0 + x * x),
+            Transform::Square => 2.0 * x,
+        }
+    }
+}
+
+impl ObsKind {
+    pub fn transform(self) -> Transform {
+        match self {
+            ObsKind::Identity | ObsKind::Sparse => Transform::Linear,
+            ObsKind::Arctan => Transform::Arctan,
+            ObsKind::Quadratic => Transform::Square,
+        }
+    }
 }
 
 /// Observation settings in the config.
@@ -130,7 +169,7 @@ impl ObsConfig {
             }
         }
         LocalObs {
-            op: PointObs::new(len, idx, self.operator == ObsKind::Arctan),
+            op: PointObs::with_transform(len, idx, self.operator.transform()),
             global,
             error_var: r,
         }
@@ -138,10 +177,10 @@ impl ObsConfig {
 
     /// The registry: config → operator.
     pub fn build(&self, state_dim: usize) -> PointObs {
-        PointObs::new(
+        PointObs::with_transform(
             state_dim,
             self.locations(state_dim),
-            self.operator == ObsKind::Arctan,
+            self.operator.transform(),
         )
     }
 }
@@ -156,20 +195,29 @@ pub struct LocalObs {
     pub error_var: Vec<f64>,
 }
 
-/// Observations of individual state variables, optionally through arctan.
+/// Observations of individual state variables through a pointwise transform.
 #[derive(Debug, Clone)]
 pub struct PointObs {
     state_dim: usize,
     idx: Vec<usize>,
-    arctan: bool,
+    transform: Transform,
 }
 
 impl PointObs {
+    /// Linear (or arctan) observations of the variables `idx`.
     pub fn new(state_dim: usize, idx: Vec<usize>, arctan: bool) -> Self {
+        let t = if arctan {
+            Transform::Arctan
+        } else {
+            Transform::Linear
+        };
+        Self::with_transform(state_dim, idx, t)
+    }
+    pub fn with_transform(state_dim: usize, idx: Vec<usize>, transform: Transform) -> Self {
         PointObs {
             state_dim,
             idx,
-            arctan,
+            transform,
         }
     }
     pub fn identity(state_dim: usize) -> Self {
@@ -186,21 +234,17 @@ impl ObsOperator for PointObs {
     }
     fn apply(&self, x: &[f64], y: &mut [f64]) {
         for (yj, &i) in y.iter_mut().zip(&self.idx) {
-            *yj = if self.arctan { x[i].atan() } else { x[i] };
+            *yj = self.transform.apply(x[i]);
         }
     }
     fn adjoint(&self, x: &[f64], v: &[f64], out: &mut [f64]) {
         out.fill(0.0);
         for (vj, &i) in v.iter().zip(&self.idx) {
-            out[i] += if self.arctan {
-                vj / (1.0 + x[i] * x[i])
-            } else {
-                *vj
-            };
+            out[i] += vj * self.transform.derivative(x[i]);
         }
     }
     fn is_linear(&self) -> bool {
-        !self.arctan
+        self.transform == Transform::Linear
     }
     fn locations(&self) -> &[usize] {
         &self.idx
@@ -213,7 +257,12 @@ mod tests {
 
     #[test]
     fn adjoint_matches_finite_differences() {
-        let h = PointObs::new(10, vec![1, 4, 7], true);
+        for t in [Transform::Arctan, Transform::Square] {
+            adjoint_check(PointObs::with_transform(10, vec![1, 4, 7], t));
+        }
+    }
+
+    fn adjoint_check(h: PointObs) {
         let x: Vec<f64> = (0..10).map(|i| i as f64 * 0.3 - 1.2).collect();
         let v = [0.5, -1.0, 2.0];
         let mut g = vec![0.0; 10];

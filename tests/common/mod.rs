@@ -58,8 +58,36 @@ pub fn config_variant(dir: &Path, base: &str, name: &str, edits: &[(&str, &str)]
     p
 }
 
+/// libnetcdf/HDF5 are not thread-safe: test threads of one process take this lock around
+/// in-process NetCDF calls.
+/// Re-entrant within a thread (a holder may call `nc_var`).
+pub fn nc_lock() -> NcGuard {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if HELD.with(|h| h.get()) {
+        return NcGuard(None);
+    }
+    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    HELD.with(|h| h.set(true));
+    NcGuard(Some(g))
+}
+
+thread_local! {
+    static HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub struct NcGuard(#[allow(dead_code)] Option<std::sync::MutexGuard<'static, ()>>);
+
+impl Drop for NcGuard {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            HELD.with(|h| h.set(false));
+        }
+    }
+}
+
 /// Read a 1-D double variable from a NetCDF file.
 pub fn nc_var(path: &Path, name: &str) -> Vec<f64> {
+    let _g = nc_lock();
     let f = netcdf::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let v = f
         .variable(name)
@@ -68,6 +96,7 @@ pub fn nc_var(path: &Path, name: &str) -> Vec<f64> {
 }
 
 pub fn nc_attr_f64(path: &Path, name: &str) -> f64 {
+    let _g = nc_lock();
     let f = netcdf::open(path).unwrap();
     match f.attribute(name).unwrap().value().unwrap() {
         netcdf::AttributeValue::Double(v) => v,
