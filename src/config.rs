@@ -79,9 +79,13 @@ pub struct ExperimentConfig {
     /// Cycles excluded from time averages (DAPPER's BurnIn, in cycles).
     #[serde(default)]
     pub burn_in: usize,
-    /// Model steps the truth is integrated before t = 0 (the ensemble is not spun up).
+    /// Model steps the truth is integrated before t = 0.
     #[serde(default)]
     pub spinup_steps: usize,
+    /// Model steps each member is integrated from its initial draw before t = 0 (balanced,
+    /// climatological members for turbulence; 0 = start from the draws).
+    #[serde(default)]
+    pub ensemble_spinup_steps: usize,
 }
 
 /// A value given either as one number for every component or as a full-length list.

@@ -659,6 +659,17 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         rows: mine.clone().map(|m| m as u64).collect(),
         offset: own.start,
     };
+    if cfg.experiment.ensemble_spinup_steps > 0 && opts.restart.is_none() {
+        // Model-noise steps of the member spin-up live in their own range of step ids.
+        prop.advance(
+            model.as_ref(),
+            local.as_slice_mut().expect("contiguous"),
+            cfg.experiment.ensemble_spinup_steps,
+            dcomm,
+            &member_key,
+            1 << 62,
+        )?;
+    }
 
     let config_toml = cfg.to_toml();
     let config_hash = cfg.science_hash();

@@ -24,6 +24,9 @@ pub enum Geometry {
     Ring,
     /// Non-periodic 1-D line.
     Line,
+    /// Doubly periodic square grid (2-D models, row-major (y, x) state): Euclidean distance
+    /// with wrap-around in both directions.
+    Torus,
 }
 
 impl Geometry {
@@ -32,6 +35,15 @@ impl Geometry {
         match self {
             Geometry::Ring => d.min(n - d) as f64,
             Geometry::Line => d as f64,
+            Geometry::Torus => {
+                let s = (n as f64).sqrt().round() as usize;
+                let ring = |a: usize, b: usize| {
+                    let d = a.abs_diff(b);
+                    d.min(s - d) as f64
+                };
+                let (dy, dx) = (ring(i / s, j / s), ring(i % s, j % s));
+                (dx * dx + dy * dy).sqrt()
+            }
         }
     }
 }
@@ -249,6 +261,12 @@ impl Filter for Letkf {
         let geom = self.cfg.geometry;
         let n1 = (n_mem - 1) as f64;
         let taper: Vec<f64> = (0..=reach).map(|d| gaspari_cohn(d as f64 / c)).collect();
+        if geom == Geometry::Torus && !dom.whole {
+            return Err(GendaError::Parallel(
+                "LETKF: the torus geometry needs the whole 2-D grid on each rank (domains = 1)"
+                    .into(),
+            ));
+        }
         if !dom.whole && (dom.own.start < reach || n_loc - dom.own.end < reach) {
             return Err(GendaError::Parallel(format!(
                 "LETKF: a halo of {} columns cannot serve the localisation reach {reach}",
@@ -266,12 +284,33 @@ impl Filter for Letkf {
                 // same order on any domain layout.
                 local.clear();
                 let gi = dom.global(i);
-                let (lo, hi) = if dom.whole {
+                if geom == Geometry::Torus {
+                    // 2-D box of half-width `reach` around the point (whole grid only).
+                    let side = (n_loc as f64).sqrt().round() as usize;
+                    let (lo, hi) = (reach.min((side - 1) / 2), reach.min(side / 2));
+                    let (yi, xi) = (i / side, i % side);
+                    for yy in (yi + side - lo)..=(yi + side + hi) {
+                        for xx in (xi + side - lo)..=(xi + side + hi) {
+                            let k = (yy % side) * side + xx % side;
+                            let w = gaspari_cohn(geom.distance(i, k, n_loc) / c);
+                            if w > 0.0 {
+                                for &j in &obs_at[k] {
+                                    local.push((j, w / input.obs_error_var[j]));
+                                }
+                            }
+                        }
+                    }
+                }
+                let gi_is_torus = geom == Geometry::Torus;
+                let (lo, hi) = if gi_is_torus {
+                    (0, 0)
+                } else if dom.whole {
                     match geom {
                         // A ring shorter than the support: visit every index once.
                         Geometry::Ring if 2 * reach + 1 >= n_loc => (0, n_loc),
                         Geometry::Ring => (i + n_loc - reach, i + n_loc + reach + 1),
                         Geometry::Line => (i.saturating_sub(reach), (i + reach + 1).min(n_loc)),
+                        Geometry::Torus => (0, 0),
                     }
                 } else {
                     (i - reach, i + reach + 1)

@@ -471,3 +471,51 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod spectrum_tests {
+    use super::*;
+
+    /// A spun-up 128² Kolmogorov flow has a steep spectrum beyond the forcing scale (direct
+    /// enstrophy cascade, k^-3 or steeper with drag and viscosity) and holds most energy at and
+    /// above the forcing scale.
+    #[test]
+    fn kolmogorov_spectrum_has_a_cascade_slope() {
+        let n = 128;
+        let m = Turbulence2d::new(Turbulence2dParams {
+            n,
+            dt: 0.01,
+            viscosity: 2e-3,
+            drag: 0.1,
+            forcing_wavenumber: 4,
+            forcing_amplitude: 4.0,
+            flow: Flow::NavierStokes,
+        });
+        let mut w: Vec<f64> = (0..n * n)
+            .map(|i| ((i as f64 * 12.9898).sin() * 43758.5453).fract() - 0.5)
+            .collect();
+        m.integrate(&mut w, 2000);
+        let e = m.energy_spectrum(&w);
+        let (k0, k1) = (8usize, 30usize);
+        let xs: Vec<f64> = (k0..=k1).map(|k| (k as f64).ln()).collect();
+        let ys: Vec<f64> = (k0..=k1).map(|k| e[k].ln()).collect();
+        let (mx, my) = (
+            xs.iter().sum::<f64>() / xs.len() as f64,
+            ys.iter().sum::<f64>() / ys.len() as f64,
+        );
+        let slope = xs
+            .iter()
+            .zip(&ys)
+            .map(|(x, y)| (x - mx) * (y - my))
+            .sum::<f64>()
+            / xs.iter().map(|x| (x - mx).powi(2)).sum::<f64>();
+        let low: f64 = e[1..=6].iter().sum();
+        let total: f64 = e.iter().sum();
+        eprintln!(
+            "128² Kolmogorov: spectral slope over k = {k0}..{k1}: {slope:.2}; E(k<=6)/E = {:.2}",
+            low / total
+        );
+        assert!((-7.0..=-2.5).contains(&slope), "slope {slope}");
+        assert!(low / total > 0.5);
+    }
+}

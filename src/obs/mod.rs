@@ -77,9 +77,14 @@ pub struct ObsConfig {
     /// Observe every `stride`-th variable (sparse, arctan).
     #[serde(default = "one")]
     pub stride: usize,
-    /// First observed variable (sparse, arctan).
+    /// First observed variable (sparse, arctan); with `grid_stride`, the first observed column
+    /// and row.
     #[serde(default)]
     pub offset: usize,
+    /// 2-D models: observe every `grid_stride`-th point in each direction of the square grid
+    /// (row-major (y, x) state), instead of every `stride`-th state index.
+    #[serde(default)]
+    pub grid_stride: Option<usize>,
     /// Observation-error variance: diagonal of R, one number or one per observation.
     pub error_var: ScalarOrVec,
     /// Model steps between observations; the first observation is after the first forecast.
@@ -103,6 +108,15 @@ impl ObsConfig {
                 "observations.stride",
                 "must be at least 1",
             ));
+        }
+        if let Some(k) = self.grid_stride {
+            let s = Self::side(state_dim);
+            if s * s != state_dim || k == 0 || self.stride != 1 || self.offset >= s {
+                return Err(GendaError::invalid(
+                    "observations.grid_stride",
+                    format!("needs a square 2-D grid state (got dimension {state_dim}), grid_stride >= 1, stride = 1 and offset < the grid side"),
+                ));
+            }
         }
         if self.offset >= state_dim {
             return Err(GendaError::invalid(
@@ -130,7 +144,17 @@ impl ObsConfig {
     }
 
     pub fn locations(&self, state_dim: usize) -> Vec<usize> {
-        (self.offset..state_dim).step_by(self.stride).collect()
+        match self.grid_stride {
+            None => (self.offset..state_dim).step_by(self.stride).collect(),
+            Some(_) => (0..state_dim)
+                .filter(|&l| self.obs_index(state_dim, l).is_some())
+                .collect(),
+        }
+    }
+
+    /// Side of the square grid a `grid_stride` refers to.
+    fn side(state_dim: usize) -> usize {
+        (state_dim as f64).sqrt().round() as usize
     }
 
     /// Diagonal of R.   (obs_dim)
@@ -140,9 +164,18 @@ impl ObsConfig {
     }
 
     /// Global index of the observation at state index `l`, if `l` is observed.
-    pub fn obs_index(&self, l: usize) -> Option<usize> {
-        (l >= self.offset && (l - self.offset) % self.stride == 0)
-            .then(|| (l - self.offset) / self.stride)
+    pub fn obs_index(&self, state_dim: usize, l: usize) -> Option<usize> {
+        match self.grid_stride {
+            None => (l >= self.offset && (l - self.offset) % self.stride == 0)
+                .then(|| (l - self.offset) / self.stride),
+            Some(k) => {
+                let s = Self::side(state_dim);
+                let (y, x) = (l / s, l % s);
+                let o = self.offset;
+                let on = |v: usize| v >= o && (v - o) % k == 0;
+                (on(x) && on(y)).then(|| ((y - o) / k) * (s - o).div_ceil(k) + (x - o) / k)
+            }
+        }
     }
 
     /// Error variance of global observation `j`.
@@ -162,7 +195,7 @@ impl ObsConfig {
         let mut global = Vec::new();
         let mut r = Vec::new();
         for k in 0..len {
-            if let Some(j) = self.obs_index((start + k) % state_dim) {
+            if let Some(j) = self.obs_index(state_dim, (start + k) % state_dim) {
                 idx.push(k);
                 global.push(j);
                 r.push(self.error_var_of(j));
