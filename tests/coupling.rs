@@ -26,11 +26,17 @@ fn coupling_config(dir: &Path, method_edits: &[(&str, &str)]) -> std::path::Path
 
 fn python() -> String {
     let py = std::env::var("GENDA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import netCDF4, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = {
+        let _g = nc_lock();
+        Command::new(&py)
+            .args(["-c", "import netCDF4, numpy"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+    .and_then(|mut c| c.wait())
+    .map(|s| s.success())
+    .unwrap_or(false);
     assert!(ok, "{py} cannot import netCDF4/numpy: run `make test` (scripts/setup.sh installs them into the venv)");
     py
 }
@@ -56,7 +62,9 @@ fn coupled_matches_run(method_edits: &[(&str, &str)]) {
     .status
     .success());
     let exchange = d.join("exchange");
-    let mut model = Command::new(python())
+    let py = python();
+    let _g = nc_lock();
+    let mut model = Command::new(py)
         .args([
             repo_file("tests/coupling_model.py").to_str().unwrap(),
             exchange.to_str().unwrap(),
@@ -69,6 +77,7 @@ fn coupled_matches_run(method_edits: &[(&str, &str)]) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    drop(_g);
     let o = genda(&["couple", cfg.to_str().unwrap(), "--write-initial"]);
     let model_status = model.wait().unwrap();
     assert!(o.status.success(), "{}", text(&o));

@@ -11,30 +11,40 @@ pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Spawn with the NetCDF lock held: a child forked while another test thread has a NetCDF
+/// file open would inherit its descriptor and HDF5's file lock, and a later open of that file
+/// (by genda) fails with "HDF error". Waiting happens without the lock.
+pub fn spawn_locked(cmd: &mut Command) -> std::process::Child {
+    let _g = nc_lock();
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
 /// Run `genda args...` on one process (no launcher).
 pub fn genda(args: &[&str]) -> Output {
-    Command::new(genda_bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("spawn genda")
+    spawn_locked(Command::new(genda_bin()).args(args).env("RUST_LOG", "warn"))
+        .wait_with_output()
+        .expect("wait for genda")
 }
 
 /// Run `mpirun -np N genda args...` (as root, oversubscribed: CI machines have 2 cores).
 pub fn mpirun(np: usize, args: &[&str]) -> Output {
-    Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-np",
-            &np.to_string(),
-            genda_bin(),
-        ])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .output()
-        .expect("spawn mpirun (is openmpi-bin installed?)")
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        &np.to_string(),
+        genda_bin(),
+    ])
+    .args(args)
+    .env("RUST_LOG", "warn")
+    .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+    spawn_locked(&mut cmd)
+        .wait_with_output()
+        .expect("wait for mpirun (is openmpi-bin installed?)")
 }
 
 pub fn text(o: &Output) -> String {
