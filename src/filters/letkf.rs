@@ -58,6 +58,10 @@ pub struct LetkfConfig {
     /// c = √(10/3)·L ≈ 1.826 L (a Gaussian of std L has the same curvature at 0), so the weight is
     /// ≈ 0.63 at distance L and 0 beyond 2c ≈ 3.65 L.
     pub localization_radius: f64,
+    /// Torus only: a different radius in y (`localization_radius` is then the x radius); the
+    /// taper is Gaspari–Cohn of √((dx/c_x)² + (dy/c_y)²).
+    #[serde(default)]
+    pub localization_radius_y: Option<f64>,
     #[serde(default)]
     pub geometry: Geometry,
 }
@@ -96,7 +100,27 @@ impl Letkf {
 impl Letkf {
     /// Gaspari–Cohn half-width c in grid units.
     fn half_width(&self) -> f64 {
-        GC_HALF_WIDTH_PER_RADIUS * self.cfg.localization_radius
+        GC_HALF_WIDTH_PER_RADIUS
+            * self
+                .cfg
+                .localization_radius
+                .max(self.cfg.localization_radius_y.unwrap_or(0.0))
+    }
+
+    /// Taper weight on the torus between grid points i and k (side `side`), per-direction radii.
+    fn torus_weight(&self, i: usize, k: usize, side: usize) -> f64 {
+        let ring = |a: usize, b: usize| {
+            let d = a.abs_diff(b);
+            d.min(side - d) as f64
+        };
+        let cx = GC_HALF_WIDTH_PER_RADIUS * self.cfg.localization_radius;
+        let cy = GC_HALF_WIDTH_PER_RADIUS
+            * self
+                .cfg
+                .localization_radius_y
+                .unwrap_or(self.cfg.localization_radius);
+        let (dy, dx) = (ring(i / side, k / side) / cy, ring(i % side, k % side) / cx);
+        gaspari_cohn((dx * dx + dy * dy).sqrt())
     }
 }
 
@@ -292,7 +316,7 @@ impl Filter for Letkf {
                     for yy in (yi + side - lo)..=(yi + side + hi) {
                         for xx in (xi + side - lo)..=(xi + side + hi) {
                             let k = (yy % side) * side + xx % side;
-                            let w = gaspari_cohn(geom.distance(i, k, n_loc) / c);
+                            let w = self.torus_weight(i, k, side);
                             if w > 0.0 {
                                 for &j in &obs_at[k] {
                                     local.push((j, w / input.obs_error_var[j]));
@@ -394,6 +418,7 @@ mod tests {
             members: n_mem,
             inflation: 1.1,
             localization_radius: 1e9,
+            localization_radius_y: None,
             geometry: Geometry::Ring,
         })
         .analyse(&mut a, &input)
@@ -426,6 +451,7 @@ mod tests {
             members: n_mem,
             inflation: 1.0,
             localization_radius: 2.0,
+            localization_radius_y: None,
             geometry: Geometry::Ring,
         })
         .analyse(&mut a, &input)
@@ -436,5 +462,33 @@ mod tests {
             let changed = (0..n_mem).any(|m| (a[[m, i]] - ens0[[m, i]]).abs() > 1e-12);
             assert_eq!(changed, d < support, "point {i} at distance {d}");
         }
+    }
+
+    /// On the torus a point sees observations within each direction's radius only: with a
+    /// y radius of 1 and an x radius of 4, an observation 4 rows away has no effect while one
+    /// 4 columns away does.
+    #[test]
+    fn torus_radii_differ_per_direction() {
+        let (n_mem, side) = (6, 16);
+        let n = side * side;
+        let ens0 =
+            Array2::from_shape_fn((n_mem, n), |(m, i)| ((m * 7 + i * 3) as f64 * 0.41).sin());
+        let run = |obs_at: usize| {
+            let h = PointObs::new(n, vec![obs_at], false);
+            let input = AnalysisInput::whole(&[2.0], &h, &[0.1], 1, 1);
+            let mut a = ens0.clone();
+            Letkf::new(LetkfConfig {
+                members: n_mem,
+                inflation: 1.0,
+                localization_radius: 4.0,
+                localization_radius_y: Some(1.0),
+                geometry: Geometry::Torus,
+            })
+            .analyse(&mut a, &input)
+            .unwrap();
+            (0..n_mem).any(|m| (a[[m, 0]] - ens0[[m, 0]]).abs() > 1e-12)
+        };
+        assert!(run(4), "4 columns away, inside the x support");
+        assert!(!run(4 * side), "4 rows away, outside the y support");
     }
 }

@@ -237,6 +237,20 @@ impl FilterConfig {
         }
         let infl = self.inflation();
         if let FilterConfig::Letkf(c) = self {
+            if let Some(ry) = c.localization_radius_y {
+                if c.geometry != Geometry::Torus {
+                    return Err(GendaError::invalid(
+                        "filter.localization_radius_y",
+                        "only the 2-D torus geometry has a y direction; remove it or set geometry = \"torus\"",
+                    ));
+                }
+                if !(ry.is_finite() && ry > 0.0) {
+                    return Err(GendaError::invalid(
+                        "filter.localization_radius_y",
+                        format!("must be positive, got {ry}"),
+                    ));
+                }
+            }
             if !(c.localization_radius.is_finite() && c.localization_radius > 0.0) {
                 return Err(GendaError::invalid(
                     "filter.localization_radius",
