@@ -69,5 +69,33 @@ fn etkf_cycle(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, l96_rk4, etkf_cycle);
+/// 2-D Kolmogorov flow: one IF-RK4 step (20 2-D FFTs) and one FFT round trip (2 of them), one
+/// thread, so FFT share ≈ 10 × roundtrip / step.
+fn turbulence_step(c: &mut Criterion) {
+    use genda::models::{Flow, Turbulence2d, Turbulence2dParams};
+    let mut g = c.benchmark_group("kolmogorov_step");
+    g.sample_size(10);
+    for n in [256usize, 1024] {
+        let m = Turbulence2d::new(Turbulence2dParams {
+            n,
+            dt: 0.005,
+            viscosity: 1e-3,
+            drag: 0.1,
+            forcing_wavenumber: 4,
+            forcing_amplitude: 4.0,
+            flow: Flow::NavierStokes,
+        });
+        let mut w: Vec<f64> = (0..n * n).map(|i| ((i as f64) * 0.618).sin()).collect();
+        let mut ws = Rk4Workspace::new(1);
+        g.bench_function(BenchmarkId::new("step", n), |b| {
+            b.iter(|| m.step(black_box(&mut w), &mut ws))
+        });
+        g.bench_function(BenchmarkId::new("fft_roundtrip", n), |b| {
+            b.iter(|| m.fft_roundtrip(black_box(&mut w)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, l96_rk4, etkf_cycle, turbulence_step);
 criterion_main!(benches);
