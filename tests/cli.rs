@@ -201,6 +201,33 @@ fn plot_writes_a_png() {
     );
 }
 
+/// A 2-D run also gets maps of truth / analysis / error and their spectra.
+#[test]
+fn plot_of_a_2d_run_writes_field_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k.nc");
+    let cfg = config_variant(
+        dir.path(),
+        "configs/kolmogorov_letkf.toml",
+        "k.toml",
+        &[
+            ("cycles = 300", "cycles = 6"),
+            ("burn_in = 100", "burn_in = 1"),
+            ("spinup_steps = 3000", "spinup_steps = 200"),
+            ("ensemble_spinup_steps = 1000", "ensemble_spinup_steps = 20"),
+        ],
+    );
+    let o = genda(&["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let png = dir.path().join("k.png");
+    let o = genda(&["plot", out.to_str().unwrap(), "-o", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let fields = dir.path().join("k.fields.png");
+    let bytes = std::fs::read(&fields).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(bytes.len() > 20_000, "{} bytes", bytes.len());
+}
+
 #[test]
 fn doctor_and_help_explain() {
     let o = genda(&["doctor"]);

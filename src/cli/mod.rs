@@ -328,6 +328,11 @@ pub fn execute(cli: Cli) -> Result<()> {
         } => {
             let png = crate::io::plot::plot_run(&file, output.as_deref(), variables)?;
             println!("wrote {}", png.display());
+            // 2-D models: maps of truth / analysis / error and their spectra as well.
+            let fields_png = output.as_deref().map(|p| p.with_extension("fields.png"));
+            if let Some(p) = crate::io::plot::plot_fields(&file, fields_png.as_deref())? {
+                println!("wrote {}", p.display());
+            }
             Ok(())
         }
         Command::Check { config } => {
