@@ -30,6 +30,9 @@ pub enum ObsKind {
     Arctan,
     /// Square of every `stride`-th variable, y = x[idx]² (sign-blind: a bimodal likelihood).
     Quadratic,
+    /// 2-D models: the mean over each `grid_stride` × `grid_stride` block of the grid
+    /// (coarse-grained observations, located at the block centre for localisation).
+    Coarse,
 }
 
 /// Pointwise transform of an observed component.
@@ -38,6 +41,11 @@ pub enum Transform {
     Linear,
     Arctan,
     Square,
+    /// Mean over the k × k block centred on the location (grid side `side`).
+    BlockMean {
+        k: usize,
+        side: usize,
+    },
 }
 
 impl Transform {
@@ -47,6 +55,7 @@ impl Transform {
             Transform::Linear => x,
             Transform::Arctan => x.atan(),
             Transform::Square => x * x,
+            Transform::BlockMean { .. } => x,
         }
     }
     #[inline]
@@ -55,16 +64,21 @@ impl Transform {
             Transform::Linear => 1.0,
             Transform::Arctan => 1.0 / (1.0 + x * x),
             Transform::Square => 2.0 * x,
+            Transform::BlockMean { .. } => 1.0,
         }
     }
 }
 
-impl ObsKind {
-    pub fn transform(self) -> Transform {
-        match self {
+impl ObsConfig {
+    pub fn transform(&self, state_dim: usize) -> Transform {
+        match self.operator {
             ObsKind::Identity | ObsKind::Sparse => Transform::Linear,
             ObsKind::Arctan => Transform::Arctan,
             ObsKind::Quadratic => Transform::Square,
+            ObsKind::Coarse => Transform::BlockMean {
+                k: self.grid_stride.unwrap_or(1),
+                side: Self::side(state_dim),
+            },
         }
     }
 }
@@ -108,6 +122,17 @@ impl ObsConfig {
                 "observations.stride",
                 "must be at least 1",
             ));
+        }
+        if self.operator == ObsKind::Coarse {
+            let s = Self::side(state_dim);
+            let ok = matches!(self.grid_stride, Some(k) if k >= 1 && s * s == state_dim && s % k == 0)
+                && self.offset == 0;
+            if !ok {
+                return Err(GendaError::invalid(
+                    "observations.operator",
+                    format!("coarse needs a square 2-D grid state and grid_stride dividing its side (state dimension {state_dim}), offset 0"),
+                ));
+            }
         }
         if let Some(k) = self.grid_stride {
             let s = Self::side(state_dim);
@@ -168,6 +193,12 @@ impl ObsConfig {
         match self.grid_stride {
             None => (l >= self.offset && (l - self.offset) % self.stride == 0)
                 .then(|| (l - self.offset) / self.stride),
+            Some(k) if self.operator == ObsKind::Coarse => {
+                let s = Self::side(state_dim);
+                let (y, x) = (l / s, l % s);
+                let c = k / 2;
+                (y % k == c && x % k == c).then(|| (y / k) * (s / k) + x / k)
+            }
             Some(k) => {
                 let s = Self::side(state_dim);
                 let (y, x) = (l / s, l % s);
@@ -202,7 +233,7 @@ impl ObsConfig {
             }
         }
         LocalObs {
-            op: PointObs::with_transform(len, idx, self.operator.transform()),
+            op: PointObs::with_transform(len, idx, self.transform(state_dim)),
             global,
             error_var: r,
         }
@@ -213,9 +244,16 @@ impl ObsConfig {
         PointObs::with_transform(
             state_dim,
             self.locations(state_dim),
-            self.operator.transform(),
+            self.transform(state_dim),
         )
     }
+}
+
+/// Grid cells of the k × k block whose centre cell is `centre` (row-major grid of side `side`,
+/// blocks aligned to multiples of k).
+fn block_cells(centre: usize, k: usize, side: usize) -> impl Iterator<Item = usize> {
+    let (y0, x0) = ((centre / side) / k * k, (centre % side) / k * k);
+    (y0..y0 + k).flat_map(move |y| (x0..x0 + k).map(move |x| y * side + x))
 }
 
 /// The observations of a slab of the state.
@@ -266,18 +304,36 @@ impl ObsOperator for PointObs {
         self.idx.len()
     }
     fn apply(&self, x: &[f64], y: &mut [f64]) {
+        if let Transform::BlockMean { k, side } = self.transform {
+            for (yj, &i) in y.iter_mut().zip(&self.idx) {
+                *yj = block_cells(i, k, side).map(|c| x[c]).sum::<f64>() / (k * k) as f64;
+            }
+            return;
+        }
         for (yj, &i) in y.iter_mut().zip(&self.idx) {
             *yj = self.transform.apply(x[i]);
         }
     }
     fn adjoint(&self, x: &[f64], v: &[f64], out: &mut [f64]) {
         out.fill(0.0);
+        if let Transform::BlockMean { k, side } = self.transform {
+            let w = 1.0 / (k * k) as f64;
+            for (vj, &i) in v.iter().zip(&self.idx) {
+                for c in block_cells(i, k, side) {
+                    out[c] += vj * w;
+                }
+            }
+            return;
+        }
         for (vj, &i) in v.iter().zip(&self.idx) {
             out[i] += vj * self.transform.derivative(x[i]);
         }
     }
     fn is_linear(&self) -> bool {
-        self.transform == Transform::Linear
+        matches!(
+            self.transform,
+            Transform::Linear | Transform::BlockMean { .. }
+        )
     }
     fn locations(&self) -> &[usize] {
         &self.idx
@@ -296,16 +352,19 @@ mod tests {
     }
 
     fn adjoint_check(h: PointObs) {
-        let x: Vec<f64> = (0..10).map(|i| i as f64 * 0.3 - 1.2).collect();
-        let v = [0.5, -1.0, 2.0];
-        let mut g = vec![0.0; 10];
+        let (n, p) = (h.state_dim(), h.obs_dim());
+        let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.3 - 1.2).sin() * 2.0).collect();
+        let v: Vec<f64> = (0..p)
+            .map(|j| [0.5, -1.0, 2.0][j % 3] + j as f64 * 0.01)
+            .collect();
+        let mut g = vec![0.0; n];
         h.adjoint(&x, &v, &mut g);
         let f = |x: &[f64]| {
-            let mut y = [0.0; 3];
+            let mut y = vec![0.0; p];
             h.apply(x, &mut y);
             y.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>()
         };
-        for i in 0..10 {
+        for i in 0..n {
             let mut xp = x.clone();
             let mut xm = x.clone();
             xp[i] += 1e-6;
@@ -313,6 +372,24 @@ mod tests {
             let fd = (f(&xp) - f(&xm)) / 2e-6;
             assert!((fd - g[i]).abs() < 1e-7, "component {i}: {fd} vs {}", g[i]);
         }
+    }
+
+    #[test]
+    fn coarse_blocks_average_and_adjoint() {
+        let c: ObsConfig =
+            toml::from_str("operator='coarse'\ngrid_stride=4\nerror_var=1.0\nobs_every=1").unwrap();
+        let n = 16 * 16;
+        assert!(c.validate(n).is_ok());
+        let h = c.build(n);
+        assert_eq!(h.obs_dim(), 16);
+        assert_eq!(h.locations()[0], 2 * 16 + 2);
+        let x: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let mut y = vec![0.0; 16];
+        h.apply(&x, &mut y);
+        // Block (0, 0): rows 0..4, columns 0..4: mean of y*16 + x = 1.5*16 + 1.5.
+        assert!((y[0] - 25.5).abs() < 1e-12, "{}", y[0]);
+        adjoint_check(h);
+        assert!(c.validate(15 * 15).is_err());
     }
 
     #[test]
