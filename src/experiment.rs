@@ -838,10 +838,12 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             ens.as_slice_mut().expect("contiguous"),
         )?;
         all_finite(comm, &ens, cycle, "forecast ensemble")?;
-        let mut ens_a = if w > 0 {
-            with_halo(&ens, w, dcomm)?
+        // Localised methods analyse the ensemble with a halo of neighbouring columns; the
+        // others work on `ens` in place.
+        let mut ens_halo = if w > 0 {
+            Some(with_halo(&ens, w, dcomm)?)
         } else {
-            ens.clone()
+            None
         };
         times.communication += t.elapsed().as_secs_f64();
 
@@ -863,7 +865,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             domain: domain.clone(),
             reducer: &reducer,
         };
-        let res = filter.analyse(&mut ens_a, &input);
+        let res = match ens_halo.as_mut() {
+            Some(e) => filter.analyse(e, &input),
+            None => filter.analyse(&mut ens, &input),
+        };
         if !comm.all_ok(res.is_ok()) {
             return Err(match res {
                 Err(GendaError::LinAlg(msg)) => GendaError::Diverged {
@@ -877,8 +882,9 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 },
             });
         }
-        ens.assign(&ens_a.slice(s![.., w..w + len]));
-        drop(ens_a);
+        if let Some(e) = ens_halo.take() {
+            ens.assign(&e.slice(s![.., w..w + len]));
+        }
         all_finite(comm, &ens, cycle, "analysis ensemble")?;
         let (a_err, a_dev) = tile_error_sums(&ens, &truth, &tiles_own);
         let mut partials = Vec::with_capacity(4 * tiles_own.len());

@@ -39,6 +39,10 @@ pub fn inflate(ens: &mut Array2<f64>, factor: f64) {
     }
 }
 
+/// Extra per-tile sums of an ensemble-space analysis: (S, h(E), ȳ, observation range, out).
+pub type TileExtra<'a> =
+    dyn Fn(&Array2<f64>, &Array2<f64>, &Array1<f64>, Range<usize>, &mut [f64]) + 'a;
+
 /// Ensemble-space quantities of one analysis.
 pub struct EnsembleSpace {
     /// x̄   (n)
@@ -60,12 +64,13 @@ pub struct EnsembleSpace {
 impl EnsembleSpace {
     /// The analysis core on the local columns, with C = Σ_tiles S_t S_tᵀ + (N−1) I summed per
     /// tile in global order (layout-independent). `extra` adds `k_extra` more tile sums that
-    /// need S (ETKF's S·dy, EnKF's innovation products): it gets (S, obs range of a tile, out).
+    /// need S (ETKF's S·dy, EnKF's innovation products): it gets (S, h(E), ȳ, the observation
+    /// range of a tile, out), so no method applies h a second time.
     pub fn new_with(
         ens: &Array2<f64>,
         input: &AnalysisInput,
         k_extra: usize,
-        extra: &dyn Fn(&Array2<f64>, Range<usize>, &mut [f64]),
+        extra: &TileExtra,
     ) -> Result<(Self, Vec<f64>)> {
         input.check(ens, "ensemble-space analysis")?;
         let h = input.obs_operator;
@@ -97,7 +102,13 @@ impl EnsembleSpace {
                 let c = st.dot(&st.t());
                 out[..n_mem * n_mem].copy_from_slice(c.as_slice().expect("fresh array"));
             }
-            extra(&s, range.clone(), &mut out[n_mem * n_mem..]);
+            extra(
+                &s,
+                &obs_ens,
+                &obs_mean,
+                range.clone(),
+                &mut out[n_mem * n_mem..],
+            );
         }
         let sums = input.reducer.sum_tiles(&partials, k)?;
         let n1 = (n_mem - 1) as f64;

@@ -40,8 +40,7 @@ impl Filter for Enkf {
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
         input.check(ens, "enkf")?;
-        let h = input.obs_operator;
-        let (n_mem, p) = (ens.nrows(), h.obs_dim());
+        let (n_mem, p) = (ens.nrows(), input.obs_operator.obs_dim());
         // Perturbations keyed by (cycle, member, global observation index): the same numbers
         // whichever rank holds the observation.
         let mut z = Array2::zeros((n_mem, p));
@@ -58,27 +57,16 @@ impl Filter for Enkf {
         }
         let zmean = z.mean_axis(Axis(0)).expect("members > 0");
         z -= &zmean.view().insert_axis(Axis(0));
-        let mut hx = Array2::zeros((n_mem, p));
-        for (x, mut y) in ens.rows().into_iter().zip(hx.rows_mut()) {
-            h.apply(
-                x.as_slice().expect("contiguous rows"),
-                y.as_slice_mut().expect("fresh array"),
-            );
-        }
-        let mut innov = Array2::zeros((n_mem, p));
-        for i in 0..n_mem {
-            for j in 0..p {
-                let sd = input.obs_error_var[j].sqrt();
-                innov[[i, j]] = (input.obs[j] - hx[[i, j]]) / sd - z[[i, j]];
-            }
-        }
-        // B = innov Sᵀ (N×N), summed per tile.
-        let (es, b) = EnsembleSpace::new_with(ens, input, n_mem * n_mem, &|s, range, out| {
-            let bt = innov
-                .slice(ndarray::s![.., range.clone()])
-                .dot(&s.slice(ndarray::s![.., range]).t());
-            out.copy_from_slice(bt.as_slice().expect("fresh array"));
-        })?;
+        // B = innov Sᵀ (N×N), summed per tile; innov = R^{-1/2}(y − h(x_i)) − z_i.
+        let (es, b) =
+            EnsembleSpace::new_with(ens, input, n_mem * n_mem, &|s, hx, _, range, out| {
+                let innov = Array2::from_shape_fn((n_mem, range.len()), |(i, k)| {
+                    let j = range.start + k;
+                    (input.obs[j] - hx[[i, j]]) / input.obs_error_var[j].sqrt() - z[[i, j]]
+                });
+                let bt = innov.dot(&s.slice(ndarray::s![.., range]).t());
+                out.copy_from_slice(bt.as_slice().expect("fresh array"));
+            })?;
         let b = Array2::from_shape_vec((n_mem, n_mem), b).expect("N×N");
         let g = b.dot(&es.spectral(|d| 1.0 / d));
         *ens += &g.dot(&es.anomalies);

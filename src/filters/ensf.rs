@@ -11,7 +11,7 @@ use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
 pub use crate::score::mixture::mixture_score;
 use crate::score::mixture::mixture_score_tiled;
-use crate::score::sampler::{prior_sample_at, sample_at, SamplerConfig, SamplerKind};
+use crate::score::sampler::euler_maruyama_from_prior;
 use crate::score::ForwardProcess;
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
@@ -120,15 +120,16 @@ impl Filter for Ensf {
             out.copy_from_slice(sc.as_slice().expect("standard layout"));
         };
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let offset = input.domain.global(0);
-        let mut x = prior_sample_at(&process, m, n, seed, offset);
-        let cfg = SamplerConfig {
-            kind: SamplerKind::EulerMaruyama,
-            steps: self.cfg.steps,
-            t_min: self.cfg.t_min,
-            denoise: false,
-        };
-        sample_at(&process, &cfg, &score, &mut x, n, seed, Some(1.0), offset);
+        let x = euler_maruyama_from_prior(
+            &process,
+            self.cfg.steps,
+            self.cfg.t_min,
+            m,
+            n,
+            seed,
+            input.domain.global(0),
+            &score,
+        );
         if let Some(e) = failure.into_inner() {
             return Err(e);
         }

@@ -43,32 +43,14 @@ impl Filter for Etkf {
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
-        // Scaled innovation R^{-1/2}(y − ȳ) needs ȳ, which is local to each observation, so
-        // b = S R^{-1/2}(y − ȳ) is formed per tile from S and the innovation.
-        let obs_mean: Vec<f64> = {
-            let mut ym = vec![0.0; input.obs.len()];
-            let mut y = vec![0.0; input.obs.len()];
-            input.check(ens, "etkf")?;
-            for x in ens.rows() {
-                input
-                    .obs_operator
-                    .apply(x.as_slice().expect("contiguous rows"), &mut y);
-                ym.iter_mut().zip(&y).for_each(|(m, v)| *m += v);
-            }
-            ym.iter().map(|v| v / ens.nrows() as f64).collect()
-        };
-        let dy: Array1<f64> = input
-            .obs
-            .iter()
-            .zip(&obs_mean)
-            .zip(input.obs_error_var)
-            .map(|((y, m), r)| (y - m) / r.sqrt())
-            .collect();
+        // b = S R^{-1/2}(y − ȳ), formed per tile from S and the scaled innovation.
         let n_mem = ens.nrows();
-        let (es, b) = EnsembleSpace::new_with(ens, input, n_mem, &|s, range, out| {
-            let bt = s
-                .slice(ndarray::s![.., range.clone()])
-                .dot(&dy.slice(ndarray::s![range]));
+        let (es, b) = EnsembleSpace::new_with(ens, input, n_mem, &|s, _, ym, range, out| {
+            let dy: Array1<f64> = range
+                .clone()
+                .map(|j| (input.obs[j] - ym[j]) / input.obs_error_var[j].sqrt())
+                .collect();
+            let bt = s.slice(ndarray::s![.., range]).dot(&dy);
             out.copy_from_slice(bt.as_slice().expect("fresh array"));
         })?;
         let b = Array1::from(b);

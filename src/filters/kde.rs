@@ -17,7 +17,7 @@ use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, Purpose};
 use crate::score::mixture::mixture_score_tiled;
-use crate::score::sampler::{prior_sample_at, sample_at, SamplerConfig, SamplerKind};
+use crate::score::sampler::euler_maruyama_from_prior;
 use crate::score::ForwardProcess;
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -246,15 +246,16 @@ impl Filter for KdeDiffusion {
             out.copy_from_slice(sc.as_slice().expect("standard layout"));
         };
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let offset = dom.global(0);
-        let mut x = prior_sample_at(&process, m, n, seed, offset);
-        let cfg = SamplerConfig {
-            kind: SamplerKind::EulerMaruyama,
-            steps: self.cfg.steps,
-            t_min: self.cfg.t_min,
-            denoise: false,
-        };
-        sample_at(&process, &cfg, &score, &mut x, n, seed, Some(1.0), offset);
+        let x = euler_maruyama_from_prior(
+            &process,
+            self.cfg.steps,
+            self.cfg.t_min,
+            m,
+            n,
+            seed,
+            dom.global(0),
+            &score,
+        );
         if let Some(e) = failure.into_inner() {
             return Err(e);
         }
