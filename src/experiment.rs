@@ -12,7 +12,8 @@ use crate::metrics::{CycleStats, TimeAverage};
 use crate::models::{Model, Rk4Workspace, SlabStepper};
 use crate::obs::{LocalObs, ObsOperator};
 use crate::parallel::{
-    max_rss_bytes, Collectives, Decomposition, Layout, Reducer, TileReducer, Topology,
+    max_rss_bytes, Collectives, Decomposition, Layout, Reducer, SlabTranspose, TileReducer,
+    Topology,
 };
 use crate::rng::{fill_standard_normal, Purpose};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -323,11 +324,19 @@ fn add_model_noise(model: &dyn Model, x: &mut [f64], key: &NoiseKey, step: u64) 
 /// otherwise.
 enum Propagator {
     Slab(SlabStepper),
+    /// Pseudo-spectral 2-D models: row slabs with the all-to-all transpose FFT (also on one
+    /// domain, so every layout runs the same arithmetic).
+    Spectral { side: usize },
     Whole { n: usize },
 }
 
 impl Propagator {
     fn new(model: &dyn Model, rows: usize, len: usize) -> Self {
+        if model.is_slab_spectral() {
+            if let Some(side) = model.grid_side() {
+                return Propagator::Spectral { side };
+            }
+        }
         match model.halo() {
             Some(h) => Propagator::Slab(SlabStepper::new(rows, len, h)),
             None => Propagator::Whole { n: len },
@@ -375,6 +384,23 @@ impl Propagator {
                         r
                     })?;
                 }
+                Ok(t_comm)
+            }
+            Propagator::Spectral { side } => {
+                let mut t_comm = 0.0;
+                let mut tr = SlabTranspose::new(comm, *side)?;
+                model.advance_spectral_slabs(
+                    x,
+                    comm.rank(),
+                    comm.size(),
+                    nsteps,
+                    &mut |a, b| {
+                        let t = Instant::now();
+                        let r = tr.transpose(a, b);
+                        t_comm += t.elapsed().as_secs_f64();
+                        r
+                    },
+                )?;
                 Ok(t_comm)
             }
             Propagator::Whole { n } => {
@@ -510,8 +536,22 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
     let n = model.dim();
     let domains = cfg.parallel.domains;
     let layout = Layout::new(ranks, 0, domains, cfg.filter.members())?;
+    let spectral = model.is_slab_spectral() && domains > 1;
+    if spectral {
+        let side = model.grid_side().unwrap_or(0);
+        if side % domains != 0 {
+            return Err(GendaError::invalid(
+                "parallel.domains",
+                format!(
+                    "the {side}×{side} grid of {} is split in row slabs: its side must be divisible by the number of domains ({domains})",
+                    model.name()
+                ),
+            ));
+        }
+    }
     let mhalo = match model.halo() {
         Some((l, r)) => l.max(r),
+        None if spectral => 0,
         None if domains > 1 => {
             return Err(GendaError::invalid(
                 "parallel.domains",
@@ -533,6 +573,17 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
         .tile_size
         .unwrap_or_else(|| Decomposition::default_tile(n));
     let dec = Decomposition::new(n, tile, domains, mhalo.max(fhalo))?;
+    if spectral {
+        let slab = n / domains;
+        if (0..domains).any(|d| dec.domain_range(d) != (d * slab..(d + 1) * slab)) {
+            return Err(GendaError::invalid(
+                "parallel.tile_size",
+                format!(
+                    "tiles of {tile} do not split the grid into {domains} equal row slabs of {slab} values; use a tile size that divides {slab} (e.g. the grid side)"
+                ),
+            ));
+        }
+    }
     if domains > 1 && cfg.output.save_ensemble {
         return Err(GendaError::invalid(
             "output.save_ensemble",
@@ -626,10 +677,33 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     }
     // Stability at the start (CFL of the 2-D models), on the truth and every local member.
     {
-        let mut problem = model.stability_problem(&truth);
-        if problem.is_none() && len == n {
+        // A decomposed 2-D field is gathered over the domain communicator for the check (once);
+        // every rank of it sees the same fields, so all take the same branches.
+        let counts = dec.slab_counts(1);
+        let mut full = vec![0.0; if len == n { 0 } else { n }];
+        let whole_field = |part: &[f64], full: &mut Vec<f64>| -> Result<bool> {
+            if len == n {
+                return Ok(true);
+            }
+            if model.grid_side().is_none() {
+                return Ok(false);
+            }
+            dcomm.all_gather_rows(part, &counts, full)?;
+            Ok(true)
+        };
+        let check = |part: &[f64], full: &mut Vec<f64>| -> Result<Option<String>> {
+            Ok(if !whole_field(part, full)? {
+                None
+            } else if len == n {
+                model.stability_problem(part)
+            } else {
+                model.stability_problem(full)
+            })
+        };
+        let mut problem = check(&truth, &mut full)?;
+        if problem.is_none() && (len == n || model.grid_side().is_some()) {
             for row in local_init_preview(cfg, &mine, &own)?.rows() {
-                problem = model.stability_problem(row.as_slice().expect("contiguous"));
+                problem = check(row.as_slice().expect("contiguous"), &mut full)?;
                 if problem.is_some() {
                     break;
                 }

@@ -101,6 +101,28 @@ fn ensf_kde_and_enkf_l96_same_numbers_on_every_layout() {
     );
 }
 
+/// Edits of configs/kolmogorov_letkf.toml for a small, quick 32² run.
+const KOLMOGOROV_SMALL: [(&str, &str); 7] = [
+    ("n = 64", "n = 32"),
+    ("cycles = 300", "cycles = 8"),
+    ("burn_in = 100", "burn_in = 2"),
+    ("spinup_steps = 3000", "spinup_steps = 200"),
+    ("ensemble_spinup_steps = 1000", "ensemble_spinup_steps = 100"),
+    ("members = 20", "members = 8"),
+    ("localization_radius = 4.0", "localization_radius = 2.0"),
+];
+
+/// The slab-decomposed pseudo-spectral model (all-to-all transposes) and the torus LETKF with
+/// row halos: the same fields on 1, 2 and 4 domains and with 2 member groups.
+#[test]
+fn kolmogorov_letkf_same_fields_on_1_2_4_ranks() {
+    compare_layouts(
+        "configs/kolmogorov_letkf.toml",
+        &KOLMOGOROV_SMALL,
+        &[(1, 1), (2, 2), (4, 4), (4, 2), (2, 1)],
+    );
+}
+
 #[test]
 fn enkf_l63_same_numbers_on_1_2_3_ranks() {
     compare_layouts(
@@ -124,7 +146,19 @@ fn bad_layouts_are_clear_errors_without_deadlock() {
         ],
     );
     let l63 = config_variant(dir.path(), "configs/l63_sakov2012.toml", "l63.toml", &[]);
-    let cases: [(usize, &std::path::Path, &str, &str); 3] = [
+    let kolm = config_variant(
+        dir.path(),
+        "configs/kolmogorov_letkf.toml",
+        "kolm.toml",
+        &KOLMOGOROV_SMALL,
+    );
+    let kolm_r4 = config_variant(
+        dir.path(),
+        "configs/kolmogorov_letkf.toml",
+        "kolm4.toml",
+        &KOLMOGOROV_SMALL[..6],
+    );
+    let cases: [(usize, &std::path::Path, &str, &str); 5] = [
         (
             3,
             &letkf,
@@ -133,6 +167,8 @@ fn bad_layouts_are_clear_errors_without_deadlock() {
         ),
         (2, &l63, "2", "lorenz63 cannot be domain-decomposed"),
         (4, &letkf, "4", "smaller than the halo of 14"),
+        (3, &kolm, "3", "its side must be divisible by the number of domains (3)"),
+        (4, &kolm_r4, "4", "smaller than the halo of 448"),
     ];
     for (np, cfg, domains, want) in cases {
         let out = dir.path().join("x.nc");

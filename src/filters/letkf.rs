@@ -98,6 +98,11 @@ impl Letkf {
 }
 
 impl Letkf {
+    /// The taper's support 2c in grid points.
+    fn reach(&self, n_global: usize) -> usize {
+        (2.0 * self.half_width()).floor().min(n_global as f64) as usize
+    }
+
     /// Gaspari–Cohn half-width c in grid units.
     fn half_width(&self) -> f64 {
         GC_HALF_WIDTH_PER_RADIUS
@@ -239,9 +244,16 @@ impl Filter for Letkf {
         "letkf"
     }
 
-    /// The taper's support, 2c grid points each side.
+    /// The taper's support: 2c grid points each side on a ring or line; on the torus (row-major
+    /// grid split in row slabs) 2c whole rows, as state indices.
     fn halo(&self, n_global: usize) -> usize {
-        (2.0 * self.half_width()).floor().min(n_global as f64) as usize
+        let reach = self.reach(n_global);
+        if self.cfg.geometry == Geometry::Torus {
+            let side = (n_global as f64).sqrt().round() as usize;
+            reach.min(side / 2) * side
+        } else {
+            reach
+        }
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
@@ -281,19 +293,21 @@ impl Filter for Letkf {
             obs_at[l].push(j);
         }
         let c = self.half_width();
-        let reach = self.halo(n_glob);
+        let reach = self.reach(n_glob);
+        let halo = self.halo(n_glob);
         let geom = self.cfg.geometry;
         let n1 = (n_mem - 1) as f64;
         let taper: Vec<f64> = (0..=reach).map(|d| gaspari_cohn(d as f64 / c)).collect();
-        if geom == Geometry::Torus && !dom.whole {
-            return Err(GendaError::Parallel(
-                "LETKF: the torus geometry needs the whole 2-D grid on each rank (domains = 1)"
-                    .into(),
-            ));
-        }
-        if !dom.whole && (dom.own.start < reach || n_loc - dom.own.end < reach) {
+        let side = (n_glob as f64).sqrt().round() as usize;
+        if geom == Geometry::Torus && (side * side != n_glob || dom.ext_start % side != 0) {
             return Err(GendaError::Parallel(format!(
-                "LETKF: a halo of {} columns cannot serve the localisation reach {reach}",
+                "LETKF: the torus geometry needs a square grid split in whole rows (state of {n_glob}, slab from index {})",
+                dom.ext_start
+            )));
+        }
+        if !dom.whole && (dom.own.start < halo || n_loc - dom.own.end < halo) {
+            return Err(GendaError::Parallel(format!(
+                "LETKF: a halo of {} state indices cannot serve the localisation reach of {halo}",
                 dom.own.start.min(n_loc - dom.own.end)
             )));
         }
@@ -309,14 +323,17 @@ impl Filter for Letkf {
                 local.clear();
                 let gi = dom.global(i);
                 if geom == Geometry::Torus {
-                    // 2-D box of half-width `reach` around the point (whole grid only).
-                    let side = (n_loc as f64).sqrt().round() as usize;
+                    // 2-D box of half-width `reach` around the point, visited in global grid
+                    // order; rows map into the slab (owned rows plus `reach` halo rows).
                     let (lo, hi) = (reach.min((side - 1) / 2), reach.min(side / 2));
-                    let (yi, xi) = (i / side, i % side);
+                    let (yi, xi) = (gi / side, gi % side);
+                    let row0 = dom.ext_start / side;
                     for yy in (yi + side - lo)..=(yi + side + hi) {
+                        let lrow = (yy % side + side - row0) % side;
                         for xx in (xi + side - lo)..=(xi + side + hi) {
-                            let k = (yy % side) * side + xx % side;
-                            let w = self.torus_weight(i, k, side);
+                            let gk = (yy % side) * side + xx % side;
+                            let k = lrow * side + xx % side;
+                            let w = self.torus_weight(gi, gk, side);
                             if w > 0.0 {
                                 for &j in &obs_at[k] {
                                     local.push((j, w / input.obs_error_var[j]));

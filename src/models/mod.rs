@@ -112,6 +112,27 @@ pub trait Model: Send + Sync {
     /// Tendency of the owned points of a slab: `ext` = left halo, `out.len()` owned points,
     /// right halo. Only called when `halo()` is `Some`.
     fn slab_tendency(&self, _ext: &[f64], _out: &mut [f64]) {}
+    /// True for pseudo-spectral 2-D models that step slabs of grid rows with a distributed
+    /// (all-to-all transpose) FFT: `advance_spectral_slabs` then works on any domain count
+    /// dividing the grid side.
+    fn is_slab_spectral(&self) -> bool {
+        false
+    }
+    /// Advance `x`, this domain's row slabs of whole fields (domain `d` of `domains`, one field
+    /// after another), by `nsteps`; `transpose` is the slab FFT's all-to-all (parallel room).
+    fn advance_spectral_slabs(
+        &self,
+        _x: &mut [f64],
+        _d: usize,
+        _domains: usize,
+        _nsteps: usize,
+        _transpose: &mut SlabTransposeFn,
+    ) -> Result<()> {
+        Err(GendaError::Parallel(format!(
+            "{} is not a slab-decomposed spectral model",
+            self.name()
+        )))
+    }
     /// `nsteps` time steps in place.
     fn integrate(&self, x: &mut [f64], nsteps: usize) {
         let mut ws = Rk4Workspace::new(self.dim());
@@ -123,6 +144,11 @@ pub trait Model: Send + Sync {
 
 /// Variable-evaluations per stage below which threads cost more than they save.
 const PARALLEL_STAGE_MIN_WORK: usize = 20_000;
+
+/// Slab transpose of the distributed 2-D FFT, supplied by the parallel room: `(src, dst)`.
+pub type SlabTransposeFn<'a> =
+    dyn FnMut(&[rustfft::num_complex::Complex64], &mut [rustfft::num_complex::Complex64]) -> Result<()>
+        + 'a;
 
 /// Halo exchange supplied by the parallel room: `(to_left, to_right, from_left, from_right)`.
 pub type HaloExchange<'a> = dyn FnMut(&[f64], &[f64], &mut [f64], &mut [f64]) -> Result<()> + 'a;

@@ -9,10 +9,16 @@
 //! factor for the linear terms (−ν|k|² − μ, exact), so viscosity never limits dt. The state is
 //! the vorticity (or θ) on the grid, row-major (y, x). FFTs: `rustfft` (row transforms, then
 //! column transforms on a transposed buffer).
-use super::Model;
+use super::{Model, SlabTransposeFn};
+use crate::parallel::local_transpose;
+use crate::error::{GendaError, Result};
+use rayon::prelude::*;
 use rustfft::num_complex::Complex64;
 use rustfft::{Fft, FftPlanner};
 use std::sync::{Arc, Mutex};
+
+/// Values per batched row transform below which threads cost more than they save.
+const PARALLEL_FFT_MIN_LEN: usize = 1 << 15;
 
 /// Which inversion ψ̂ = ω̂ / |k|^α.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,14 +42,60 @@ pub struct Turbulence2dParams {
     pub flow: Flow,
 }
 
-/// Spectral scratch for one evaluation (one per thread in use).
+/// Spectral scratch of the whole-grid diagnostics (one per thread in use).
 struct Scratch {
-    a: Vec<Complex64>,
-    b: Vec<Complex64>,
-    c: Vec<Complex64>,
-    d: Vec<Complex64>,
     tmp: Vec<Complex64>,
     fft_scratch: Vec<Complex64>,
+}
+
+/// Spectral tables of one slab: this domain's m wavenumbers kx (rows) × all n ky (columns).
+struct SlabTables {
+    kx: Vec<f64>,
+    inv_lap: Vec<f64>,
+    /// 2/3-rule mask.
+    keep: Vec<bool>,
+    /// exp(L h/2), exp(L h) with L = −ν|k|² − μ, and L itself.
+    e_half: Vec<f64>,
+    e_full: Vec<f64>,
+    lin: Vec<f64>,
+    forcing: Vec<Complex64>,
+}
+
+/// Tables and buffers of `fields` slabs of domain `d` of `domains`.
+struct SlabWork {
+    fields: usize,
+    d: usize,
+    domains: usize,
+    tab: SlabTables,
+    v: Vec<Complex64>,
+    acc: Vec<Complex64>,
+    u: Vec<Complex64>,
+    kk: Vec<Complex64>,
+    /// Four fields' worth: (u, v, ω_x, ω_y) and the transposes.
+    g4: Vec<Complex64>,
+    t4: Vec<Complex64>,
+}
+
+impl SlabWork {
+    fn new(m: &Turbulence2d, fields: usize, d: usize, domains: usize) -> Self {
+        let n = m.p.n;
+        let rows = n / domains;
+        let tab = m.slab_tables(d, domains);
+        let len = fields * rows * n;
+        let z = |k: usize| vec![Complex64::new(0.0, 0.0); k * len];
+        SlabWork {
+            fields,
+            d,
+            domains,
+            tab,
+            v: z(1),
+            acc: z(1),
+            u: z(1),
+            kk: z(1),
+            g4: z(4),
+            t4: z(4),
+        }
+    }
 }
 
 pub struct Turbulence2d {
@@ -52,16 +104,14 @@ pub struct Turbulence2d {
     inv: Arc<dyn Fft<f64>>,
     /// Wavenumber of index j (0..n/2, then negative).
     k: Vec<f64>,
-    /// 1/|k|^α with 0 at k = 0.
+    /// 1/|k|^α with 0 at k = 0, whole grid (ky, kx) for the diagnostics.
     inv_lap: Vec<f64>,
-    /// 2/3-rule mask.
-    keep: Vec<bool>,
-    /// exp(L h/2), exp(L h) with L = −ν|k|² − μ.
-    e_half: Vec<f64>,
-    e_full: Vec<f64>,
-    /// Spectral forcing.
-    forcing_hat: Vec<Complex64>,
+    /// α of the inversion.
+    alpha: f64,
+    /// DFT of sin(k_f y_j) over y (the forcing's only column, kx = 0).
+    forcing_y: Vec<Complex64>,
     pool: Mutex<Vec<Scratch>>,
+    slabs: Mutex<Vec<SlabWork>>,
 }
 
 impl std::fmt::Debug for Turbulence2d {
@@ -89,48 +139,72 @@ impl Turbulence2d {
             Flow::NavierStokes => 2.0,
             Flow::Sqg => 1.0,
         };
-        let kmax = n as f64 / 3.0;
         let mut inv_lap = vec![0.0; n * n];
-        let mut keep = vec![false; n * n];
-        let mut e_half = vec![0.0; n * n];
-        let mut e_full = vec![0.0; n * n];
         for ky in 0..n {
             for kx in 0..n {
-                let i = ky * n + kx;
                 let k2 = k[kx] * k[kx] + k[ky] * k[ky];
                 if k2 > 0.0 {
-                    inv_lap[i] = 1.0 / k2.powf(alpha / 2.0);
+                    inv_lap[ky * n + kx] = 1.0 / k2.powf(alpha / 2.0);
                 }
-                keep[i] = k[kx].abs() < kmax && k[ky].abs() < kmax;
-                let l = -p.viscosity * k2 - p.drag;
-                e_half[i] = (0.5 * p.dt * l).exp();
-                e_full[i] = (p.dt * l).exp();
             }
         }
-        let mut model = Turbulence2d {
+        // The forcing A sin(k_f y) is constant in x: its 2-D DFT is n times the 1-D DFT of the
+        // column at kx = 0 and zero elsewhere.
+        let kf = p.forcing_wavenumber as f64;
+        let mut forcing_y: Vec<Complex64> = (0..n)
+            .map(|y| {
+                let yy = 2.0 * std::f64::consts::PI * y as f64 / n as f64;
+                Complex64::new(p.forcing_amplitude * n as f64 * (kf * yy).sin(), 0.0)
+            })
+            .collect();
+        fwd.process(&mut forcing_y);
+        Turbulence2d {
             fwd,
             inv,
             k,
             inv_lap,
-            keep,
-            e_half,
-            e_full,
-            forcing_hat: vec![Complex64::new(0.0, 0.0); n * n],
+            alpha,
+            forcing_y,
             pool: Mutex::new(Vec::new()),
+            slabs: Mutex::new(Vec::new()),
             p,
+        }
+    }
+
+    /// Spectral tables of domain `d`'s slab (kx = d·m .. (d+1)·m, all ky), index kx_local·n + ky.
+    fn slab_tables(&self, d: usize, domains: usize) -> SlabTables {
+        let n = self.p.n;
+        let m = n / domains;
+        let kmax = n as f64 / 3.0;
+        let kx: Vec<f64> = (0..m).map(|r| self.k[d * m + r]).collect();
+        let mut t = SlabTables {
+            inv_lap: vec![0.0; m * n],
+            keep: vec![false; m * n],
+            e_half: vec![0.0; m * n],
+            e_full: vec![0.0; m * n],
+            lin: vec![0.0; m * n],
+            forcing: vec![Complex64::new(0.0, 0.0); m * n],
+            kx,
         };
-        let mut f = vec![Complex64::new(0.0, 0.0); n * n];
-        let kf = model.p.forcing_wavenumber as f64;
-        for y in 0..n {
-            let yy = 2.0 * std::f64::consts::PI * y as f64 / n as f64;
-            for x in 0..n {
-                f[y * n + x] = Complex64::new(model.p.forcing_amplitude * (kf * yy).sin(), 0.0);
+        for r in 0..m {
+            let kxr = t.kx[r];
+            for c in 0..n {
+                let i = r * n + c;
+                let k2 = kxr * kxr + self.k[c] * self.k[c];
+                if k2 > 0.0 {
+                    t.inv_lap[i] = 1.0 / k2.powf(self.alpha / 2.0);
+                }
+                t.keep[i] = kxr.abs() < kmax && self.k[c].abs() < kmax;
+                let l = -self.p.viscosity * k2 - self.p.drag;
+                t.lin[i] = l;
+                t.e_half[i] = (0.5 * self.p.dt * l).exp();
+                t.e_full[i] = (self.p.dt * l).exp();
+                if d * m + r == 0 {
+                    t.forcing[i] = self.forcing_y[c];
+                }
             }
         }
-        let mut s = model.scratch();
-        model.fft2(&mut f, true, &mut s);
-        model.forcing_hat = f;
-        model
+        t
     }
 
     pub fn n(&self) -> usize {
@@ -139,110 +213,13 @@ impl Turbulence2d {
 
     fn scratch(&self) -> Scratch {
         let nn = self.p.n * self.p.n;
-        let z = || vec![Complex64::new(0.0, 0.0); nn];
         let len = self
             .fwd
             .get_inplace_scratch_len()
             .max(self.inv.get_inplace_scratch_len());
         Scratch {
-            a: z(),
-            b: z(),
-            c: z(),
-            d: z(),
-            tmp: z(),
+            tmp: vec![Complex64::new(0.0, 0.0); nn],
             fft_scratch: vec![Complex64::new(0.0, 0.0); len],
-        }
-    }
-
-    /// In-place 2-D FFT (rows, transpose, rows, transpose); the inverse is normalised.
-    fn fft2(&self, a: &mut [Complex64], forward: bool, s: &mut Scratch) {
-        let n = self.p.n;
-        let plan = if forward { &self.fwd } else { &self.inv };
-        for row in a.chunks_mut(n) {
-            plan.process_with_scratch(row, &mut s.fft_scratch);
-        }
-        transpose(a, &mut s.tmp, n);
-        for row in s.tmp.chunks_mut(n) {
-            plan.process_with_scratch(row, &mut s.fft_scratch);
-        }
-        transpose(&s.tmp, a, n);
-        if !forward {
-            let scale = 1.0 / (n * n) as f64;
-            a.iter_mut().for_each(|v| *v *= scale);
-        }
-    }
-
-    /// Nonlinear and forcing tendency in spectral space: −FFT(u·∇ω) (dealiased) + F̂.
-    fn nonlinear(&self, w: &[Complex64], out: &mut [Complex64], s: &mut Scratch) {
-        let n = self.p.n;
-        // a = u, b = v, c = ω_x, d = ω_y (spectral → grid).
-        for ky in 0..n {
-            for kx in 0..n {
-                let i = ky * n + kx;
-                let wk = if self.keep[i] {
-                    w[i]
-                } else {
-                    Complex64::new(0.0, 0.0)
-                };
-                let psi = wk * self.inv_lap[i];
-                let ikx = Complex64::new(0.0, self.k[kx]);
-                let iky = Complex64::new(0.0, self.k[ky]);
-                s.a[i] = iky * psi;
-                s.b[i] = -ikx * psi;
-                s.c[i] = ikx * wk;
-                s.d[i] = iky * wk;
-            }
-        }
-        let (mut a, mut b, mut c, mut d) = (
-            std::mem::take(&mut s.a),
-            std::mem::take(&mut s.b),
-            std::mem::take(&mut s.c),
-            std::mem::take(&mut s.d),
-        );
-        self.fft2(&mut a, false, s);
-        self.fft2(&mut b, false, s);
-        self.fft2(&mut c, false, s);
-        self.fft2(&mut d, false, s);
-        for i in 0..n * n {
-            a[i] = Complex64::new(-(a[i].re * c[i].re + b[i].re * d[i].re), 0.0);
-        }
-        self.fft2(&mut a, true, s);
-        for i in 0..n * n {
-            out[i] = if self.keep[i] {
-                a[i]
-            } else {
-                Complex64::new(0.0, 0.0)
-            } + self.forcing_hat[i];
-        }
-        (s.a, s.b, s.c, s.d) = (a, b, c, d);
-    }
-
-    /// One IF-RK4 step in spectral space.
-    fn step_spectral(&self, v: &mut [Complex64], s: &mut Scratch) {
-        let nn = v.len();
-        let h = self.p.dt;
-        let (eh, ef) = (&self.e_half, &self.e_full);
-        let z = Complex64::new(0.0, 0.0);
-        let mut ka = vec![z; nn];
-        let mut kb = vec![z; nn];
-        let mut kc = vec![z; nn];
-        let mut kd = vec![z; nn];
-        let mut u = vec![z; nn];
-        self.nonlinear(v, &mut ka, s);
-        for i in 0..nn {
-            u[i] = eh[i] * (v[i] + 0.5 * h * ka[i]);
-        }
-        self.nonlinear(&u, &mut kb, s);
-        for i in 0..nn {
-            u[i] = eh[i] * v[i] + 0.5 * h * kb[i];
-        }
-        self.nonlinear(&u, &mut kc, s);
-        for i in 0..nn {
-            u[i] = ef[i] * v[i] + eh[i] * h * kc[i];
-        }
-        self.nonlinear(&u, &mut kd, s);
-        for i in 0..nn {
-            v[i] = ef[i] * v[i] + h / 6.0 * (ef[i] * ka[i] + 2.0 * eh[i] * (kb[i] + kc[i]) + kd[i]);
         }
     }
 
@@ -260,34 +237,262 @@ impl Turbulence2d {
         r
     }
 
-    /// Advance a grid field by `nsteps` (one forward and one inverse FFT around the steps).
+    /// In-place whole-grid 2-D FFT for the diagnostics (rows, transpose, rows, transpose),
+    /// spectral index ky·n + kx; the inverse is normalised.
+    fn fft2(&self, a: &mut [Complex64], forward: bool, s: &mut Scratch) {
+        let n = self.p.n;
+        let plan = if forward { &self.fwd } else { &self.inv };
+        for row in a.chunks_mut(n) {
+            plan.process_with_scratch(row, &mut s.fft_scratch);
+        }
+        local_transpose(a, &mut s.tmp, n);
+        for row in s.tmp.chunks_mut(n) {
+            plan.process_with_scratch(row, &mut s.fft_scratch);
+        }
+        local_transpose(&s.tmp, a, n);
+        if !forward {
+            let scale = 1.0 / (n * n) as f64;
+            a.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+
+    /// Advance `x` (whole grid fields, one after another) by `nsteps` on one rank.
     pub fn advance(&self, x: &mut [f64], nsteps: usize) {
-        self.with_scratch(|s| {
-            let mut v: Vec<Complex64> = x.iter().map(|&r| Complex64::new(r, 0.0)).collect();
-            self.fft2(&mut v, true, s);
-            for _ in 0..nsteps {
-                self.step_spectral(&mut v, s);
-            }
-            self.fft2(&mut v, false, s);
-            for (o, c) in x.iter_mut().zip(&v) {
-                *o = c.re;
-            }
-        })
+        let comm = crate::parallel::SerialComm;
+        let mut tr = crate::parallel::SlabTranspose::new(&comm, self.p.n)
+            .expect("a one-rank slab transpose always exists");
+        self.advance_slabs(x, 0, 1, nsteps, &mut |a, b| tr.transpose(a, b))
+            .expect("a one-rank transpose cannot fail");
     }
 
-    /// One forward and one inverse 2-D FFT of a grid field (benchmarks: a model step does 20
-    /// 2-D FFTs, 4 evaluations × (4 inverse + 1 forward)).
+    /// One forward and one inverse 2-D FFT of grid fields through the slab path, on one rank
+    /// (benchmarks: a model step does 8 batched slab FFTs, 4 × (one of 4 fields + one of 1)).
     pub fn fft_roundtrip(&self, x: &mut [f64]) {
-        self.with_scratch(|s| {
-            let mut v: Vec<Complex64> = x.iter().map(|&r| Complex64::new(r, 0.0)).collect();
-            self.fft2(&mut v, true, s);
-            self.fft2(&mut v, false, s);
-            for (o, c) in x.iter_mut().zip(&v) {
+        let n = self.p.n;
+        let comm = crate::parallel::SerialComm;
+        let mut tr = crate::parallel::SlabTranspose::new(&comm, n).expect("one rank");
+        let mut w = self.take_work(x.len() / (n * n), 0, 1);
+        {
+            let SlabWork { v, t4, .. } = &mut w;
+            for (c, &r) in v.iter_mut().zip(x.iter()) {
+                *c = Complex64::new(r, 0.0);
+            }
+            let len = v.len();
+            self.fft_slabs(v, &mut t4[..len], true, &mut |a, b| tr.transpose(a, b))
+                .expect("one rank");
+            self.fft_slabs(&mut t4[..len], v, false, &mut |a, b| tr.transpose(a, b))
+                .expect("one rank");
+            for (o, c) in x.iter_mut().zip(v.iter()) {
                 *o = c.re;
             }
-        })
+        }
+        self.put_work(w);
     }
 
+    /// Tables and buffers of a slab layout, from the pool (a run reuses one layout every cycle;
+    /// concurrent callers get their own).
+    fn take_work(&self, fields: usize, d: usize, domains: usize) -> SlabWork {
+        let mut pool = self.slabs.lock().unwrap_or_else(|e| e.into_inner());
+        match pool
+            .iter()
+            .position(|w| (w.fields, w.d, w.domains) == (fields, d, domains))
+        {
+            Some(i) => pool.swap_remove(i),
+            None => {
+                drop(pool);
+                SlabWork::new(self, fields, d, domains)
+            }
+        }
+    }
+
+    fn put_work(&self, w: SlabWork) {
+        self.slabs.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+    }
+
+    /// Advance `x` by `nsteps`: `x` holds whole fields' slabs of this domain `d` of `domains`
+    /// (m = n / domains grid rows each, row-major), one field after another; `transpose` is the
+    /// all-to-all of the slab FFT over the domain communicator. The arithmetic per value does
+    /// not depend on the number of domains, so every layout gives the same bits.
+    pub fn advance_slabs(
+        &self,
+        x: &mut [f64],
+        d: usize,
+        domains: usize,
+        nsteps: usize,
+        transpose: &mut SlabTransposeFn,
+    ) -> Result<()> {
+        let n = self.p.n;
+        if domains == 0 || n % domains != 0 || d >= domains {
+            return Err(GendaError::invalid(
+                "parallel.domains",
+                format!("the grid side {n} is not divisible by {domains} domains"),
+            ));
+        }
+        let mn = n / domains * n;
+        if x.is_empty() {
+            return Ok(());
+        }
+        if x.len() % mn != 0 {
+            return Err(GendaError::Parallel(format!(
+                "{}: {} values are not whole slabs of {mn}",
+                self.name(),
+                x.len()
+            )));
+        }
+        let mut w = self.take_work(x.len() / mn, d, domains);
+        let r = self.advance_work(&mut w, x, nsteps, transpose);
+        self.put_work(w);
+        r
+    }
+
+    fn advance_work(
+        &self,
+        w: &mut SlabWork,
+        x: &mut [f64],
+        nsteps: usize,
+        transpose: &mut SlabTransposeFn,
+    ) -> Result<()> {
+        let SlabWork {
+            tab,
+            v,
+            acc,
+            u,
+            kk,
+            g4,
+            t4,
+            ..
+        } = w;
+        let len = x.len();
+        let mn = tab.keep.len();
+        let h = self.p.dt;
+        let (h2, h3, h6) = (0.5 * h, h / 3.0, h / 6.0);
+        let (eh, ef) = (&tab.e_half, &tab.e_full);
+        for (c, &r) in v.iter_mut().zip(x.iter()) {
+            *c = Complex64::new(r, 0.0);
+        }
+        self.fft_slabs(v, &mut t4[..len], true, transpose)?;
+        v.copy_from_slice(&t4[..len]);
+        for _ in 0..nsteps {
+            // IF-RK4 with the linear part exact: stages accumulate into `acc`.
+            self.nonlinear_slabs(tab, v, kk, g4, t4, transpose)?;
+            for i in 0..len {
+                let j = i % mn;
+                acc[i] = ef[j] * v[i] + h6 * ef[j] * kk[i];
+                u[i] = eh[j] * (v[i] + h2 * kk[i]);
+            }
+            self.nonlinear_slabs(tab, u, kk, g4, t4, transpose)?;
+            for i in 0..len {
+                let j = i % mn;
+                acc[i] += h3 * eh[j] * kk[i];
+                u[i] = eh[j] * v[i] + h2 * kk[i];
+            }
+            self.nonlinear_slabs(tab, u, kk, g4, t4, transpose)?;
+            for i in 0..len {
+                let j = i % mn;
+                acc[i] += h3 * eh[j] * kk[i];
+                u[i] = ef[j] * v[i] + eh[j] * h * kk[i];
+            }
+            self.nonlinear_slabs(tab, u, kk, g4, t4, transpose)?;
+            for i in 0..len {
+                v[i] = acc[i] + h6 * kk[i];
+            }
+        }
+        self.fft_slabs(v, &mut t4[..len], false, transpose)?;
+        for (o, c) in x.iter_mut().zip(&t4[..len]) {
+            *o = c.re;
+        }
+        Ok(())
+    }
+
+    /// 1-D FFTs of every length-n row of `a` (threads over rows when there are many).
+    fn fft_rows(&self, a: &mut [Complex64], forward: bool) {
+        let n = self.p.n;
+        let plan = if forward { &self.fwd } else { &self.inv };
+        let len = plan.get_inplace_scratch_len();
+        if a.len() >= PARALLEL_FFT_MIN_LEN {
+            a.par_chunks_mut(n).for_each_init(
+                || vec![Complex64::new(0.0, 0.0); len],
+                |s, row| plan.process_with_scratch(row, s),
+            );
+        } else {
+            let mut s = vec![Complex64::new(0.0, 0.0); len];
+            for row in a.chunks_mut(n) {
+                plan.process_with_scratch(row, &mut s);
+            }
+        }
+    }
+
+    /// Slab 2-D FFT of every field of `a` into `out`. Forward: grid slabs (this domain's rows
+    /// y, all x) → transposed spectral slabs (this domain's kx, all ky); inverse (normalised):
+    /// the way back. `a` is overwritten.
+    fn fft_slabs(
+        &self,
+        a: &mut [Complex64],
+        out: &mut [Complex64],
+        forward: bool,
+        transpose: &mut SlabTransposeFn,
+    ) -> Result<()> {
+        self.fft_rows(a, forward);
+        transpose(a, out)?;
+        self.fft_rows(out, forward);
+        if !forward {
+            let scale = 1.0 / (self.p.n * self.p.n) as f64;
+            out.iter_mut().for_each(|v| *v *= scale);
+        }
+        Ok(())
+    }
+
+    /// Nonlinear and forcing tendency of spectral slabs `w`: −FFT(u·∇ω) (dealiased) + F̂,
+    /// written to `out`. Two transposes for all fields: one batched inverse FFT of (u, v, ω_x,
+    /// ω_y), one forward FFT of the product.
+    fn nonlinear_slabs(
+        &self,
+        tab: &SlabTables,
+        w: &[Complex64],
+        out: &mut [Complex64],
+        g4: &mut [Complex64],
+        t4: &mut [Complex64],
+        transpose: &mut SlabTransposeFn,
+    ) -> Result<()> {
+        let n = self.p.n;
+        let len = w.len();
+        let mn = tab.keep.len();
+        let zero = Complex64::new(0.0, 0.0);
+        // g4 = [u | v | ω_x | ω_y], each `len` long, spectral.
+        {
+            let (u, rest) = g4.split_at_mut(len);
+            let (v, rest) = rest.split_at_mut(len);
+            let (wx, wy) = rest.split_at_mut(len);
+            for (i, &wi) in w.iter().enumerate() {
+                let j = i % mn;
+                let wk = if tab.keep[j] { wi } else { zero };
+                let psi = wk * tab.inv_lap[j];
+                let ikx = Complex64::new(0.0, tab.kx[j / n]);
+                let iky = Complex64::new(0.0, self.k[j % n]);
+                u[i] = iky * psi;
+                v[i] = -ikx * psi;
+                wx[i] = ikx * wk;
+                wy[i] = iky * wk;
+            }
+        }
+        self.fft_slabs(g4, t4, false, transpose)?;
+        let (p, rest) = g4.split_at_mut(len);
+        {
+            let (u, rest2) = t4.split_at(len);
+            let (v, rest2) = rest2.split_at(len);
+            let (wx, wy) = rest2.split_at(len);
+            for i in 0..len {
+                p[i] = Complex64::new(-(u[i].re * wx[i].re + v[i].re * wy[i].re), 0.0);
+            }
+        }
+        let tmp = &mut rest[..len];
+        self.fft_slabs(p, tmp, true, transpose)?;
+        for (i, o) in out.iter_mut().enumerate() {
+            let j = i % mn;
+            *o = if tab.keep[j] { tmp[i] } else { zero } + tab.forcing[j];
+        }
+        Ok(())
+    }
     /// Velocity (u, v) on the grid.
     pub fn velocity(&self, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
         let n = self.p.n;
@@ -354,19 +559,6 @@ impl Turbulence2d {
     }
 }
 
-fn transpose(a: &[Complex64], out: &mut [Complex64], n: usize) {
-    const B: usize = 32;
-    for i0 in (0..n).step_by(B) {
-        for j0 in (0..n).step_by(B) {
-            for i in i0..(i0 + B).min(n) {
-                for j in j0..(j0 + B).min(n) {
-                    out[j * n + i] = a[i * n + j];
-                }
-            }
-        }
-    }
-}
-
 impl Model for Turbulence2d {
     fn name(&self) -> &'static str {
         match self.p.flow {
@@ -381,25 +573,31 @@ impl Model for Turbulence2d {
         self.p.dt
     }
     fn tendency(&self, x: &[f64], dxdt: &mut [f64]) {
-        // Full tendency on the grid (for diagnostics; stepping uses the integrating factor).
-        let n = self.p.n;
-        self.with_scratch(|s| {
-            let mut w: Vec<Complex64> = x.iter().map(|&r| Complex64::new(r, 0.0)).collect();
-            self.fft2(&mut w, true, s);
-            let mut nl = vec![Complex64::new(0.0, 0.0); n * n];
-            self.nonlinear(&w, &mut nl, s);
-            for ky in 0..n {
-                for kx in 0..n {
-                    let i = ky * n + kx;
-                    let k2 = self.k[kx].powi(2) + self.k[ky].powi(2);
-                    nl[i] += w[i] * (-self.p.viscosity * k2 - self.p.drag);
-                }
+        // Full tendency on the grid (diagnostics; stepping uses the integrating factor).
+        let comm = crate::parallel::SerialComm;
+        let mut tr = crate::parallel::SlabTranspose::new(&comm, self.p.n).expect("one rank");
+        let tr = &mut |a: &[Complex64], b: &mut [Complex64]| tr.transpose(a, b);
+        let mut w = self.take_work(1, 0, 1);
+        {
+            let SlabWork {
+                tab, v, kk, g4, t4, ..
+            } = &mut w;
+            let len = v.len();
+            for (c, &r) in v.iter_mut().zip(x) {
+                *c = Complex64::new(r, 0.0);
             }
-            self.fft2(&mut nl, false, s);
-            for (o, c) in dxdt.iter_mut().zip(&nl) {
+            self.fft_slabs(v, &mut t4[..len], true, tr).expect("one rank");
+            v.copy_from_slice(&t4[..len]);
+            self.nonlinear_slabs(tab, v, kk, g4, t4, tr).expect("one rank");
+            for i in 0..len {
+                kk[i] += v[i] * tab.lin[i];
+            }
+            self.fft_slabs(kk, &mut t4[..len], false, tr).expect("one rank");
+            for (o, c) in dxdt.iter_mut().zip(&t4[..len]) {
                 *o = c.re;
             }
-        })
+        }
+        self.put_work(w);
     }
     fn stability_problem(&self, x: &[f64]) -> Option<String> {
         let c = self.cfl(x);
@@ -418,6 +616,19 @@ impl Model for Turbulence2d {
     }
     fn integrate(&self, x: &mut [f64], nsteps: usize) {
         self.advance(x, nsteps);
+    }
+    fn is_slab_spectral(&self) -> bool {
+        true
+    }
+    fn advance_spectral_slabs(
+        &self,
+        x: &mut [f64],
+        d: usize,
+        domains: usize,
+        nsteps: usize,
+        transpose: &mut SlabTransposeFn,
+    ) -> Result<()> {
+        self.advance_slabs(x, d, domains, nsteps, transpose)
     }
 }
 

@@ -20,6 +20,9 @@ use mpi::traits::*;
 use mpi::Count;
 use std::ops::Range;
 
+mod transpose;
+pub use transpose::{local_transpose, SlabTranspose};
+
 /// The collective operations genda needs, independent of the transport.
 pub trait Collectives {
     fn rank(&self) -> usize;
@@ -51,8 +54,22 @@ pub trait Collectives {
     /// Element-wise maximum over ranks (memory and timing reports).
     fn all_reduce_max_f64(&self, values: &mut [f64]);
     fn barrier(&self);
+    /// All-to-all with equal blocks: block q of `send` (length `send.len() / size`) goes to
+    /// rank q, and block p of `recv` comes from rank p.
+    fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()>;
     /// Sub-communicator of the ranks with the same `color`, ordered by `key`.
     fn split(&self, color: usize, key: usize) -> Result<Box<dyn Collectives>>;
+}
+
+fn check_blocks(size: usize, send: &[f64], recv: &[f64]) -> Result<()> {
+    if send.len() != recv.len() || send.len() % size != 0 {
+        return Err(GendaError::Parallel(format!(
+            "all-to-all: {} values to send and {} to receive do not make {size} equal blocks",
+            send.len(),
+            recv.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_counts(
@@ -112,6 +129,11 @@ impl Collectives for SerialComm {
     fn all_reduce_sum_f32(&self, _values: &mut [f32]) {}
     fn all_reduce_max_f64(&self, _values: &mut [f64]) {}
     fn barrier(&self) {}
+    fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
+        check_blocks(1, send, recv)?;
+        recv.copy_from_slice(send);
+        Ok(())
+    }
     fn split(&self, _color: usize, _key: usize) -> Result<Box<dyn Collectives>> {
         Ok(Box::new(SerialComm))
     }
@@ -256,6 +278,16 @@ impl Collectives for MpiComm {
     }
     fn barrier(&self) {
         self.comm.barrier();
+    }
+    fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
+        check_blocks(self.size(), send, recv)?;
+        if self.size() == 1 {
+            recv.copy_from_slice(send);
+        } else {
+            to_count(send.len() / self.size())?;
+            self.comm.all_to_all_into(send, recv);
+        }
+        Ok(())
     }
     fn split(&self, color: usize, key: usize) -> Result<Box<dyn Collectives>> {
         let sub = self
