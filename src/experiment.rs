@@ -826,6 +826,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     save_ensemble,
                     config_toml: &config_toml,
                     ranks: comm.size(),
+                    grid_side: model.grid_side(),
                 },
             )
         })?
@@ -1134,6 +1135,7 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
             save_ensemble: false,
             config_toml: &config_toml,
             ranks: 1,
+            grid_side: model.grid_side(),
         },
     )?;
     let mut truth = TruthRun::new(cfg, model.as_ref(), &h)?;

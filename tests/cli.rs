@@ -215,10 +215,31 @@ fn plot_of_a_2d_run_writes_field_maps() {
             ("burn_in = 100", "burn_in = 1"),
             ("spinup_steps = 3000", "spinup_steps = 200"),
             ("ensemble_spinup_steps = 1000", "ensemble_spinup_steps = 20"),
+            (
+                "path = \"output/kolmogorov_letkf.nc\"",
+                "path = \"output/kolmogorov_letkf.nc\"\nsave_ensemble = true",
+            ),
         ],
     );
     let o = genda(&["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+    // CF grid output: fields (time, y, x), ensembles (time, member, y, x), and the member
+    // mean of the stored ensemble is the stored analysis mean.
+    let d = |v: &str| nc_dims(&out, v);
+    let s = |n: &str, l: usize| (n.to_string(), l);
+    assert_eq!(d("truth"), vec![s("time", 6), s("y", 64), s("x", 64)]);
+    assert_eq!(
+        d("analysis_ensemble"),
+        vec![s("time", 6), s("member", 20), s("y", 64), s("x", 64)]
+    );
+    let (ens, mean) = (nc_var(&out, "analysis_ensemble"), nc_var(&out, "analysis_mean"));
+    let (last_e, last_m) = (&ens[5 * 20 * 4096..], &mean[5 * 4096..]);
+    for i in (0..4096).step_by(97) {
+        let m: f64 = (0..20).map(|k| last_e[k * 4096 + i]).sum::<f64>() / 20.0;
+        assert!((m - last_m[i]).abs() < 1e-9, "point {i}: {m} vs {}", last_m[i]);
+    }
+    let y = nc_var(&out, "y");
+    assert!((y[1] - 2.0 * std::f64::consts::PI / 64.0).abs() < 1e-15);
     let png = dir.path().join("k.png");
     let o = genda(&["plot", out.to_str().unwrap(), "-o", png.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));

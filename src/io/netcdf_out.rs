@@ -2,7 +2,8 @@
 //! temporary name and renamed when the run completes.
 //!
 //! Dimensions: `time` (cycles), `x` (state), `obs` (observations), `member` (if ensembles are
-//! saved). Variables: `time`, `x`, `obs_location`, `truth`, `observations`, `forecast_mean`,
+//! saved). For 2-D models the state is the grid: dimensions `y` and `x` (the side each, with
+//! coordinates in [0, 2π)), fields (time, y, x) and ensembles (time, member, y, x). Variables: `time`, `x`, `obs_location`, `truth`, `observations`, `forecast_mean`,
 //! `analysis_mean`, `forecast_spread`, `analysis_spread`, `rmse_forecast`, `rmse_analysis`
 //! and optionally `forecast_ensemble`, `analysis_ensemble`. Global attributes hold the full config
 //! and the time-averaged statistics.
@@ -30,6 +31,8 @@ pub struct RunMeta<'a> {
     pub save_ensemble: bool,
     pub config_toml: &'a str,
     pub ranks: usize,
+    /// Side of the square grid of a 2-D model: fields are then written with dims (…, y, x).
+    pub grid_side: Option<usize>,
 }
 
 pub struct RunWriter {
@@ -68,8 +71,17 @@ impl RunWriter {
         let p = meta.obs_locations.len();
         file.add_dimension("time", meta.cycles)
             .map_err(e("dimension time"))?;
-        file.add_dimension("x", meta.state_dim)
-            .map_err(e("dimension x"))?;
+        let grid = meta.grid_side.filter(|s| s * s == meta.state_dim);
+        match grid {
+            Some(side) => {
+                file.add_dimension("y", side).map_err(e("dimension y"))?;
+                file.add_dimension("x", side).map_err(e("dimension x"))?;
+            }
+            None => {
+                file.add_dimension("x", meta.state_dim)
+                    .map_err(e("dimension x"))?;
+            }
+        }
         file.add_dimension("obs", p).map_err(e("dimension obs"))?;
         let with_filter = meta.method.is_some();
         let save_ensemble = with_filter && meta.save_ensemble;
@@ -121,29 +133,64 @@ impl RunWriter {
                 .collect();
             v.put_values(&t, ..).map_err(e("write time"))?;
         }
-        {
-            let mut v = file
-                .add_variable::<i32>("x", &["x"])
-                .map_err(e("variable x"))?;
-            v.put_attribute("long_name", "state variable index")
-                .map_err(e("x attrs"))?;
-            v.put_attribute("units", "1").map_err(e("x attrs"))?;
-            let ix: Vec<i32> = (0..meta.state_dim as i32).collect();
-            v.put_values(&ix, ..).map_err(e("write x"))?;
+        match grid {
+            Some(side) => {
+                let c: Vec<f64> = (0..side)
+                    .map(|j| 2.0 * std::f64::consts::PI * j as f64 / side as f64)
+                    .collect();
+                for (name, axis) in [("y", "Y"), ("x", "X")] {
+                    let mut v = file
+                        .add_variable::<f64>(name, &[name])
+                        .map_err(e(&format!("variable {name}")))?;
+                    v.put_attribute("long_name", format!("{name} coordinate of the periodic domain [0, 2π)"))
+                        .map_err(e("coordinate attrs"))?;
+                    v.put_attribute("units", "1").map_err(e("coordinate attrs"))?;
+                    v.put_attribute("axis", axis).map_err(e("coordinate attrs"))?;
+                    v.put_values(&c, ..).map_err(e(&format!("write {name}")))?;
+                }
+            }
+            None => {
+                let mut v = file
+                    .add_variable::<i32>("x", &["x"])
+                    .map_err(e("variable x"))?;
+                v.put_attribute("long_name", "state variable index")
+                    .map_err(e("x attrs"))?;
+                v.put_attribute("units", "1").map_err(e("x attrs"))?;
+                let ix: Vec<i32> = (0..meta.state_dim as i32).collect();
+                v.put_values(&ix, ..).map_err(e("write x"))?;
+            }
         }
         {
             let mut v = file
                 .add_variable::<i32>("obs_location", &["obs"])
                 .map_err(e("variable obs_location"))?;
-            v.put_attribute("long_name", "state index observed by each observation")
+            v.put_attribute(
+                "long_name",
+                "state index observed by each observation (row-major y·side + x on a grid)",
+            )
                 .map_err(e("obs_location attrs"))?;
             v.put_attribute("units", "1")
                 .map_err(e("obs_location attrs"))?;
             let loc: Vec<i32> = meta.obs_locations.iter().map(|&i| i as i32).collect();
             v.put_values(&loc, ..).map_err(e("write obs_location"))?;
         }
+        let field: Vec<&str> = if grid.is_some() {
+            vec!["time", "y", "x"]
+        } else {
+            vec!["time", "x"]
+        };
+        let ens_dims: Vec<&str> = if grid.is_some() {
+            vec!["time", "member", "y", "x"]
+        } else {
+            vec!["time", "member", "x"]
+        };
+        let quantity = match meta.model {
+            "kolmogorov2d" => Some("relative vorticity"),
+            "sqg" => Some("surface buoyancy"),
+            _ => None,
+        };
         let mut vars: Vec<(&str, Vec<&str>, &str)> = vec![
-            ("truth", vec!["time", "x"], "true state"),
+            ("truth", field.clone(), "true state"),
             (
                 "observations",
                 vec!["time", "obs"],
@@ -154,12 +201,12 @@ impl RunWriter {
             vars.extend([
                 (
                     "forecast_mean",
-                    vec!["time", "x"],
+                    field.clone(),
                     "forecast (prior) ensemble mean",
                 ),
                 (
                     "analysis_mean",
-                    vec!["time", "x"],
+                    field.clone(),
                     "analysis (posterior) ensemble mean",
                 ),
                 (
@@ -187,12 +234,12 @@ impl RunWriter {
                 vars.extend([
                     (
                         "forecast_ensemble",
-                        vec!["time", "member", "x"],
+                        ens_dims.clone(),
                         "forecast ensemble",
                     ),
                     (
                         "analysis_ensemble",
-                        vec!["time", "member", "x"],
+                        ens_dims.clone(),
                         "analysis ensemble",
                     ),
                 ]);
@@ -202,6 +249,11 @@ impl RunWriter {
             let mut v = file
                 .add_variable::<f64>(name, &dims)
                 .map_err(e(&format!("variable {name}")))?;
+            let is_field = dims.last() == Some(&"x");
+            let long = match quantity {
+                Some(q) if is_field => format!("{long}: {q}"),
+                _ => long.to_string(),
+            };
             v.put_attribute("long_name", long)
                 .map_err(e(&format!("{name} attrs")))?;
             v.put_attribute("units", "1")
@@ -259,14 +311,11 @@ impl RunWriter {
             .file
             .variable_mut(b.name)
             .ok_or_else(|| GendaError::file(&path, format!("variable {} missing", b.name)))?;
-        let res = match v.dimensions().len() {
-            1 => v.put_values(&b.data, s..e),
-            2 => v.put_values(&b.data, [s..e, 0..b.row_len]),
-            _ => {
-                let m = v.dimensions()[1].len();
-                v.put_values(&b.data, [s..e, 0..m, 0..b.row_len / m])
-            }
-        };
+        // Rows along the first (time) dimension, every other dimension whole.
+        let mut ext: Vec<std::ops::Range<usize>> = vec![s..e];
+        ext.extend(v.dimensions()[1..].iter().map(|d| 0..d.len()));
+        let ext: Vec<netcdf::Extent> = ext.into_iter().map(Into::into).collect();
+        let res = v.put_values(&b.data, netcdf::Extents::Extent(ext));
         res.map_err(|err| ncerr(&path, &format!("write {}", b.name), err))?;
         b.start = e;
         b.data.clear();
@@ -421,10 +470,17 @@ pub fn read_run(path: &Path) -> Result<RunData> {
         return Err(GendaError::file(path, "no such file"));
     }
     let file = netcdf::open(path).map_err(|e| ncerr(path, "open (not a NetCDF file?)", e))?;
-    let state_dim = file
+    let nx = file
         .dimension("x")
         .ok_or_else(|| GendaError::file(path, "missing dimension `x`"))?
         .len();
+    let ny = file.dimension("y").map(|d| d.len());
+    let state_dim = nx * ny.unwrap_or(1);
+    let field: &[&str] = if ny.is_some() {
+        &["time", "y", "x"]
+    } else {
+        &["time", "x"]
+    };
     let rmse_analysis_time_mean = match file.attribute("rmse_analysis_time_mean").map(|a| a.value())
     {
         Some(Ok(netcdf::AttributeValue::Double(v))) => Some(v),
@@ -433,9 +489,9 @@ pub fn read_run(path: &Path) -> Result<RunData> {
     Ok(RunData {
         time: read_var(&file, path, "time", &["time"])?,
         state_dim,
-        truth: read_var(&file, path, "truth", &["time", "x"])?,
-        analysis_mean: read_var(&file, path, "analysis_mean", &["time", "x"])?,
-        forecast_mean: read_var(&file, path, "forecast_mean", &["time", "x"])?,
+        truth: read_var(&file, path, "truth", field)?,
+        analysis_mean: read_var(&file, path, "analysis_mean", field)?,
+        forecast_mean: read_var(&file, path, "forecast_mean", field)?,
         rmse_forecast: read_var(&file, path, "rmse_forecast", &["time"])?,
         rmse_analysis: read_var(&file, path, "rmse_analysis", &["time"])?,
         spread_forecast: read_var(&file, path, "forecast_spread", &["time"])?,

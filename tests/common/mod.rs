@@ -105,6 +105,14 @@ pub fn nc_var(path: &Path, name: &str) -> Vec<f64> {
     v.get_values::<f64, _>(..).unwrap()
 }
 
+/// Dimension names and lengths of a variable.
+pub fn nc_dims(path: &Path, name: &str) -> Vec<(String, usize)> {
+    let _g = nc_lock();
+    let f = netcdf::open(path).unwrap();
+    let v = f.variable(name).unwrap();
+    v.dimensions().iter().map(|d| (d.name(), d.len())).collect()
+}
+
 pub fn nc_attr_f64(path: &Path, name: &str) -> f64 {
     let _g = nc_lock();
     let f = netcdf::open(path).unwrap();
