@@ -389,6 +389,8 @@ impl Propagator {
             Propagator::Spectral { side } => {
                 let mut t_comm = 0.0;
                 let mut tr = SlabTranspose::new(comm, *side)?;
+                // On one rank the transpose is a local copy: model time, not communication.
+                let timed = comm.size() > 1;
                 model.advance_spectral_slabs(
                     x,
                     comm.rank(),
@@ -397,7 +399,9 @@ impl Propagator {
                     &mut |a, b| {
                         let t = Instant::now();
                         let r = tr.transpose(a, b);
-                        t_comm += t.elapsed().as_secs_f64();
+                        if timed {
+                            t_comm += t.elapsed().as_secs_f64();
+                        }
                         r
                     },
                 )?;
@@ -591,6 +595,67 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
         ));
     }
     Ok((dec, layout))
+}
+
+/// Time per model step of `members` states on this communicator's ranks (every rank a domain).
+#[derive(Debug, Clone)]
+pub struct ModelBench {
+    pub model: String,
+    pub state_dim: usize,
+    pub ranks: usize,
+    pub members: usize,
+    pub steps: usize,
+    /// Seconds per step (all members), slowest rank.
+    pub per_step_s: f64,
+    /// Seconds per step in halo exchanges or transposes (0 on one rank), slowest rank.
+    pub comm_per_step_s: f64,
+    /// The model's own kernel timers per step (e.g. `fft`), slowest rank.
+    pub kernels_per_step_s: Vec<(&'static str, f64)>,
+}
+
+/// `genda bench`: step `members` random states `steps` times on a slab layout of
+/// `comm.size()` domains, after one warm-up step; the slowest rank's times.
+pub fn bench_model(
+    cfg: &Config,
+    comm: &dyn Collectives,
+    members: usize,
+    steps: usize,
+) -> Result<ModelBench> {
+    let mut cfg = cfg.clone();
+    cfg.parallel.domains = comm.size();
+    cfg.output.save_ensemble = false;
+    let (dec, _) = check_layout(&cfg, comm.size())?;
+    let model = cfg.model.build();
+    let own = dec.domain_range(comm.rank());
+    let mut x = local_init_preview(&cfg, &(0..members), &own)?;
+    let x = x.as_slice_mut().expect("fresh array");
+    let mut prop = Propagator::new(model.as_ref(), members, own.len());
+    let key = NoiseKey {
+        seed: cfg.experiment.seed,
+        rows: (0..members as u64).collect(),
+        offset: own.start,
+    };
+    prop.advance(model.as_ref(), x, 1, comm, &key, 0)?;
+    let k0 = model.timers();
+    comm.barrier();
+    let t0 = Instant::now();
+    let t_comm = prop.advance(model.as_ref(), x, steps, comm, &key, 1)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let k1 = model.timers();
+    let mut v: Vec<f64> = vec![wall, t_comm];
+    v.extend(k1.iter().zip(&k0).map(|(a, b)| a.1 - b.1));
+    comm.all_reduce_max_f64(&mut v);
+    let s = steps.max(1) as f64;
+    Ok(ModelBench {
+        model: model.name().to_string(),
+        state_dim: model.dim(),
+        ranks: comm.size(),
+        members,
+        steps,
+        per_step_s: v[0] / s,
+        comm_per_step_s: v[1] / s,
+        kernels_per_step_s: k1.iter().zip(&v[2..]).map(|(k, t)| (k.0, t / s)).collect(),
+    })
 }
 
 /// A twin experiment: truth, observations, ensemble forecasts and analyses for every cycle.

@@ -125,6 +125,24 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = scaling::Split::Domains)]
         split: scaling::Split,
     },
+    /// Time the model step of a config on this launch's ranks (every rank a domain): per-step
+    /// time, the share of communication (halos/transposes) and of the model's kernels (FFT).
+    /// Run it under mpirun/srun for more ranks; `--timing-file` appends a CSV row.
+    Bench {
+        config: PathBuf,
+        /// Timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// States stepped together (ensemble members).
+        #[arg(long, default_value_t = 1)]
+        members: usize,
+        /// Append `model,state_dim,ranks,members,steps,per_step_s,comm_s,<kernels>` here.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Override the grid side of a 2-D model (`model.n`).
+        #[arg(long)]
+        grid: Option<usize>,
+    },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
     Plot {
         /// NetCDF run file written by `genda run`.
@@ -160,7 +178,7 @@ pub fn execute(cli: Cli) -> Result<()> {
     // Only `run` and `train` are MPI programs; the others would run N copies racing on the same
     // files.
     let serial = match &cli.command {
-        Command::Run { .. } | Command::Train { .. } => None,
+        Command::Run { .. } | Command::Train { .. } | Command::Bench { .. } => None,
         Command::Truth { .. } => Some("truth"),
         Command::Couple { .. } => Some("couple"),
         Command::Plot { .. } => Some("plot"),
@@ -295,6 +313,66 @@ pub fn execute(cli: Cli) -> Result<()> {
                     cfg.output.weights.display(),
                     cfg.output.checkpoint.display()
                 );
+            }
+            Ok(())
+        }
+        Command::Bench {
+            config,
+            steps,
+            members,
+            csv,
+            grid,
+        } => {
+            let mut cfg = load(&config)?;
+            if let Some(g) = grid {
+                cfg.model.set_grid_side(g)?;
+            }
+            let comm = MpiComm::init()?;
+            let b = match crate::experiment::bench_model(&cfg, &comm, members, steps) {
+                Ok(b) => b,
+                // Every rank sees the same error; one reports it.
+                Err(crate::error::GendaError::Quiet) => std::process::exit(1),
+                Err(_) if !comm.is_root() => std::process::exit(1),
+                Err(e) => return Err(e.into()),
+            };
+            if comm.is_root() {
+                let pct = |t: f64| 100.0 * t / b.per_step_s;
+                let side = (b.state_dim as f64).sqrt().round() as usize;
+                let size = if side * side == b.state_dim {
+                    format!("{side}²")
+                } else {
+                    b.state_dim.to_string()
+                };
+                println!(
+                    "{} {size}, {} member(s), {} rank(s): {:.3} ms per step ({} steps); communication {:.1} %",
+                    b.model,
+                    b.members,
+                    b.ranks,
+                    b.per_step_s * 1e3,
+                    b.steps,
+                    pct(b.comm_per_step_s)
+                );
+                for (k, t) in &b.kernels_per_step_s {
+                    println!("  {k}: {:.3} ms per step ({:.1} %)", t * 1e3, pct(*t));
+                }
+                if let Some(path) = csv {
+                    use std::io::Write;
+                    let new = !path.exists();
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)?;
+                    if new {
+                        let ks: String = b.kernels_per_step_s.iter().map(|k| format!(",{}_s", k.0)).collect();
+                        writeln!(f, "model,state_dim,ranks,members,steps,per_step_s,comm_s{ks}")?;
+                    }
+                    let ks: String = b.kernels_per_step_s.iter().map(|k| format!(",{:.6e}", k.1)).collect();
+                    writeln!(
+                        f,
+                        "{},{},{},{},{},{:.6e},{:.6e}{ks}",
+                        b.model, b.state_dim, b.ranks, b.members, b.steps, b.per_step_s, b.comm_per_step_s
+                    )?;
+                }
             }
             Ok(())
         }

@@ -133,6 +133,11 @@ pub trait Model: Send + Sync {
             self.name()
         )))
     }
+    /// Cumulative seconds spent in the model's own kernels since it was built (e.g. `fft` for
+    /// the pseudo-spectral models), for `genda bench`.
+    fn timers(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
     /// `nsteps` time steps in place.
     fn integrate(&self, x: &mut [f64], nsteps: usize) {
         let mut ws = Rk4Workspace::new(self.dim());
@@ -351,6 +356,20 @@ fn l96_forcing() -> f64 {
 }
 
 impl ModelConfig {
+    /// Change the grid side of a 2-D model (`genda bench --grid`).
+    pub fn set_grid_side(&mut self, n: usize) -> Result<()> {
+        match self {
+            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => {
+                c.n = n;
+                Ok(())
+            }
+            _ => Err(GendaError::invalid(
+                "model.n",
+                "--grid applies to 2-D models (kolmogorov, sqg) only",
+            )),
+        }
+    }
+
     pub fn dim(&self) -> usize {
         match self {
             ModelConfig::Lorenz63 { .. } => 3,

@@ -13,8 +13,8 @@ use rustfft::num_complex::Complex64;
 pub struct SlabTranspose<'a> {
     comm: &'a dyn Collectives,
     n: usize,
-    send: Vec<f64>,
-    recv: Vec<f64>,
+    send: Vec<Complex64>,
+    recv: Vec<Complex64>,
 }
 
 impl<'a> SlabTranspose<'a> {
@@ -63,31 +63,26 @@ impl<'a> SlabTranspose<'a> {
             return Ok(());
         }
         let block = fields * m * m;
-        self.send.resize(2 * block * ranks, 0.0);
-        self.recv.resize(2 * block * ranks, 0.0);
-        // Block q: columns q·m.. of every row of every field, row by row.
-        let mut o = 0;
+        let zero = Complex64::new(0.0, 0.0);
+        self.send.resize(block * ranks, zero);
+        self.recv.resize(block * ranks, zero);
+        // Block q, field f: the m×m sub-matrix (our rows, columns q·m..) already transposed,
+        // so the receiver copies whole contiguous runs of m.
         for q in 0..ranks {
-            for f in src.chunks(slab) {
-                for row in f.chunks(n) {
-                    for v in &row[q * m..(q + 1) * m] {
-                        self.send[o] = v.re;
-                        self.send[o + 1] = v.im;
-                        o += 2;
-                    }
-                }
+            for (f, fs) in src.chunks(slab).enumerate() {
+                let o = q * block + f * m * m;
+                transpose_block(&fs[q * m..], n, &mut self.send[o..o + m * m], m, m, m);
             }
         }
-        self.comm.all_to_all(&self.send, &mut self.recv)?;
-        // Block p holds rows p·m.. of our columns: entry (f, r', c) → dst[f][c][p·m + r'].
-        let mut o = 0;
+        self.comm
+            .all_to_all(as_f64(&self.send), as_f64_mut(&mut self.recv))?;
+        // Block p, field f, row c: column d·m + c of the field at rows p·m .. (p+1)·m.
         for p in 0..ranks {
-            for f in dst.chunks_mut(slab) {
-                for r in 0..m {
-                    for c in 0..m {
-                        f[c * n + p * m + r] = Complex64::new(self.recv[o], self.recv[o + 1]);
-                        o += 2;
-                    }
+            for (f, fd) in dst.chunks_mut(slab).enumerate() {
+                let o = p * block + f * m * m;
+                for c in 0..m {
+                    fd[c * n + p * m..c * n + (p + 1) * m]
+                        .copy_from_slice(&self.recv[o + c * m..o + (c + 1) * m]);
                 }
             }
         }
@@ -95,16 +90,41 @@ impl<'a> SlabTranspose<'a> {
     }
 }
 
-/// Cache-blocked transpose of one n×n matrix.
-pub fn local_transpose(a: &[Complex64], out: &mut [Complex64], n: usize) {
-    const B: usize = 32;
-    for i0 in (0..n).step_by(B) {
-        for j0 in (0..n).step_by(B) {
-            for i in i0..(i0 + B).min(n) {
-                for j in j0..(j0 + B).min(n) {
-                    out[j * n + i] = a[i * n + j];
+/// `Complex64` is `#[repr(C)] { re, im }`: a slice of it is a slice of twice as many f64.
+fn as_f64(a: &[Complex64]) -> &[f64] {
+    // SAFETY: num_complex::Complex<f64> is repr(C) with two f64 fields, no padding.
+    unsafe { std::slice::from_raw_parts(a.as_ptr() as *const f64, 2 * a.len()) }
+}
+
+fn as_f64_mut(a: &mut [Complex64]) -> &mut [f64] {
+    // SAFETY: as in `as_f64`; the borrow is unique.
+    unsafe { std::slice::from_raw_parts_mut(a.as_mut_ptr() as *mut f64, 2 * a.len()) }
+}
+
+/// dst[c·ds + r] = src[r·ss + c] for r < rows, c < cols, in 16×16 tiles (contiguous writes).
+fn transpose_block(
+    src: &[Complex64],
+    ss: usize,
+    dst: &mut [Complex64],
+    ds: usize,
+    rows: usize,
+    cols: usize,
+) {
+    const B: usize = 16;
+    for r0 in (0..rows).step_by(B) {
+        let r1 = (r0 + B).min(rows);
+        for c0 in (0..cols).step_by(B) {
+            for c in c0..(c0 + B).min(cols) {
+                let d = &mut dst[c * ds + r0..c * ds + r1];
+                for (k, v) in d.iter_mut().enumerate() {
+                    *v = src[(r0 + k) * ss + c];
                 }
             }
         }
     }
+}
+
+/// Cache-blocked transpose of one n×n matrix.
+pub fn local_transpose(a: &[Complex64], out: &mut [Complex64], n: usize) {
+    transpose_block(a, n, out, n, n, n);
 }
