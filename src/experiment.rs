@@ -310,11 +310,15 @@ fn add_model_noise(model: &dyn Model, x: &mut [f64], key: &NoiseKey, step: u64) 
         return;
     }
     let len = x.len() / key.rows.len().max(1);
+    let sdt = model.dt().sqrt();
+    let per: Vec<f64> = (0..len)
+        .map(|k| model.noise_sd_at(key.offset + k) * sdt)
+        .collect();
     let mut z = vec![0.0; len];
     for (row, &id) in x.chunks_mut(len).zip(&key.rows) {
         fill_standard_normal(key.seed, Purpose::ModelNoise, step, id, key.offset, &mut z);
-        for (xi, zi) in row.iter_mut().zip(&z) {
-            *xi += sd * zi;
+        for ((xi, zi), s) in row.iter_mut().zip(&z).zip(&per) {
+            *xi += s * zi;
         }
     }
 }
@@ -326,8 +330,12 @@ enum Propagator {
     Slab(SlabStepper),
     /// Pseudo-spectral 2-D models: row slabs with the all-to-all transpose FFT (also on one
     /// domain, so every layout runs the same arithmetic).
-    Spectral { side: usize },
-    Whole { n: usize },
+    Spectral {
+        side: usize,
+    },
+    Whole {
+        n: usize,
+    },
 }
 
 impl Propagator {

@@ -232,11 +232,18 @@ fn plot_of_a_2d_run_writes_field_maps() {
         d("analysis_ensemble"),
         vec![s("time", 6), s("member", 20), s("y", 64), s("x", 64)]
     );
-    let (ens, mean) = (nc_var(&out, "analysis_ensemble"), nc_var(&out, "analysis_mean"));
+    let (ens, mean) = (
+        nc_var(&out, "analysis_ensemble"),
+        nc_var(&out, "analysis_mean"),
+    );
     let (last_e, last_m) = (&ens[5 * 20 * 4096..], &mean[5 * 4096..]);
     for i in (0..4096).step_by(97) {
         let m: f64 = (0..20).map(|k| last_e[k * 4096 + i]).sum::<f64>() / 20.0;
-        assert!((m - last_m[i]).abs() < 1e-9, "point {i}: {m} vs {}", last_m[i]);
+        assert!(
+            (m - last_m[i]).abs() < 1e-9,
+            "point {i}: {m} vs {}",
+            last_m[i]
+        );
     }
     let y = nc_var(&out, "y");
     assert!((y[1] - 2.0 * std::f64::consts::PI / 64.0).abs() < 1e-15);

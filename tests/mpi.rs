@@ -107,7 +107,10 @@ const KOLMOGOROV_SMALL: [(&str, &str); 7] = [
     ("cycles = 300", "cycles = 8"),
     ("burn_in = 100", "burn_in = 2"),
     ("spinup_steps = 3000", "spinup_steps = 200"),
-    ("ensemble_spinup_steps = 1000", "ensemble_spinup_steps = 100"),
+    (
+        "ensemble_spinup_steps = 1000",
+        "ensemble_spinup_steps = 100",
+    ),
     ("members = 20", "members = 8"),
     ("localization_radius = 4.0", "localization_radius = 2.0"),
 ];
@@ -167,7 +170,12 @@ fn bad_layouts_are_clear_errors_without_deadlock() {
         ),
         (2, &l63, "2", "lorenz63 cannot be domain-decomposed"),
         (4, &letkf, "4", "smaller than the halo of 14"),
-        (3, &kolm, "3", "its side must be divisible by the number of domains (3)"),
+        (
+            3,
+            &kolm,
+            "3",
+            "its side must be divisible by the number of domains (3)",
+        ),
         (4, &kolm_r4, "4", "smaller than the halo of 448"),
     ];
     for (np, cfg, domains, want) in cases {
@@ -280,4 +288,58 @@ fn serial_commands_refuse_to_run_as_several_ranks() {
         "{t}"
     );
     assert_eq!(files_in(dir.path()), vec!["c.toml".to_string()]);
+}
+
+/// `genda bench` times the model step on 1 and 2 ranks (slab FFT) and appends CSV rows; a grid
+/// the ranks cannot split is one clear error.
+#[test]
+fn bench_times_the_model_step_on_1_and_2_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("bench.csv");
+    let cfg = repo_file("configs/kolmogorov_letkf.toml");
+    let args = [
+        "bench",
+        cfg.to_str().unwrap(),
+        "--grid",
+        "32",
+        "--steps",
+        "2",
+        "--members",
+        "2",
+        "--csv",
+        csv.to_str().unwrap(),
+    ];
+    let o = genda(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ms per step"), "{}", text(&o));
+    let o = mpirun(2, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{t}");
+    assert_eq!(
+        rows[0],
+        [
+            "model",
+            "state_dim",
+            "ranks",
+            "members",
+            "steps",
+            "per_step_s",
+            "comm_s",
+            "fft_s"
+        ]
+    );
+    for (row, ranks) in rows[1..].iter().zip(["1", "2"]) {
+        assert_eq!((row[0], row[1], row[2]), ("kolmogorov2d", "1024", ranks));
+        let (step, fft): (f64, f64) = (row[5].parse().unwrap(), row[7].parse().unwrap());
+        assert!(step > 0.0 && fft > 0.0 && fft < step, "{row:?}");
+    }
+    let mut bad = args;
+    bad[3] = "30";
+    let o = mpirun(4, &bad);
+    let t = text(&o);
+    assert!(!o.status.success());
+    let want = "its side must be divisible by the number of domains (4)";
+    assert_eq!(t.matches(want).count(), 1, "{t}");
 }

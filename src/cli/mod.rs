@@ -363,14 +363,31 @@ pub fn execute(cli: Cli) -> Result<()> {
                         .append(true)
                         .open(&path)?;
                     if new {
-                        let ks: String = b.kernels_per_step_s.iter().map(|k| format!(",{}_s", k.0)).collect();
-                        writeln!(f, "model,state_dim,ranks,members,steps,per_step_s,comm_s{ks}")?;
+                        let ks: String = b
+                            .kernels_per_step_s
+                            .iter()
+                            .map(|k| format!(",{}_s", k.0))
+                            .collect();
+                        writeln!(
+                            f,
+                            "model,state_dim,ranks,members,steps,per_step_s,comm_s{ks}"
+                        )?;
                     }
-                    let ks: String = b.kernels_per_step_s.iter().map(|k| format!(",{:.6e}", k.1)).collect();
+                    let ks: String = b
+                        .kernels_per_step_s
+                        .iter()
+                        .map(|k| format!(",{:.6e}", k.1))
+                        .collect();
                     writeln!(
                         f,
                         "{},{},{},{},{},{:.6e},{:.6e}{ks}",
-                        b.model, b.state_dim, b.ranks, b.members, b.steps, b.per_step_s, b.comm_per_step_s
+                        b.model,
+                        b.state_dim,
+                        b.ranks,
+                        b.members,
+                        b.steps,
+                        b.per_step_s,
+                        b.comm_per_step_s
                     )?;
                 }
             }

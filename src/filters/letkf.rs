@@ -331,8 +331,11 @@ impl Filter for Letkf {
                     for yy in (yi + side - lo)..=(yi + side + hi) {
                         let lrow = (yy % side + side - row0) % side;
                         for xx in (xi + side - lo)..=(xi + side + hi) {
-                            let gk = (yy % side) * side + xx % side;
                             let k = lrow * side + xx % side;
+                            if obs_at[k].is_empty() {
+                                continue;
+                            }
+                            let gk = (yy % side) * side + xx % side;
                             let w = self.torus_weight(gi, gk, side);
                             if w > 0.0 {
                                 for &j in &obs_at[k] {

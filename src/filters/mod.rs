@@ -3,6 +3,7 @@
 //! plus the observations located there, and a `Reducer` for sums over the whole state. It never
 //! knows how many ranks the run uses, never writes files and never touches MPI (the driver in
 //! `experiment` and the `parallel` room do that).
+pub mod cg;
 mod core;
 mod enkf;
 mod ensf;

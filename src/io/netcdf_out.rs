@@ -142,10 +142,15 @@ impl RunWriter {
                     let mut v = file
                         .add_variable::<f64>(name, &[name])
                         .map_err(e(&format!("variable {name}")))?;
-                    v.put_attribute("long_name", format!("{name} coordinate of the periodic domain [0, 2π)"))
+                    v.put_attribute(
+                        "long_name",
+                        format!("{name} coordinate of the periodic domain [0, 2π)"),
+                    )
+                    .map_err(e("coordinate attrs"))?;
+                    v.put_attribute("units", "1")
                         .map_err(e("coordinate attrs"))?;
-                    v.put_attribute("units", "1").map_err(e("coordinate attrs"))?;
-                    v.put_attribute("axis", axis).map_err(e("coordinate attrs"))?;
+                    v.put_attribute("axis", axis)
+                        .map_err(e("coordinate attrs"))?;
                     v.put_values(&c, ..).map_err(e(&format!("write {name}")))?;
                 }
             }
@@ -168,7 +173,7 @@ impl RunWriter {
                 "long_name",
                 "state index observed by each observation (row-major y·side + x on a grid)",
             )
-                .map_err(e("obs_location attrs"))?;
+            .map_err(e("obs_location attrs"))?;
             v.put_attribute("units", "1")
                 .map_err(e("obs_location attrs"))?;
             let loc: Vec<i32> = meta.obs_locations.iter().map(|&i| i as i32).collect();
@@ -232,16 +237,8 @@ impl RunWriter {
             ]);
             if save_ensemble {
                 vars.extend([
-                    (
-                        "forecast_ensemble",
-                        ens_dims.clone(),
-                        "forecast ensemble",
-                    ),
-                    (
-                        "analysis_ensemble",
-                        ens_dims.clone(),
-                        "analysis ensemble",
-                    ),
+                    ("forecast_ensemble", ens_dims.clone(), "forecast ensemble"),
+                    ("analysis_ensemble", ens_dims.clone(), "analysis ensemble"),
                 ]);
             }
         }

@@ -2,6 +2,9 @@
 //! ensemble spread, and their time averages after the burn-in (DAPPER's `.a`/`.f` averages).
 use ndarray::Array2;
 
+mod distributional;
+pub use distributional::{crps, energy_distance, mean_crps, rank_histogram, skewness_kurtosis};
+
 /// Root-mean-square error √(mean_i (x̄_i − x_i)²).
 pub fn rmse(mean: &[f64], truth: &[f64]) -> f64 {
     let s: f64 = mean.iter().zip(truth).map(|(m, t)| (m - t) * (m - t)).sum();

@@ -1,12 +1,16 @@
 //! Dynamical models. A model is pure and size-generic: a tendency `dxdt(x)` and a time step.
+mod cg_lorenz96;
 mod linear;
 mod lorenz63;
 mod lorenz96;
+mod spekf;
 mod turbulence2d;
 
+pub use cg_lorenz96::CgLorenz96;
 pub use linear::LinearModel;
 pub use lorenz63::Lorenz63;
 pub use lorenz96::Lorenz96;
+pub use spekf::Spekf;
 pub use turbulence2d::{Flow, Turbulence2d, Turbulence2dParams};
 
 use crate::error::{GendaError, Result};
@@ -74,6 +78,62 @@ pub fn rk4_step<F: Fn(&[f64], &mut [f64])>(f: F, x: &mut [f64], dt: f64, ws: &mu
     }
 }
 
+/// Models whose hidden part v is conditionally Gaussian given the path of the observed part u
+/// (Liptser & Shiryaev; Chen & Majda's conditional Gaussian nonlinear systems):
+///
+///   du = [A0(u) + A1(u) v] dt + diag(s_u) dW_u,   dv = [a0(u) + a1(u) v] dt + diag(s_v) dW_v,
+///
+/// with the state laid out as [u; v]. The posterior of v given u is then Gaussian and known in
+/// closed form (`filters::cg`).
+pub trait ConditionalGaussian {
+    /// Dimension of u (v has the rest of the state).
+    fn observed_dim(&self) -> usize;
+    /// Drift terms at u: A0 (n_u), A1 (n_u × n_v, row-major), a0 (n_v), a1 (n_v × n_v).
+    fn cg_terms(
+        &self,
+        u: &[f64],
+        big_a0: &mut [f64],
+        big_a1: &mut [f64],
+        a0: &mut [f64],
+        a1: &mut [f64],
+    );
+    /// Noise amplitudes (s_u, s_v).
+    fn cg_noise(&self) -> (Vec<f64>, Vec<f64>);
+}
+
+/// The drift [A0 + A1 v; a0 + a1 v] of a conditionally Gaussian model (allocates; for small
+/// models and tests, the models' own `tendency` is the fast path).
+pub fn cg_drift<M: ConditionalGaussian + Model + ?Sized>(m: &M, x: &[f64], d: &mut [f64]) {
+    let nu = m.observed_dim();
+    let nv = x.len() - nu;
+    let (u, v) = x.split_at(nu);
+    let (mut ba0, mut ba1, mut a0, mut a1) = (
+        vec![0.0; nu],
+        vec![0.0; nu * nv],
+        vec![0.0; nv],
+        vec![0.0; nv * nv],
+    );
+    m.cg_terms(u, &mut ba0, &mut ba1, &mut a0, &mut a1);
+    for i in 0..nu {
+        d[i] = ba0[i] + (0..nv).map(|j| ba1[i * nv + j] * v[j]).sum::<f64>();
+    }
+    for i in 0..nv {
+        d[nu + i] = a0[i] + (0..nv).map(|j| a1[i * nv + j] * v[j]).sum::<f64>();
+    }
+}
+
+/// Forward-Euler step of the drift (the deterministic part of Euler–Maruyama).
+pub fn euler_step<M: Model + ?Sized>(m: &M, x: &mut [f64], ws: &mut Rk4Workspace) {
+    if ws.k1.len() != x.len() {
+        *ws = Rk4Workspace::new(x.len());
+    }
+    m.tendency(x, &mut ws.k1);
+    let dt = m.dt();
+    for (xi, k) in x.iter_mut().zip(&ws.k1) {
+        *xi += dt * k;
+    }
+}
+
 /// A deterministic dynamical model advanced with a fixed step `dt`.
 pub trait Model: Send + Sync {
     fn name(&self) -> &'static str;
@@ -95,6 +155,15 @@ pub trait Model: Send + Sync {
     /// (step, member, global index). 0 for deterministic models.
     fn noise_sd(&self) -> f64 {
         0.0
+    }
+    /// Noise amplitude of state component `i` (global index) when it differs per component;
+    /// the noise added is `noise_sd_at(i)·√dt·z_i`.
+    fn noise_sd_at(&self, _i: usize) -> f64 {
+        self.noise_sd()
+    }
+    /// The conditionally Gaussian structure, for models that have one (Ω, CG filters).
+    fn conditional_gaussian(&self) -> Option<&dyn ConditionalGaussian> {
+        None
     }
     /// A problem with the state before a run starts (e.g. a CFL violation), as a message.
     fn stability_problem(&self, _x: &[f64]) -> Option<String> {
@@ -151,9 +220,8 @@ pub trait Model: Send + Sync {
 const PARALLEL_STAGE_MIN_WORK: usize = 20_000;
 
 /// Slab transpose of the distributed 2-D FFT, supplied by the parallel room: `(src, dst)`.
-pub type SlabTransposeFn<'a> =
-    dyn FnMut(&[rustfft::num_complex::Complex64], &mut [rustfft::num_complex::Complex64]) -> Result<()>
-        + 'a;
+pub type SlabTransposeFn<'a> = dyn FnMut(&[rustfft::num_complex::Complex64], &mut [rustfft::num_complex::Complex64]) -> Result<()>
+    + 'a;
 
 /// Halo exchange supplied by the parallel room: `(to_left, to_right, from_left, from_right)`.
 pub type HaloExchange<'a> = dyn FnMut(&[f64], &[f64], &mut [f64], &mut [f64]) -> Result<()> + 'a;
@@ -303,6 +371,95 @@ pub enum ModelConfig {
     Kolmogorov(TurbulenceConfig),
     /// Surface quasi-geostrophic turbulence on the same spectral core.
     Sqg(TurbulenceConfig),
+    /// SPEKF-type model: observed u with hidden stochastic damping γ and forcing b.
+    Spekf(SpekfConfig),
+    /// Two-layer Lorenz-96 with conditionally Gaussian hidden small scales.
+    CgLorenz96(CgLorenz96Config),
+}
+
+/// `kind = "spekf"`: defaults give intermittent bursts of u (γ < 0 about 6 % of the time).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpekfConfig {
+    pub dt: f64,
+    #[serde(default)]
+    pub forcing: f64,
+    #[serde(default = "spekf_sigma_u")]
+    pub sigma_u: f64,
+    #[serde(default = "spekf_gamma_mean")]
+    pub gamma_mean: f64,
+    #[serde(default = "spekf_d_gamma")]
+    pub d_gamma: f64,
+    #[serde(default = "spekf_sigma_gamma")]
+    pub sigma_gamma: f64,
+    #[serde(default)]
+    pub b_mean: f64,
+    #[serde(default = "spekf_d_b")]
+    pub d_b: f64,
+    #[serde(default = "spekf_sigma_b")]
+    pub sigma_b: f64,
+}
+
+fn spekf_sigma_u() -> f64 {
+    0.5
+}
+fn spekf_gamma_mean() -> f64 {
+    1.5
+}
+fn spekf_d_gamma() -> f64 {
+    1.3
+}
+fn spekf_sigma_gamma() -> f64 {
+    1.6
+}
+fn spekf_d_b() -> f64 {
+    0.5
+}
+fn spekf_sigma_b() -> f64 {
+    0.5
+}
+
+/// `kind = "cg_lorenz96"`: K large-scale variables, J hidden small-scale ones each. The
+/// defaults (F = 1, no linear damping, ε = 0.01, ŷ = 1, σ_Y = 2) give intermittent large
+/// scales (kurtosis ≈ 7).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgLorenz96Config {
+    pub k: usize,
+    #[serde(default = "cgl96_j")]
+    pub j: usize,
+    pub dt: f64,
+    #[serde(default = "one_f")]
+    pub forcing: f64,
+    #[serde(default)]
+    pub d_x: f64,
+    #[serde(default = "cgl96_cubic")]
+    pub cubic: f64,
+    #[serde(default = "one_f")]
+    pub coupling: f64,
+    #[serde(default = "one_f")]
+    pub d_y: f64,
+    #[serde(default = "one_f")]
+    pub y_mean: f64,
+    #[serde(default)]
+    pub h: f64,
+    #[serde(default = "one_f")]
+    pub sigma_x: f64,
+    #[serde(default = "cgl96_sigma_y")]
+    pub sigma_y: f64,
+}
+
+fn cgl96_j() -> usize {
+    2
+}
+fn cgl96_cubic() -> f64 {
+    0.01
+}
+fn cgl96_sigma_y() -> f64 {
+    2.0
+}
+fn one_f() -> f64 {
+    1.0
 }
 
 /// Grid, time step and physics of the 2-D turbulence models.
@@ -375,6 +532,8 @@ impl ModelConfig {
             ModelConfig::Lorenz63 { .. } => 3,
             ModelConfig::Lorenz96 { dim, .. } => *dim,
             ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.n * c.n,
+            ModelConfig::Spekf(_) => 3,
+            ModelConfig::CgLorenz96(c) => c.k * (1 + c.j),
         }
     }
 
@@ -382,6 +541,8 @@ impl ModelConfig {
         match self {
             ModelConfig::Lorenz63 { dt, .. } | ModelConfig::Lorenz96 { dt, .. } => *dt,
             ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.dt,
+            ModelConfig::Spekf(c) => c.dt,
+            ModelConfig::CgLorenz96(c) => c.dt,
         }
     }
 
@@ -394,6 +555,42 @@ impl ModelConfig {
             ));
         }
         match self {
+            ModelConfig::Spekf(c) => {
+                for (k, v, pos) in [
+                    ("model.sigma_u", c.sigma_u, false),
+                    ("model.sigma_gamma", c.sigma_gamma, false),
+                    ("model.sigma_b", c.sigma_b, false),
+                    ("model.d_gamma", c.d_gamma, true),
+                    ("model.d_b", c.d_b, true),
+                ] {
+                    if !(v.is_finite() && (v > 0.0 || (!pos && v == 0.0))) {
+                        return Err(GendaError::invalid(
+                            k,
+                            format!("must be {}, got {v}", if pos { "> 0" } else { ">= 0" }),
+                        ));
+                    }
+                }
+                if !(c.sigma_u > 0.0) {
+                    return Err(GendaError::invalid(
+                        "model.sigma_u",
+                        "must be > 0 (the observed noise makes the conditional posterior well posed)",
+                    ));
+                }
+            }
+            ModelConfig::CgLorenz96(c) => {
+                if c.k < 4 || c.j == 0 {
+                    return Err(GendaError::invalid(
+                        "model.k / model.j",
+                        format!("need k >= 4 and j >= 1, got k = {}, j = {}", c.k, c.j),
+                    ));
+                }
+                if !(c.sigma_x > 0.0 && c.sigma_y >= 0.0 && c.d_y > 0.0) {
+                    return Err(GendaError::invalid(
+                        "model.sigma_x / sigma_y / d_y",
+                        "need sigma_x > 0, sigma_y >= 0, d_y > 0",
+                    ));
+                }
+            }
             ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => {
                 if c.n < 8 || c.n % 2 != 0 {
                     return Err(GendaError::invalid(
@@ -486,6 +683,31 @@ impl ModelConfig {
                 ..Lorenz96::new(*dim, *forcing, *dt)
             }),
             ModelConfig::Kolmogorov(c) => Box::new(Turbulence2d::new(c.params(Flow::NavierStokes))),
+            ModelConfig::Spekf(c) => Box::new(Spekf {
+                dt: c.dt,
+                forcing: c.forcing,
+                sigma_u: c.sigma_u,
+                gamma_mean: c.gamma_mean,
+                d_gamma: c.d_gamma,
+                sigma_gamma: c.sigma_gamma,
+                b_mean: c.b_mean,
+                d_b: c.d_b,
+                sigma_b: c.sigma_b,
+            }),
+            ModelConfig::CgLorenz96(c) => Box::new(CgLorenz96 {
+                k: c.k,
+                j: c.j,
+                dt: c.dt,
+                forcing: c.forcing,
+                d_x: c.d_x,
+                cubic: c.cubic,
+                coupling: c.coupling,
+                d_y: c.d_y,
+                y_mean: c.y_mean,
+                h: c.h,
+                sigma_x: c.sigma_x,
+                sigma_y: c.sigma_y,
+            }),
             ModelConfig::Sqg(c) => Box::new(Turbulence2d::new(c.params(Flow::Sqg))),
         }
     }

@@ -10,8 +10,8 @@
 //! the vorticity (or θ) on the grid, row-major (y, x). FFTs: `rustfft` (row transforms, then
 //! column transforms on a transposed buffer).
 use super::{Model, SlabTransposeFn};
-use crate::parallel::local_transpose;
 use crate::error::{GendaError, Result};
+use crate::parallel::local_transpose;
 use rayon::prelude::*;
 use rustfft::num_complex::Complex64;
 use rustfft::{Fft, FftPlanner};
@@ -616,13 +616,16 @@ impl Model for Turbulence2d {
             for (c, &r) in v.iter_mut().zip(x) {
                 *c = Complex64::new(r, 0.0);
             }
-            self.fft_slabs(v, &mut t2[..len], true, tr).expect("one rank");
+            self.fft_slabs(v, &mut t2[..len], true, tr)
+                .expect("one rank");
             v.copy_from_slice(&t2[..len]);
-            self.nonlinear_slabs(tab, v, kk, g2, t2, tr).expect("one rank");
+            self.nonlinear_slabs(tab, v, kk, g2, t2, tr)
+                .expect("one rank");
             for i in 0..len {
                 kk[i] += v[i] * tab.lin[i];
             }
-            self.fft_slabs(kk, &mut t2[..len], false, tr).expect("one rank");
+            self.fft_slabs(kk, &mut t2[..len], false, tr)
+                .expect("one rank");
             for (o, c) in dxdt.iter_mut().zip(&t2[..len]) {
                 *o = c.re;
             }
