@@ -328,13 +328,14 @@ pub fn execute(cli: Cli) -> Result<()> {
                 cfg.model.set_grid_side(g)?;
             }
             let comm = MpiComm::init()?;
-            let b = match crate::experiment::bench_model(&cfg, &comm, members, steps) {
-                Ok(b) => b,
-                // Every rank sees the same error; one reports it.
-                Err(crate::error::GendaError::Quiet) => std::process::exit(1),
-                Err(_) if !comm.is_root() => std::process::exit(1),
-                Err(e) => return Err(e.into()),
-            };
+            // Every rank sees the same error; rank 0 reports it (after MPI finalises).
+            let b = crate::experiment::bench_model(&cfg, &comm, members, steps).map_err(|e| {
+                if comm.is_root() {
+                    anyhow::Error::from(e)
+                } else {
+                    anyhow::Error::from(crate::GendaError::Quiet)
+                }
+            })?;
             if comm.is_root() {
                 let pct = |t: f64| 100.0 * t / b.per_step_s;
                 let side = (b.state_dim as f64).sqrt().round() as usize;

@@ -57,8 +57,39 @@ pub trait Collectives {
     /// All-to-all with equal blocks: block q of `send` (length `send.len() / size`) goes to
     /// rank q, and block p of `recv` comes from rank p.
     fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()>;
+    /// All-to-all with per-rank counts (`send_counts[q]` values to rank q, `recv_counts[p]`
+    /// from rank p, packed in rank order).
+    fn all_to_all_v(
+        &self,
+        send: &[f64],
+        send_counts: &[usize],
+        recv: &mut [f64],
+        recv_counts: &[usize],
+    ) -> Result<()>;
     /// Sub-communicator of the ranks with the same `color`, ordered by `key`.
     fn split(&self, color: usize, key: usize) -> Result<Box<dyn Collectives>>;
+}
+
+fn check_v(
+    size: usize,
+    send: &[f64],
+    send_counts: &[usize],
+    recv: &[f64],
+    recv_counts: &[usize],
+) -> Result<()> {
+    let (ss, rs): (usize, usize) = (send_counts.iter().sum(), recv_counts.iter().sum());
+    if send_counts.len() != size || recv_counts.len() != size || ss != send.len() || rs != recv.len()
+    {
+        return Err(GendaError::Parallel(format!(
+            "all-to-all: counts for {} and {} ranks summing to {ss} and {rs} do not fit {} ranks with {} and {} values",
+            send_counts.len(),
+            recv_counts.len(),
+            size,
+            send.len(),
+            recv.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_blocks(size: usize, send: &[f64], recv: &[f64]) -> Result<()> {
@@ -131,6 +162,17 @@ impl Collectives for SerialComm {
     fn barrier(&self) {}
     fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
         check_blocks(1, send, recv)?;
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+    fn all_to_all_v(
+        &self,
+        send: &[f64],
+        send_counts: &[usize],
+        recv: &mut [f64],
+        recv_counts: &[usize],
+    ) -> Result<()> {
+        check_v(1, send, send_counts, recv, recv_counts)?;
         recv.copy_from_slice(send);
         Ok(())
     }
@@ -278,6 +320,21 @@ impl Collectives for MpiComm {
     }
     fn barrier(&self) {
         self.comm.barrier();
+    }
+    fn all_to_all_v(
+        &self,
+        send: &[f64],
+        send_counts: &[usize],
+        recv: &mut [f64],
+        recv_counts: &[usize],
+    ) -> Result<()> {
+        check_v(self.size(), send, send_counts, recv, recv_counts)?;
+        let (sc, sd) = counts_displs(send_counts)?;
+        let (rc, rd) = counts_displs(recv_counts)?;
+        let sp = mpi::datatype::Partition::new(send, sc, sd);
+        let mut rp = PartitionMut::new(recv, rc, rd);
+        self.comm.all_to_all_varcount_into(&sp, &mut rp);
+        Ok(())
     }
     fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
         check_blocks(self.size(), send, recv)?;

@@ -2,8 +2,9 @@
 //!
 //! A square n×n field is split into row slabs of m = n / D rows over the D ranks of a domain
 //! communicator. After the row transforms, each rank needs whole columns: `SlabTranspose` sends
-//! the m×m block (slab d, columns of rank q) to rank q with one `MPI_Alltoall` for all fields at
-//! once, and rank q stores the columns it owns as rows. The same call maps the transposed layout
+//! the m×m block (slab d, columns of rank q) to rank q with one `MPI_Alltoallv` for all fields
+//! at once (the rank's own block is transposed in place, not sent), and rank q stores the
+//! columns it owns as rows. The same call maps the transposed layout
 //! back. On one rank it is a cache-blocked local transpose: pure data movement either way, so a
 //! transform gives the same bits on any number of ranks.
 use super::Collectives;
@@ -64,22 +65,35 @@ impl<'a> SlabTranspose<'a> {
         }
         let block = fields * m * m;
         let zero = Complex64::new(0.0, 0.0);
-        self.send.resize(block * ranks, zero);
-        self.recv.resize(block * ranks, zero);
-        // Block q, field f: the m×m sub-matrix (our rows, columns q·m..) already transposed,
-        // so the receiver copies whole contiguous runs of m.
-        for q in 0..ranks {
+        let d = self.comm.rank();
+        // Our own block never leaves the rank: transposed straight into place.
+        for (fs, fd) in src.chunks(slab).zip(dst.chunks_mut(slab)) {
+            transpose_block(&fs[d * m..], n, &mut fd[d * m..], n, m, m);
+        }
+        self.send.resize(block * (ranks - 1), zero);
+        self.recv.resize(block * (ranks - 1), zero);
+        // Block for rank q ≠ d, field f: the m×m sub-matrix (our rows, columns q·m..) already
+        // transposed, so the receiver copies contiguous runs of m.
+        let others = || (0..ranks).filter(move |&q| q != d);
+        for (b, q) in others().enumerate() {
             for (f, fs) in src.chunks(slab).enumerate() {
-                let o = q * block + f * m * m;
+                let o = b * block + f * m * m;
                 transpose_block(&fs[q * m..], n, &mut self.send[o..o + m * m], m, m, m);
             }
         }
-        self.comm
-            .all_to_all(as_f64(&self.send), as_f64_mut(&mut self.recv))?;
-        // Block p, field f, row c: column d·m + c of the field at rows p·m .. (p+1)·m.
-        for p in 0..ranks {
+        let counts: Vec<usize> = (0..ranks)
+            .map(|q| if q == d { 0 } else { 2 * block })
+            .collect();
+        self.comm.all_to_all_v(
+            as_f64(&self.send),
+            &counts,
+            as_f64_mut(&mut self.recv),
+            &counts,
+        )?;
+        // Block from rank p, field f, row c: column d·m + c of the field at rows p·m ...
+        for (b, p) in others().enumerate() {
             for (f, fd) in dst.chunks_mut(slab).enumerate() {
-                let o = p * block + f * m * m;
+                let o = b * block + f * m * m;
                 for c in 0..m {
                     fd[c * n + p * m..c * n + (p + 1) * m]
                         .copy_from_slice(&self.recv[o + c * m..o + (c + 1) * m]);
