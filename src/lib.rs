@@ -3,6 +3,7 @@
 //! Rooms (see DESIGN.md): `models` (dynamics), `obs` (observation operators), `filters`
 //! (analysis methods), `score` (libtorch networks), `parallel` (all MPI), `io` (NetCDF/HDF5/PNG),
 //! `metrics`, `config`, and `experiment` (the cycle driver).
+pub mod cg_twin;
 pub mod cli;
 pub mod config;
 pub mod coupling;

@@ -418,3 +418,47 @@ fn bad_input_gives_clear_errors_and_no_output() {
         "missing.nc",
     );
 }
+
+/// `genda cg`: the closed-form CG posterior of SPEKF's hidden damping and forcing beats the
+/// climatology, the smoother beats the filter, and the spread matches the error; a model
+/// without CG structure is one clear error.
+#[test]
+fn cg_posterior_twin_scores_and_refuses_models_without_cg_structure() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_variant(
+        dir.path(),
+        "configs/spekf_cg.toml",
+        "s.toml",
+        &[("cycles = 2000", "cycles = 1000")],
+    );
+    let o = genda(&["cg", cfg.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let row = |name: &str| -> Vec<f64> {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{t}"));
+        line[name.len()..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let (f, s, c) = (row("CG filter"), row("CG smoother"), row("climatology"));
+    assert!(s[0] < f[0] && f[0] < c[0], "{t}");
+    assert!(
+        (f[1] / f[0] - 1.0).abs() < 0.2,
+        "filter spread vs error: {t}"
+    );
+    assert!(f[2] < f[0] && s[2] < s[0], "CRPS below RMSE: {t}");
+    let o = genda(&[
+        "cg",
+        repo_file("configs/l63_sakov2012.toml").to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        t.contains("lorenz63 has no conditionally Gaussian structure"),
+        "{t}"
+    );
+}

@@ -143,6 +143,10 @@ pub enum Command {
         #[arg(long)]
         grid: Option<usize>,
     },
+    /// Closed-form conditional-Gaussian posterior twin (spekf, cg_lorenz96): simulate the truth,
+    /// observe u every step, score the CG filter and smoother of the hidden v (RMSE, spread,
+    /// CRPS) against the hidden truth.
+    Cg { config: PathBuf },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
     Plot {
         /// NetCDF run file written by `genda run`.
@@ -182,6 +186,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Truth { .. } => Some("truth"),
         Command::Couple { .. } => Some("couple"),
         Command::Plot { .. } => Some("plot"),
+        Command::Cg { .. } => Some("cg"),
         Command::Check { .. } => Some("check"),
         Command::Doctor => None,
         Command::Scaling { .. } => Some("scaling"),
@@ -314,6 +319,11 @@ pub fn execute(cli: Cli) -> Result<()> {
                     cfg.output.checkpoint.display()
                 );
             }
+            Ok(())
+        }
+        Command::Cg { config } => {
+            let cfg = load(&config)?;
+            print!("{}", crate::cg_twin::run_cg_twin(&cfg)?);
             Ok(())
         }
         Command::Bench {

@@ -99,6 +99,10 @@ pub struct ObsConfig {
     /// (row-major (y, x) state), instead of every `stride`-th state index.
     #[serde(default)]
     pub grid_stride: Option<usize>,
+    /// 1-D: observe at most this many of the strided variables (e.g. the first K of a state
+    /// [X; Y] whose X part is observed).
+    #[serde(default)]
+    pub count: Option<usize>,
     /// Observation-error variance: diagonal of R, one number or one per observation.
     pub error_var: ScalarOrVec,
     /// Model steps between observations; the first observation is after the first forecast.
@@ -121,6 +125,12 @@ impl ObsConfig {
             return Err(GendaError::invalid(
                 "observations.stride",
                 "must be at least 1",
+            ));
+        }
+        if self.count == Some(0) || (self.count.is_some() && self.grid_stride.is_some()) {
+            return Err(GendaError::invalid(
+                "observations.count",
+                "must be at least 1, and applies to 1-D strides (not grid_stride)",
             ));
         }
         if self.operator == ObsKind::Coarse {
@@ -170,7 +180,10 @@ impl ObsConfig {
 
     pub fn locations(&self, state_dim: usize) -> Vec<usize> {
         match self.grid_stride {
-            None => (self.offset..state_dim).step_by(self.stride).collect(),
+            None => (self.offset..state_dim)
+                .step_by(self.stride)
+                .take(self.count.unwrap_or(usize::MAX))
+                .collect(),
             Some(_) => (0..state_dim)
                 .filter(|&l| self.obs_index(state_dim, l).is_some())
                 .collect(),
@@ -192,7 +205,8 @@ impl ObsConfig {
     pub fn obs_index(&self, state_dim: usize, l: usize) -> Option<usize> {
         match self.grid_stride {
             None => (l >= self.offset && (l - self.offset) % self.stride == 0)
-                .then(|| (l - self.offset) / self.stride),
+                .then(|| (l - self.offset) / self.stride)
+                .filter(|&j| j < self.count.unwrap_or(usize::MAX)),
             Some(k) if self.operator == ObsKind::Coarse => {
                 let s = Self::side(state_dim);
                 let (y, x) = (l / s, l % s);

@@ -78,7 +78,10 @@ fn check_v(
     recv_counts: &[usize],
 ) -> Result<()> {
     let (ss, rs): (usize, usize) = (send_counts.iter().sum(), recv_counts.iter().sum());
-    if send_counts.len() != size || recv_counts.len() != size || ss != send.len() || rs != recv.len()
+    if send_counts.len() != size
+        || recv_counts.len() != size
+        || ss != send.len()
+        || rs != recv.len()
     {
         return Err(GendaError::Parallel(format!(
             "all-to-all: counts for {} and {} ranks summing to {ss} and {rs} do not fit {} ranks with {} and {} values",

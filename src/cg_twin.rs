@@ -1,0 +1,168 @@
+//! `genda cg`: a twin experiment of the closed-form conditional-Gaussian posterior. The truth
+//! of a conditionally Gaussian model (SPEKF, CG Lorenz-96) is simulated; its observed part u is
+//! seen at every model step; the CG filter and smoother give the Gaussian posterior of the hidden
+//! part v, scored against the hidden truth by RMSE, spread and CRPS (of 32 posterior samples per
+//! step, like an ensemble). This is the analytic baseline that Ω builds on.
+use crate::config::Config;
+use crate::error::{GendaError, Result};
+use crate::experiment::TRUTH_STREAM;
+use crate::filters::cg::{cg_filter_smoother, cg_structure, CgPosterior};
+use crate::metrics::{crps, skewness_kurtosis};
+use crate::models::Rk4Workspace;
+use crate::rng::{fill_standard_normal, Purpose};
+use nalgebra::{DMatrix, DVector};
+
+/// Samples per step for the CRPS of a Gaussian posterior.
+const CRPS_SAMPLES: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct CgScores {
+    pub rmse: f64,
+    pub spread: f64,
+    pub crps: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CgReport {
+    pub model: String,
+    pub steps: usize,
+    pub scored_steps: usize,
+    pub hidden_dim: usize,
+    pub filter: CgScores,
+    pub smoother: CgScores,
+    /// RMSE of the hidden truth about its time mean (what knowing only the climate gives).
+    pub climatology_rmse: f64,
+    /// Kurtosis of the observed variables over the run (intermittency).
+    pub observed_kurtosis: f64,
+}
+
+/// Run the CG twin of `cfg`: `cycles × obs_every` model steps after `spinup_steps`, scores after
+/// `burn_in × obs_every` steps. The prior of v at the start is [initial] mean/var.
+pub fn run_cg_twin(cfg: &Config) -> Result<CgReport> {
+    let model = cfg.model.build();
+    let cg = cg_structure(model.as_ref())?;
+    let n = model.dim();
+    let nu = cg.observed_dim();
+    let nv = n - nu;
+    let every = cfg.observations.obs_every.max(1);
+    let steps = cfg.experiment.cycles * every;
+    let burn = cfg.experiment.burn_in * every;
+    if burn >= steps {
+        return Err(GendaError::invalid(
+            "experiment.burn_in",
+            format!("burn-in of {burn} steps leaves none of the {steps} to score"),
+        ));
+    }
+    let seed = cfg.experiment.seed;
+    let (tm, tv) = cfg.initial.truth_moments(n)?;
+    let mut x = vec![0.0; n];
+    fill_standard_normal(seed, Purpose::TruthInit, 0, 0, 0, &mut x);
+    for i in 0..n {
+        x[i] = tm[i] + tv[i].sqrt() * x[i];
+    }
+    let sdt = model.dt().sqrt();
+    let sd: Vec<f64> = (0..n).map(|i| model.noise_sd_at(i) * sdt).collect();
+    let mut ws = Rk4Workspace::new(n);
+    let mut z = vec![0.0; n];
+    let mut step = |x: &mut Vec<f64>, s: u64| {
+        model.step(x, &mut ws);
+        fill_standard_normal(seed, Purpose::ModelNoise, s, TRUTH_STREAM, 0, &mut z);
+        for i in 0..n {
+            x[i] += sd[i] * z[i];
+        }
+    };
+    let spin = cfg.experiment.spinup_steps as u64;
+    for s in 0..spin {
+        step(&mut x, s);
+    }
+    let mut u = vec![x[..nu].to_vec()];
+    let mut v = vec![x[nu..].to_vec()];
+    for s in 0..steps as u64 {
+        step(&mut x, spin + s);
+        if !x.iter().all(|a| a.is_finite()) {
+            return Err(GendaError::Diverged {
+                cycle: s as usize / every + 1,
+                what: format!("{} truth is not finite (reduce model.dt)", model.name()),
+            });
+        }
+        u.push(x[..nu].to_vec());
+        v.push(x[nu..].to_vec());
+    }
+    let (im, iv) = (
+        cfg.initial.mean.expand(n, "initial.mean")?,
+        cfg.initial.var.expand(n, "initial.var")?,
+    );
+    let m0 = DVector::from_column_slice(&im[nu..]);
+    let p0 = DMatrix::from_diagonal(&DVector::from_column_slice(&iv[nu..]));
+    let res = cg_filter_smoother(model.as_ref(), &u, &m0, &p0)?;
+    let score = |post: &CgPosterior| -> Result<CgScores> {
+        let (mut se, mut var, mut cr) = (0.0, 0.0, 0.0);
+        let mut zs = vec![0.0; nv * CRPS_SAMPLES];
+        let mut col = vec![0.0; CRPS_SAMPLES];
+        for t in burn + 1..=steps {
+            let (m, p) = (&post.mean[t], &post.cov[t]);
+            let l = p.clone().cholesky().ok_or_else(|| {
+                GendaError::LinAlg(format!(
+                    "CG posterior covariance at step {t} is not positive definite"
+                ))
+            })?;
+            let l = l.l();
+            fill_standard_normal(seed, Purpose::Sampling, t as u64, 0, 0, &mut zs);
+            let zm = DMatrix::from_column_slice(nv, CRPS_SAMPLES, &zs);
+            let samples = &l * zm;
+            for i in 0..nv {
+                let e = m[i] - v[t][i];
+                se += e * e;
+                var += p[(i, i)];
+                for k in 0..CRPS_SAMPLES {
+                    col[k] = m[i] + samples[(i, k)];
+                }
+                cr += crps(&col, v[t][i]);
+            }
+        }
+        let k = ((steps - burn) * nv) as f64;
+        Ok(CgScores {
+            rmse: (se / k).sqrt(),
+            spread: (var / k).sqrt(),
+            crps: cr / k,
+        })
+    };
+    let (filter, smoother) = (score(&res.filter)?, score(&res.smoother)?);
+    let scored = &v[burn + 1..];
+    let mut clim = 0.0;
+    for i in 0..nv {
+        let mean = scored.iter().map(|r| r[i]).sum::<f64>() / scored.len() as f64;
+        clim += scored.iter().map(|r| (r[i] - mean).powi(2)).sum::<f64>();
+    }
+    let obs: Vec<f64> = u[burn + 1..].iter().flatten().copied().collect();
+    Ok(CgReport {
+        model: model.name().to_string(),
+        steps,
+        scored_steps: steps - burn,
+        hidden_dim: nv,
+        filter,
+        smoother,
+        climatology_rmse: (clim / (scored.len() * nv) as f64).sqrt(),
+        observed_kurtosis: skewness_kurtosis(&obs).1,
+    })
+}
+
+impl std::fmt::Display for CgReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: conditional-Gaussian posterior of {} hidden variable(s), u observed every step; {} steps, {} scored",
+            self.model, self.hidden_dim, self.steps, self.scored_steps
+        )?;
+        writeln!(f, "observed kurtosis {:.2}", self.observed_kurtosis)?;
+        writeln!(f, "                 rmse   spread     crps")?;
+        for (name, s) in [("CG filter", &self.filter), ("CG smoother", &self.smoother)] {
+            writeln!(
+                f,
+                "{name:<12} {:>9.4} {:>8.4} {:>8.4}",
+                s.rmse, s.spread, s.crps
+            )?;
+        }
+        writeln!(f, "climatology  {:>9.4}", self.climatology_rmse)
+    }
+}
