@@ -462,3 +462,40 @@ fn cg_posterior_twin_scores_and_refuses_models_without_cg_structure() {
         "{t}"
     );
 }
+
+/// 2-D turbulence bad input: a dt that violates CFL at the start, and a run that blows up
+/// later (a flow that starts slow and is forced past the CFL limit): one clear error each,
+/// non-zero exit, no run file.
+#[test]
+fn turbulence_cfl_and_blow_up_are_clear_errors_without_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = [
+        ("n = 64", "n = 32"),
+        ("members = 20", "members = 8"),
+        ("localization_radius = 4.0", "localization_radius = 2.0"),
+        ("ensemble_spinup_steps = 1000", "ensemble_spinup_steps = 0"),
+        ("spinup_steps = 3000", "spinup_steps = 0"),
+    ];
+    let mut cfl = small.to_vec();
+    cfl.push(("\ndt = 0.01", "\ndt = 0.6"));
+    let mut blow = small.to_vec();
+    blow.extend([("\ndt = 0.01", "\ndt = 0.15"), ("var = 1.0", "var = 0.01")]);
+    for (name, edits, want) in [
+        ("cfl", cfl, "CFL number"),
+        ("blow", blow, "non-finite values"),
+    ] {
+        let cfg = config_variant(
+            dir.path(),
+            "configs/kolmogorov_letkf.toml",
+            &format!("{name}.toml"),
+            &edits,
+        );
+        let out = dir.path().join(format!("{name}.nc"));
+        let o = genda(&["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        let t = text(&o);
+        assert!(!o.status.success(), "{name}: {t}");
+        assert_eq!(t.matches(want).count(), 1, "{name}: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+        assert!(!out.exists(), "{name}: partial output left behind");
+    }
+}

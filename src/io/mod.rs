@@ -43,6 +43,21 @@ impl PendingFile {
         // Probe writability now, before any work is done.
         std::fs::File::create(&tmp)
             .map_err(|e| GendaError::file(target, format!("output is not writable: {e}")))?;
+        // Temporaries of the same target left by killed runs (their pid is gone on this node)
+        // are removed: a SIGKILL during a write leaves one behind.
+        let suffix = format!("-{name}");
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let f = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = f
+                .strip_prefix(".genda-tmp-")
+                .and_then(|r| r.strip_suffix(&suffix))
+            {
+                let alive = Path::new("/proc").join(pid).exists();
+                if !alive && entry.path() != tmp {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(PendingFile {
             tmp,
             target: target.to_path_buf(),
@@ -51,24 +66,8 @@ impl PendingFile {
     }
 
     /// Reserve `target` and start from a copy of `source` (resuming a partly written file).
-    /// Temporaries of the same target left by killed runs (their pid is gone) are removed.
     pub fn from_copy(target: &Path, source: &Path) -> Result<Self> {
         let p = Self::new(target)?;
-        if let (Some(dir), Some(name)) = (p.tmp.parent(), target.file_name()) {
-            let suffix = format!("-{}", name.to_string_lossy());
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let f = entry.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = f
-                    .strip_prefix(".genda-tmp-")
-                    .and_then(|r| r.strip_suffix(&suffix))
-                {
-                    let alive = Path::new("/proc").join(pid).exists();
-                    if !alive && entry.path() != p.tmp {
-                        let _ = std::fs::remove_file(entry.path());
-                    }
-                }
-            }
-        }
         std::fs::copy(source, &p.tmp).map_err(|e| {
             GendaError::file(source, format!("cannot copy to {}: {e}", p.tmp.display()))
         })?;

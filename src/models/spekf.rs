@@ -115,7 +115,7 @@ mod tests {
             }
         }
         let (su, ku) = skewness_kurtosis(&us);
-        let (sg, kg) = skewness_kurtosis(&gs);
+        let (_, kg) = skewness_kurtosis(&gs);
         let mean_g = gs.iter().sum::<f64>() / gs.len() as f64;
         eprintln!(
             "SPEKF u: skewness {su:.2}, kurtosis {ku:.1}; γ: mean {mean_g:.2}, kurtosis {kg:.2}"
