@@ -172,6 +172,68 @@ pub struct RunSummary {
     pub domains: usize,
     /// Peak resident memory (VmHWM) of each rank, bytes (0 where the OS does not report it).
     pub max_rss_per_rank: Vec<u64>,
+    /// Conditionally Gaussian models: scores of the hidden variables alone.
+    pub hidden: Option<HiddenScores>,
+}
+
+/// Time-averaged scores (after the burn-in) of the hidden variables v of a conditionally
+/// Gaussian model [u; v]: the part Ω and the CG posterior are about.
+#[derive(Debug, Clone, Default)]
+pub struct HiddenScores {
+    pub observed_dim: usize,
+    pub rmse_forecast: f64,
+    pub rmse_analysis: f64,
+    pub spread_analysis: f64,
+    /// Mean ensemble CRPS over the hidden variables.
+    pub crps_analysis: f64,
+    pub cycles: usize,
+}
+
+impl HiddenScores {
+    fn push(&mut self, fc: &Array2<f64>, an: &Array2<f64>, truth: &[f64]) {
+        let nu = self.observed_dim;
+        let nv = (truth.len() - nu) as f64;
+        let fm = ensemble_mean(fc);
+        let am = ensemble_mean(an);
+        let mut col = vec![0.0; an.nrows()];
+        let (mut ef, mut ea, mut var, mut cr) = (0.0, 0.0, 0.0, 0.0);
+        for i in nu..truth.len() {
+            ef += (fm[i] - truth[i]).powi(2);
+            ea += (am[i] - truth[i]).powi(2);
+            for (c, v) in col.iter_mut().zip(an.column(i)) {
+                *c = *v;
+            }
+            var += col.iter().map(|v| (v - am[i]).powi(2)).sum::<f64>() / (col.len() - 1) as f64;
+            cr += crate::metrics::crps(&col, truth[i]);
+        }
+        self.rmse_forecast += (ef / nv).sqrt();
+        self.rmse_analysis += (ea / nv).sqrt();
+        self.spread_analysis += (var / nv).sqrt();
+        self.crps_analysis += cr / nv;
+        self.cycles += 1;
+    }
+
+    fn mean(&self) -> HiddenScores {
+        let k = self.cycles.max(1) as f64;
+        HiddenScores {
+            observed_dim: self.observed_dim,
+            rmse_forecast: self.rmse_forecast / k,
+            rmse_analysis: self.rmse_analysis / k,
+            spread_analysis: self.spread_analysis / k,
+            crps_analysis: self.crps_analysis / k,
+            cycles: self.cycles,
+        }
+    }
+
+    /// Global attributes of the run file.
+    pub fn attributes(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("rmse_forecast_hidden_time_mean", self.rmse_forecast),
+            ("rmse_analysis_hidden_time_mean", self.rmse_analysis),
+            ("spread_analysis_hidden_time_mean", self.spread_analysis),
+            ("crps_analysis_hidden_time_mean", self.crps_analysis),
+        ]
+    }
 }
 
 /// Options that are not part of the science config.
@@ -824,6 +886,15 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
 
     // Restart: this rank's members and columns, truth, statistics, and the run file so far.
     let mut avg = TimeAverage::new(cfg.experiment.burn_in);
+    // Hidden-variable scores of conditionally Gaussian models (never domain-decomposed, so the
+    // whole state is local), over the cycles after the burn-in run by this process.
+    let mut hidden = model
+        .conditional_gaussian()
+        .filter(|_| whole)
+        .map(|cg| HiddenScores {
+            observed_dim: cg.observed_dim(),
+            ..Default::default()
+        });
     let mut start = 1;
     let mut snapshot: Option<PathBuf> = None;
     if let Some(path) = &opts.restart {
@@ -998,7 +1069,8 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         let t = Instant::now();
         let (f_err, f_dev) = tile_error_sums(&ens, &truth, &tiles_own);
         let fmean = ensemble_mean(&ens);
-        let forecast_copy = if save_ensemble {
+        let scored = cycle > cfg.experiment.burn_in;
+        let forecast_copy = if save_ensemble || (hidden.is_some() && scored) {
             Some(ens.clone())
         } else {
             None
@@ -1048,6 +1120,9 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             spread_analysis: (sums[3] / nm1).sqrt(),
         };
         let amean = ensemble_mean(&ens);
+        if let (Some(h), Some(fc), true) = (hidden.as_mut(), forecast_copy.as_ref(), scored) {
+            h.push(fc, &ens, &truth);
+        }
         times.analysis += t.elapsed().as_secs_f64();
         avg.push(cycle, stats);
 
@@ -1158,7 +1233,11 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
 
     let t = Instant::now();
     let output = if let Some(wr) = writer.take() {
-        on_root(comm, || wr.finish(Some(&avg)))?
+        let extra = hidden
+            .as_ref()
+            .map(|h| h.mean().attributes())
+            .unwrap_or_default();
+        on_root(comm, || wr.finish(Some(&avg), &extra))?
     } else if opts.write_output {
         on_root(comm, || Ok(PathBuf::new()))?;
         None
@@ -1181,6 +1260,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         groups: lay.groups,
         domains: lay.domains,
         max_rss_per_rank: rss.into_iter().map(|v| v as u64).collect(),
+        hidden: hidden.map(|h| h.mean()),
     })
 }
 
@@ -1234,6 +1314,6 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
         model: model.name().to_string(),
     };
     write_trajectory(h5_path, &traj, &config_toml)?;
-    let nc = writer.finish(None)?;
+    let nc = writer.finish(None, &[])?;
     Ok((nc, h5_path.to_path_buf()))
 }

@@ -283,6 +283,12 @@ pub fn execute(cli: Cli) -> Result<()> {
                     .collect();
                 println!("max RSS per rank [MiB]: {}", rss.join(" "));
                 println!("{}", summary.averages.table());
+                if let Some(h) = &summary.hidden {
+                    println!(
+                        "hidden variables (index {} on, {} cycles): rmse.f {:.4}, rmse.a {:.4}, spread.a {:.4}, crps.a {:.4}",
+                        h.observed_dim, h.cycles, h.rmse_forecast, h.rmse_analysis, h.spread_analysis, h.crps_analysis
+                    );
+                }
                 println!("{}", summary.times.table(cfg.experiment.cycles));
                 if let Some(p) = summary.output {
                     println!("wrote {}", p.display());

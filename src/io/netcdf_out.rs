@@ -391,7 +391,12 @@ impl RunWriter {
     }
 
     /// Store the time averages, close the file and move it into place.
-    pub fn finish(mut self, averages: Option<&TimeAverage>) -> Result<PathBuf> {
+    /// `extra`: further time-averaged scores stored as global attributes.
+    pub fn finish(
+        mut self,
+        averages: Option<&TimeAverage>,
+        extra: &[(&str, f64)],
+    ) -> Result<PathBuf> {
         let path = self.pending.target().to_path_buf();
         for i in 0..self.buffers.len() {
             self.flush(i)?;
@@ -411,6 +416,11 @@ impl RunWriter {
             self.file
                 .add_attribute("averaged_cycles", avg.count() as i32)
                 .map_err(|e| ncerr(&path, "averaged_cycles", e))?;
+        }
+        for &(k, v) in extra {
+            self.file
+                .add_attribute(k, v)
+                .map_err(|e| ncerr(&path, k, e))?;
         }
         let RunWriter { file, pending, .. } = self;
         file.close().map_err(|e| ncerr(&path, "close", e))?;
