@@ -27,6 +27,10 @@ pub enum Geometry {
     /// Doubly periodic square grid (2-D models, row-major (y, x) state): Euclidean distance
     /// with wrap-around in both directions.
     Torus,
+    /// Layers over one ring of `ring_size` points (two-layer models such as CG Lorenz-96): the
+    /// first `ring_size` variables are the ring, the rest come in equal blocks per ring point
+    /// (index K + k·J + j sits at point k); distance is the ring distance of the points.
+    LayeredRing,
 }
 
 impl Geometry {
@@ -35,6 +39,7 @@ impl Geometry {
         match self {
             Geometry::Ring => d.min(n - d) as f64,
             Geometry::Line => d as f64,
+            Geometry::LayeredRing => d.min(n - d) as f64,
             Geometry::Torus => {
                 let s = (n as f64).sqrt().round() as usize;
                 let ring = |a: usize, b: usize| {
@@ -64,6 +69,9 @@ pub struct LetkfConfig {
     pub localization_radius_y: Option<f64>,
     #[serde(default)]
     pub geometry: Geometry,
+    /// `geometry = "layered_ring"`: the number of ring points K.
+    #[serde(default)]
+    pub ring_size: Option<usize>,
 }
 
 fn unit() -> f64 {
@@ -305,6 +313,14 @@ impl Filter for Letkf {
                 dom.ext_start
             )));
         }
+        let ring = self.cfg.ring_size.unwrap_or(0);
+        if geom == Geometry::LayeredRing
+            && (!dom.whole || ring == 0 || n_glob < ring || (n_glob - ring) % ring != 0)
+        {
+            return Err(GendaError::Parallel(format!(
+                "LETKF: the layered ring needs the whole state on one domain and ring_size K with K + K·J = {n_glob} (ring_size = {ring})"
+            )));
+        }
         if !dom.whole && (dom.own.start < halo || n_loc - dom.own.end < halo) {
             return Err(GendaError::Parallel(format!(
                 "LETKF: a halo of {} state indices cannot serve the localisation reach of {halo}",
@@ -345,7 +361,26 @@ impl Filter for Letkf {
                         }
                     }
                 }
-                let gi_is_torus = geom == Geometry::Torus;
+                if geom == Geometry::LayeredRing {
+                    // Points within the support on the ring, and every layer's variables there.
+                    let per = (n_glob - ring) / ring;
+                    let p = if gi < ring { gi } else { (gi - ring) / per };
+                    let r = reach.min(ring / 2);
+                    let (lo, hi) = (r.min((ring - 1) / 2), r);
+                    for q in (p + ring - lo..=p + ring + hi).map(|q| q % ring) {
+                        let d = p.abs_diff(q).min(ring - p.abs_diff(q));
+                        let w = taper.get(d).copied().unwrap_or(0.0);
+                        if w <= 0.0 {
+                            continue;
+                        }
+                        for k in std::iter::once(q).chain(ring + q * per..ring + (q + 1) * per) {
+                            for &j in &obs_at[k] {
+                                local.push((j, w / input.obs_error_var[j]));
+                            }
+                        }
+                    }
+                }
+                let gi_is_torus = matches!(geom, Geometry::Torus | Geometry::LayeredRing);
                 let (lo, hi) = if gi_is_torus {
                     (0, 0)
                 } else if dom.whole {
@@ -354,7 +389,7 @@ impl Filter for Letkf {
                         Geometry::Ring if 2 * reach + 1 >= n_loc => (0, n_loc),
                         Geometry::Ring => (i + n_loc - reach, i + n_loc + reach + 1),
                         Geometry::Line => (i.saturating_sub(reach), (i + reach + 1).min(n_loc)),
-                        Geometry::Torus => (0, 0),
+                        Geometry::Torus | Geometry::LayeredRing => (0, 0),
                     }
                 } else {
                     (i - reach, i + reach + 1)
@@ -439,6 +474,7 @@ mod tests {
             inflation: 1.1,
             localization_radius: 1e9,
             localization_radius_y: None,
+            ring_size: None,
             geometry: Geometry::Ring,
         })
         .analyse(&mut a, &input)
@@ -472,6 +508,7 @@ mod tests {
             inflation: 1.0,
             localization_radius: 2.0,
             localization_radius_y: None,
+            ring_size: None,
             geometry: Geometry::Ring,
         })
         .analyse(&mut a, &input)
@@ -502,6 +539,7 @@ mod tests {
                 inflation: 1.0,
                 localization_radius: 4.0,
                 localization_radius_y: Some(1.0),
+                ring_size: None,
                 geometry: Geometry::Torus,
             })
             .analyse(&mut a, &input)
@@ -510,5 +548,38 @@ mod tests {
         };
         assert!(run(4), "4 columns away, inside the x support");
         assert!(!run(4 * side), "4 rows away, outside the y support");
+    }
+
+    /// Layered ring (X ring of K points, J hidden variables per point): an observation of X_0
+    /// updates the hidden variables at ring points within the support (including across the
+    /// wrap) and leaves the far ones alone.
+    #[test]
+    fn layered_ring_localises_by_ring_point() {
+        let (n_mem, k, j) = (6, 12, 2);
+        let n = k + k * j;
+        let ens0 =
+            Array2::from_shape_fn((n_mem, n), |(m, i)| ((m * 5 + i * 7) as f64 * 0.37).sin());
+        let h = PointObs::new(n, vec![0], false);
+        let input = AnalysisInput::whole(&[1.5], &h, &[0.1], 1, 1);
+        let mut a = ens0.clone();
+        Letkf::new(LetkfConfig {
+            members: n_mem,
+            inflation: 1.0,
+            localization_radius: 1.0,
+            localization_radius_y: None,
+            ring_size: Some(k),
+            geometry: Geometry::LayeredRing,
+        })
+        .analyse(&mut a, &input)
+        .unwrap();
+        let changed = |i: usize| (0..n_mem).any(|m| (a[[m, i]] - ens0[[m, i]]).abs() > 1e-12);
+        // Support 2c = 3.65 ring points: Y at points 0, 1, 11 (wrap) change; Y at point 6 not.
+        for p in [0usize, 1, 11] {
+            assert!(changed(k + p * j) && changed(k + p * j + 1), "point {p}");
+        }
+        assert!(
+            !changed(k + 6 * j) && !changed(6),
+            "point 6 is outside the support"
+        );
     }
 }

@@ -252,6 +252,12 @@ impl FilterConfig {
                     ));
                 }
             }
+            if (c.geometry == Geometry::LayeredRing) != c.ring_size.is_some() {
+                return Err(GendaError::invalid(
+                    "filter.ring_size",
+                    "is required with geometry = \"layered_ring\" (the number of ring points K) and only there",
+                ));
+            }
             if !(c.localization_radius.is_finite() && c.localization_radius > 0.0) {
                 return Err(GendaError::invalid(
                     "filter.localization_radius",
