@@ -94,9 +94,6 @@ impl Model for CgLorenz96 {
             }
         }
     }
-    fn step(&self, x: &mut [f64], ws: &mut super::Rk4Workspace) {
-        super::euler_step(self, x, ws);
-    }
     fn scheme(&self) -> Scheme {
         Scheme::Euler
     }

@@ -143,9 +143,13 @@ pub trait Model: Send + Sync {
     fn dt(&self) -> f64;
     /// Tendency `dxdt = f(x)`, written into `dxdt` (no allocation).
     fn tendency(&self, x: &[f64], dxdt: &mut [f64]);
-    /// One time step in place (RK4 unless the model knows better).
+    /// One time step in place: RK4, or forward Euler when `scheme()` says so (unless the model
+    /// knows better).
     fn step(&self, x: &mut [f64], ws: &mut Rk4Workspace) {
-        rk4_step(|x, d| self.tendency(x, d), x, self.dt(), ws);
+        match self.scheme() {
+            Scheme::Rk4 => rk4_step(|x, d| self.tendency(x, d), x, self.dt(), ws),
+            Scheme::Euler => euler_step(self, x, ws),
+        }
     }
     /// Time scheme of `step` (and of the slab stepper).
     fn scheme(&self) -> Scheme {

@@ -60,9 +60,6 @@ impl Model for Spekf {
     fn tendency(&self, x: &[f64], d: &mut [f64]) {
         cg_drift(self, x, d);
     }
-    fn step(&self, x: &mut [f64], ws: &mut super::Rk4Workspace) {
-        super::euler_step(self, x, ws);
-    }
     fn scheme(&self) -> Scheme {
         Scheme::Euler
     }

@@ -54,9 +54,6 @@ pub trait Collectives {
     /// Element-wise maximum over ranks (memory and timing reports).
     fn all_reduce_max_f64(&self, values: &mut [f64]);
     fn barrier(&self);
-    /// All-to-all with equal blocks: block q of `send` (length `send.len() / size`) goes to
-    /// rank q, and block p of `recv` comes from rank p.
-    fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()>;
     /// All-to-all with per-rank counts (`send_counts[q]` values to rank q, `recv_counts[p]`
     /// from rank p, packed in rank order).
     fn all_to_all_v(
@@ -88,17 +85,6 @@ fn check_v(
             send_counts.len(),
             recv_counts.len(),
             size,
-            send.len(),
-            recv.len()
-        )));
-    }
-    Ok(())
-}
-
-fn check_blocks(size: usize, send: &[f64], recv: &[f64]) -> Result<()> {
-    if send.len() != recv.len() || send.len() % size != 0 {
-        return Err(GendaError::Parallel(format!(
-            "all-to-all: {} values to send and {} to receive do not make {size} equal blocks",
             send.len(),
             recv.len()
         )));
@@ -163,11 +149,6 @@ impl Collectives for SerialComm {
     fn all_reduce_sum_f32(&self, _values: &mut [f32]) {}
     fn all_reduce_max_f64(&self, _values: &mut [f64]) {}
     fn barrier(&self) {}
-    fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
-        check_blocks(1, send, recv)?;
-        recv.copy_from_slice(send);
-        Ok(())
-    }
     fn all_to_all_v(
         &self,
         send: &[f64],
@@ -337,16 +318,6 @@ impl Collectives for MpiComm {
         let sp = mpi::datatype::Partition::new(send, sc, sd);
         let mut rp = PartitionMut::new(recv, rc, rd);
         self.comm.all_to_all_varcount_into(&sp, &mut rp);
-        Ok(())
-    }
-    fn all_to_all(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
-        check_blocks(self.size(), send, recv)?;
-        if self.size() == 1 {
-            recv.copy_from_slice(send);
-        } else {
-            to_count(send.len() / self.size())?;
-            self.comm.all_to_all_into(send, recv);
-        }
         Ok(())
     }
     fn split(&self, color: usize, key: usize) -> Result<Box<dyn Collectives>> {
