@@ -149,6 +149,11 @@ pub struct OutputConfig {
     /// Also store the full forecast and analysis ensembles (time, member, x).
     #[serde(default)]
     pub save_ensemble: bool,
+    /// Distributional scores of the analysis ensemble: CRPS every cycle (`crps_analysis`) and a
+    /// rank histogram over the cycles after the burn-in (`rank_histogram`, N + 1 bins). Costs a
+    /// sort of N members per variable and cycle.
+    #[serde(default)]
+    pub distributional_scores: bool,
 }
 
 fn default_output_path() -> PathBuf {
@@ -160,6 +165,7 @@ impl Default for OutputConfig {
         OutputConfig {
             path: default_output_path(),
             save_ensemble: false,
+            distributional_scores: false,
         }
     }
 }

@@ -174,6 +174,16 @@ pub struct RunSummary {
     pub max_rss_per_rank: Vec<u64>,
     /// Conditionally Gaussian models: scores of the hidden variables alone.
     pub hidden: Option<HiddenScores>,
+    /// With `[output] distributional_scores`.
+    pub distributional: Option<DistributionalScores>,
+}
+
+/// Time-mean CRPS of the analysis ensemble and the rank histogram of the truth (N + 1 bins),
+/// over the cycles after the burn-in.
+#[derive(Debug, Clone)]
+pub struct DistributionalScores {
+    pub crps_analysis: f64,
+    pub rank_histogram: Vec<u64>,
 }
 
 /// Time-averaged scores (after the burn-in) of the hidden variables v of a conditionally
@@ -562,6 +572,33 @@ fn tile_error_sums(
     (err, dev)
 }
 
+/// Per owned tile: the CRPS sum of the analysis ensemble over the tile's variables, then the
+/// N + 1 rank-histogram counts of the truth (as f64, exact), for the tile-ordered reducer.
+fn tile_distributional_partials(
+    ens: &Array2<f64>,
+    truth: &[f64],
+    tiles: &[Range<usize>],
+) -> Vec<f64> {
+    let n_mem = ens.nrows();
+    let mut out = Vec::with_capacity(tiles.len() * (n_mem + 2));
+    let mut col = vec![0.0; n_mem];
+    for t in tiles {
+        let mut crps_sum = 0.0;
+        for i in t.clone() {
+            for (c, v) in col.iter_mut().zip(ens.column(i)) {
+                *c = *v;
+            }
+            crps_sum += crate::metrics::crps(&col, truth[i]);
+        }
+        let mut hist = vec![0u64; n_mem + 1];
+        let sub = ens.slice(s![.., t.clone()]).to_owned();
+        crate::metrics::rank_histogram(&sub, &truth[t.clone()], &mut hist);
+        out.push(crps_sum);
+        out.extend(hist.iter().map(|&c| c as f64));
+    }
+    out
+}
+
 /// Check that every rank's array is finite; all ranks fail together.
 fn all_finite(comm: &dyn Collectives, a: &Array2<f64>, cycle: usize, what: &str) -> Result<()> {
     let ok = a.iter().all(|v| v.is_finite());
@@ -886,6 +923,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
 
     // Restart: this rank's members and columns, truth, statistics, and the run file so far.
     let mut avg = TimeAverage::new(cfg.experiment.burn_in);
+    // CRPS time mean and rank histogram after the burn-in ([output] distributional_scores).
+    let scores_on = cfg.output.distributional_scores;
+    let mut crps_mean = (0.0, 0usize);
+    let mut rank_hist = vec![0.0f64; members + 1];
     // Hidden-variable scores of conditionally Gaussian models (never domain-decomposed, so the
     // whole state is local), over the cycles after the burn-in run by this process.
     let mut hidden = model
@@ -971,6 +1012,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     config_toml: &config_toml,
                     ranks: comm.size(),
                     grid_side: model.grid_side(),
+                    distributional_scores: cfg.output.distributional_scores,
                 },
             )
         })?
@@ -1120,6 +1162,20 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             spread_analysis: (sums[3] / nm1).sqrt(),
         };
         let amean = ensemble_mean(&ens);
+        let crps_cycle = if scores_on {
+            let parts = tile_distributional_partials(&ens, &truth, &tiles_own);
+            let sums = reducer.sum_tiles(&parts, members + 2)?;
+            let c = sums[0] / n as f64;
+            if scored {
+                crps_mean = (crps_mean.0 + c, crps_mean.1 + 1);
+                for (h, v) in rank_hist.iter_mut().zip(&sums[1..]) {
+                    *h += v;
+                }
+            }
+            Some(c)
+        } else {
+            None
+        };
         if let (Some(h), Some(fc), true) = (hidden.as_mut(), forecast_copy.as_ref(), scored) {
             h.push(fc, &ens, &truth);
         }
@@ -1151,6 +1207,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     let f = forecast_copy.as_ref().unwrap_or(&empty);
                     wr.write_truth(cycle - 1, &g_truth, &g_obs)
                         .and_then(|_| wr.write_filter(cycle - 1, &g_f, &g_a, &stats, f, &ens))
+                        .and_then(|_| match crps_cycle {
+                            Some(c) => wr.write_crps(cycle - 1, c),
+                            None => Ok(()),
+                        })
                 }
                 None => Ok(()),
             };
@@ -1233,11 +1293,15 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
 
     let t = Instant::now();
     let output = if let Some(wr) = writer.take() {
-        let extra = hidden
+        let mut extra = hidden
             .as_ref()
             .map(|h| h.mean().attributes())
             .unwrap_or_default();
-        on_root(comm, || wr.finish(Some(&avg), &extra))?
+        if scores_on && crps_mean.1 > 0 {
+            extra.push(("crps_analysis_time_mean", crps_mean.0 / crps_mean.1 as f64));
+        }
+        let hist = scores_on.then_some(&rank_hist[..]);
+        on_root(comm, || wr.finish_with(Some(&avg), &extra, hist))?
     } else if opts.write_output {
         on_root(comm, || Ok(PathBuf::new()))?;
         None
@@ -1261,6 +1325,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         domains: lay.domains,
         max_rss_per_rank: rss.into_iter().map(|v| v as u64).collect(),
         hidden: hidden.map(|h| h.mean()),
+        distributional: scores_on.then(|| DistributionalScores {
+            crps_analysis: crps_mean.0 / crps_mean.1.max(1) as f64,
+            rank_histogram: rank_hist.iter().map(|&v| v as u64).collect(),
+        }),
     })
 }
 
@@ -1289,6 +1357,7 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
             config_toml: &config_toml,
             ranks: 1,
             grid_side: model.grid_side(),
+            distributional_scores: false,
         },
     )?;
     let mut truth = TruthRun::new(cfg, model.as_ref(), &h)?;

@@ -343,3 +343,58 @@ fn bench_times_the_model_step_on_1_and_2_ranks() {
     let want = "its side must be divisible by the number of domains (4)";
     assert_eq!(t.matches(want).count(), 1, "{t}");
 }
+
+/// `[output] distributional_scores`: the CRPS series and the rank histogram are the same on
+/// every layout (tile-ordered sums of per-tile CRPS and counts), and the histogram counts every
+/// variable of every scored cycle once.
+#[test]
+fn distributional_scores_are_layout_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_variant(
+        dir.path(),
+        "configs/l96_sakov2008.toml",
+        "d.toml",
+        &[
+            ("cycles = 5000", "cycles = 120"),
+            ("burn_in = 1000", "burn_in = 20"),
+            ("[output]", "[output]\ndistributional_scores = true"),
+        ],
+    );
+    let mut runs = Vec::new();
+    for (np, domains) in [(1usize, 1usize), (2, 2), (4, 2)] {
+        let out = dir.path().join(format!("d{np}_{domains}.nc"));
+        let d = domains.to_string();
+        let args = [
+            "run",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--domains",
+            &d,
+            "--quiet",
+        ];
+        let o = if np == 1 {
+            genda(&args)
+        } else {
+            mpirun(np, &args)
+        };
+        assert!(o.status.success(), "{}", text(&o));
+        runs.push((
+            nc_var(&out, "crps_analysis"),
+            nc_var(&out, "rank_histogram"),
+            nc_attr_f64(&out, "crps_analysis_time_mean"),
+            nc_attr_f64(&out, "rmse_analysis_time_mean"),
+        ));
+    }
+    let (c1, h1, m1, rmse) = &runs[0];
+    assert_eq!(h1.len(), 21);
+    assert_eq!(h1.iter().sum::<f64>(), (40 * 100) as f64, "{h1:?}");
+    let mean_after_burn_in = c1[20..].iter().sum::<f64>() / 100.0;
+    assert!((mean_after_burn_in - m1).abs() < 1e-12);
+    assert!(*m1 > 0.0 && m1 < rmse, "CRPS {m1} vs RMSE {rmse}");
+    for (c, h, m, _) in &runs[1..] {
+        assert_eq!(c1, c);
+        assert_eq!(h1, h);
+        assert_eq!(m1, m);
+    }
+}

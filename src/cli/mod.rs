@@ -283,6 +283,14 @@ pub fn execute(cli: Cli) -> Result<()> {
                     .collect();
                 println!("max RSS per rank [MiB]: {}", rss.join(" "));
                 println!("{}", summary.averages.table());
+                if let Some(d) = &summary.distributional {
+                    println!(
+                        "analysis CRPS {:.4}; rank histogram (members below the truth, 0..={}): {:?}",
+                        d.crps_analysis,
+                        d.rank_histogram.len() - 1,
+                        d.rank_histogram
+                    );
+                }
                 if let Some(h) = &summary.hidden {
                     println!(
                         "hidden variables (index {} on, {} cycles): rmse.f {:.4}, rmse.a {:.4}, spread.a {:.4}, crps.a {:.4}",

@@ -33,6 +33,8 @@ pub struct RunMeta<'a> {
     pub ranks: usize,
     /// Side of the square grid of a 2-D model: fields are then written with dims (…, y, x).
     pub grid_side: Option<usize>,
+    /// `crps_analysis` (time) and `rank_histogram` (rank) variables.
+    pub distributional_scores: bool,
 }
 
 pub struct RunWriter {
@@ -242,6 +244,20 @@ impl RunWriter {
                 ]);
             }
         }
+        if with_filter && meta.distributional_scores {
+            file.add_dimension("rank", meta.members + 1)
+                .map_err(e("dimension rank"))?;
+            vars.push((
+                "crps_analysis",
+                vec!["time"],
+                "CRPS of the analysis ensemble against the truth, mean over the state",
+            ));
+            vars.push((
+                "rank_histogram",
+                vec!["rank"],
+                "members below the truth, counted over variables and the cycles after the burn-in",
+            ));
+        }
         for (name, dims, long) in vars {
             let mut v = file
                 .add_variable::<f64>(name, &dims)
@@ -391,6 +407,30 @@ impl RunWriter {
     }
 
     /// Store the time averages, close the file and move it into place.
+    /// CRPS of cycle index `k`.
+    pub fn write_crps(&mut self, k: usize, crps: f64) -> Result<()> {
+        self.put("crps_analysis", &[crps], k)
+    }
+
+    /// `finish` plus the rank histogram.
+    pub fn finish_with(
+        mut self,
+        averages: Option<&TimeAverage>,
+        extra: &[(&str, f64)],
+        rank_histogram: Option<&[f64]>,
+    ) -> Result<PathBuf> {
+        if let Some(h) = rank_histogram {
+            let path = self.pending.target().to_path_buf();
+            let mut v = self
+                .file
+                .variable_mut("rank_histogram")
+                .ok_or_else(|| GendaError::file(&path, "variable rank_histogram missing"))?;
+            v.put_values(h, ..)
+                .map_err(|e| ncerr(&path, "write rank_histogram", e))?;
+        }
+        self.finish(averages, extra)
+    }
+
     /// `extra`: further time-averaged scores stored as global attributes.
     pub fn finish(
         mut self,
