@@ -383,14 +383,11 @@ fn add_model_noise(model: &dyn Model, x: &mut [f64], key: &NoiseKey, step: u64) 
     }
     let len = x.len() / key.rows.len().max(1);
     let sdt = model.dt().sqrt();
-    let per: Vec<f64> = (0..len)
-        .map(|k| model.noise_sd_at(key.offset + k) * sdt)
-        .collect();
     let mut z = vec![0.0; len];
     for (row, &id) in x.chunks_mut(len).zip(&key.rows) {
         fill_standard_normal(key.seed, Purpose::ModelNoise, step, id, key.offset, &mut z);
-        for ((xi, zi), s) in row.iter_mut().zip(&z).zip(&per) {
-            *xi += s * zi;
+        for (k, (xi, zi)) in row.iter_mut().zip(&z).enumerate() {
+            *xi += model.noise_sd_at(key.offset + k) * sdt * zi;
         }
     }
 }
@@ -591,8 +588,7 @@ fn tile_distributional_partials(
             crps_sum += crate::metrics::crps(&col, truth[i]);
         }
         let mut hist = vec![0u64; n_mem + 1];
-        let sub = ens.slice(s![.., t.clone()]).to_owned();
-        crate::metrics::rank_histogram(&sub, &truth[t.clone()], &mut hist);
+        crate::metrics::rank_histogram(ens.slice(s![.., t.clone()]), &truth[t.clone()], &mut hist);
         out.push(crps_sum);
         out.extend(hist.iter().map(|&c| c as f64));
     }

@@ -8,12 +8,15 @@ use common::*;
 /// 4 ranks as 2 groups × 2 domains (oversubscribed); 3 ranks as 3 groups.
 const LAYOUTS: [(usize, usize); 5] = [(1, 1), (2, 2), (2, 1), (4, 2), (3, 1)];
 
-fn compare_layouts(base: &str, edits: &[(&str, &str)], layouts: &[(usize, usize)]) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config_variant(dir.path(), base, "c.toml", edits);
-    let mut runs = Vec::new();
+/// Run `cfg` on each (ranks, domains) layout (1 rank without mpirun); the run files.
+fn run_layouts(
+    dir: &std::path::Path,
+    cfg: &std::path::Path,
+    layouts: &[(usize, usize)],
+) -> Vec<std::path::PathBuf> {
+    let mut outs = Vec::new();
     for &(np, domains) in layouts {
-        let out = dir.path().join(format!("np{np}_d{domains}.nc"));
+        let out = dir.join(format!("np{np}_d{domains}.nc"));
         let d = domains.to_string();
         let args = [
             "run",
@@ -34,6 +37,16 @@ fn compare_layouts(base: &str, edits: &[(&str, &str)], layouts: &[(usize, usize)
             "np = {np}, domains = {domains}: {}",
             text(&o)
         );
+        outs.push(out);
+    }
+    outs
+}
+
+fn compare_layouts(base: &str, edits: &[(&str, &str)], layouts: &[(usize, usize)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_variant(dir.path(), base, "c.toml", edits);
+    let mut runs = Vec::new();
+    for (&(np, domains), out) in layouts.iter().zip(run_layouts(dir.path(), &cfg, layouts)) {
         runs.push((
             (np, domains),
             nc_var(&out, "rmse_analysis"),
@@ -361,24 +374,7 @@ fn distributional_scores_are_layout_independent() {
         ],
     );
     let mut runs = Vec::new();
-    for (np, domains) in [(1usize, 1usize), (2, 2), (4, 2)] {
-        let out = dir.path().join(format!("d{np}_{domains}.nc"));
-        let d = domains.to_string();
-        let args = [
-            "run",
-            cfg.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--domains",
-            &d,
-            "--quiet",
-        ];
-        let o = if np == 1 {
-            genda(&args)
-        } else {
-            mpirun(np, &args)
-        };
-        assert!(o.status.success(), "{}", text(&o));
+    for out in run_layouts(dir.path(), &cfg, &[(1, 1), (2, 2), (4, 2)]) {
         runs.push((
             nc_var(&out, "crps_analysis"),
             nc_var(&out, "rank_histogram"),

@@ -1,7 +1,7 @@
 //! Distributional scores of an ensemble: CRPS, rank histograms, energy distance and sample
 //! moments (skewness, kurtosis). These judge whether a posterior ensemble has the right shape,
 //! not only the right mean.
-use ndarray::{Array2, ArrayView1};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 
 /// Continuous ranked probability score of the ensemble `x` (members) for the outcome `y`, with
 /// the ensemble's empirical distribution (Gneiting & Raftery 2007, eq. 21):
@@ -42,7 +42,7 @@ pub fn mean_crps(ens: &Array2<f64>, truth: &[f64]) -> f64 {
 /// Rank histogram (Talagrand diagram): for every variable, the number of members below the
 /// truth (0..=N) is counted; a calibrated ensemble gives a flat histogram of N + 1 bins. Ties
 /// count half below, split by the variable index parity, so that ties do not bias one side.
-pub fn rank_histogram(ens: &Array2<f64>, truth: &[f64], hist: &mut [u64]) {
+pub fn rank_histogram(ens: ArrayView2<f64>, truth: &[f64], hist: &mut [u64]) {
     let n_mem = ens.nrows();
     assert_eq!(hist.len(), n_mem + 1, "rank histogram needs N + 1 bins");
     for (i, &y) in truth.iter().enumerate() {
@@ -164,14 +164,14 @@ mod tests {
         let ens = Array2::from_shape_fn((n_mem, n), |(m, i)| z[m * n + i]);
         let truth: Vec<f64> = (0..n).map(|i| z[n_mem * n + i]).collect();
         let mut h = vec![0u64; n_mem + 1];
-        rank_histogram(&ens, &truth, &mut h);
+        rank_histogram(ens.view(), &truth, &mut h);
         let expect = n as f64 / (n_mem + 1) as f64;
         for &c in &h {
             assert!((c as f64 - expect).abs() < 5.0 * expect.sqrt(), "{h:?}");
         }
         let biased: Vec<f64> = truth.iter().map(|t| t + 2.0).collect();
         let mut h = vec![0u64; n_mem + 1];
-        rank_histogram(&ens, &biased, &mut h);
+        rank_histogram(ens.view(), &biased, &mut h);
         assert!(h[n_mem] > h[0] * 10, "{h:?}");
     }
 
