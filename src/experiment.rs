@@ -3,7 +3,7 @@
 //! `Filter` implements only the analysis.
 use crate::config::Config;
 use crate::error::{GendaError, Result};
-use crate::filters::{ensemble_mean, AnalysisInput, LocalDomain};
+use crate::filters::{ensemble_mean, AnalysisInput, ForecastPath, LocalDomain};
 use crate::io::{
     read_checkpoint, snapshot_path, write_checkpoint, write_trajectory, RunCheckpoint, RunMeta,
     RunWriter, Trajectory,
@@ -691,6 +691,15 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
             ));
         }
     }
+    if domains > 1 && cfg.filter.build().needs_forecast_path() {
+        return Err(GendaError::invalid(
+            "parallel.domains",
+            format!(
+                "{} follows every member's whole state through the forecast and runs on one domain; use domains = 1 (members still split over ranks)",
+                cfg.filter.name()
+            ),
+        ));
+    }
     if domains > 1 && cfg.output.save_ensemble {
         return Err(GendaError::invalid(
             "output.save_ensemble",
@@ -1049,6 +1058,9 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let mut obs = vec![0.0; lobs.global.len()];
     let mut ens = Array2::<f64>::zeros((members, len));
     let member_counts = lay.members.counts(len);
+    let want_path = filter.needs_forecast_path();
+    let mut path_local: Vec<Array2<f64>> = Vec::new();
+    let mut path_all: Vec<Array2<f64>> = Vec::new();
     bar.set_position(start as u64 - 1);
     let ck_every = cfg.checkpoint.every;
     for cycle in start..=cycles {
@@ -1077,14 +1089,33 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         times.communication += c_truth;
 
         let t = Instant::now();
-        let c_fc = prop.advance(
-            model.as_ref(),
-            local.as_slice_mut().expect("local ensemble is contiguous"),
-            obs_every,
-            dcomm,
-            &member_key,
-            first_step,
-        )?;
+        let c_fc = if want_path {
+            // Step by step, keeping each state (the same arithmetic and noise keys as one call).
+            path_local.clear();
+            path_local.push(local.clone());
+            let mut c = 0.0;
+            for s in 0..obs_every {
+                c += prop.advance(
+                    model.as_ref(),
+                    local.as_slice_mut().expect("local ensemble is contiguous"),
+                    1,
+                    dcomm,
+                    &member_key,
+                    first_step + s as u64,
+                )?;
+                path_local.push(local.clone());
+            }
+            c
+        } else {
+            prop.advance(
+                model.as_ref(),
+                local.as_slice_mut().expect("local ensemble is contiguous"),
+                obs_every,
+                dcomm,
+                &member_key,
+                first_step,
+            )?
+        };
         times.forecast += t.elapsed().as_secs_f64() - c_fc;
         times.communication += c_fc;
 
@@ -1095,6 +1126,16 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             ens.as_slice_mut().expect("contiguous"),
         )?;
         all_finite(comm, &ens, cycle, "forecast ensemble")?;
+        if want_path {
+            path_all.resize_with(path_local.len(), || Array2::zeros((members, len)));
+            for (p, l) in path_all.iter_mut().zip(&path_local) {
+                ecomm.all_gather_rows(
+                    l.as_slice().expect("contiguous"),
+                    &member_counts,
+                    p.as_slice_mut().expect("contiguous"),
+                )?;
+            }
+        }
         // Localised methods analyse the ensemble with a halo of neighbouring columns; the
         // others work on `ens` in place.
         let mut ens_halo = if w > 0 {
@@ -1122,6 +1163,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             obs_offset,
             domain: domain.clone(),
             reducer: &reducer,
+            forecast: want_path.then(|| ForecastPath {
+                model: model.as_ref(),
+                states: &path_all,
+            }),
         };
         let res = match ens_halo.as_mut() {
             Some(e) => filter.analyse(e, &input),

@@ -11,6 +11,8 @@ mod etkf;
 mod free;
 mod kde;
 mod letkf;
+mod daisi;
+mod omega;
 mod particle;
 
 pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace};
@@ -20,9 +22,12 @@ pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
+pub use daisi::{Daisi, DaisiConfig};
+pub use omega::{Omega, OmegaConfig};
 pub use particle::{systematic_resample, ParticleFilter, PfConfig};
 
 use crate::error::{GendaError, Result};
+use crate::models::Model;
 use crate::obs::ObsOperator;
 use crate::parallel::{Reducer, SerialReducer};
 use ndarray::Array2;
@@ -71,6 +76,16 @@ impl LocalDomain {
     }
 }
 
+/// The forecast of this cycle step by step, for methods that need each member's path (Ω's
+/// per-member conditional-Gaussian statistics): `states[s]` is the whole ensemble
+/// (members, local columns) after s model steps of the cycle, `states[0]` the previous analysis
+/// and the last entry the forecast being analysed. The driver supplies it when
+/// `Filter::needs_forecast_path` says so.
+pub struct ForecastPath<'a> {
+    pub model: &'a dyn Model,
+    pub states: &'a [Array2<f64>],
+}
+
 /// Everything an analysis needs besides the ensemble.
 pub struct AnalysisInput<'a> {
     /// Observations located in the local columns.   (obs_dim)
@@ -88,6 +103,8 @@ pub struct AnalysisInput<'a> {
     pub obs_offset: usize,
     pub domain: LocalDomain,
     pub reducer: &'a dyn Reducer,
+    /// This cycle's member paths, when the method asked for them.
+    pub forecast: Option<ForecastPath<'a>>,
 }
 
 impl<'a> AnalysisInput<'a> {
@@ -108,6 +125,7 @@ impl<'a> AnalysisInput<'a> {
             obs_offset: 0,
             domain: LocalDomain::whole(obs_operator.state_dim()),
             reducer: &SerialReducer,
+            forecast: None,
         }
     }
 
@@ -152,6 +170,11 @@ pub trait Filter: Send {
     fn halo(&self, _n_global: usize) -> usize {
         0
     }
+    /// The method needs every model step of each member's forecast (`AnalysisInput::forecast`);
+    /// such methods work on the whole state (one domain).
+    fn needs_forecast_path(&self) -> bool {
+        false
+    }
     /// Replace the forecast ensemble by the analysis ensemble in the owned columns, in place.
     /// ens: (members, local columns)
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()>;
@@ -174,6 +197,12 @@ pub enum FilterConfig {
     /// Closed-form conditional diffusion with a KDE of (state, predicted measurement)
     /// (training-free, Binder & Oberai 2026).
     KdeDiffusion(KdeConfig),
+    /// Ω: conditional-Gaussian mixture baseline of each member's path + residual score learned
+    /// by denoising score matching from the ensemble trajectories + annealed Langevin.
+    Omega(OmegaConfig),
+    /// DAISI (Andrae et al. 2025): pre-trained interpolant prior, forecast members inverted to
+    /// latents, guided sampling forward from them.
+    Daisi(DaisiConfig),
     /// No assimilation: the free-running ensemble, the baseline every filter must beat.
     None(FreeConfig),
 }
@@ -187,6 +216,8 @@ impl FilterConfig {
             FilterConfig::Pf(c) => c.members,
             FilterConfig::Ensf(c) => c.members,
             FilterConfig::KdeDiffusion(c) => c.members,
+            FilterConfig::Omega(c) => c.members,
+            FilterConfig::Daisi(c) => c.members,
             FilterConfig::None(c) => c.members,
         }
     }
@@ -200,6 +231,8 @@ impl FilterConfig {
             FilterConfig::Pf(c) => c.members = m,
             FilterConfig::Ensf(c) => c.members = m,
             FilterConfig::KdeDiffusion(c) => c.members = m,
+            FilterConfig::Omega(c) => c.members = m,
+            FilterConfig::Daisi(c) => c.members = m,
             FilterConfig::None(c) => c.members = m,
         }
     }
@@ -213,6 +246,8 @@ impl FilterConfig {
             FilterConfig::Pf(_)
             | FilterConfig::Ensf(_)
             | FilterConfig::KdeDiffusion(_)
+            | FilterConfig::Omega(_)
+            | FilterConfig::Daisi(_)
             | FilterConfig::None(_) => 1.0,
         }
     }
@@ -225,6 +260,8 @@ impl FilterConfig {
             FilterConfig::Pf(_) => "pf",
             FilterConfig::Ensf(_) => "ensf",
             FilterConfig::KdeDiffusion(_) => "kde_diffusion",
+            FilterConfig::Omega(_) => "omega",
+            FilterConfig::Daisi(_) => "daisi",
             FilterConfig::None(_) => "none",
         }
     }
@@ -282,6 +319,12 @@ impl FilterConfig {
         if let FilterConfig::KdeDiffusion(c) = self {
             c.validate()?;
         }
+        if let FilterConfig::Omega(c) = self {
+            c.validate()?;
+        }
+        if let FilterConfig::Daisi(c) = self {
+            c.validate()?;
+        }
         if let FilterConfig::Pf(c) = self {
             if !(c.regularization.is_finite() && c.regularization >= 0.0) {
                 return Err(GendaError::invalid(
@@ -308,6 +351,8 @@ impl FilterConfig {
             FilterConfig::Pf(c) => Box::new(ParticleFilter::new(c.clone())),
             FilterConfig::Ensf(c) => Box::new(Ensf::new(c.clone())),
             FilterConfig::KdeDiffusion(c) => Box::new(KdeDiffusion::new(c.clone())),
+            FilterConfig::Omega(c) => Box::new(Omega::new(c.clone())),
+            FilterConfig::Daisi(c) => Box::new(Daisi::new(c.clone())),
             FilterConfig::None(_) => Box::new(FreeRun),
         }
     }
