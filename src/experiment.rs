@@ -196,7 +196,34 @@ pub struct HiddenScores {
     pub spread_analysis: f64,
     /// Mean ensemble CRPS over the hidden variables.
     pub crps_analysis: f64,
+    /// |skewness| and |excess kurtosis| errors of the analysis members pooled over the scored
+    /// cycles against the truth's values over the same cycles, averaged over hidden variables:
+    /// a calibrated posterior reproduces the (non-Gaussian) climatological PDF.
+    pub skewness_error: f64,
+    pub kurtosis_error: f64,
     pub cycles: usize,
+    /// Power sums Σx, Σx², Σx³, Σx⁴ and counts per hidden variable: analysis members, truth.
+    sums_an: Vec<[f64; 5]>,
+    sums_truth: Vec<[f64; 5]>,
+}
+
+/// (skewness, kurtosis) from power sums [n, Σx, Σx², Σx³, Σx⁴].
+fn moments_of(s: &[f64; 5]) -> (f64, f64) {
+    let n = s[0].max(1.0);
+    let m = s[1] / n;
+    let v = (s[2] / n - m * m).max(1e-300);
+    let m3 = s[3] / n - 3.0 * m * s[2] / n + 2.0 * m.powi(3);
+    let m4 = s[4] / n - 4.0 * m * s[3] / n + 6.0 * m * m * s[2] / n - 3.0 * m.powi(4);
+    (m3 / v.powf(1.5), m4 / (v * v))
+}
+
+fn add_power(s: &mut [f64; 5], x: f64) {
+    let x2 = x * x;
+    s[0] += 1.0;
+    s[1] += x;
+    s[2] += x2;
+    s[3] += x2 * x;
+    s[4] += x2 * x2;
 }
 
 impl HiddenScores {
@@ -215,6 +242,13 @@ impl HiddenScores {
             }
             var += col.iter().map(|v| (v - am[i]).powi(2)).sum::<f64>() / (col.len() - 1) as f64;
             cr += crate::metrics::crps(&col, truth[i]);
+            let k = i - nu;
+            if self.sums_an.len() <= k {
+                self.sums_an.resize(k + 1, [0.0; 5]);
+                self.sums_truth.resize(k + 1, [0.0; 5]);
+            }
+            col.iter().for_each(|&v| add_power(&mut self.sums_an[k], v));
+            add_power(&mut self.sums_truth[k], truth[i]);
         }
         self.rmse_forecast += (ef / nv).sqrt();
         self.rmse_analysis += (ea / nv).sqrt();
@@ -231,8 +265,29 @@ impl HiddenScores {
             rmse_analysis: self.rmse_analysis / k,
             spread_analysis: self.spread_analysis / k,
             crps_analysis: self.crps_analysis / k,
+            skewness_error: self.moment_error(0),
+            kurtosis_error: self.moment_error(1),
             cycles: self.cycles,
+            sums_an: Vec::new(),
+            sums_truth: Vec::new(),
         }
+    }
+
+    fn moment_error(&self, which: usize) -> f64 {
+        let nv = self.sums_an.len().max(1) as f64;
+        self.sums_an
+            .iter()
+            .zip(&self.sums_truth)
+            .map(|(a, t)| {
+                let (ma, mt) = (moments_of(a), moments_of(t));
+                if which == 0 {
+                    (ma.0 - mt.0).abs()
+                } else {
+                    (ma.1 - mt.1).abs()
+                }
+            })
+            .sum::<f64>()
+            / nv
     }
 
     /// Global attributes of the run file.
@@ -242,6 +297,8 @@ impl HiddenScores {
             ("rmse_analysis_hidden_time_mean", self.rmse_analysis),
             ("spread_analysis_hidden_time_mean", self.spread_analysis),
             ("crps_analysis_hidden_time_mean", self.crps_analysis),
+            ("skewness_error_hidden", self.skewness_error),
+            ("kurtosis_error_hidden", self.kurtosis_error),
         ]
     }
 }
@@ -690,6 +747,9 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
                 ),
             ));
         }
+    }
+    if matches!(cfg.filter, crate::filters::FilterConfig::Omega(_)) {
+        crate::filters::cg::cg_structure(model.as_ref())?;
     }
     if domains > 1 && cfg.filter.build().needs_forecast_path() {
         return Err(GendaError::invalid(

@@ -394,3 +394,19 @@ fn distributional_scores_are_layout_independent() {
         assert_eq!(m1, m);
     }
 }
+
+/// Ω follows every member's forecast path: the driver gathers the paths over member groups, so
+/// 1 rank and 2 or 3 member groups give the same analysis, residual network included.
+#[test]
+fn omega_same_numbers_on_1_2_3_ranks() {
+    compare_layouts(
+        "configs/omega_spekf.toml",
+        &[
+            ("cycles = 2000", "cycles = 12"),
+            ("burn_in = 100", "burn_in = 2"),
+            ("members = 50", "members = 12"),
+            ("residual_steps = 30", "residual_steps = 5"),
+        ],
+        &[(1, 1), (2, 1), (3, 1)],
+    );
+}

@@ -293,8 +293,8 @@ pub fn execute(cli: Cli) -> Result<()> {
                 }
                 if let Some(h) = &summary.hidden {
                     println!(
-                        "hidden variables (index {} on, {} cycles): rmse.f {:.4}, rmse.a {:.4}, spread.a {:.4}, crps.a {:.4}",
-                        h.observed_dim, h.cycles, h.rmse_forecast, h.rmse_analysis, h.spread_analysis, h.crps_analysis
+                        "hidden variables (index {} on, {} cycles): rmse.f {:.4}, rmse.a {:.4}, spread.a {:.4}, crps.a {:.4}, |skewness error| {:.3}, |kurtosis error| {:.3}",
+                        h.observed_dim, h.cycles, h.rmse_forecast, h.rmse_analysis, h.spread_analysis, h.crps_analysis, h.skewness_error, h.kurtosis_error
                     );
                 }
                 println!("{}", summary.times.table(cfg.experiment.cycles));

@@ -42,6 +42,96 @@ pub fn cg_structure(model: &dyn Model) -> Result<&dyn ConditionalGaussian> {
     })
 }
 
+/// One step of the CG filter along a known u path: condition N(m, P) of v_n on
+/// z_n = u_{n+1} − u_n − A0(u_n) dt, then predict v_{n+1}. Holds the noise matrices and the
+/// drift-term buffers, so following many paths (Ω's members) allocates only the results.
+pub struct CgStep<'m> {
+    cg: &'m dyn ConditionalGaussian,
+    pub nu: usize,
+    pub nv: usize,
+    dt: f64,
+    r: DMatrix<f64>,
+    q: DMatrix<f64>,
+    ba0: Vec<f64>,
+    ba1: Vec<f64>,
+    a0: Vec<f64>,
+    a1: Vec<f64>,
+}
+
+/// What one `CgStep::step` gives: the filter posterior at step n (after z_n), the transition
+/// matrix F_n, and the prediction for step n + 1.
+pub struct CgStepResult {
+    pub post_mean: DVector<f64>,
+    pub post_cov: DMatrix<f64>,
+    pub f: DMatrix<f64>,
+    pub next_mean: DVector<f64>,
+    pub next_cov: DMatrix<f64>,
+}
+
+impl<'m> CgStep<'m> {
+    pub fn new(model: &'m dyn Model) -> Result<Self> {
+        let cg = cg_structure(model)?;
+        let nu = cg.observed_dim();
+        let nv = model.dim() - nu;
+        let dt = model.dt();
+        let (s_u, s_v) = cg.cg_noise();
+        let r = DMatrix::from_diagonal(&DVector::from_iterator(nu, s_u.iter().map(|s| s * s * dt)));
+        let q = DMatrix::from_diagonal(&DVector::from_iterator(nv, s_v.iter().map(|s| s * s * dt)));
+        Ok(CgStep {
+            cg,
+            nu,
+            nv,
+            dt,
+            r,
+            q,
+            ba0: vec![0.0; nu],
+            ba1: vec![0.0; nu * nv],
+            a0: vec![0.0; nv],
+            a1: vec![0.0; nv * nv],
+        })
+    }
+
+    /// `n` names the step in errors.
+    pub fn step(
+        &mut self,
+        u: &[f64],
+        u_next: &[f64],
+        m: &DVector<f64>,
+        p: &DMatrix<f64>,
+        n: usize,
+    ) -> Result<CgStepResult> {
+        let (nu, nv, dt) = (self.nu, self.nv, self.dt);
+        self.cg
+            .cg_terms(u, &mut self.ba0, &mut self.ba1, &mut self.a0, &mut self.a1);
+        let h = DMatrix::from_row_slice(nu, nv, &self.ba1) * dt;
+        let z = DVector::from_iterator(nu, (0..nu).map(|i| u_next[i] - u[i] - self.ba0[i] * dt));
+        // Update with z_n (Joseph form keeps P symmetric positive definite).
+        let s = &h * p * h.transpose() + &self.r;
+        let chol = s.cholesky().ok_or_else(|| {
+            GendaError::LinAlg(format!(
+                "CG filter: innovation covariance not positive definite at step {n}"
+            ))
+        })?;
+        let pht = p * h.transpose();
+        let k = chol.solve(&pht.transpose()).transpose();
+        let post_mean = m + &k * (&z - &h * m);
+        let ikh = DMatrix::identity(nv, nv) - &k * &h;
+        let post_cov = &ikh * p * ikh.transpose() + &k * &self.r * k.transpose();
+        // Predict v_{n+1}.
+        let f = DMatrix::identity(nv, nv) + DMatrix::from_row_slice(nv, nv, &self.a1) * dt;
+        let c = DVector::from_column_slice(&self.a0) * dt;
+        let next_mean = &f * &post_mean + c;
+        let next_cov = &f * &post_cov * f.transpose() + &self.q;
+        Ok(CgStepResult {
+            post_mean,
+            post_cov,
+            f,
+            next_mean,
+            next_cov,
+        })
+    }
+}
+
 /// Run the CG filter and smoother on the observed path `u` (T + 1 rows of n_u values, one per
 /// model step) from the prior v_0 ~ N(m0, p0).
 pub fn cg_filter_smoother(
@@ -50,10 +140,8 @@ pub fn cg_filter_smoother(
     m0: &DVector<f64>,
     p0: &DMatrix<f64>,
 ) -> Result<CgResult> {
-    let cg = cg_structure(model)?;
-    let nu = cg.observed_dim();
-    let nv = model.dim() - nu;
-    let dt = model.dt();
+    let mut stepper = CgStep::new(model)?;
+    let (nu, nv) = (stepper.nu, stepper.nv);
     if m0.len() != nv || p0.shape() != (nv, nv) {
         return Err(GendaError::Dimension {
             what: "CG prior of the hidden variables".into(),
@@ -68,44 +156,17 @@ pub fn cg_filter_smoother(
             got: u[bad].len(),
         });
     }
-    let (s_u, s_v) = cg.cg_noise();
-    let r = DMatrix::from_diagonal(&DVector::from_iterator(nu, s_u.iter().map(|s| s * s * dt)));
-    let q = DMatrix::from_diagonal(&DVector::from_iterator(nv, s_v.iter().map(|s| s * s * dt)));
     let steps = u.len().saturating_sub(1);
-    let (mut ba0, mut ba1, mut a0, mut a1) = (
-        vec![0.0; nu],
-        vec![0.0; nu * nv],
-        vec![0.0; nv],
-        vec![0.0; nv * nv],
-    );
     let mut prior_m = vec![m0.clone()];
     let mut prior_p = vec![p0.clone()];
     let (mut post_m, mut post_p, mut fs) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..steps {
-        cg.cg_terms(&u[n], &mut ba0, &mut ba1, &mut a0, &mut a1);
-        let h = DMatrix::from_row_slice(nu, nv, &ba1) * dt;
-        let z = DVector::from_iterator(nu, (0..nu).map(|i| u[n + 1][i] - u[n][i] - ba0[i] * dt));
-        let (m, p) = (&prior_m[n], &prior_p[n]);
-        // Update with z_n (Joseph form keeps P symmetric positive definite).
-        let s = &h * p * h.transpose() + &r;
-        let chol = s.cholesky().ok_or_else(|| {
-            GendaError::LinAlg(format!(
-                "CG filter: innovation covariance not positive definite at step {n}"
-            ))
-        })?;
-        let pht = p * h.transpose();
-        let k = chol.solve(&pht.transpose()).transpose();
-        let mp = m + &k * (&z - &h * m);
-        let ikh = DMatrix::identity(nv, nv) - &k * &h;
-        let pp = &ikh * p * ikh.transpose() + &k * &r * k.transpose();
-        // Predict v_{n+1}.
-        let f = DMatrix::identity(nv, nv) + DMatrix::from_row_slice(nv, nv, &a1) * dt;
-        let c = DVector::from_column_slice(&a0) * dt;
-        prior_m.push(&f * &mp + c);
-        prior_p.push(&f * &pp * f.transpose() + &q);
-        post_m.push(mp);
-        post_p.push(pp);
-        fs.push(f);
+        let r = stepper.step(&u[n], &u[n + 1], &prior_m[n], &prior_p[n], n)?;
+        prior_m.push(r.next_mean);
+        prior_p.push(r.next_cov);
+        post_m.push(r.post_mean);
+        post_p.push(r.post_cov);
+        fs.push(r.f);
     }
     // Rauch–Tung–Striebel backwards.
     let mut sm = vec![DVector::zeros(nv); steps + 1];

@@ -10,6 +10,7 @@ pub mod analytic;
 pub mod mixture;
 pub mod net;
 pub mod process;
+pub mod residual;
 pub mod sampler;
 pub mod train;
 
