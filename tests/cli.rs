@@ -601,3 +601,71 @@ fn omega_beats_enkf_on_spekf_and_refuses_bad_input() {
         assert!(!out.exists(), "no output on error");
     }
 }
+
+/// MASF and SF train their prior score on CPU and assimilate L63 with a 100-step gap: the
+/// analysis error of MASF is below the observation error (SF: finite, below 2.5 times it). A
+/// nonlinear operator given to MASF's exact-likelihood path is one clear error without output.
+#[test]
+fn masf_and_sf_learn_a_prior_and_assimilate_l63() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = [
+        ("cycles = 300", "cycles = 40"),
+        ("burn_in = 50", "burn_in = 10"),
+        ("steps = 150", "steps = 80"),
+        ("pretrain_steps = 1000", "pretrain_steps = 400"),
+        ("train_steps = 100", "train_steps = 40"),
+    ];
+    let rmse = |cfg: &std::path::Path, name: &str| -> f64 {
+        let out = dir.path().join(name);
+        let o = genda(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        nc_attr_f64(&out, "rmse_analysis_time_mean")
+    };
+    let masf = config_variant(dir.path(), "configs/masf_l63_gap100.toml", "m.toml", &short);
+    let mut sf_edits = short.to_vec();
+    sf_edits.push(("method = \"masf\"", "method = \"sf\""));
+    let sf = config_variant(
+        dir.path(),
+        "configs/masf_l63_gap100.toml",
+        "s.toml",
+        &sf_edits,
+    );
+    let (m, s) = (rmse(&masf, "m.nc"), rmse(&sf, "s.nc"));
+    eprintln!("L63 gap 100, 40 cycles: MASF {m}, SF {s}");
+    let obs_sd = 2f64.sqrt();
+    assert!(
+        m < obs_sd && s.is_finite() && s < 2.5 * obs_sd,
+        "MASF {m}, SF {s}"
+    );
+
+    let bad = config_variant(
+        dir.path(),
+        "configs/masf_l63_gap100.toml",
+        "bad.toml",
+        &[
+            ("operator = \"identity\"", "operator = \"arctan\""),
+            ("error_var = 2.0", "error_var = 0.01"),
+        ],
+    );
+    let out = dir.path().join("bad.nc");
+    let o = genda(&[
+        "run",
+        bad.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success()
+            && t.contains("needs a linear measurement that selects state components"),
+        "{t}"
+    );
+    assert!(!out.exists());
+}

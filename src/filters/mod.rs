@@ -12,6 +12,7 @@ mod etkf;
 mod free;
 mod kde;
 mod letkf;
+mod masf;
 mod omega;
 mod particle;
 
@@ -23,6 +24,7 @@ pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
+pub use masf::{Masf, MasfConfig, MasfGuidance};
 pub use omega::{Omega, OmegaConfig};
 pub use particle::{systematic_resample, ParticleFilter, PfConfig};
 
@@ -162,6 +164,22 @@ impl<'a> AnalysisInput<'a> {
     }
 }
 
+/// The state components a linear observation operator selects (y_i = x[locations[i]]), or
+/// None when it is not such a selection (nonlinear, or a weighted/block operator).
+pub fn selected_components(h: &dyn ObsOperator) -> Option<Vec<usize>> {
+    let locs = h.locations().to_vec();
+    let probe: Vec<f64> = (0..h.state_dim()).map(|k| 0.37 + k as f64 * 1.13).collect();
+    let mut y = vec![0.0; h.obs_dim()];
+    h.apply(&probe, &mut y);
+    (h.is_linear()
+        && locs.len() == y.len()
+        && locs
+            .iter()
+            .zip(&y)
+            .all(|(&l, &v)| (probe[l] - v).abs() < 1e-12))
+    .then_some(locs)
+}
+
 /// One analysis method.
 pub trait Filter: Send {
     fn name(&self) -> &'static str;
@@ -200,6 +218,12 @@ pub enum FilterConfig {
     /// Ω: conditional-Gaussian mixture baseline of each member's path + residual score learned
     /// by denoising score matching from the ensemble trajectories + annealed Langevin.
     Omega(OmegaConfig),
+    /// MASF (Yoon, Kim & Kim 2026): measurement-aware forward process, exact likelihood,
+    /// learned prior score.
+    Masf(MasfConfig),
+    /// Score filter (Bao, Zhang & Zhang): standard forward process, damped likelihood, learned
+    /// prior score on the same network and sampler as MASF.
+    Sf(MasfConfig),
     /// DAISI (Andrae et al. 2025): pre-trained interpolant prior, forecast members inverted to
     /// latents, guided sampling forward from them.
     Daisi(DaisiConfig),
@@ -217,6 +241,7 @@ impl FilterConfig {
             FilterConfig::Ensf(c) => c.members,
             FilterConfig::KdeDiffusion(c) => c.members,
             FilterConfig::Omega(c) => c.members,
+            FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.members,
             FilterConfig::Daisi(c) => c.members,
             FilterConfig::None(c) => c.members,
         }
@@ -232,6 +257,7 @@ impl FilterConfig {
             FilterConfig::Ensf(c) => c.members = m,
             FilterConfig::KdeDiffusion(c) => c.members = m,
             FilterConfig::Omega(c) => c.members = m,
+            FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.members = m,
             FilterConfig::Daisi(c) => c.members = m,
             FilterConfig::None(c) => c.members = m,
         }
@@ -247,6 +273,8 @@ impl FilterConfig {
             | FilterConfig::Ensf(_)
             | FilterConfig::KdeDiffusion(_)
             | FilterConfig::Omega(_)
+            | FilterConfig::Masf(_)
+            | FilterConfig::Sf(_)
             | FilterConfig::Daisi(_)
             | FilterConfig::None(_) => 1.0,
         }
@@ -261,6 +289,8 @@ impl FilterConfig {
             FilterConfig::Ensf(_) => "ensf",
             FilterConfig::KdeDiffusion(_) => "kde_diffusion",
             FilterConfig::Omega(_) => "omega",
+            FilterConfig::Masf(_) => "masf",
+            FilterConfig::Sf(_) => "sf",
             FilterConfig::Daisi(_) => "daisi",
             FilterConfig::None(_) => "none",
         }
@@ -322,6 +352,9 @@ impl FilterConfig {
         if let FilterConfig::Omega(c) = self {
             c.validate()?;
         }
+        if let FilterConfig::Masf(c) | FilterConfig::Sf(c) = self {
+            c.validate(self.name())?;
+        }
         if let FilterConfig::Daisi(c) = self {
             c.validate()?;
         }
@@ -352,6 +385,8 @@ impl FilterConfig {
             FilterConfig::Ensf(c) => Box::new(Ensf::new(c.clone())),
             FilterConfig::KdeDiffusion(c) => Box::new(KdeDiffusion::new(c.clone())),
             FilterConfig::Omega(c) => Box::new(Omega::new(c.clone())),
+            FilterConfig::Masf(c) => Box::new(Masf::new(c.clone(), true)),
+            FilterConfig::Sf(c) => Box::new(Masf::new(c.clone(), false)),
             FilterConfig::Daisi(c) => Box::new(Daisi::new(c.clone())),
             FilterConfig::None(_) => Box::new(FreeRun),
         }

@@ -173,26 +173,15 @@ fn process() -> ForwardProcess {
 
 /// Observations must be a plain selection of observed (u) components.
 fn observed_indices(input: &AnalysisInput, nu: usize) -> Result<Vec<usize>> {
-    let h = input.obs_operator;
-    let locs = h.locations().to_vec();
-    let n = h.state_dim();
-    let probe: Vec<f64> = (0..n).map(|k| 0.37 + k as f64 * 1.13).collect();
-    let mut y = vec![0.0; h.obs_dim()];
-    h.apply(&probe, &mut y);
-    let selects = h.is_linear()
-        && locs
-            .iter()
-            .zip(&y)
-            .all(|(&l, &v)| (probe[l] - v).abs() < 1e-12);
-    if !selects || locs.iter().any(|&l| l >= nu) {
-        return Err(GendaError::invalid(
+    match super::selected_components(input.obs_operator) {
+        Some(locs) if locs.iter().all(|&l| l < nu) => Ok(locs),
+        _ => Err(GendaError::invalid(
             "observations",
             format!(
                 "omega observes the conditionally Gaussian model's observed variables directly: use operator = \"sparse\" or \"identity\" on the first {nu} components (u)"
             ),
-        ));
+        )),
     }
-    Ok(locs)
 }
 
 impl Filter for Omega {

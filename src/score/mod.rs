@@ -7,6 +7,7 @@
 //! - `net`: MLP and periodic U-Net score networks; `train`: DSM training (Adam, EMA, checkpoints,
 //!   MPI data parallel); device selection and libtorch facts for `genda doctor` here.
 pub mod analytic;
+pub mod masf;
 pub mod mixture;
 pub mod net;
 pub mod process;

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# MASF vs SF vs stochastic EnKF on Lorenz-63 with a 100-step measurement gap (dt = 0.01),
+# observing all components or x only, seeds 1..5 (SEEDS to change). MASF runs with both
+# samplers: "bridge" (genda's default, exact reversal) and "additive" (the paper's).
+# Prints the time-mean analysis RMSE as mean ± std over seeds.
+#   scripts/compare_masf.sh           # GENDA=path/to/genda, CYCLES=200 to change
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GENDA=${GENDA:-target/release/genda}
+SEEDS=${SEEDS:-"1 2 3 4 5"}
+CYCLES=${CYCLES:-200}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+base=configs/masf_l63_gap100.toml
+variant() { # $1 method, $2 obs (all|x)
+  local s
+  s=$(cat "$base")
+  case $1 in
+    masf) ;;
+    masf_additive) s=$(echo "$s" | sed 's/^method = "masf"/method = "masf"\nguidance = "additive"/') ;;
+    sf) s=$(echo "$s" | sed 's/^method = "masf"/method = "sf"/') ;;
+    enkf) s=$(echo "$s" | sed -e 's/^method = "masf"/method = "enkf"/' -e '/^steps\|^hidden\|^layers\|^lr\|^batch\|^pretrain\|^train_steps/d') ;;
+  esac
+  if [ "$2" = x ]; then s=$(echo "$s" | sed 's/^operator = "identity"/operator = "sparse"\nstride = 3/'); fi
+  echo "$s"
+}
+for obs in all x; do
+  for m in masf masf_additive sf enkf; do
+    variant $m $obs > "$tmp/$m-$obs.toml"
+    for s in $SEEDS; do
+      out=$("$GENDA" run "$tmp/$m-$obs.toml" --seed "$s" --cycles "$CYCLES" --burn-in 40 --no-output --quiet 2>&1) || { echo "$m $obs seed $s failed: $out"; continue; }
+      echo "$out" | awk -v m=$m -v o=$obs -v s=$s '$1=="analysis" && NF==3 {print o, m, "seed", s, "rmse", $2, "spread", $3}'
+    done
+  done
+done | tee "$tmp/all.txt"
+python3 - "$tmp/all.txt" <<'PY'
+import sys, statistics as st
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) == 8:
+        rows.setdefault((f[0], f[1]), []).append((float(f[5]), float(f[7])))
+print("| observed | method | analysis RMSE | spread | seeds |")
+print("|---|---|---|---|---|")
+for (o, m), v in rows.items():
+    r = [a for a, _ in v]; sp = [b for _, b in v]
+    sd = st.stdev(r) if len(r) > 1 else 0.0
+    print(f"| {o} | {m} | {st.mean(r):.3f} ± {sd:.3f} | {st.mean(sp):.3f} | {len(r)} |")
+PY
