@@ -178,7 +178,7 @@ impl Filter for Masf {
                 ),
             )
         })?;
-        let (m, n) = ens.dim();
+        let n = ens.ncols();
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let first = self.net.is_none();
         if first {
@@ -273,7 +273,6 @@ impl Filter for Masf {
         for (i, v) in ens.iter_mut().enumerate() {
             *v = mean[i % n] + sd[i % n] * x[i];
         }
-        let _ = m;
         Ok(())
     }
 }

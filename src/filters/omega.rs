@@ -225,7 +225,7 @@ impl Filter for Omega {
             let v0 = states[0].slice(s![.., nu..]).to_owned();
             let mean = DVector::from_iterator(
                 nv,
-                v0.mean_axis(ndarray::Axis(0)).expect("members").into_iter(),
+                v0.mean_axis(ndarray::Axis(0)).expect("members"),
             );
             let mut cov = DMatrix::zeros(nv, nv);
             for r in v0.rows() {
