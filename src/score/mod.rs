@@ -12,6 +12,7 @@ pub mod mixture;
 pub mod net;
 pub mod process;
 pub mod residual;
+pub mod sda;
 pub mod sampler;
 pub mod train;
 
