@@ -22,7 +22,7 @@ pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
-pub use daisi::{Daisi, DaisiConfig};
+pub use daisi::{daisi_analysis, Daisi, DaisiConfig, DaisiGuidance, GaussianPrior, InterpolantPrior};
 pub use omega::{Omega, OmegaConfig};
 pub use particle::{systematic_resample, ParticleFilter, PfConfig};
 
