@@ -615,3 +615,57 @@ mod tests {
         assert!(err.contains("parallel.domains"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod diag {
+    use super::*;
+    use crate::obs::PointObs;
+
+    /// Manual diagnostics with the trained L96 prior (not part of the suite).
+    #[test]
+    #[ignore]
+    fn l96_single_analysis_diagnostics() {
+        let net = ScoreNetwork::load(std::path::Path::new("output/l96_interpolant.h5"), None, DeviceChoice::Cpu).unwrap();
+        let tr = crate::io::read_trajectory(std::path::Path::new("output/daisi_l96_climatology.truth.h5")).unwrap();
+        let n = 40;
+        let data = &tr.data;
+        let xs: Vec<f64> = data[1000 * n..1001 * n].to_vec();
+        let m = 20;
+        let idx: Vec<usize> = (0..n).step_by(4).collect();
+        let h = PointObs::new(n, idx.clone(), false);
+        let mut z = vec![0.0; n];
+        fill_standard_normal(5, Purpose::ObsNoise, 0, 0, 0, &mut z);
+        let y: Vec<f64> = idx.iter().enumerate().map(|(j, &i)| xs[i] + z[j]).collect();
+        let r = vec![1.0; idx.len()];
+        let input = AnalysisInput::whole(&y, &h, &r, 3, 1);
+        let rmse = |e: &Array2<f64>, obs: Option<bool>| {
+            let mean = e.mean_axis(Axis(0)).unwrap();
+            let sel: Vec<usize> = (0..n).filter(|i| match obs { None => true, Some(o) => (i % 4 == 0) == o }).collect();
+            (sel.iter().map(|&i| (mean[i] - xs[i]).powi(2)).sum::<f64>() / sel.len() as f64).sqrt()
+        };
+        let spread = |e: &Array2<f64>| e.var_axis(Axis(0), 1.0).mean().unwrap().sqrt();
+        for pert in [0.5, 1.5] {
+            let mut ens = Array2::zeros((m, n));
+            for i in 0..m {
+                fill_standard_normal(7, Purpose::EnsembleInit, 0, i as u64, 0, &mut z);
+                for c in 0..n { ens[[i, c]] = xs[c] + pert * z[c]; }
+            }
+            eprintln!("pert {pert}: prior rmse {:.3} (obs {:.3}, unobs {:.3}) spread {:.3}", rmse(&ens, None), rmse(&ens, Some(true)), rmse(&ens, Some(false)), spread(&ens));
+            let base = DaisiConfig { members: m, weights: "x".into(), t_start: 0.3, t_min: 1e-3, steps: 30, epsilon: 0.0, guidance: DaisiGuidance::Vjp, guidance_scale: 1.0, gamma: 1.0, inflation: 1.0, fixed_point_iters: 50, fixed_point_tol: 1e-6, device: DeviceChoice::Cpu };
+            for (label, c) in [
+                ("roundtrip", DaisiConfig { guidance_scale: 0.0, ..base.clone() }),
+                ("t0.1", DaisiConfig { t_start: 0.1, ..base.clone() }),
+                ("t0.3", base.clone()),
+                ("t0.3 id", DaisiConfig { guidance: DaisiGuidance::Identity, ..base.clone() }),
+                ("t0.6", DaisiConfig { t_start: 0.6, ..base.clone() }),
+                ("t0.9", DaisiConfig { t_start: 0.9, steps: 60, ..base.clone() }),
+                ("t0.9 eps1", DaisiConfig { t_start: 0.9, steps: 60, epsilon: 1.0, ..base.clone() }),
+                ("t0.9 g0", DaisiConfig { t_start: 0.9, steps: 60, epsilon: 1.0, guidance_scale: 0.0, ..base.clone() }),
+            ] {
+                let mut e = ens.clone();
+                let res = daisi_analysis(&net, &c, &mut e, &input);
+                eprintln!("  {label:10}: {:?} rmse {:.3} (obs {:.3}, unobs {:.3}) spread {:.3}", res.err(), rmse(&e, None), rmse(&e, Some(true)), rmse(&e, Some(false)), spread(&e));
+            }
+        }
+    }
+}
