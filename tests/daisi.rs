@@ -6,7 +6,13 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn train_config(dir: &Path, data: &Path, base: &str, tag: &str, steps: usize) -> std::path::PathBuf {
+fn train_config(
+    dir: &Path,
+    data: &Path,
+    base: &str,
+    tag: &str,
+    steps: usize,
+) -> std::path::PathBuf {
     let mut s = std::fs::read_to_string(repo_file(base)).unwrap();
     for (from, to) in [
         ("output/l63_sakov2012.truth.h5", data.display().to_string()),
@@ -45,7 +51,12 @@ fn daisi_trains_a_prior_and_runs_cycles_to_netcdf() {
         &[("cycles = 4000", "cycles = 400")],
     );
     let nc = d.join("truth.nc");
-    let o = genda(&["truth", truth_cfg.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
+    let o = genda(&[
+        "truth",
+        truth_cfg.to_str().unwrap(),
+        "-o",
+        nc.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let data = d.join("truth.h5");
 
@@ -83,7 +94,10 @@ fn daisi_trains_a_prior_and_runs_cycles_to_netcdf() {
         rmse.iter().all(|v| v.is_finite() && *v < 20.0),
         "analysis RMSE {rmse:?}"
     );
-    assert!(spread.iter().all(|v| v.is_finite() && *v > 0.0), "{spread:?}");
+    assert!(
+        spread.iter().all(|v| v.is_finite() && *v > 0.0),
+        "{spread:?}"
+    );
     drop(_g);
 
     // A VP-trained score network is not an interpolant prior: a clear error naming the file.
@@ -111,7 +125,10 @@ fn daisi_trains_a_prior_and_runs_cycles_to_netcdf() {
 
     // flow_matching on a VP process is a config error.
     let s = std::fs::read_to_string(&tv).unwrap() + "";
-    let s = s.replace("device = \"cpu\"", "device = \"cpu\"\nobjective = \"flow_matching\"");
+    let s = s.replace(
+        "device = \"cpu\"",
+        "device = \"cpu\"\nobjective = \"flow_matching\"",
+    );
     let bad_train = d.join("train_bad.toml");
     std::fs::write(&bad_train, s).unwrap();
     let o = genda(&["train", bad_train.to_str().unwrap(), "--quiet"]);

@@ -105,12 +105,18 @@ impl DaisiConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |k: &str, m: String| Err(GendaError::invalid(format!("filter.{k}"), m));
         if !(self.t_start > 0.0 && self.t_start < 1.0) {
-            return bad("t_start", format!("must be in (0, 1), got {}", self.t_start));
+            return bad(
+                "t_start",
+                format!("must be in (0, 1), got {}", self.t_start),
+            );
         }
         if !(self.t_min > 0.0 && self.t_min < self.t_start) {
             return bad(
                 "t_min",
-                format!("must be in (0, t_start = {}), got {}", self.t_start, self.t_min),
+                format!(
+                    "must be in (0, t_start = {}), got {}",
+                    self.t_start, self.t_min
+                ),
             );
         }
         if self.steps == 0 || self.steps >= 1 << 24 {
@@ -126,7 +132,10 @@ impl DaisiConfig {
             }
         }
         if !(self.inflation.is_finite() && self.inflation > 0.0) {
-            return bad("inflation", format!("must be positive, got {}", self.inflation));
+            return bad(
+                "inflation",
+                format!("must be positive, got {}", self.inflation),
+            );
         }
         if self.fixed_point_iters == 0 {
             return bad("fixed_point_iters", "must be >= 1".into());
@@ -242,7 +251,12 @@ fn grid(cfg: &DaisiConfig) -> Vec<f64> {
 /// Step k → k+1 solves x_{k+1} = x_k + h v(x_{k+1}, t_{k+1}) by fixed-point iteration from
 /// the explicit Euler guess: the exact inverse of the sampler's Euler step
 /// x_k = x_{k+1} − h v(x_{k+1}, t_{k+1}).
-pub fn invert(prior: &dyn InterpolantPrior, cfg: &DaisiConfig, x: &mut [f64], cycle: usize) -> Result<()> {
+pub fn invert(
+    prior: &dyn InterpolantPrior,
+    cfg: &DaisiConfig,
+    x: &mut [f64],
+    cycle: usize,
+) -> Result<()> {
     let ts = grid(cfg);
     let len = x.len();
     let mut e = vec![0.0; len];
@@ -266,7 +280,7 @@ pub fn invert(prior: &dyn InterpolantPrior, cfg: &DaisiConfig, x: &mut [f64], cy
                 y[i] = new;
             }
             res = r;
-            if !res.is_finite() {
+            if !res.is_finite() || y.iter().any(|v| !v.is_finite()) {
                 break;
             }
             if res <= cfg.fixed_point_tol * (1.0 + big) {
@@ -274,7 +288,15 @@ pub fn invert(prior: &dyn InterpolantPrior, cfg: &DaisiConfig, x: &mut [f64], cy
                 break;
             }
         }
-        if !converged || y.iter().any(|v| !v.is_finite()) {
+        if y.iter().any(|v| !v.is_finite()) {
+            return Err(GendaError::Diverged {
+                cycle,
+                what: format!(
+                    "DAISI latent inversion did not converge: non-finite values at t = {t1:.4} (forecast members far outside the prior's range?)"
+                ),
+            });
+        }
+        if !converged {
             return Err(GendaError::Diverged {
                 cycle,
                 what: format!(
@@ -513,7 +535,10 @@ mod tests {
     /// members (the implicit steps are the exact inverses of the sampler's Euler steps).
     #[test]
     fn inversion_round_trip_recovers_members() {
-        let prior = GaussianPrior { mean: 2.0, std: 3.0 };
+        let prior = GaussianPrior {
+            mean: 2.0,
+            std: 3.0,
+        };
         let ens = members(8, 5, 3, 1.0, 4.0);
         let h = PointObs::new(5, vec![0, 2], false);
         let input = AnalysisInput::whole(&[0.0, 0.0], &h, &[1.0, 1.0], 4, 1);
@@ -522,10 +547,21 @@ mod tests {
             let mut x: Vec<f64> = ens.iter().map(|v| (v - 2.0) / 3.0).collect();
             let orig = x.clone();
             invert(&prior, &c, &mut x, 4).unwrap();
-            let moved = x.iter().zip(&orig).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            assert!(moved > 1e-2, "latent should differ from the member ({moved})");
+            let moved = x
+                .iter()
+                .zip(&orig)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                moved > 1e-2,
+                "latent should differ from the member ({moved})"
+            );
             guided_sample(&prior, &c, &mut x, &input, false).unwrap();
-            let err = x.iter().zip(&orig).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let err = x
+                .iter()
+                .zip(&orig)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
             assert!(err < 1e-7, "round trip error {err} at t_start {t_start}");
         }
     }
@@ -533,7 +569,10 @@ mod tests {
     /// A fixed point that cannot meet its tolerance is a Diverged error naming the cycle.
     #[test]
     fn inversion_non_convergence_is_an_error_with_the_cycle() {
-        let prior = GaussianPrior { mean: 0.0, std: 1.0 };
+        let prior = GaussianPrior {
+            mean: 0.0,
+            std: 1.0,
+        };
         let ens = members(4, 3, 1, 0.0, 1.0);
         let h = PointObs::new(3, vec![0], false);
         let input = AnalysisInput::whole(&[0.5], &h, &[1.0], 17, 1);
@@ -547,7 +586,10 @@ mod tests {
         match &err {
             GendaError::Diverged { cycle, what } => {
                 assert_eq!(*cycle, 17);
-                assert!(what.contains("DAISI latent inversion did not converge"), "{what}");
+                assert!(
+                    what.contains("DAISI latent inversion did not converge"),
+                    "{what}"
+                );
             }
             other => panic!("expected Diverged, got {other}"),
         }
@@ -560,7 +602,10 @@ mod tests {
     /// posterior mean (0.8, 0, 0, 0) and keep the unobserved components near the prior.
     #[test]
     fn guided_sampler_moves_toward_kalman_posterior() {
-        let prior = GaussianPrior { mean: 0.0, std: 1.0 };
+        let prior = GaussianPrior {
+            mean: 0.0,
+            std: 1.0,
+        };
         let (m, n) = (400, 4);
         let h = PointObs::new(n, vec![0], false);
         let input = AnalysisInput::whole(&[1.2], &h, &[0.5], 1, 9);
@@ -574,9 +619,20 @@ mod tests {
             };
             daisi_analysis(&prior, &c, &mut ens, &input).unwrap();
             let mean = ens.mean_axis(Axis(0)).unwrap();
-            let var0 = ens.column(0).iter().map(|v| (v - mean[0]).powi(2)).sum::<f64>() / (m - 1) as f64;
-            eprintln!("DAISI {guidance:?}: mean {mean:.3}, var0 {var0:.3}; Kalman mean 0.8, var 0.333");
-            assert!((mean[0] - 0.8).abs() < 0.2, "{guidance:?}: mean {}", mean[0]);
+            let var0 = ens
+                .column(0)
+                .iter()
+                .map(|v| (v - mean[0]).powi(2))
+                .sum::<f64>()
+                / (m - 1) as f64;
+            eprintln!(
+                "DAISI {guidance:?}: mean {mean:.3}, var0 {var0:.3}; Kalman mean 0.8, var 0.333"
+            );
+            assert!(
+                (mean[0] - 0.8).abs() < 0.2,
+                "{guidance:?}: mean {}",
+                mean[0]
+            );
             assert!(mean.iter().skip(1).all(|v| v.abs() < 0.2), "{mean}");
             assert!(var0 < 0.8 && var0 > 0.1, "{guidance:?}: var {var0}");
         }
@@ -586,12 +642,30 @@ mod tests {
     fn config_ranges_are_checked() {
         assert!(cfg(10).validate().is_ok());
         for bad in [
-            DaisiConfig { t_start: 1.0, ..cfg(10) },
-            DaisiConfig { t_min: 0.95, ..cfg(10) },
-            DaisiConfig { steps: 0, ..cfg(10) },
-            DaisiConfig { epsilon: -1.0, ..cfg(10) },
-            DaisiConfig { inflation: 0.0, ..cfg(10) },
-            DaisiConfig { fixed_point_iters: 0, ..cfg(10) },
+            DaisiConfig {
+                t_start: 1.0,
+                ..cfg(10)
+            },
+            DaisiConfig {
+                t_min: 0.95,
+                ..cfg(10)
+            },
+            DaisiConfig {
+                steps: 0,
+                ..cfg(10)
+            },
+            DaisiConfig {
+                epsilon: -1.0,
+                ..cfg(10)
+            },
+            DaisiConfig {
+                inflation: 0.0,
+                ..cfg(10)
+            },
+            DaisiConfig {
+                fixed_point_iters: 0,
+                ..cfg(10)
+            },
         ] {
             assert!(bad.validate().is_err());
         }
@@ -625,8 +699,16 @@ mod diag {
     #[test]
     #[ignore]
     fn l96_single_analysis_diagnostics() {
-        let net = ScoreNetwork::load(std::path::Path::new("output/l96_interpolant.h5"), None, DeviceChoice::Cpu).unwrap();
-        let tr = crate::io::read_trajectory(std::path::Path::new("output/daisi_l96_climatology.truth.h5")).unwrap();
+        let net = ScoreNetwork::load(
+            std::path::Path::new("output/l96_interpolant.h5"),
+            None,
+            DeviceChoice::Cpu,
+        )
+        .unwrap();
+        let tr = crate::io::read_trajectory(std::path::Path::new(
+            "output/daisi_l96_climatology.truth.h5",
+        ))
+        .unwrap();
         let n = 40;
         let data = &tr.data;
         let xs: Vec<f64> = data[1000 * n..1001 * n].to_vec();
@@ -640,7 +722,12 @@ mod diag {
         let input = AnalysisInput::whole(&y, &h, &r, 3, 1);
         let rmse = |e: &Array2<f64>, obs: Option<bool>| {
             let mean = e.mean_axis(Axis(0)).unwrap();
-            let sel: Vec<usize> = (0..n).filter(|i| match obs { None => true, Some(o) => (i % 4 == 0) == o }).collect();
+            let sel: Vec<usize> = (0..n)
+                .filter(|i| match obs {
+                    None => true,
+                    Some(o) => (i % 4 == 0) == o,
+                })
+                .collect();
             (sel.iter().map(|&i| (mean[i] - xs[i]).powi(2)).sum::<f64>() / sel.len() as f64).sqrt()
         };
         let spread = |e: &Array2<f64>| e.var_axis(Axis(0), 1.0).mean().unwrap().sqrt();
@@ -648,23 +735,100 @@ mod diag {
             let mut ens = Array2::zeros((m, n));
             for i in 0..m {
                 fill_standard_normal(7, Purpose::EnsembleInit, 0, i as u64, 0, &mut z);
-                for c in 0..n { ens[[i, c]] = xs[c] + pert * z[c]; }
+                for c in 0..n {
+                    ens[[i, c]] = xs[c] + pert * z[c];
+                }
             }
-            eprintln!("pert {pert}: prior rmse {:.3} (obs {:.3}, unobs {:.3}) spread {:.3}", rmse(&ens, None), rmse(&ens, Some(true)), rmse(&ens, Some(false)), spread(&ens));
-            let base = DaisiConfig { members: m, weights: "x".into(), t_start: 0.3, t_min: 1e-3, steps: 30, epsilon: 0.0, guidance: DaisiGuidance::Vjp, guidance_scale: 1.0, gamma: 1.0, inflation: 1.0, fixed_point_iters: 50, fixed_point_tol: 1e-6, device: DeviceChoice::Cpu };
+            eprintln!(
+                "pert {pert}: prior rmse {:.3} (obs {:.3}, unobs {:.3}) spread {:.3}",
+                rmse(&ens, None),
+                rmse(&ens, Some(true)),
+                rmse(&ens, Some(false)),
+                spread(&ens)
+            );
+            let base = DaisiConfig {
+                members: m,
+                weights: "x".into(),
+                t_start: 0.3,
+                t_min: 1e-3,
+                steps: 30,
+                epsilon: 0.0,
+                guidance: DaisiGuidance::Vjp,
+                guidance_scale: 1.0,
+                gamma: 1.0,
+                inflation: 1.0,
+                fixed_point_iters: 50,
+                fixed_point_tol: 1e-6,
+                device: DeviceChoice::Cpu,
+            };
             for (label, c) in [
-                ("roundtrip", DaisiConfig { guidance_scale: 0.0, ..base.clone() }),
-                ("t0.1", DaisiConfig { t_start: 0.1, ..base.clone() }),
+                (
+                    "roundtrip",
+                    DaisiConfig {
+                        guidance_scale: 0.0,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "t0.1",
+                    DaisiConfig {
+                        t_start: 0.1,
+                        ..base.clone()
+                    },
+                ),
                 ("t0.3", base.clone()),
-                ("t0.3 id", DaisiConfig { guidance: DaisiGuidance::Identity, ..base.clone() }),
-                ("t0.6", DaisiConfig { t_start: 0.6, ..base.clone() }),
-                ("t0.9", DaisiConfig { t_start: 0.9, steps: 60, ..base.clone() }),
-                ("t0.9 eps1", DaisiConfig { t_start: 0.9, steps: 60, epsilon: 1.0, ..base.clone() }),
-                ("t0.9 g0", DaisiConfig { t_start: 0.9, steps: 60, epsilon: 1.0, guidance_scale: 0.0, ..base.clone() }),
+                (
+                    "t0.3 id",
+                    DaisiConfig {
+                        guidance: DaisiGuidance::Identity,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "t0.6",
+                    DaisiConfig {
+                        t_start: 0.6,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "t0.9",
+                    DaisiConfig {
+                        t_start: 0.9,
+                        steps: 60,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "t0.9 eps1",
+                    DaisiConfig {
+                        t_start: 0.9,
+                        steps: 60,
+                        epsilon: 1.0,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "t0.9 g0",
+                    DaisiConfig {
+                        t_start: 0.9,
+                        steps: 60,
+                        epsilon: 1.0,
+                        guidance_scale: 0.0,
+                        ..base.clone()
+                    },
+                ),
             ] {
                 let mut e = ens.clone();
                 let res = daisi_analysis(&net, &c, &mut e, &input);
-                eprintln!("  {label:10}: {:?} rmse {:.3} (obs {:.3}, unobs {:.3}) spread {:.3}", res.err(), rmse(&e, None), rmse(&e, Some(true)), rmse(&e, Some(false)), spread(&e));
+                eprintln!(
+                    "  {label:10}: {:?} rmse {:.3} (obs {:.3}, unobs {:.3}) spread {:.3}",
+                    res.err(),
+                    rmse(&e, None),
+                    rmse(&e, Some(true)),
+                    rmse(&e, Some(false)),
+                    spread(&e)
+                );
             }
         }
     }

@@ -5,24 +5,26 @@
 //! `experiment` and the `parallel` room do that).
 pub mod cg;
 mod core;
+mod daisi;
 mod enkf;
 mod ensf;
 mod etkf;
 mod free;
 mod kde;
 mod letkf;
-mod daisi;
 mod omega;
 mod particle;
 
 pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace};
+pub use daisi::{
+    daisi_analysis, Daisi, DaisiConfig, DaisiGuidance, GaussianPrior, InterpolantPrior,
+};
 pub use enkf::{Enkf, EnkfConfig};
 pub use ensf::{mixture_score, Ensf, EnsfConfig, EnsfPrior};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
-pub use daisi::{daisi_analysis, Daisi, DaisiConfig, DaisiGuidance, GaussianPrior, InterpolantPrior};
 pub use omega::{Omega, OmegaConfig};
 pub use particle::{systematic_resample, ParticleFilter, PfConfig};
 

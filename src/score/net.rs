@@ -298,7 +298,11 @@ impl ScoreNetwork {
             .set_requires_grad(true);
         let tt = Tensor::full([n], t, (Kind::Float, device));
         let e = self.eps_hat(&xt, &tt);
-        let e_cpu = e.detach().to_kind(Kind::Double).to(Device::Cpu).reshape([-1]);
+        let e_cpu = e
+            .detach()
+            .to_kind(Kind::Double)
+            .to(Device::Cpu)
+            .reshape([-1]);
         e_cpu.copy_data(eps, eps.len());
         let c = cotangent(eps);
         let ct = Tensor::from_slice(&c)

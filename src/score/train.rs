@@ -359,7 +359,10 @@ impl Trainer {
         match self.cfg.objective {
             Objective::Dsm => sq.mean(Kind::Float),
             Objective::FlowMatching => {
-                let w = (Tensor::ones_like(t) - t).square().reciprocal().unsqueeze(-1);
+                let w = (Tensor::ones_like(t) - t)
+                    .square()
+                    .reciprocal()
+                    .unsqueeze(-1);
                 (sq * w).mean(Kind::Float)
             }
         }
@@ -939,9 +942,17 @@ mod tests {
             .map(|k| (1.0 - ts[k / 3]) * x0[k] + ts[k / 3] * z[k])
             .collect();
         let f = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float);
-        let (xt_t, z_t, t_t) = (f(&xt).reshape([b as i64, 3]), f(&z).reshape([b as i64, 3]), f(&ts));
+        let (xt_t, z_t, t_t) = (
+            f(&xt).reshape([b as i64, 3]),
+            f(&z).reshape([b as i64, 3]),
+            f(&ts),
+        );
         let got = tr.loss(&xt_t, &z_t, &t_t).double_value(&[]);
-        let eps = tr.net.eps_hat(&xt_t, &t_t).to_kind(Kind::Double).reshape([-1]);
+        let eps = tr
+            .net
+            .eps_hat(&xt_t, &t_t)
+            .to_kind(Kind::Double)
+            .reshape([-1]);
         let eps = Vec::<f64>::try_from(&eps).unwrap();
         let want = (0..b * 3)
             .map(|k| {
