@@ -17,7 +17,9 @@ mod omega;
 mod particle;
 
 pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace};
-pub use daisi::{Daisi, DaisiConfig};
+pub use daisi::{
+    daisi_analysis, Daisi, DaisiConfig, DaisiGuidance, GaussianPrior, InterpolantPrior,
+};
 pub use enkf::{Enkf, EnkfConfig};
 pub use ensf::{mixture_score, Ensf, EnsfConfig, EnsfPrior};
 pub use etkf::{Etkf, EtkfConfig};

@@ -19,7 +19,7 @@ pub mod train;
 pub use net::{NetworkConfig, ScoreNetwork};
 pub use process::ForwardProcess;
 pub use sampler::{prior_sample, sample, SamplerConfig, SamplerKind};
-pub use train::{run_training, Dataset, TrainConfig, Trainer, TrainingConfig};
+pub use train::{run_training, Dataset, Objective, TrainConfig, Trainer, TrainingConfig};
 
 use crate::error::{GendaError, Result};
 use serde::{Deserialize, Serialize};

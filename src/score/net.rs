@@ -259,6 +259,61 @@ impl ScoreNetwork {
         s.copy_data(out, out.len());
     }
 
+    /// ε̂(x, t) at the rows of `x` (M, d) in the standardised coordinates, written to `out`.
+    pub fn eps_into(&self, x: &[f64], t: f64, out: &mut [f64]) {
+        let n = (x.len() / self.dim) as i64;
+        let device = self.device();
+        let _g = tch::no_grad_guard();
+        let xt = Tensor::from_slice(x)
+            .to_kind(Kind::Float)
+            .reshape([n, self.dim as i64])
+            .to(device);
+        let tt = Tensor::full([n], t, (Kind::Float, device));
+        let e = self
+            .eps_hat(&xt, &tt)
+            .to_kind(Kind::Double)
+            .to(Device::Cpu)
+            .reshape([-1]);
+        e.copy_data(out, out.len());
+    }
+
+    /// ε̂(x, t) into `eps` and the vector–Jacobian product J_ε̂(x)ᵀ c into `vjp`, where the
+    /// cotangent c = `cotangent(ε̂)` may depend on ε̂ (guidance through Tweedie's estimate).
+    /// One forward and one backward pass through the network (rows are independent, so the
+    /// VJP of the batch sum is the per-row VJP).   x, eps, vjp: (M, d)
+    pub fn eps_vjp(
+        &self,
+        x: &[f64],
+        t: f64,
+        cotangent: &mut dyn FnMut(&[f64]) -> Vec<f64>,
+        eps: &mut [f64],
+        vjp: &mut [f64],
+    ) {
+        let n = (x.len() / self.dim) as i64;
+        let device = self.device();
+        let xt = Tensor::from_slice(x)
+            .to_kind(Kind::Float)
+            .reshape([n, self.dim as i64])
+            .to(device)
+            .set_requires_grad(true);
+        let tt = Tensor::full([n], t, (Kind::Float, device));
+        let e = self.eps_hat(&xt, &tt);
+        let e_cpu = e
+            .detach()
+            .to_kind(Kind::Double)
+            .to(Device::Cpu)
+            .reshape([-1]);
+        e_cpu.copy_data(eps, eps.len());
+        let c = cotangent(eps);
+        let ct = Tensor::from_slice(&c)
+            .to_kind(Kind::Float)
+            .reshape([n, self.dim as i64])
+            .to(device);
+        let g = Tensor::run_backward(&[(e * ct).sum(Kind::Float)], &[&xt], false, false);
+        let g = g[0].to_kind(Kind::Double).to(Device::Cpu).reshape([-1]);
+        g.copy_data(vjp, vjp.len());
+    }
+
     /// Parameters sorted by name (a fixed order for flattening, allreduce and files).
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();

@@ -81,6 +81,30 @@ pub struct TrainingConfig {
     pub checkpoint_every: usize,
     #[serde(default)]
     pub device: DeviceChoice,
+    /// Loss: `dsm` (ε-prediction, uniform in t) or `flow_matching` (velocity loss of the linear
+    /// interpolant, = the ε-loss weighted by 1/(1 − t)²; needs `process.kind = "interpolant"`).
+    #[serde(default)]
+    pub objective: Objective,
+}
+
+/// Training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Denoising score matching with the ε-parametrisation: E‖ε̂(x_t, t) + z‖².
+    #[default]
+    Dsm,
+    /// Flow matching on the interpolant x_t = (1 − t) x₀ + t z: E‖v̂ − (z − x₀)‖² with
+    /// v̂ = (−ε̂ − x_t)/(1 − t), i.e. E‖ε̂ + z‖²/(1 − t)².
+    FlowMatching,
+}
+
+/// Per-sample loss weight of `objective` at time t (1 for DSM, 1/(1 − t)² for flow matching).
+pub fn objective_weight(objective: Objective, t: f64) -> f64 {
+    match objective {
+        Objective::Dsm => 1.0,
+        Objective::FlowMatching => 1.0 / ((1.0 - t) * (1.0 - t)),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -148,6 +172,14 @@ impl TrainConfig {
         }
         if let Err(m) = cfg.process.validate() {
             return bad("process", m);
+        }
+        if t.objective == Objective::FlowMatching
+            && !matches!(cfg.process, ForwardProcess::Interpolant { .. })
+        {
+            return bad(
+                "training.objective",
+                "flow_matching needs process.kind = \"interpolant\" (its velocity is defined on the linear interpolant path)".into(),
+            );
         }
         Ok(cfg)
     }
@@ -321,8 +353,31 @@ impl Trainer {
         )
     }
 
+    /// Batch loss of the objective: mean over samples and components of w(t)·(ε̂ + z)².
+    fn loss(&self, xt: &Tensor, z: &Tensor, t: &Tensor) -> Tensor {
+        let sq = (self.net.eps_hat(xt, t) + z).square();
+        match self.cfg.objective {
+            Objective::Dsm => sq.mean(Kind::Float),
+            Objective::FlowMatching => {
+                let w = (Tensor::ones_like(t) - t)
+                    .square()
+                    .reciprocal()
+                    .unsqueeze(-1);
+                (sq * w).mean(Kind::Float)
+            }
+        }
+    }
+
     /// One optimisation step on this rank's share of the global batch; returns the global loss.
     pub fn step(&mut self, data: &Dataset, comm: &dyn Collectives) -> Result<f64> {
+        if self.cfg.objective == Objective::FlowMatching
+            && !matches!(self.net.process, ForwardProcess::Interpolant { .. })
+        {
+            return Err(GendaError::invalid(
+                "training.objective",
+                "flow_matching needs process.kind = \"interpolant\"",
+            ));
+        }
         let (ranks, rank) = (comm.size(), comm.rank());
         let b = self.cfg.batch;
         if b % ranks != 0 {
@@ -345,7 +400,7 @@ impl Trainer {
                 let _ = g.zero_();
             }
         }
-        let loss = (self.net.eps_hat(&xt, &t) + &z).square().mean(Kind::Float);
+        let loss = self.loss(&xt, &z, &t);
         loss.backward();
         // Flatten gradients (and the loss) for one allreduce.
         let mut flat: Vec<f32> = Vec::new();
@@ -405,10 +460,7 @@ impl Trainer {
         for ((_, p), (_, e)) in self.params.iter().zip(&self.ema) {
             p.shallow_clone().copy_(e);
         }
-        let loss = (self.net.eps_hat(&xt, &t) + &z)
-            .square()
-            .mean(Kind::Float)
-            .double_value(&[]);
+        let loss = self.loss(&xt, &z, &t).double_value(&[]);
         for ((_, p), s) in self.params.iter().zip(&saved) {
             p.shallow_clone().copy_(s);
         }
@@ -606,6 +658,7 @@ mod tests {
             validate_every: 100,
             checkpoint_every: 0,
             device: DeviceChoice::Cpu,
+            objective: Objective::Dsm,
         }
     }
 
@@ -866,5 +919,62 @@ mod tests {
                 .to_string();
             assert!(e.contains("cuda"), "{e}");
         }
+    }
+
+    /// The flow-matching loss implemented as the 1/(1 − t)²-weighted ε-loss equals the velocity
+    /// loss ‖v̂ − (z − x₀)‖² with v̂ = (−ε̂ − x_t)/(1 − t), computed directly on a small batch.
+    #[test]
+    fn flow_matching_weighting_equals_velocity_loss() {
+        let process = ForwardProcess::Interpolant { t_max: 0.95 };
+        let net = ScoreNetwork::new(mlp(16), process, 3, Device::Cpu, 4).unwrap();
+        let tr = Trainer::new(
+            net,
+            TrainingConfig {
+                objective: Objective::FlowMatching,
+                ..cfg(10, 8)
+            },
+        );
+        let b = 6;
+        let x0: Vec<f64> = (0..b * 3).map(|i| (i as f64 * 0.37).sin() * 2.0).collect();
+        let z: Vec<f64> = (0..b * 3).map(|i| (i as f64 * 1.3).cos()).collect();
+        let ts: Vec<f64> = (0..b).map(|i| 0.05 + 0.15 * i as f64).collect();
+        let xt: Vec<f64> = (0..b * 3)
+            .map(|k| (1.0 - ts[k / 3]) * x0[k] + ts[k / 3] * z[k])
+            .collect();
+        let f = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float);
+        let (xt_t, z_t, t_t) = (
+            f(&xt).reshape([b as i64, 3]),
+            f(&z).reshape([b as i64, 3]),
+            f(&ts),
+        );
+        let got = tr.loss(&xt_t, &z_t, &t_t).double_value(&[]);
+        let eps = tr
+            .net
+            .eps_hat(&xt_t, &t_t)
+            .to_kind(Kind::Double)
+            .reshape([-1]);
+        let eps = Vec::<f64>::try_from(&eps).unwrap();
+        let want = (0..b * 3)
+            .map(|k| {
+                let t = ts[k / 3];
+                let v_hat = (-eps[k] - xt[k]) / (1.0 - t);
+                (v_hat - (z[k] - x0[k])).powi(2)
+            })
+            .sum::<f64>()
+            / (b * 3) as f64;
+        assert!((got - want).abs() < 1e-4 * want.max(1.0), "{got} vs {want}");
+        assert_eq!(objective_weight(Objective::FlowMatching, 0.5), 4.0);
+        // DSM is the unweighted ε-loss; flow matching on a VP process is refused.
+        let tr_vp = Trainer::new(
+            ScoreNetwork::new(mlp(8), ForwardProcess::default(), 2, Device::Cpu, 1).unwrap(),
+            TrainingConfig {
+                objective: Objective::FlowMatching,
+                ..cfg(10, 8)
+            },
+        );
+        let mut tr_vp = tr_vp;
+        let ds = Dataset::from_samples(vec![0.1, 0.2, 0.3, 0.5, -0.1, 0.0], 2, 0.0, false).unwrap();
+        let err = tr_vp.step(&ds, &SerialComm).unwrap_err();
+        assert!(err.to_string().contains("interpolant"), "{err}");
     }
 }
