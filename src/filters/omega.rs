@@ -223,10 +223,7 @@ impl Filter for Omega {
         // Initial moments: every member starts from the ensemble's Gaussian of v.
         if self.moments.len() != m {
             let v0 = states[0].slice(s![.., nu..]).to_owned();
-            let mean = DVector::from_iterator(
-                nv,
-                v0.mean_axis(ndarray::Axis(0)).expect("members"),
-            );
+            let mean = DVector::from_iterator(nv, v0.mean_axis(ndarray::Axis(0)).expect("members"));
             let mut cov = DMatrix::zeros(nv, nv);
             for r in v0.rows() {
                 let d = DVector::from_iterator(nv, r.iter().cloned()) - &mean;

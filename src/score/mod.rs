@@ -12,8 +12,8 @@ pub mod mixture;
 pub mod net;
 pub mod process;
 pub mod residual;
-pub mod sda;
 pub mod sampler;
+pub mod sda;
 pub mod train;
 
 pub use net::{NetworkConfig, ScoreNetwork};

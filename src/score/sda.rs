@@ -48,7 +48,9 @@ mod tests {
         let (phi, n, l) = (0.8f64, 2usize, 9usize);
         let cov = |m: usize| DMatrix::from_fn(m, m, |i, j| phi.powi((i as i32 - j as i32).abs()));
         // Trajectory values, row-major (L, n).
-        let traj: Vec<f64> = (0..l * n).map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0).collect();
+        let traj: Vec<f64> = (0..l * n)
+            .map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0)
+            .collect();
         let component = |c: usize, v: &[f64], m: usize| DVector::from_fn(m, |i, _| v[i * n + c]);
         // Exact joint score per component.
         let qi = cov(l).try_inverse().unwrap();
