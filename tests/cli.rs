@@ -588,17 +588,7 @@ fn omega_beats_enkf_on_spekf_and_refuses_bad_input() {
     ];
     for (i, (cfg, edits, msg)) in bad.iter().enumerate() {
         let c = config_variant(dir.path(), cfg, &format!("bad{i}.toml"), edits);
-        let out = dir.path().join(format!("bad{i}.nc"));
-        let o = genda(&[
-            "run",
-            c.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--quiet",
-        ]);
-        let t = text(&o);
-        assert!(!o.status.success() && t.contains(msg), "{t}");
-        assert!(!out.exists(), "no output on error");
+        assert_run_fails_without_output(&c, &dir.path().join(format!("bad{i}.nc")), msg);
     }
 }
 
@@ -653,19 +643,9 @@ fn masf_and_sf_learn_a_prior_and_assimilate_l63() {
             ("error_var = 2.0", "error_var = 0.01"),
         ],
     );
-    let out = dir.path().join("bad.nc");
-    let o = genda(&[
-        "run",
-        bad.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let t = text(&o);
-    assert!(
-        !o.status.success()
-            && t.contains("needs a linear measurement that selects state components"),
-        "{t}"
+    assert_run_fails_without_output(
+        &bad,
+        &dir.path().join("bad.nc"),
+        "needs a linear measurement that selects state components",
     );
-    assert!(!out.exists());
 }

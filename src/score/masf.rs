@@ -20,13 +20,13 @@
 //!
 //! `DiagScore` is the prior score network for such a process, trained by denoising score
 //! matching (ε-parametrisation per component: s_k = ε̂_k / Σ_k(t)^{1/2}) and fine-tuned in place.
-use super::net::{NetworkConfig, ScoreNetwork};
+use super::net::ScoreNetwork;
 use super::process::ForwardProcess;
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, stream, Purpose};
 use rand::distributions::{Distribution, Uniform};
-use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Tensor};
+use tch::nn;
+use tch::{Kind, Tensor};
 
 pub const T_EPS: f64 = 1e-5;
 pub const T_END: f64 = 0.992;
@@ -116,18 +116,16 @@ pub struct DiagScore {
 
 impl DiagScore {
     pub fn new(hidden: i64, layers: usize, dim: usize, lr: f64, seed: u64) -> Result<Self> {
-        let cfg = NetworkConfig::Mlp {
+        // The process record is unused here (the diagonal process is passed to each call).
+        let (net, opt) = ScoreNetwork::cpu_mlp_with_adam(
             hidden,
             layers,
-            time_features: 16,
-        };
-        // Small per-cycle networks: one libtorch thread (the pool only adds wake-ups).
-        tch::set_num_threads(1);
-        // The process record is unused here (the diagonal process is passed to each call).
-        let net = ScoreNetwork::new(cfg, ForwardProcess::default(), dim, Device::Cpu, seed)?;
-        let opt = nn::Adam::default()
-            .build(&net.vs, lr)
-            .map_err(|e| GendaError::Score(format!("optimiser: {e}")))?;
+            16,
+            dim,
+            ForwardProcess::default(),
+            lr,
+            seed,
+        )?;
         Ok(DiagScore {
             net,
             opt,
@@ -193,18 +191,7 @@ impl DiagScore {
 
     /// Prior score at the rows of `x` (M, dim), time t, into `out`.
     pub fn score(&self, process: &DiagProcess, x: &[f64], t: f64, out: &mut [f64]) {
-        let n = (x.len() / self.dim) as i64;
-        let _g = tch::no_grad_guard();
-        let xt = Tensor::from_slice(x)
-            .to_kind(Kind::Float)
-            .reshape([n, self.dim as i64]);
-        let tt = Tensor::full([n], t, (Kind::Float, Device::Cpu));
-        let e = self
-            .net
-            .eps_hat(&xt, &tt)
-            .to_kind(Kind::Double)
-            .reshape([-1]);
-        e.copy_data(out, out.len());
+        self.net.eps_into(x, t, out);
         for (i, o) in out.iter_mut().enumerate() {
             *o /= process.var_k(i % self.dim, t).sqrt().max(1e-12);
         }

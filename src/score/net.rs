@@ -242,21 +242,39 @@ impl ScoreNetwork {
         }
     }
 
-    /// Score s_θ(x, t) in the standardised coordinates at the rows of `x` (M, d), written to `out`.
+    /// Score s_θ(x, t) = ε̂/σ(t) in the standardised coordinates at the rows of `x` (M, d),
+    /// written to `out`.
     pub fn score_into(&self, x: &[f64], t: f64, out: &mut [f64]) {
-        let n = (x.len() / self.dim) as i64;
-        let device = self.device();
-        let _g = tch::no_grad_guard();
-        let xt = Tensor::from_slice(x)
-            .to_kind(Kind::Float)
-            .reshape([n, self.dim as i64])
-            .to(device);
-        let tt = Tensor::full([n], t, (Kind::Float, device));
-        let s = (self.eps_hat(&xt, &tt) / self.process.sigma(t))
-            .to_kind(Kind::Double)
-            .to(Device::Cpu)
-            .reshape([-1]);
-        s.copy_data(out, out.len());
+        self.eps_into(x, t, out);
+        let s = self.process.sigma(t);
+        out.iter_mut().for_each(|v| *v /= s);
+    }
+
+    /// A small MLP on the CPU with its Adam optimiser, for the networks filters train and
+    /// fine-tune every cycle (Ω's residual, MASF/SF priors). Such networks run fastest on one
+    /// libtorch thread — the intra-op pool only adds wake-ups (30 ms vs 1 s per SPEKF cycle on a
+    /// busy 2-core node) — so this sets libtorch's (process-wide) thread count to 1.
+    pub fn cpu_mlp_with_adam(
+        hidden: i64,
+        layers: usize,
+        time_features: i64,
+        dim: usize,
+        process: ForwardProcess,
+        lr: f64,
+        seed: u64,
+    ) -> Result<(Self, nn::Optimizer)> {
+        use tch::nn::OptimizerConfig;
+        tch::set_num_threads(1);
+        let cfg = NetworkConfig::Mlp {
+            hidden,
+            layers,
+            time_features,
+        };
+        let net = ScoreNetwork::new(cfg, process, dim, Device::Cpu, seed)?;
+        let opt = nn::Adam::default()
+            .build(&net.vs, lr)
+            .map_err(|e| GendaError::Score(format!("optimiser: {e}")))?;
+        Ok((net, opt))
     }
 
     /// ε̂(x, t) at the rows of `x` (M, d) in the standardised coordinates, written to `out`.

@@ -10,13 +10,13 @@
 //! ensemble trajectories). Training draws t from the fixed noise levels the sampler uses, so the
 //! baseline is evaluated once per level for the rows drawn at it; the network is kept between
 //! calls and fine-tuned (warm start), as a per-cycle update.
-use super::net::{NetworkConfig, ScoreNetwork};
+use super::net::ScoreNetwork;
 use super::process::ForwardProcess;
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, stream, Purpose};
 use rand::distributions::{Distribution, Uniform};
-use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Tensor};
+use tch::nn;
+use tch::{Kind, Tensor};
 
 /// Baseline score at rows `x` (B, d) for one noise level t, written to `out` (B, d).
 pub type BaselineFn<'a> = dyn FnMut(&[f64], f64, &mut [f64]) -> Result<()> + 'a;
@@ -38,15 +38,8 @@ impl ResidualScore {
         lr: f64,
         seed: u64,
     ) -> Result<Self> {
-        let cfg = NetworkConfig::Mlp {
-            hidden,
-            layers,
-            time_features: 8,
-        };
-        // A per-cycle network this small runs fastest on one libtorch thread: the intra-op pool
-        // only adds wake-ups (30 ms vs 1 s per SPEKF cycle on a busy 2-core node).
-        tch::set_num_threads(1);
-        let net = ScoreNetwork::new(cfg, process, dim, Device::Cpu, seed)?;
+        let (net, opt) =
+            ScoreNetwork::cpu_mlp_with_adam(hidden, layers, 8, dim, process, lr, seed)?;
         // Start from r = 0: the baseline alone until the data say otherwise.
         {
             let _g = tch::no_grad_guard();
@@ -56,9 +49,6 @@ impl ResidualScore {
                 }
             }
         }
-        let opt = nn::Adam::default()
-            .build(&net.vs, lr)
-            .map_err(|e| GendaError::Score(format!("residual optimiser: {e}")))?;
         Ok(ResidualScore {
             net,
             opt,

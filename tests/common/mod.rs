@@ -131,3 +131,17 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `genda run <cfg> -o <out> --quiet` fails with a message containing `msg` and leaves no `out`.
+pub fn assert_run_fails_without_output(cfg: &Path, out: &Path, msg: &str) {
+    let o = genda(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains(msg), "{t}");
+    assert!(!out.exists(), "no output on error: {}", out.display());
+}
