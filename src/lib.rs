@@ -17,5 +17,6 @@ pub mod obs;
 pub mod parallel;
 pub mod rng;
 pub mod score;
+pub mod sda_twin;
 
 pub use error::{GendaError, Result};

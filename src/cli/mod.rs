@@ -147,6 +147,22 @@ pub enum Command {
     /// observe u every step, score the CG filter and smoother of the hidden v (RMSE, spread,
     /// CRPS) against the hidden truth.
     Cg { config: PathBuf },
+    /// SDA smoother over one assimilation window (filter.method = "sda"): simulate the truth
+    /// trajectory, observe it, sample whole trajectories from the posterior with the window score
+    /// network, and score them (log p(y|x), log p(x), W1 to a bootstrap-particle-filter
+    /// reference, RMSE). Writes the truth, observations, samples and reference to NetCDF.
+    Smooth {
+        config: PathBuf,
+        /// Experiment seed (overrides [experiment].seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// NetCDF output (default: [output].path).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Print the scores only.
+        #[arg(long)]
+        no_output: bool,
+    },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
     Plot {
         /// NetCDF run file written by `genda run`.
@@ -187,6 +203,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Couple { .. } => Some("couple"),
         Command::Plot { .. } => Some("plot"),
         Command::Cg { .. } => Some("cg"),
+        Command::Smooth { .. } => Some("smooth"),
         Command::Check { .. } => Some("check"),
         Command::Doctor => None,
         Command::Scaling { .. } => Some("scaling"),
@@ -332,6 +349,43 @@ pub fn execute(cli: Cli) -> Result<()> {
                     cfg.output.weights.display(),
                     cfg.output.checkpoint.display()
                 );
+            }
+            Ok(())
+        }
+        Command::Smooth {
+            config,
+            seed,
+            output,
+            no_output,
+        } => {
+            let mut cfg = load(&config)?;
+            if let Some(s) = seed {
+                cfg.experiment.seed = s;
+            }
+            let out = output.unwrap_or_else(|| cfg.output.path.clone());
+            let r = crate::sda_twin::run_smooth(&cfg, (!no_output).then_some(out.as_path()))?;
+            println!(
+                "sda smoother: {} states (network window {}), {} samples, {} observations",
+                r.states, r.window, r.samples, r.observations
+            );
+            let row = |name: &str, s: &crate::sda_twin::SampleScores| {
+                println!(
+                    "{name:<10} log p(y|x) {:>10.3}  log p(x) {:>10}  rmse {:.4}  spread {:.4}",
+                    s.log_likelihood,
+                    s.log_prior.map_or("-".into(), |v| format!("{v:.3}")),
+                    s.rmse,
+                    s.spread
+                )
+            };
+            row("sda", &r.sda);
+            if let Some(rf) = &r.reference {
+                row("reference", rf);
+            }
+            if let Some((a, b)) = r.w1 {
+                println!("w1 sda-reference {a:.4}  reference-reference {b:.4}");
+            }
+            if let Some(p) = r.output {
+                println!("wrote {}", p.display());
             }
             Ok(())
         }

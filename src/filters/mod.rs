@@ -15,6 +15,7 @@ mod letkf;
 mod masf;
 mod omega;
 mod particle;
+mod sda;
 
 pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace};
 pub use daisi::{
@@ -29,6 +30,7 @@ pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
 pub use masf::{Masf, MasfConfig, MasfGuidance};
 pub use omega::{Omega, OmegaConfig};
 pub use particle::{systematic_resample, ParticleFilter, PfConfig};
+pub use sda::{Sda, SdaConfig};
 
 use crate::error::{GendaError, Result};
 use crate::models::Model;
@@ -229,6 +231,9 @@ pub enum FilterConfig {
     /// DAISI (Andrae et al. 2025): pre-trained interpolant prior, forecast members inverted to
     /// latents, guided sampling forward from them.
     Daisi(DaisiConfig),
+    /// SDA (Rozet & Louppe 2023): whole-window trajectory sampling with a pre-trained window
+    /// score and observation guidance, slid over the run.
+    Sda(SdaConfig),
     /// No assimilation: the free-running ensemble, the baseline every filter must beat.
     None(FreeConfig),
 }
@@ -245,6 +250,7 @@ impl FilterConfig {
             FilterConfig::Omega(c) => c.members,
             FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.members,
             FilterConfig::Daisi(c) => c.members,
+            FilterConfig::Sda(c) => c.members,
             FilterConfig::None(c) => c.members,
         }
     }
@@ -261,6 +267,7 @@ impl FilterConfig {
             FilterConfig::Omega(c) => c.members = m,
             FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.members = m,
             FilterConfig::Daisi(c) => c.members = m,
+            FilterConfig::Sda(c) => c.members = m,
             FilterConfig::None(c) => c.members = m,
         }
     }
@@ -278,6 +285,7 @@ impl FilterConfig {
             | FilterConfig::Masf(_)
             | FilterConfig::Sf(_)
             | FilterConfig::Daisi(_)
+            | FilterConfig::Sda(_)
             | FilterConfig::None(_) => 1.0,
         }
     }
@@ -294,6 +302,7 @@ impl FilterConfig {
             FilterConfig::Masf(_) => "masf",
             FilterConfig::Sf(_) => "sf",
             FilterConfig::Daisi(_) => "daisi",
+            FilterConfig::Sda(_) => "sda",
             FilterConfig::None(_) => "none",
         }
     }
@@ -360,6 +369,9 @@ impl FilterConfig {
         if let FilterConfig::Daisi(c) = self {
             c.validate()?;
         }
+        if let FilterConfig::Sda(c) = self {
+            c.validate()?;
+        }
         if let FilterConfig::Pf(c) = self {
             if !(c.regularization.is_finite() && c.regularization >= 0.0) {
                 return Err(GendaError::invalid(
@@ -390,6 +402,7 @@ impl FilterConfig {
             FilterConfig::Masf(c) => Box::new(Masf::new(c.clone(), true)),
             FilterConfig::Sf(c) => Box::new(Masf::new(c.clone(), false)),
             FilterConfig::Daisi(c) => Box::new(Daisi::new(c.clone())),
+            FilterConfig::Sda(c) => Box::new(Sda::new(c.clone())),
             FilterConfig::None(_) => Box::new(FreeRun),
         }
     }

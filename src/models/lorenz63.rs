@@ -7,6 +7,8 @@ pub struct Lorenz63 {
     pub sigma: f64,
     pub rho: f64,
     pub beta: f64,
+    /// Additive noise amplitude (x += noise·√dt·z after every step).
+    pub noise: f64,
 }
 
 impl Default for Lorenz63 {
@@ -16,6 +18,7 @@ impl Default for Lorenz63 {
             sigma: 10.0,
             rho: 28.0,
             beta: 8.0 / 3.0,
+            noise: 0.0,
         }
     }
 }
@@ -29,6 +32,9 @@ impl Model for Lorenz63 {
     }
     fn dt(&self) -> f64 {
         self.dt
+    }
+    fn noise_sd(&self) -> f64 {
+        self.noise
     }
     #[inline]
     fn tendency(&self, x: &[f64], d: &mut [f64]) {

@@ -357,6 +357,10 @@ pub enum ModelConfig {
         rho: f64,
         #[serde(default = "l63_beta")]
         beta: f64,
+        /// Additive noise amplitude σ (x += σ·√dt·z every step, after the RK4 step); 0 =
+        /// deterministic. SDA's `NoisyLorenz63` is dt = 0.025, noise = 1.
+        #[serde(default)]
+        noise: f64,
     },
     /// Lorenz (1996) ring model of any dimension >= 4.
     Lorenz96 {
@@ -623,7 +627,11 @@ impl ModelConfig {
                 }
             }
             ModelConfig::Lorenz63 {
-                sigma, rho, beta, ..
+                sigma,
+                rho,
+                beta,
+                noise,
+                ..
             } => {
                 for (k, v) in [
                     ("model.sigma", sigma),
@@ -633,6 +641,12 @@ impl ModelConfig {
                     if !v.is_finite() {
                         return Err(GendaError::invalid(k, "must be finite"));
                     }
+                }
+                if !(noise.is_finite() && *noise >= 0.0) {
+                    return Err(GendaError::invalid(
+                        "model.noise",
+                        format!("must be >= 0, got {noise}"),
+                    ));
                 }
             }
             ModelConfig::Lorenz96 {
@@ -669,11 +683,13 @@ impl ModelConfig {
                 sigma,
                 rho,
                 beta,
+                noise,
             } => Box::new(Lorenz63 {
                 dt: *dt,
                 sigma: *sigma,
                 rho: *rho,
                 beta: *beta,
+                noise: *noise,
             }),
             ModelConfig::Lorenz96 {
                 dim,

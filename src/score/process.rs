@@ -19,6 +19,9 @@ pub enum ForwardProcess {
     Interpolant { t_max: f64 },
     /// EnSF's path (Bao, Zhang & Zhang 2024): α(t) = 1 − (1 − ε_α) t, σ²(t) = t.
     Ensf { eps_alpha: f64 },
+    /// SDA's variance-preserving cosine schedule (Rozet & Louppe 2023, `VPSDE(alpha='cos')`):
+    /// α(t) = cos²(c t) with c = arccos √η, σ²(t) = 1 − α² + η², so α(1) = η and σ(0) = η.
+    VpCos { eta: f64 },
 }
 
 impl Default for ForwardProcess {
@@ -40,6 +43,7 @@ impl ForwardProcess {
             ForwardProcess::Ve { .. } => 1.0,
             ForwardProcess::Interpolant { .. } => 1.0 - t,
             ForwardProcess::Ensf { eps_alpha } => 1.0 - (1.0 - eps_alpha) * t,
+            ForwardProcess::VpCos { eta } => (eta.sqrt().acos() * t).cos().powi(2),
         }
     }
 
@@ -53,6 +57,7 @@ impl ForwardProcess {
             } => sigma_min * (sigma_max / sigma_min).powf(t),
             ForwardProcess::Interpolant { .. } => t,
             ForwardProcess::Ensf { .. } => t.max(0.0).sqrt(),
+            ForwardProcess::VpCos { eta } => (1.0 - self.alpha(t).powi(2) + eta * eta).sqrt(),
         }
     }
 
@@ -65,6 +70,10 @@ impl ForwardProcess {
             ForwardProcess::Ve { .. } => 0.0,
             ForwardProcess::Interpolant { .. } => -1.0 / (1.0 - t),
             ForwardProcess::Ensf { eps_alpha } => -(1.0 - eps_alpha) / self.alpha(t),
+            ForwardProcess::VpCos { eta } => {
+                let c = eta.sqrt().acos();
+                -2.0 * c * (c * t).tan()
+            }
         }
     }
 
@@ -78,6 +87,8 @@ impl ForwardProcess {
             } => 2.0 * (sigma_max / sigma_min).ln() * self.sigma(t).powi(2),
             ForwardProcess::Interpolant { .. } => 2.0 * t / (1.0 - t),
             ForwardProcess::Ensf { .. } => 1.0 - 2.0 * self.f(t) * t,
+            // (σ²)' = −2αα' = −2fα², so g² = −2f(α² + σ²) = −2f(1 + η²).
+            ForwardProcess::VpCos { eta } => -2.0 * self.f(t) * (1.0 + eta * eta),
         }
     }
 
@@ -117,6 +128,9 @@ impl ForwardProcess {
             ForwardProcess::Ensf { eps_alpha } if !(eps_alpha > 0.0 && eps_alpha < 1.0) => {
                 Err(format!("ensf needs 0 < eps_alpha < 1, got {eps_alpha}"))
             }
+            ForwardProcess::VpCos { eta } if !(eta > 0.0 && eta < 0.1) => {
+                Err(format!("vp_cos needs 0 < eta < 0.1, got {eta}"))
+            }
             _ => Ok(()),
         }
     }
@@ -126,8 +140,9 @@ impl ForwardProcess {
 mod tests {
     use super::*;
 
-    fn all() -> [ForwardProcess; 4] {
+    fn all() -> [ForwardProcess; 5] {
         [
+            ForwardProcess::VpCos { eta: 1e-3 },
             ForwardProcess::Ensf { eps_alpha: 0.05 },
             ForwardProcess::Vp {
                 beta_min: 0.1,
