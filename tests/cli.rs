@@ -649,3 +649,143 @@ fn masf_and_sf_learn_a_prior_and_assimilate_l63() {
         "needs a linear measurement that selects state components",
     );
 }
+
+/// SDA end to end: `genda truth` writes noisy Lorenz-63 windows, `genda train` fits a window
+/// network (k = 2) on them, `genda smooth` samples whole 65-state trajectories given x every 8
+/// steps and scores them against a particle-filter reference; `genda run` slides the window as a
+/// filter. A window longer than the trajectory is a clear error without output.
+#[test]
+fn sda_trains_a_window_score_smooths_and_filters_l63() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = config_variant(
+        d,
+        "configs/sda_l63_data.toml",
+        "data.toml",
+        &[("cycles = 262144", "cycles = 30000")],
+    );
+    let nc = d.join("data.truth.nc");
+    let o = genda(&["truth", data.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h5 = d.join("data.truth.h5");
+    let weights = d.join("k2.h5");
+    let train = config_variant(
+        d,
+        "configs/train_sda_l63_k2.toml",
+        "train.toml",
+        &[
+            ("output/sda_l63_data.truth.h5", h5.to_str().unwrap()),
+            ("steps = 30000", "steps = 2000"),
+            ("output/sda_l63_k2.h5", weights.to_str().unwrap()),
+            (
+                "output/sda_l63_k2.ckpt.h5",
+                d.join("k2.ckpt.h5").to_str().unwrap(),
+            ),
+        ],
+    );
+    let o = genda(&["train", train.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let smooth_edits = |extra: &[(&'static str, &'static str)]| {
+        let mut e: Vec<(&str, &str)> = vec![
+            ("output/sda_l63_k2.h5", weights.to_str().unwrap()),
+            ("members = 256", "members = 32"),
+            ("reference_particles = 16384", "reference_particles = 4096"),
+        ];
+        e.extend_from_slice(extra);
+        e
+    };
+    let cfg = config_variant(
+        d,
+        "configs/sda_l63_smooth_lo.toml",
+        "s.toml",
+        &smooth_edits(&[]),
+    );
+    let out = d.join("smooth.nc");
+    let o = genda(&["smooth", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    eprintln!("{t}");
+    assert_eq!(
+        nc_dims(&out, "samples"),
+        vec![
+            ("member".to_string(), 32),
+            ("time".to_string(), 65),
+            ("x".to_string(), 3)
+        ]
+    );
+    // The samples follow the truth far better than the climate (sd ~8) and sit within a few
+    // observation-noise levels of the data; the particle-filter reference is the yardstick.
+    let rmse = nc_attr_f64(&out, "rmse_of_mean");
+    let (w_sda, w_floor) = (
+        nc_attr_f64(&out, "w1_to_reference"),
+        nc_attr_f64(&out, "w1_reference_floor"),
+    );
+    let ll = nc_attr_f64(&out, "log_likelihood_mean");
+    assert!(rmse < 4.0, "SDA smoother RMSE {rmse}");
+    assert!(
+        w_floor < w_sda && w_sda.is_finite(),
+        "W1 {w_sda} vs floor {w_floor}"
+    );
+    assert!(ll > -200.0, "log p(y|x) {ll}");
+    let truth = nc_var(&out, "truth");
+    assert_eq!(truth.len(), 65 * 3);
+
+    // Bad input: 1 observation time = a 1-state trajectory, shorter than the window.
+    let short = config_variant(
+        d,
+        "configs/sda_l63_smooth_lo.toml",
+        "short.toml",
+        &smooth_edits(&[("cycles = 9", "cycles = 1")]),
+    );
+    let bad_out = d.join("short.nc");
+    let o = genda(&[
+        "smooth",
+        short.to_str().unwrap(),
+        "-o",
+        bad_out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("fewer than the network's window of 5 states"),
+        "{t}"
+    );
+    assert!(!bad_out.exists());
+
+    // As a filter: the default window of 2 observation times every step is too short...
+    let filt = |name: &str, extra: &[(&'static str, &'static str)]| {
+        let mut e = smooth_edits(extra);
+        e.push(("cycles = 65", "cycles = 8\nburn_in = 2"));
+        e.push(("reference_particles = 4096", "reference_particles = 0"));
+        config_variant(d, "configs/sda_l63_smooth_hi.toml", name, &e)
+    };
+    let f2 = filt("f2.toml", &[]);
+    assert_run_fails_without_output(&f2, &d.join("f2.nc"), "raise window_cycles");
+    // ... 6 observation times (6 states) hold the window; with every component observed the
+    // analysis beats the observation error (sd 2).
+    let f8 = filt(
+        "f8.toml",
+        &[
+            // SDA's γ = 3e-2 diverges with 18 observations per window (measured); 0.1 does not.
+            ("gamma = 3e-2", "gamma = 0.1\nwindow_cycles = 6"),
+            ("members = 32", "members = 8"),
+            (
+                "operator = \"sparse\"   # x only",
+                "operator = \"identity\"",
+            ),
+            ("stride = 3", ""),
+        ],
+    );
+    let fout = d.join("f8.nc");
+    let o = genda(&[
+        "run",
+        f8.to_str().unwrap(),
+        "-o",
+        fout.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = nc_attr_f64(&fout, "rmse_analysis_time_mean");
+    eprintln!("SDA filter, all components every step (sd 2), 8 cycles: rmse {r}");
+    assert!(r.is_finite() && r < 2.0, "SDA filter RMSE {r}");
+}

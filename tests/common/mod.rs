@@ -22,11 +22,18 @@ pub fn spawn_locked(cmd: &mut Command) -> std::process::Child {
         .expect("spawn")
 }
 
-/// Run `genda args...` on one process (no launcher).
+/// Run `genda args...` on one process (no launcher). Test binaries run side by side on a small
+/// machine, so libtorch gets one intra-op thread (its spinning OpenMP pool slows 10–30× when
+/// the cores are oversubscribed).
 pub fn genda(args: &[&str]) -> Output {
-    spawn_locked(Command::new(genda_bin()).args(args).env("RUST_LOG", "warn"))
-        .wait_with_output()
-        .expect("wait for genda")
+    spawn_locked(
+        Command::new(genda_bin())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("OMP_NUM_THREADS", "1"),
+    )
+    .wait_with_output()
+    .expect("wait for genda")
 }
 
 /// Run `mpirun -np N genda args...` (as root, oversubscribed: CI machines have 2 cores).
