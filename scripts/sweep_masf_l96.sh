@@ -6,24 +6,28 @@
 # seeds SEEDS (1..5). MASF and SF share the prior (Gaussian baseline + residual MLP), its
 # training budget and the sampler; EnKF has the same inflation and no localisation; LETKF the
 # same inflation and radius. Prints time-mean analysis RMSE and spread, mean ± std over seeds.
-#   scripts/sweep_masf_l96.sh   # GENDA=path/to/genda CYCLES=200 BURN_IN=50 CELLS="..." METHODS="..."
+# A cell n:F:gap:cycles overrides CYCLES; a method m@f overrides the inflation (e.g. enkf@1.05).
+#   scripts/sweep_masf_l96.sh   # GENDA=path/to/genda CYCLES=300 BURN_IN=50 CELLS="..." METHODS="..."
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GENDA=${GENDA:-target/release/genda}
 SEEDS=${SEEDS:-"1 2 3 4 5"}
-CYCLES=${CYCLES:-200}
+CYCLES=${CYCLES:-300}
 BURN_IN=${BURN_IN:-50}
 # cell = n:F:gap
-CELLS=${CELLS:-"40:8:5 100:8:5 400:8:5 40:12:5 40:16:5 40:8:1 40:8:10"}
-METHODS=${METHODS:-"masf sf enkf letkf"}
+CELLS=${CELLS:-"40:8:5 100:8:5 40:12:5 40:16:5 40:8:1 40:8:10 400:8:5:200"}
+METHODS=${METHODS:-"masf sf enkf enkf@1.05 letkf"}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 base=configs/masf_l96.toml
-variant() { # $1 method, $2 n, $3 F, $4 gap
+variant() { # $1 method[@inflation], $2 n, $3 F, $4 gap
   python3 - "$base" "$@" <<'PY'
 import re, sys
 path, method, n, forcing, gap = sys.argv[1:]
 s = open(path).read()
+if "@" in method:
+    method, infl = method.split("@")
+    s = re.sub(r"^inflation = .*$", f"inflation = {float(infl)}", s, flags=re.M)
 n = int(n)
 m = re.search(r"^mean = \[(.*)\]$", s, re.M)
 x = [v.strip() for v in m.group(1).split(",")]
@@ -44,13 +48,14 @@ print(s)
 PY
 }
 for cell in $CELLS; do
-  IFS=: read -r n f g <<< "$cell"
+  IFS=: read -r n f g c <<< "$cell"
+  c=${c:-$CYCLES}
   for m in $METHODS; do
     cfg="$OUT/$m-$n-$f-$g.toml"
     variant "$m" "$n" "$f" "$g" > "$cfg"
     for s in $SEEDS; do
       t0=$(date +%s)
-      if out=$("$GENDA" run "$cfg" --seed "$s" --cycles "$CYCLES" --burn-in "$BURN_IN" --no-output --quiet 2>&1); then
+      if out=$("$GENDA" run "$cfg" --seed "$s" --cycles "$c" --burn-in "$BURN_IN" --no-output --quiet 2>&1); then
         echo "$out" | awk -v c="$n:$f:$g" -v m="$m" -v s="$s" -v w=$(( $(date +%s) - t0 )) \
           '$1=="analysis" && NF==3 {print c, m, "seed", s, "rmse", $2, "spread", $3, "wall", w}'
       else
@@ -70,7 +75,15 @@ for line in open(sys.argv[1]):
         failed.setdefault((f[0], f[1]), []).append(f[3])
 print("| n:F:gap | method | analysis RMSE | spread | seeds | failed seeds | s/run |")
 print("|---|---|---|---|---|---|---|")
-for key in sorted(set(rows) | set(failed), key=lambda k: (k[0], ["masf", "sf", "enkf", "letkf"].index(k[1]) if k[1] in ["masf", "sf", "enkf", "letkf"] else 9)):
+order = {}  # cells and methods in the order they ran
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) >= 2:
+        order.setdefault((f[0], f[1]), len(order))
+first = {}
+for (c, _), i in order.items():
+    first.setdefault(c, i)
+for key in sorted(order, key=lambda k: (first[k[0]], order[k])):
     v = rows.get(key, [])
     r = [a for a, _, _ in v]
     fl = ",".join(failed.get(key, [])) or "-"
