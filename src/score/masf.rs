@@ -377,10 +377,10 @@ impl NoisedGaussian {
         let mut v = Vec::with_capacity(times.len() * d);
         let mut am = Vec::with_capacity(times.len() * d);
         for &t in times {
-            for k in 0..d {
+            for (k, mk) in mean.iter().enumerate() {
                 a.push(process.a_k(k, t));
                 v.push(process.var_k(k, t));
-                am.push(process.a_k(k, t) * mean[k]);
+                am.push(process.a_k(k, t) * mk);
             }
         }
         let shape = [l, d as i64];
