@@ -6,7 +6,7 @@
 # seeds SEEDS (1..5). MASF and SF share the prior (Gaussian baseline + residual MLP), its
 # training budget and the sampler; EnKF has the same inflation and no localisation; LETKF the
 # same inflation and radius. Prints time-mean analysis RMSE and spread, mean ± std over seeds.
-# A cell n:F:gap:cycles overrides CYCLES; a method m@f overrides the inflation (e.g. enkf@1.05).
+# A cell n:F:gap:cycles:dt overrides CYCLES and dt (0.05); a method m@f overrides the inflation (e.g. enkf@1.05).
 #   scripts/sweep_masf_l96.sh   # GENDA=path/to/genda CYCLES=300 BURN_IN=50 CELLS="..." METHODS="..."
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +20,10 @@ METHODS=${METHODS:-"masf sf enkf enkf@1.05 letkf"}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 base=configs/masf_l96.toml
-variant() { # $1 method[@inflation], $2 n, $3 F, $4 gap
+variant() { # $1 method[@inflation], $2 n, $3 F, $4 gap, $5 dt
   python3 - "$base" "$@" <<'PY'
 import re, sys
-path, method, n, forcing, gap = sys.argv[1:]
+path, method, n, forcing, gap, dt = sys.argv[1:]
 s = open(path).read()
 if "@" in method:
     method, infl = method.split("@")
@@ -36,6 +36,7 @@ s = s.replace(m.group(0), "mean = [" + ", ".join(x) + "]")
 s = re.sub(r"^dim = .*$", f"dim = {n}", s, flags=re.M)
 s = re.sub(r"^forcing = .*$", f"forcing = {float(forcing)}", s, flags=re.M)
 s = re.sub(r"^obs_every = .*$", f"obs_every = {gap}", s, flags=re.M)
+s = re.sub(r"^dt = .*$", f"dt = {float(dt)}", s, flags=re.M)
 s = re.sub(r'^method = "masf"', f'method = "{method}"', s, flags=re.M)
 keep = {"masf": None, "sf": None, "enkf": ("method", "members", "inflation"),
         "letkf": ("method", "members", "inflation", "localization_radius")}[method]
@@ -48,18 +49,21 @@ print(s)
 PY
 }
 for cell in $CELLS; do
-  IFS=: read -r n f g c <<< "$cell"
+  IFS=: read -r n f g c dt <<< "$cell"
   c=${c:-$CYCLES}
+  dt=${dt:-0.05}
+  key=$n:$f:$g
+  if [ "$dt" != 0.05 ]; then key=$key:dt$dt; fi
   for m in $METHODS; do
-    cfg="$OUT/$m-$n-$f-$g.toml"
-    variant "$m" "$n" "$f" "$g" > "$cfg"
+    cfg="$OUT/$m-$n-$f-$g-$dt.toml"
+    variant "$m" "$n" "$f" "$g" "$dt" > "$cfg"
     for s in $SEEDS; do
       t0=$(date +%s)
       if out=$("$GENDA" run "$cfg" --seed "$s" --cycles "$c" --burn-in "$BURN_IN" --no-output --quiet 2>&1); then
-        echo "$out" | awk -v c="$n:$f:$g" -v m="$m" -v s="$s" -v w=$(( $(date +%s) - t0 )) \
+        echo "$out" | awk -v c="$key" -v m="$m" -v s="$s" -v w=$(( $(date +%s) - t0 )) \
           '$1=="analysis" && NF==3 {print c, m, "seed", s, "rmse", $2, "spread", $3, "wall", w}'
       else
-        echo "$n:$f:$g $m seed $s FAILED $(echo "$out" | tail -1 | tr -s ' \n' ' ')"
+        echo "$key $m seed $s FAILED $(echo "$out" | tail -1 | tr -s ' \n' ' ')"
       fi
     done
   done

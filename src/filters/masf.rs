@@ -18,6 +18,16 @@
 //! (0: trained once, frozen). Without `pretrain_data` the coordinates are standardised by each
 //! cycle's forecast ensemble (as the MASF code does). Whole state only (one domain);
 //! measurements must select state components (sparse/identity).
+//!
+//! `prior = "gaussian_residual"` (for higher dimensions, e.g. Lorenz-96, where the MLP learned
+//! from 20 members is too poor and both filters diverge): the prior score is that of a Gaussian
+//! fitted to the forecast ensemble (Gaspari–Cohn localised, optionally shrunk sample covariance)
+//! noised exactly under the method's process, N(A(t)m, A(t)CA(t) + Σ(t)) (for SF A = a(t)I), plus
+//! the MLP as a residual that starts at zero and is trained by DSM with that baseline added
+//! (`pretrain_steps` at the first cycle, `train_steps` per cycle). Cholesky factors are computed
+//! once per sampler time and shared by all members and training rows. With a zero residual the
+//! bridge sampler is the (localised) Kalman update (tested). `inflation` multiplies the analysis
+//! anomalies as EnKF's does (default 1: L63 behaviour unchanged).
 use super::core::inflate;
 use super::letkf::{gaspari_cohn, Geometry, GC_HALF_WIDTH_PER_RADIUS};
 use super::{AnalysisInput, Filter};
