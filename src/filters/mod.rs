@@ -27,7 +27,7 @@ pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
-pub use masf::{Masf, MasfConfig, MasfGuidance};
+pub use masf::{Masf, MasfConfig, MasfGuidance, MasfPrior};
 pub use omega::{Omega, OmegaConfig};
 pub use particle::{systematic_resample, ParticleFilter, PfConfig};
 pub use sda::{Sda, SdaConfig};
@@ -278,12 +278,11 @@ impl FilterConfig {
             FilterConfig::Etkf(c) => c.inflation,
             FilterConfig::Enkf(c) => c.inflation,
             FilterConfig::Letkf(c) => c.inflation,
+            FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.inflation,
             FilterConfig::Pf(_)
             | FilterConfig::Ensf(_)
             | FilterConfig::KdeDiffusion(_)
             | FilterConfig::Omega(_)
-            | FilterConfig::Masf(_)
-            | FilterConfig::Sf(_)
             | FilterConfig::Daisi(_)
             | FilterConfig::Sda(_)
             | FilterConfig::None(_) => 1.0,

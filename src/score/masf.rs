@@ -134,6 +134,99 @@ impl DiagScore {
         })
     }
 
+    /// A residual network on top of a closed-form baseline score: as `new`, with the output
+    /// layer zeroed so that the residual starts at 0 (the baseline alone).
+    pub fn new_residual(
+        hidden: i64,
+        layers: usize,
+        dim: usize,
+        lr: f64,
+        seed: u64,
+    ) -> Result<Self> {
+        let s = Self::new(hidden, layers, dim, lr, seed)?;
+        let _g = tch::no_grad_guard();
+        for (name, p) in s.net.parameters() {
+            if name.starts_with("out") {
+                let _ = p.shallow_clone().zero_();
+            }
+        }
+        Ok(s)
+    }
+
+    /// `steps` Adam steps of DSM for the residual r = s − s_b on `data` (rows of `dim`) under
+    /// `process`, with the baseline `base` added to the network output (as `score::residual`):
+    /// the loss is E‖ε̂_θ(x_t, t) + z + Σ(t)^{1/2} s_b,t(x_t)‖², minimised by the true noised
+    /// score minus s_b. Each step draws `batch` rows in 4 groups, each at one of the baseline's
+    /// cached times (the sampler's grid), so no extra factorisation is needed. Returns the last loss.
+    pub fn fit_residual(
+        &mut self,
+        process: &DiagProcess,
+        data: &[f64],
+        base: &NoisedGaussian,
+        steps: usize,
+        batch: usize,
+        seed: u64,
+    ) -> Result<f64> {
+        let d = self.dim;
+        let n = data.len() / d;
+        if n == 0 || process.dim() != d || base.times.is_empty() {
+            return Err(GendaError::Score(
+                "residual prior score: no training data, times or wrong dimension".into(),
+            ));
+        }
+        let groups = batch.clamp(1, 4);
+        let per = (batch / groups).max(1);
+        let rows = groups * per;
+        let pick = Uniform::new(0, n);
+        let pick_level = Uniform::new(0, base.times.len());
+        let mut xt = vec![0.0; per * d];
+        let mut zg = vec![0.0; per * d];
+        let mut sb = vec![0.0; per * d];
+        let mut xs = vec![0f32; rows * d];
+        let mut target = vec![0f32; rows * d];
+        let mut ts = vec![0f32; rows];
+        let mut last = f64::NAN;
+        for _ in 0..steps {
+            let step = self.steps_done;
+            let mut rng = stream(seed, Purpose::Training, step, u64::MAX, 3);
+            for g in 0..groups {
+                let level = pick_level.sample(&mut rng);
+                let t = base.times[level];
+                for r in 0..per {
+                    let i = pick.sample(&mut rng);
+                    let z = &mut zg[r * d..(r + 1) * d];
+                    fill_standard_normal(seed, Purpose::Training, step, (g * per + r) as u64, 0, z);
+                    for k in 0..d {
+                        xt[r * d + k] =
+                            process.a_k(k, t) * data[i * d + k] + process.var_k(k, t).sqrt() * z[k];
+                    }
+                }
+                base.score_level(level, &xt, &mut sb);
+                let off = g * per * d;
+                for j in 0..per * d {
+                    let sd = process.var_k(j % d, t).sqrt();
+                    xs[off + j] = xt[j] as f32;
+                    target[off + j] = (-zg[j] - sd * sb[j]) as f32;
+                }
+                ts[g * per..(g + 1) * per].fill(t as f32);
+            }
+            let shape = [rows as i64, d as i64];
+            let x = Tensor::from_slice(&xs).reshape(shape);
+            let tg = Tensor::from_slice(&target).reshape(shape);
+            let tt = Tensor::from_slice(&ts);
+            let loss = (self.net.eps_hat(&x, &tt) - tg).square().mean(Kind::Float);
+            self.opt.backward_step(&loss);
+            last = loss.double_value(&[]);
+            self.steps_done += 1;
+            if !last.is_finite() {
+                return Err(GendaError::Score(format!(
+                    "residual prior score training loss is {last} (lower the learning rate?)"
+                )));
+            }
+        }
+        Ok(last)
+    }
+
     /// `steps` Adam steps of DSM on `data` (rows of `dim`) under `process`, batch `batch`,
     /// t ~ U(T_EPS, T_END); random numbers keyed by (seed, step). Returns the last loss.
     pub fn fit(
@@ -198,6 +291,149 @@ impl DiagScore {
     }
 }
 
+/// Mean and covariance of a Gaussian fitted to the ensemble `z` (rows of `dim`): sample mean
+/// m, and C = (1 − λ) ρ∘S + λ diag(S) with S the sample covariance (divisor M − 1), ρ the
+/// taper `taper(i, j)` (Schur product: localisation) and λ = `shrinkage`. Returns (m, C row-major).
+pub fn fit_gaussian(
+    z: &[f64],
+    dim: usize,
+    taper: &dyn Fn(usize, usize) -> f64,
+    shrinkage: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let rows = z.len() / dim;
+    let mut mean = vec![0.0; dim];
+    for r in z.chunks(dim) {
+        mean.iter_mut()
+            .zip(r)
+            .for_each(|(m, v)| *m += v / rows as f64);
+    }
+    let anom: Vec<f64> = z
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v - mean[i % dim])
+        .collect();
+    let denom = (rows.max(2) - 1) as f64;
+    let mut cov = vec![0.0; dim * dim];
+    for i in 0..dim {
+        for j in i..dim {
+            let rho = if i == j { 1.0 } else { taper(i, j) };
+            if rho == 0.0 {
+                continue;
+            }
+            let s: f64 = anom.chunks(dim).map(|r| r[i] * r[j]).sum::<f64>() / denom;
+            let c = if i == j {
+                s
+            } else {
+                (1.0 - shrinkage) * rho * s
+            };
+            cov[i * dim + j] = c;
+            cov[j * dim + i] = c;
+        }
+    }
+    (mean, cov)
+}
+
+/// The score of a Gaussian prior N(m, C) noised exactly under a `DiagProcess`:
+/// x_t ~ N(A(t) m, A(t) C A(t) + Σ(t)), so s_b,t(x) = −(A C A + Σ)⁻¹ (x − A m). The Cholesky
+/// factors are computed once per time in `times` (batched, f64) and reused for every member and
+/// training row at that time; other times are factorised on demand.
+pub struct NoisedGaussian {
+    process: DiagProcess,
+    cov: Tensor,
+    mean: Vec<f64>,
+    /// The cached times.
+    pub times: Vec<f64>,
+    /// Lower Cholesky factors of A C A + Σ at `times`.   (times, dim, dim)
+    chol: Tensor,
+    /// A(t) m at `times`.   (times, dim)
+    am: Tensor,
+}
+
+impl NoisedGaussian {
+    /// `cov` row-major (dim × dim), symmetric positive definite.
+    pub fn new(process: &DiagProcess, mean: &[f64], cov: &[f64], times: &[f64]) -> Result<Self> {
+        let d = process.dim() as i64;
+        let cov = Tensor::from_slice(cov).reshape([d, d]);
+        let (chol, am) = Self::factor(process, &cov, mean, times)?;
+        Ok(NoisedGaussian {
+            process: process.clone(),
+            cov,
+            mean: mean.to_vec(),
+            times: times.to_vec(),
+            chol,
+            am,
+        })
+    }
+
+    fn factor(
+        process: &DiagProcess,
+        cov: &Tensor,
+        mean: &[f64],
+        times: &[f64],
+    ) -> Result<(Tensor, Tensor)> {
+        let d = process.dim();
+        let l = times.len() as i64;
+        let mut a = Vec::with_capacity(times.len() * d);
+        let mut v = Vec::with_capacity(times.len() * d);
+        let mut am = Vec::with_capacity(times.len() * d);
+        for &t in times {
+            for (k, mk) in mean.iter().enumerate() {
+                a.push(process.a_k(k, t));
+                v.push(process.var_k(k, t));
+                am.push(process.a_k(k, t) * mk);
+            }
+        }
+        let shape = [l, d as i64];
+        let a = Tensor::from_slice(&a).reshape(shape);
+        let v = Tensor::from_slice(&v).reshape(shape);
+        let p = a.unsqueeze(2) * cov.unsqueeze(0) * a.unsqueeze(1) + v.diag_embed(0, -2, -1);
+        let chol = p.f_linalg_cholesky(false).map_err(|e| {
+            GendaError::Score(format!(
+                "Gaussian prior: A C A + Σ is not positive definite ({e}); raise shrinkage"
+            ))
+        })?;
+        Ok((chol, Tensor::from_slice(&am).reshape(shape)))
+    }
+
+    /// s_b at the rows of `x` (B, dim) at the cached time index `level`, into `out`.
+    pub fn score_level(&self, level: usize, x: &[f64], out: &mut [f64]) {
+        self.solve(
+            &self.chol.get(level as i64),
+            &self.am.get(level as i64),
+            x,
+            out,
+        );
+    }
+
+    /// s_b at the rows of `x` at time t (cached factor when t is one of `times`).
+    pub fn score(&self, x: &[f64], t: f64, out: &mut [f64]) -> Result<()> {
+        match self.times.iter().position(|&u| u == t) {
+            Some(l) => self.score_level(l, x, out),
+            None => {
+                let (c, am) = Self::factor(&self.process, &self.cov, &self.mean, &[t])?;
+                self.solve(&c.get(0), &am.get(0), x, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn solve(&self, chol: &Tensor, am: &Tensor, x: &[f64], out: &mut [f64]) {
+        let d = self.process.dim() as i64;
+        let b = x.len() as i64 / d;
+        let r = (Tensor::from_slice(x).reshape([b, d]) - am.unsqueeze(0)).transpose(0, 1);
+        let sol = r.cholesky_solve(chol, false).transpose(0, 1).contiguous();
+        let v: Vec<f64> = Vec::<f64>::try_from(sol.reshape([-1])).expect("f64 tensor");
+        out.iter_mut().zip(v).for_each(|(o, s)| *o = -s);
+    }
+}
+
+/// The reverse sampler's time grid t_j, j = 0..steps (decreasing from T_END to T_EPS).
+pub fn sampler_grid(steps: usize) -> Vec<f64> {
+    (0..=steps)
+        .map(|j| T_EPS + (T_END - T_EPS) * (1.0 - j as f64 / steps as f64).powi(2))
+        .collect()
+}
+
 /// How the measurement enters the reverse sampler.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Guidance {
@@ -255,7 +491,8 @@ pub fn reverse_sample(
             }
         }
     }
-    let grid = |j: usize| T_EPS + (T_END - T_EPS) * (1.0 - j as f64 / steps as f64).powi(2);
+    let times = sampler_grid(steps);
+    let grid = |j: usize| times[j];
     let mut sp = vec![0.0; x.len()];
     let mut lik = vec![0.0; d];
     for j in 0..steps {
