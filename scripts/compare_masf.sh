@@ -27,6 +27,10 @@ variant() { # $1 method, $2 obs (all|x)
   if [ "$2" = x ]; then s=$(echo "$s" | sed 's/^operator = "identity"/operator = "sparse"\nstride = 3/'); fi
   echo "$s"
 }
+if [ -n "${RAW_FROM:-}" ]; then
+  # Summarise earlier runs (e.g. the per-seed outputs of jobs/issue8_sweep.sbatch).
+  grep -hv '^|' $RAW_FROM | grep -v '^\s*$'
+else
 for obs in all x; do
   for m in $METHODS; do
     if [ "$m" = sda ] && [ ! -f output/sda_l63_gap100_k4.h5 ]; then
@@ -39,7 +43,8 @@ for obs in all x; do
       echo "$out" | awk -v m=$m -v o=$obs -v s=$s '$1=="analysis" && NF==3 {print o, m, "seed", s, "rmse", $2, "spread", $3}'
     done
   done
-done | tee "$tmp/all.txt"
+done
+fi | tee "$tmp/all.txt"
 python3 - "$tmp/all.txt" <<'PY'
 import sys, statistics as st
 rows = {}

@@ -20,6 +20,10 @@ trap 'rm -rf "$tmp"' EXIT
 for k in $KS; do
   [ -f output/sda_l63_k$k.h5 ] || "$GENDA" train configs/train_sda_l63_k$k.toml
 done
+if [ -n "${RAW_FROM:-}" ]; then
+  # Summarise earlier runs (e.g. the per-seed outputs of jobs/issue8_sweep.sbatch).
+  grep -hv '^|' $RAW_FROM | grep -v '^\s*$'
+else
 for f in $FREQS; do
   for k in $KS; do
     sed -e "s#output/sda_l63_k2.h5#output/sda_l63_k$k.h5#" -e "s/^members = .*/members = $SAMPLES/" \
@@ -33,7 +37,8 @@ for f in $FREQS; do
         END {print f, k, s, ll, lp, r, w, wf, rll, rlp, rr}'
     done
   done
-done | tee "$tmp/all.txt"
+done
+fi | tee "$tmp/all.txt"
 python3 - "$tmp/all.txt" <<'PY'
 import sys, statistics as st
 rows = {}

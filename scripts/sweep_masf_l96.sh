@@ -48,6 +48,10 @@ if keep:
 print(s)
 PY
 }
+if [ -n "${RAW_FROM:-}" ]; then
+  # Summarise earlier runs (e.g. the per-seed outputs of jobs/issue8_sweep.sbatch).
+  grep -hv '^|' $RAW_FROM | grep -v '^\s*$'
+else
 for cell in $CELLS; do
   IFS=: read -r n f g c dt <<< "$cell"
   c=${c:-$CYCLES}
@@ -67,7 +71,8 @@ for cell in $CELLS; do
       fi
     done
   done
-done | tee -a "$OUT/runs.txt"
+done
+fi | tee -a "$OUT/runs.txt"
 python3 - "$OUT/runs.txt" <<'PY'
 import sys, statistics as st
 rows, failed = {}, {}
