@@ -410,3 +410,48 @@ fn omega_same_numbers_on_1_2_3_ranks() {
         &[(1, 1), (2, 1), (3, 1)],
     );
 }
+
+/// SDA (a pre-trained window network, whole-trajectory sampling keyed by member index) gives the
+/// same numbers whether ranks split the members or not.
+#[test]
+fn sda_same_numbers_on_1_2_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = config_variant(
+        d,
+        "configs/sda_l63_data.toml",
+        "data.toml",
+        &[("cycles = 262144", "cycles = 5000")],
+    );
+    let nc = d.join("data.truth.nc");
+    let o = genda(&["truth", data.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h5 = d.join("data.truth.h5");
+    let weights = d.join("k1.h5");
+    let ckpt = d.join("k1.ckpt.h5");
+    let train = config_variant(
+        d,
+        "configs/train_sda_l63_k1.toml",
+        "train.toml",
+        &[
+            ("output/sda_l63_data.truth.h5", h5.to_str().unwrap()),
+            ("steps = 30000", "steps = 300"),
+            ("output/sda_l63_k1.h5", weights.to_str().unwrap()),
+            ("output/sda_l63_k1.ckpt.h5", ckpt.to_str().unwrap()),
+        ],
+    );
+    let o = genda(&["train", train.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    compare_layouts(
+        "configs/sda_l63_smooth_hi.toml",
+        &[
+            ("output/sda_l63_k2.h5", weights.to_str().unwrap()),
+            ("cycles = 65", "cycles = 4\nburn_in = 1"),
+            ("members = 256", "members = 6"),
+            ("steps = 256", "steps = 32"),
+            ("gamma = 3e-2", "gamma = 1.0\nwindow_cycles = 4"),
+            ("reference_particles = 16384", "reference_particles = 0"),
+        ],
+        &[(1, 1), (2, 1), (3, 1)],
+    );
+}

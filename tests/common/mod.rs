@@ -48,6 +48,7 @@ pub fn mpirun(np: usize, args: &[&str]) -> Output {
     ])
     .args(args)
     .env("RUST_LOG", "warn")
+    .env("OMP_NUM_THREADS", "1")
     .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
     spawn_locked(&mut cmd)
         .wait_with_output()
