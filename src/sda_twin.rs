@@ -29,6 +29,9 @@ use rand::Rng;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
+/// One observation time: (state index in the window, observed components, y, R).
+type ObsTime = (usize, Vec<usize>, Vec<f64>, Vec<f64>);
+
 #[derive(Debug, Clone)]
 pub struct SmoothReport {
     pub states: usize,
@@ -78,8 +81,7 @@ fn reference_posterior(
     cfg: &Config,
     st: &Stepper,
     l: usize,
-    every: usize,
-    obs: &[(usize, Vec<usize>, Vec<f64>, Vec<f64>)],
+    obs: &[ObsTime],
     p: usize,
     keep: usize,
     run: u64,
@@ -101,15 +103,12 @@ fn reference_posterior(
             st.step(x, &mut ws, &mut z, s, base + i as u64);
         }
     });
-    let mut w = vec![0.0; p];
-    let mut state = 0;
-    for (j, (at, comp, y, r)) in obs.iter().enumerate() {
-        // Forecast every particle from `state` to `at`.
-        let from = state;
+    // Step every particle's trajectory from state `from` to state `to` (noise keyed by particle).
+    let advance = |traj: &mut [f64], from: usize, to: usize| {
         traj.par_chunks_mut(l * n).enumerate().for_each(|(i, row)| {
             let mut ws = Rk4Workspace::new(n);
             let mut z = vec![0.0; n];
-            for s in from..*at {
+            for s in from..to {
                 let (prev, next) = row.split_at_mut((s + 1) * n);
                 next[..n].copy_from_slice(&prev[s * n..]);
                 st.step(
@@ -121,6 +120,12 @@ fn reference_posterior(
                 );
             }
         });
+    };
+    let mut w = vec![0.0; p];
+    let mut state = 0;
+    for (j, (at, comp, y, r)) in obs.iter().enumerate() {
+        // Forecast every particle from `state` to `at`.
+        advance(&mut traj, state, *at);
         state = *at;
         let mut max = f64::NEG_INFINITY;
         for (i, wi) in w.iter_mut().enumerate() {
@@ -146,25 +151,9 @@ fn reference_posterior(
             traj[i * l * n..i * l * n + (at + 1) * n]
                 .copy_from_slice(&old[a * l * n..a * l * n + (at + 1) * n]);
         }
-        let _ = every;
     }
     // Particles after the last observation carry their own futures.
-    let from = state;
-    traj.par_chunks_mut(l * n).enumerate().for_each(|(i, row)| {
-        let mut ws = Rk4Workspace::new(n);
-        let mut z = vec![0.0; n];
-        for s in from..l - 1 {
-            let (prev, next) = row.split_at_mut((s + 1) * n);
-            next[..n].copy_from_slice(&prev[s * n..]);
-            st.step(
-                &mut next[..n],
-                &mut ws,
-                &mut z,
-                spin + s as u64,
-                base + i as u64,
-            );
-        }
-    });
+    advance(&mut traj, state, l - 1);
     let mut out = Vec::with_capacity(keep * l * n);
     for i in 0..keep {
         let a = ((i as f64 + 0.5) * p as f64 / keep as f64) as usize;
@@ -203,7 +192,7 @@ fn scores(
     truth: &[f64],
     l: usize,
     n: usize,
-    obs: &[(usize, Vec<usize>, Vec<f64>, Vec<f64>)],
+    obs: &[ObsTime],
     st: &Stepper,
 ) -> SampleScores {
     let s = x.len() / (l * n);
@@ -361,8 +350,8 @@ pub fn run_smooth(cfg: &Config, output: Option<&Path>) -> Result<SmoothReport> {
     let sda = scores(&samples, &truth, l, n, &obs, &st);
     let (reference, w1, refs) = if sc.reference_particles > 0 {
         let p = sc.reference_particles.max(s);
-        let a = reference_posterior(cfg, &st, l, every, &obs, p, s, 0)?;
-        let b = reference_posterior(cfg, &st, l, every, &obs, p, s, 1)?;
+        let a = reference_posterior(cfg, &st, l, &obs, p, s, 0)?;
+        let b = reference_posterior(cfg, &st, l, &obs, p, s, 1)?;
         let w_sda = w1_distance(&samples, &a, l * n)?;
         let w_ref = w1_distance(&b, &a, l * n)?;
         (
@@ -409,7 +398,7 @@ fn write_smooth(
     n: usize,
     s: usize,
     truth: &[f64],
-    obs: &[(usize, Vec<usize>, Vec<f64>, Vec<f64>)],
+    obs: &[ObsTime],
     samples: &[f64],
     reference: Option<&[f64]>,
     sc: &SampleScores,

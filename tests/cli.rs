@@ -658,33 +658,7 @@ fn masf_and_sf_learn_a_prior_and_assimilate_l63() {
 fn sda_trains_a_window_score_smooths_and_filters_l63() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let data = config_variant(
-        d,
-        "configs/sda_l63_data.toml",
-        "data.toml",
-        &[("cycles = 262144", "cycles = 30000")],
-    );
-    let nc = d.join("data.truth.nc");
-    let o = genda(&["truth", data.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
-    let h5 = d.join("data.truth.h5");
-    let weights = d.join("k2.h5");
-    let train = config_variant(
-        d,
-        "configs/train_sda_l63_k2.toml",
-        "train.toml",
-        &[
-            ("output/sda_l63_data.truth.h5", h5.to_str().unwrap()),
-            ("steps = 30000", "steps = 2000"),
-            ("output/sda_l63_k2.h5", weights.to_str().unwrap()),
-            (
-                "output/sda_l63_k2.ckpt.h5",
-                d.join("k2.ckpt.h5").to_str().unwrap(),
-            ),
-        ],
-    );
-    let o = genda(&["train", train.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
+    let weights = train_sda_window(d, 2, 30000, 2000);
 
     let smooth_edits = |extra: &[(&'static str, &'static str)]| {
         let mut e: Vec<(&str, &str)> = vec![

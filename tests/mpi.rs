@@ -416,32 +416,7 @@ fn omega_same_numbers_on_1_2_3_ranks() {
 #[test]
 fn sda_same_numbers_on_1_2_ranks() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let data = config_variant(
-        d,
-        "configs/sda_l63_data.toml",
-        "data.toml",
-        &[("cycles = 262144", "cycles = 5000")],
-    );
-    let nc = d.join("data.truth.nc");
-    let o = genda(&["truth", data.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
-    let h5 = d.join("data.truth.h5");
-    let weights = d.join("k1.h5");
-    let ckpt = d.join("k1.ckpt.h5");
-    let train = config_variant(
-        d,
-        "configs/train_sda_l63_k1.toml",
-        "train.toml",
-        &[
-            ("output/sda_l63_data.truth.h5", h5.to_str().unwrap()),
-            ("steps = 30000", "steps = 300"),
-            ("output/sda_l63_k1.h5", weights.to_str().unwrap()),
-            ("output/sda_l63_k1.ckpt.h5", ckpt.to_str().unwrap()),
-        ],
-    );
-    let o = genda(&["train", train.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
+    let weights = train_sda_window(dir.path(), 1, 5000, 300);
     compare_layouts(
         "configs/sda_l63_smooth_hi.toml",
         &[

@@ -134,11 +134,14 @@ impl SdaConfig {
     }
 }
 
+/// One observation time: (observed components, y, R).
+type WindowObs = (Vec<usize>, Vec<f64>, Vec<f64>);
+
 pub struct Sda {
     cfg: SdaConfig,
     net: Option<(ScoreNetwork, usize)>,
-    /// (cycle, observed components, y, R) of the observation times in the window, oldest first.
-    history: VecDeque<(Vec<usize>, Vec<f64>, Vec<f64>)>,
+    /// The observation times in the window, oldest first.
+    history: VecDeque<WindowObs>,
 }
 
 impl Sda {

@@ -215,16 +215,22 @@ impl DiagScore {
             let tg = Tensor::from_slice(&target).reshape(shape);
             let tt = Tensor::from_slice(&ts);
             let loss = (self.net.eps_hat(&x, &tt) - tg).square().mean(Kind::Float);
-            self.opt.backward_step(&loss);
-            last = loss.double_value(&[]);
-            self.steps_done += 1;
-            if !last.is_finite() {
-                return Err(GendaError::Score(format!(
-                    "residual prior score training loss is {last} (lower the learning rate?)"
-                )));
-            }
+            last = self.adam_step(&loss, "residual prior score")?;
         }
         Ok(last)
+    }
+
+    /// One Adam step on `loss`; its value, or an error naming `what` if it is not finite.
+    fn adam_step(&mut self, loss: &Tensor, what: &str) -> Result<f64> {
+        self.opt.backward_step(loss);
+        let v = loss.double_value(&[]);
+        self.steps_done += 1;
+        if !v.is_finite() {
+            return Err(GendaError::Score(format!(
+                "{what} training loss is {v} (lower the learning rate?)"
+            )));
+        }
+        Ok(v)
     }
 
     /// `steps` Adam steps of DSM on `data` (rows of `dim`) under `process`, batch `batch`,
@@ -270,14 +276,7 @@ impl DiagScore {
             let zt = Tensor::from_slice(&zs).reshape(shape);
             let tt = Tensor::from_slice(&ts);
             let loss = (self.net.eps_hat(&x, &tt) + zt).square().mean(Kind::Float);
-            self.opt.backward_step(&loss);
-            last = loss.double_value(&[]);
-            self.steps_done += 1;
-            if !last.is_finite() {
-                return Err(GendaError::Score(format!(
-                    "prior score training loss is {last} (lower the learning rate?)"
-                )));
-            }
+            last = self.adam_step(&loss, "prior score")?;
         }
         Ok(last)
     }

@@ -153,3 +153,40 @@ pub fn assert_run_fails_without_output(cfg: &Path, out: &Path, msg: &str) {
     assert!(!o.status.success() && t.contains(msg), "{t}");
     assert!(!out.exists(), "no output on error: {}", out.display());
 }
+
+/// Noisy Lorenz-63 windows (`genda truth`, `cycles` states) and an SDA window network of order
+/// `k` trained on them for `steps` Adam steps (`genda train`); returns the weights file.
+pub fn train_sda_window(dir: &Path, k: usize, cycles: usize, steps: usize) -> PathBuf {
+    let data = config_variant(
+        dir,
+        "configs/sda_l63_data.toml",
+        "sda_data.toml",
+        &[("cycles = 262144", &format!("cycles = {cycles}"))],
+    );
+    let nc = dir.join("sda_data.truth.nc");
+    let o = genda(&["truth", data.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h5 = dir.join("sda_data.truth.h5");
+    let weights = dir.join(format!("sda_k{k}.h5"));
+    let ckpt = dir.join(format!("sda_k{k}.ckpt.h5"));
+    let train = config_variant(
+        dir,
+        &format!("configs/train_sda_l63_k{k}.toml"),
+        "sda_train.toml",
+        &[
+            ("output/sda_l63_data.truth.h5", h5.to_str().unwrap()),
+            ("steps = 30000", &format!("steps = {steps}")),
+            (
+                &format!("output/sda_l63_k{k}.h5"),
+                weights.to_str().unwrap(),
+            ),
+            (
+                &format!("output/sda_l63_k{k}.ckpt.h5"),
+                ckpt.to_str().unwrap(),
+            ),
+        ],
+    );
+    let o = genda(&["train", train.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    weights
+}
