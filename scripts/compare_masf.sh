@@ -4,7 +4,7 @@
 # samplers: "bridge" (genda's default, exact reversal) and "additive" (the paper's).
 # Prints the time-mean analysis RMSE as mean ± std over seeds.
 # SDA needs its window network (configs/train_sda_l63_gap100.toml; trained here if missing).
-#   scripts/compare_masf.sh           # GENDA=path/to/genda, CYCLES=200, METHODS="masf sda" to change
+#   scripts/compare_masf.sh   # GENDA=path/to/genda, CYCLES=200, BURN_IN=40, METHODS="masf sda" to change
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GENDA=${GENDA:-target/release/genda}
@@ -39,7 +39,7 @@ for obs in all x; do
     fi
     variant $m $obs > "$tmp/$m-$obs.toml"
     for s in $SEEDS; do
-      out=$("$GENDA" run "$tmp/$m-$obs.toml" --seed "$s" --cycles "$CYCLES" --burn-in 40 --no-output --quiet 2>&1) || { echo "$m $obs seed $s failed: $out"; continue; }
+      out=$("$GENDA" run "$tmp/$m-$obs.toml" --seed "$s" --cycles "$CYCLES" --burn-in "${BURN_IN:-40}" --no-output --quiet 2>&1) || { echo "$m $obs seed $s failed: $out"; continue; }
       echo "$out" | awk -v m=$m -v o=$obs -v s=$s '$1=="analysis" && NF==3 {print o, m, "seed", s, "rmse", $2, "spread", $3}'
     done
   done
