@@ -11,7 +11,7 @@ use crate::error::{GendaError, Result};
 use crate::experiment::TRUTH_STREAM;
 use crate::filters::cg::{cg_filter_smoother, cg_structure, CgPosterior};
 use crate::metrics::{crps, skewness_kurtosis};
-use crate::models::Rk4Workspace;
+use crate::models::{NoisyStepper, Rk4Workspace};
 use crate::rng::{fill_standard_normal, Purpose};
 use nalgebra::{DMatrix, DVector};
 
@@ -58,23 +58,11 @@ pub fn run_cg_twin(cfg: &Config) -> Result<CgReport> {
         ));
     }
     let seed = cfg.experiment.seed;
-    let (tm, tv) = cfg.initial.truth_moments(n)?;
-    let mut x = vec![0.0; n];
-    fill_standard_normal(seed, Purpose::TruthInit, 0, 0, 0, &mut x);
-    for i in 0..n {
-        x[i] = tm[i] + tv[i].sqrt() * x[i];
-    }
-    let sdt = model.dt().sqrt();
-    let sd: Vec<f64> = (0..n).map(|i| model.noise_sd_at(i) * sdt).collect();
+    let mut x = cfg.initial.draw_truth(n, seed)?;
+    let st = NoisyStepper::new(model.as_ref(), seed);
     let mut ws = Rk4Workspace::new(n);
     let mut z = vec![0.0; n];
-    let mut step = |x: &mut Vec<f64>, s: u64| {
-        model.step(x, &mut ws);
-        fill_standard_normal(seed, Purpose::ModelNoise, s, TRUTH_STREAM, 0, &mut z);
-        for i in 0..n {
-            x[i] += sd[i] * z[i];
-        }
-    };
+    let mut step = |x: &mut Vec<f64>, s: u64| st.step(x, &mut ws, &mut z, s, TRUTH_STREAM);
     let spin = cfg.experiment.spinup_steps as u64;
     for s in 0..spin {
         step(&mut x, s);

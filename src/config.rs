@@ -129,6 +129,18 @@ pub struct InitialConfig {
 }
 
 impl InitialConfig {
+    /// The truth's initial state x₀ ~ N(mean, var) from the truth stream of `seed` (the one draw
+    /// every twin uses, so `genda run`, `genda cg` and `genda smooth` share a truth).
+    pub fn draw_truth(&self, n: usize, seed: u64) -> Result<Vec<f64>> {
+        let (m, v) = self.truth_moments(n)?;
+        let mut x = vec![0.0; n];
+        crate::rng::fill_standard_normal(seed, crate::rng::Purpose::TruthInit, 0, 0, 0, &mut x);
+        for ((x, m), v) in x.iter_mut().zip(&m).zip(&v) {
+            *x = m + v.sqrt() * *x;
+        }
+        Ok(x)
+    }
+
     /// Mean and variance the truth is drawn from.
     pub fn truth_moments(&self, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
         let m = self.truth_mean.as_ref().unwrap_or(&self.mean);

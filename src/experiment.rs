@@ -49,12 +49,7 @@ impl<'a> TruthRun<'a> {
         obs_operator: &'a dyn ObsOperator,
     ) -> Result<Self> {
         let n = model.dim();
-        let (mean, var) = cfg.initial.truth_moments(n)?;
-        let mut state = vec![0.0; n];
-        fill_standard_normal(cfg.experiment.seed, Purpose::TruthInit, 0, 0, 0, &mut state);
-        for ((x, m), v) in state.iter_mut().zip(&mean).zip(&var) {
-            *x = m + v.sqrt() * *x;
-        }
+        let mut state = cfg.initial.draw_truth(n, cfg.experiment.seed)?;
         let mut ws = Rk4Workspace::new(n);
         let key = NoiseKey {
             seed: cfg.experiment.seed,

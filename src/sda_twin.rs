@@ -22,7 +22,7 @@ use crate::error::{GendaError, Result};
 use crate::experiment::TRUTH_STREAM;
 use crate::filters::{selected_components, FilterConfig, SdaConfig};
 use crate::io::PendingFile;
-use crate::models::{Model, Rk4Workspace};
+use crate::models::{NoisyStepper, Rk4Workspace};
 use crate::rng::{fill_standard_normal, stream, Purpose};
 use crate::score::sda::{SdaSampler, TrajectoryObs};
 use rand::Rng;
@@ -55,31 +55,12 @@ pub struct SampleScores {
     pub spread: f64,
 }
 
-/// Step `x` once with the model's additive noise keyed by (seed, step, stream).
-struct Stepper<'a> {
-    model: &'a dyn Model,
-    sd: Vec<f64>,
-    seed: u64,
-}
-
-impl Stepper<'_> {
-    fn step(&self, x: &mut [f64], ws: &mut Rk4Workspace, z: &mut [f64], step: u64, id: u64) {
-        self.model.step(x, ws);
-        if self.sd.iter().any(|&s| s > 0.0) {
-            fill_standard_normal(self.seed, Purpose::ModelNoise, step, id, 0, z);
-            x.iter_mut()
-                .zip(z.iter().zip(&self.sd))
-                .for_each(|(v, (z, s))| *v += s * z);
-        }
-    }
-}
-
 /// Bootstrap particle filter over the window (trajectories with ancestry), `p` particles; returns
 /// `keep` trajectories (keep, L·n) thinned evenly from the final resampled set.
 #[allow(clippy::too_many_arguments)]
 fn reference_posterior(
     cfg: &Config,
-    st: &Stepper,
+    st: &NoisyStepper,
     l: usize,
     obs: &[ObsTime],
     p: usize,
@@ -122,6 +103,7 @@ fn reference_posterior(
         });
     };
     let mut w = vec![0.0; p];
+    let mut prefixes = Vec::with_capacity(p * l * n);
     let mut state = 0;
     for (j, (at, comp, y, r)) in obs.iter().enumerate() {
         // Forecast every particle from `state` to `at`.
@@ -146,10 +128,14 @@ fn reference_posterior(
         w.iter_mut().for_each(|wi| *wi /= sum);
         let u: f64 = stream(st.seed, Purpose::Resampling, j as u64, run, 0).gen();
         let idx = crate::filters::systematic_resample(&w, u);
-        let old = traj.clone();
+        // Only the paths up to `at` exist yet: copy those prefixes, not whole trajectories.
+        let len = (at + 1) * n;
+        prefixes.clear();
+        for row in traj.chunks(l * n) {
+            prefixes.extend_from_slice(&row[..len]);
+        }
         for (i, &a) in idx.iter().enumerate() {
-            traj[i * l * n..i * l * n + (at + 1) * n]
-                .copy_from_slice(&old[a * l * n..a * l * n + (at + 1) * n]);
+            traj[i * l * n..i * l * n + len].copy_from_slice(&prefixes[a * len..(a + 1) * len]);
         }
     }
     // Particles after the last observation carry their own futures.
@@ -193,13 +179,13 @@ fn scores(
     l: usize,
     n: usize,
     obs: &[ObsTime],
-    st: &Stepper,
+    st: &NoisyStepper,
 ) -> SampleScores {
     let s = x.len() / (l * n);
     let d = l * n;
     let mut ll = 0.0;
     let mut lp = 0.0;
-    let noisy = st.sd.iter().all(|&v| v > 0.0);
+    let noisy = st.noisy();
     let mut ws = Rk4Workspace::new(n);
     for i in 0..s {
         let row = &x[i * d..(i + 1) * d];
@@ -288,19 +274,9 @@ pub fn run_smooth(cfg: &Config, output: Option<&Path>) -> Result<SmoothReport> {
     })?;
     let r = cfg.observations.error_variances(n)?;
     let seed = cfg.experiment.seed;
-    let sdt = model.dt().sqrt();
-    let st = Stepper {
-        model: model.as_ref(),
-        sd: (0..n).map(|i| model.noise_sd_at(i) * sdt).collect(),
-        seed,
-    };
+    let st = NoisyStepper::new(model.as_ref(), seed);
     // Truth: [initial], spin-up, then the window.
-    let (tm, tv) = cfg.initial.truth_moments(n)?;
-    let mut x = vec![0.0; n];
-    fill_standard_normal(seed, Purpose::TruthInit, 0, 0, 0, &mut x);
-    for k in 0..n {
-        x[k] = tm[k] + tv[k].sqrt() * x[k];
-    }
+    let mut x = cfg.initial.draw_truth(n, seed)?;
     let mut ws = Rk4Workspace::new(n);
     let mut z = vec![0.0; n];
     let spin = cfg.experiment.spinup_steps as u64;

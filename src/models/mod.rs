@@ -732,3 +732,53 @@ impl ModelConfig {
         }
     }
 }
+
+/// One model step followed by the model's additive noise, noise_sd_at(i)·√dt·z with z keyed by
+/// (seed, step, stream): the stepping of the serial twins (`genda cg`, `genda smooth`), which
+/// draw the truth on stream `experiment::TRUTH_STREAM` exactly as `genda run` does.
+pub struct NoisyStepper<'a> {
+    pub model: &'a dyn Model,
+    /// Per-component noise sd per step.
+    pub sd: Vec<f64>,
+    pub seed: u64,
+}
+
+impl<'a> NoisyStepper<'a> {
+    pub fn new(model: &'a dyn Model, seed: u64) -> Self {
+        let sdt = model.dt().sqrt();
+        let sd = (0..model.dim())
+            .map(|i| model.noise_sd_at(i) * sdt)
+            .collect();
+        NoisyStepper { model, sd, seed }
+    }
+
+    /// Whether every component is noisy (the transition has a density).
+    pub fn noisy(&self) -> bool {
+        self.sd.iter().all(|&s| s > 0.0)
+    }
+
+    /// Step `x` once; `z` (n) is scratch.
+    pub fn step(
+        &self,
+        x: &mut [f64],
+        ws: &mut Rk4Workspace,
+        z: &mut [f64],
+        step: u64,
+        stream: u64,
+    ) {
+        self.model.step(x, ws);
+        if self.sd.iter().any(|&s| s > 0.0) {
+            crate::rng::fill_standard_normal(
+                self.seed,
+                crate::rng::Purpose::ModelNoise,
+                step,
+                stream,
+                0,
+                z,
+            );
+            x.iter_mut()
+                .zip(z.iter().zip(&self.sd))
+                .for_each(|(v, (z, s))| *v += s * z);
+        }
+    }
+}
