@@ -83,6 +83,7 @@ fn turbulence_step(c: &mut Criterion) {
             drag: 0.1,
             forcing_wavenumber: 4,
             forcing_amplitude: 4.0,
+            substeps: 1,
             flow: Flow::NavierStokes,
         });
         let mut w: Vec<f64> = (0..n * n).map(|i| ((i as f64) * 0.618).sin()).collect();

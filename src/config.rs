@@ -86,6 +86,12 @@ pub struct ExperimentConfig {
     /// climatological members for turbulence; 0 = start from the draws).
     #[serde(default)]
     pub ensemble_spinup_steps: usize,
+    /// `genda run`: replay the truth from an HDF5 trajectory (`genda truth`, or another model's
+    /// run in that format) instead of simulating it: cycle c uses the state c · obs_every model
+    /// steps after the file's start (its rows are `dt` apart, a divisor of the cycle length).
+    /// One costly truth (e.g. a fine-grid `model.truth_grid` run) then serves every method.
+    #[serde(default)]
+    pub truth_file: Option<std::path::PathBuf>,
 }
 
 /// A value given either as one number for every component or as a full-length list.

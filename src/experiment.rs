@@ -9,7 +9,7 @@ use crate::io::{
     RunWriter, Trajectory,
 };
 use crate::metrics::{CycleStats, TimeAverage};
-use crate::models::{Model, Rk4Workspace, SlabStepper};
+use crate::models::{Model, Rk4Workspace, SlabStepper, TruthModel};
 use crate::obs::{LocalObs, ObsOperator};
 use crate::parallel::{
     max_rss_bytes, Collectives, Decomposition, Layout, Reducer, SlabTranspose, TileReducer,
@@ -28,14 +28,18 @@ use std::time::Instant;
 /// Variable-steps per forecast below which threads cost more than they save.
 const PARALLEL_FORECAST_MIN_WORK: usize = 20_000;
 
-/// The true trajectory and its synthetic observations, generated cycle by cycle.
+/// The true trajectory and its synthetic observations, generated cycle by cycle. The truth runs
+/// the members' model, or a finer grid seen through its block means (`model.truth_grid`).
 pub struct TruthRun<'a> {
-    model: &'a dyn Model,
+    truth: TruthModel,
     obs_operator: &'a dyn ObsOperator,
     obs_sd: Vec<f64>,
     obs_every: usize,
     seed: u64,
+    /// The truth's own state (fine grid, if any).
     state: Vec<f64>,
+    /// The state on the members' grid.
+    coarse: Vec<f64>,
     ws: Rk4Workspace,
     cycle: usize,
     spinup: usize,
@@ -43,19 +47,21 @@ pub struct TruthRun<'a> {
 
 impl<'a> TruthRun<'a> {
     /// Draw x₀ ~ N(mean, var) from the truth stream and spin it up.
-    pub fn new(
-        cfg: &Config,
-        model: &'a dyn Model,
-        obs_operator: &'a dyn ObsOperator,
-    ) -> Result<Self> {
-        let n = model.dim();
-        let mut state = cfg.initial.draw_truth(n, cfg.experiment.seed)?;
-        let mut ws = Rk4Workspace::new(n);
+    pub fn new(cfg: &Config, obs_operator: &'a dyn ObsOperator) -> Result<Self> {
+        let truth = cfg.model.build_truth();
+        let nf = truth.dim();
+        let n = cfg.model.dim();
+        let mut state = cfg.initial.draw_truth(nf, cfg.experiment.seed)?;
+        if let Some(problem) = truth.model.stability_problem(&state) {
+            return Err(GendaError::invalid("model.dt", format!("truth: {problem}")));
+        }
+        let mut ws = Rk4Workspace::new(nf);
         let key = NoiseKey {
             seed: cfg.experiment.seed,
             rows: vec![TRUTH_STREAM],
             offset: 0,
         };
+        let model = truth.model.as_ref();
         for s in 0..cfg.experiment.spinup_steps {
             model.step(&mut state, &mut ws);
             add_model_noise(model, &mut state, &key, s as u64);
@@ -66,30 +72,29 @@ impl<'a> TruthRun<'a> {
             .iter()
             .map(|v| v.sqrt())
             .collect();
+        let mut coarse = vec![0.0; n];
+        truth.coarsen(&state, &mut coarse);
         Ok(TruthRun {
-            model,
+            truth,
             obs_operator,
             obs_sd,
             obs_every: cfg.observations.obs_every,
             seed: cfg.experiment.seed,
             state,
+            coarse,
             ws,
             cycle: 0,
             spinup: cfg.experiment.spinup_steps,
         })
     }
 
-    /// Continue from a checkpointed true state after `cycle`.
-    pub fn restore(&mut self, state: &[f64], cycle: usize) {
-        self.state.copy_from_slice(state);
-        self.cycle = cycle;
-    }
-
+    /// The true state on the members' grid.
     pub fn state(&self) -> &[f64] {
-        &self.state
+        &self.coarse
     }
 
-    /// Advance to the next observation time; write y = h(x) + R^{1/2} z into `obs`.
+    /// Advance to the next observation time; write y = h(x) + R^{1/2} z into `obs`; the new
+    /// state on the members' grid.
     pub fn advance(&mut self, obs: &mut [f64]) -> &[f64] {
         self.cycle += 1;
         let key = NoiseKey {
@@ -97,12 +102,14 @@ impl<'a> TruthRun<'a> {
             rows: vec![TRUTH_STREAM],
             offset: 0,
         };
+        let model = self.truth.model.as_ref();
         for s in 0..self.obs_every {
-            self.model.step(&mut self.state, &mut self.ws);
+            model.step(&mut self.state, &mut self.ws);
             let step = self.spinup + (self.cycle - 1) * self.obs_every + s;
-            add_model_noise(self.model, &mut self.state, &key, step as u64);
+            add_model_noise(model, &mut self.state, &key, step as u64);
         }
-        self.obs_operator.apply(&self.state, obs);
+        self.truth.coarsen(&self.state, &mut self.coarse);
+        self.obs_operator.apply(&self.coarse, obs);
         let mut z = vec![0.0; obs.len()];
         fill_standard_normal(
             self.seed,
@@ -115,7 +122,64 @@ impl<'a> TruthRun<'a> {
         for ((y, z), sd) in obs.iter_mut().zip(&z).zip(&self.obs_sd) {
             *y += sd * z;
         }
-        &self.state
+        &self.coarse
+    }
+}
+
+/// A truth read from an HDF5 trajectory (`experiment.truth_file`).
+struct TruthReplay {
+    traj: crate::io::Trajectory,
+    /// Rows per cycle.
+    stride: usize,
+}
+
+impl TruthReplay {
+    fn open(path: &Path, n: usize, cycle_dt: f64, cycles: usize) -> Result<Self> {
+        let traj = crate::io::read_trajectory(path)?;
+        if traj.state_dim != n {
+            return Err(GendaError::file(
+                path,
+                format!(
+                    "experiment.truth_file has states of {} values, the model has {n}",
+                    traj.state_dim
+                ),
+            ));
+        }
+        let ratio = cycle_dt / traj.dt;
+        let stride = ratio.round() as usize;
+        if stride == 0 || (ratio - stride as f64).abs() > 1e-6 * ratio {
+            return Err(GendaError::file(
+                path,
+                format!(
+                    "experiment.truth_file rows are {} time units apart, which does not divide the cycle length obs_every · dt = {cycle_dt}",
+                    traj.dt
+                ),
+            ));
+        }
+        if traj.times < cycles * stride {
+            return Err(GendaError::file(
+                path,
+                format!(
+                    "experiment.truth_file has {} rows; {cycles} cycles of {stride} rows need {}",
+                    traj.times,
+                    cycles * stride
+                ),
+            ));
+        }
+        if traj.data.iter().any(|v| !v.is_finite()) {
+            return Err(GendaError::file(
+                path,
+                "experiment.truth_file has non-finite values",
+            ));
+        }
+        Ok(TruthReplay { traj, stride })
+    }
+
+    /// The true state at cycle c (1-based).
+    fn state(&self, cycle: usize) -> &[f64] {
+        let n = self.traj.state_dim;
+        let r = cycle * self.stride - 1;
+        &self.traj.data[r * n..(r + 1) * n]
     }
 }
 
@@ -696,6 +760,12 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
     let domains = cfg.parallel.domains;
     let layout = Layout::new(ranks, 0, domains, cfg.filter.members())?;
     let spectral = model.is_slab_spectral() && domains > 1;
+    if domains > 1 && cfg.model.build_truth().is_fine() {
+        return Err(GendaError::invalid(
+            "parallel.domains",
+            "model.truth_grid (a finer-grid truth) runs on one domain: use domains = 1 (members still split over ranks)",
+        ));
+    }
     if spectral {
         let side = model.grid_side().unwrap_or(0);
         if side % domains != 0 {
@@ -907,6 +977,22 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             *x = tm[i] + tv[i].sqrt() * *x;
         }
     }
+    // A finer-grid truth (model.truth_grid, one domain): its own state, seen through block
+    // means; `truth` then holds those means.
+    let mut fine = {
+        let tm = cfg.model.build_truth();
+        if tm.is_fine() {
+            let x = cfg.initial.draw_truth(tm.dim(), seed)?;
+            if let Some(problem) = tm.model.stability_problem(&x) {
+                return Err(GendaError::invalid("model.dt", format!("truth: {problem}")));
+            }
+            tm.coarsen(&x, &mut truth);
+            let prop = Propagator::new(tm.model.as_ref(), 1, tm.dim());
+            Some((tm, x, prop))
+        } else {
+            None
+        }
+    };
     // Stability at the start (CFL of the 2-D models), on the truth and every local member.
     {
         // A decomposed 2-D field is gathered over the domain communicator for the check (once);
@@ -955,8 +1041,30 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         rows: vec![TRUTH_STREAM],
         offset: own.start,
     };
+    // A replayed truth (experiment.truth_file): the rows of the cycles, read once.
+    let replay = match &cfg.experiment.truth_file {
+        Some(p) => Some(TruthReplay::open(
+            p,
+            n,
+            obs_every as f64 * model.dt(),
+            cycles,
+        )?),
+        None => None,
+    };
+    if replay.is_some() {
+        fine = None;
+    }
     let spinup = cfg.experiment.spinup_steps;
-    truth_prop.advance(model.as_ref(), &mut truth, spinup, dcomm, &truth_key, 0)?;
+    match fine.as_mut() {
+        _ if replay.is_some() => {}
+        Some((tm, x, prop)) => {
+            prop.advance(tm.model.as_ref(), x, spinup, dcomm, &truth_key, 0)?;
+            tm.coarsen(x, &mut truth);
+        }
+        None => {
+            truth_prop.advance(model.as_ref(), &mut truth, spinup, dcomm, &truth_key, 0)?;
+        }
+    }
     let mut local = local_init_preview(cfg, &mine, &own)?;
 
     let mut prop = Propagator::new(model.as_ref(), mine.len(), len);
@@ -1027,7 +1135,16 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 .expect("contiguous")
                 .copy_from_slice(&ck.ensemble[m * n + own.start..m * n + own.end]);
         }
-        truth.copy_from_slice(&ck.truth[own.clone()]);
+        match fine.as_mut() {
+            Some((tm, x, _)) => {
+                if ck.truth.len() != x.len() {
+                    return Err(GendaError::file(path, format!("checkpoint truth has {} values, the {}-value fine-grid truth (model.truth_grid) needs {}", ck.truth.len(), n, x.len())));
+                }
+                x.copy_from_slice(&ck.truth);
+                tm.coarsen(x, &mut truth);
+            }
+            None => truth.copy_from_slice(&ck.truth[own.clone()]),
+        }
         for (k, v) in ck.series.chunks(4).enumerate() {
             avg.push(
                 k + 1,
@@ -1121,14 +1238,33 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     for cycle in start..=cycles {
         let t = Instant::now();
         let first_step = (spinup + (cycle - 1) * obs_every) as u64;
-        let c_truth = truth_prop.advance(
-            model.as_ref(),
-            &mut truth,
-            obs_every,
-            dcomm,
-            &truth_key,
-            first_step,
-        )?;
+        let c_truth = match fine.as_mut() {
+            _ if replay.is_some() => {
+                let r = replay.as_ref().expect("checked");
+                truth.copy_from_slice(&r.state(cycle)[own.clone()]);
+                0.0
+            }
+            Some((tm, x, prop)) => {
+                let c = prop.advance(
+                    tm.model.as_ref(),
+                    x,
+                    obs_every,
+                    dcomm,
+                    &truth_key,
+                    first_step,
+                )?;
+                tm.coarsen(x, &mut truth);
+                c
+            }
+            None => truth_prop.advance(
+                model.as_ref(),
+                &mut truth,
+                obs_every,
+                dcomm,
+                &truth_key,
+                first_step,
+            )?,
+        };
         {
             let tv = Array2::from_shape_vec((1, len), truth.clone()).expect("one row");
             let ext = if w > 0 { with_halo(&tv, w, dcomm)? } else { tv };
@@ -1339,6 +1475,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 )?;
                 let mut g_truth = root_buf(n);
                 dcomm.gather_rows_to_root(&truth, &slab_counts, &mut g_truth)?;
+                if let (Some((_, x, _)), true) = (&fine, comm.is_root()) {
+                    // One domain: the root holds the whole fine truth, which restarts need.
+                    g_truth = x.clone();
+                }
                 let mut g =
                     Array2::<f64>::zeros(if comm.is_root() { (members, n) } else { (0, 0) });
                 if comm.is_root() {
@@ -1456,7 +1596,7 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
             distributional_scores: false,
         },
     )?;
-    let mut truth = TruthRun::new(cfg, model.as_ref(), &h)?;
+    let mut truth = TruthRun::new(cfg, &h)?;
     let mut obs = vec![0.0; h.obs_dim()];
     let mut data = Vec::with_capacity(cycles * n);
     for k in 0..cycles {

@@ -766,3 +766,115 @@ fn sda_trains_a_window_score_smooths_and_filters_l63() {
     eprintln!("SDA filter, all components every step (sd 2), 8 cycles: rmse {r}");
     assert!(r.is_finite() && r < 2.0, "SDA filter RMSE {r}");
 }
+
+/// Issue 8's Kolmogorov setup at toy size: `genda truth` simulates the truth on a 2× finer grid
+/// and writes its block means; `genda run` replays that file (experiment.truth_file) as its
+/// truth, or simulates the same fine-grid truth itself when no file is given; a file too short
+/// for the run is a clear error without output.
+#[test]
+fn fine_grid_truth_is_coarsened_and_replayed_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let toy = [
+        ("n = 64", "n = 16"),
+        ("substeps = 20", "substeps = 2"),
+        ("viscosity = 1e-3", "viscosity = 1e-2"),
+        ("truth_grid = 256", "truth_grid = 32"),
+        ("truth_substeps = 60", "truth_substeps = 4"),
+    ];
+    let mut t_edits = toy.to_vec();
+    t_edits.extend([
+        ("cycles = 200", "cycles = 12"),
+        ("spinup_steps = 100", "spinup_steps = 10"),
+    ]);
+    let tcfg = config_variant(
+        dir.path(),
+        "configs/kolmogorov_issue8_truth.toml",
+        "t.toml",
+        &t_edits,
+    );
+    let tnc = dir.path().join("t.nc");
+    let o = genda(&["truth", tcfg.to_str().unwrap(), "-o", tnc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h5 = dir.path().join("t.h5");
+    let traj = genda::io::read_trajectory(&h5).unwrap();
+    assert_eq!((traj.times, traj.state_dim), (12, 256));
+    assert!(
+        (traj.dt - 0.02).abs() < 1e-15,
+        "a model step is substeps · dt"
+    );
+    let h5s = h5.to_str().unwrap().to_string();
+    let file_line = format!("truth_file = \"{h5s}\"");
+    let mut r_edits = toy.to_vec();
+    r_edits.extend([
+        ("cycles = 30", "cycles = 4"),
+        ("burn_in = 5", "burn_in = 0"),
+        ("ensemble_spinup_steps = 50", "ensemble_spinup_steps = 5"),
+        ("members = 20", "members = 8"),
+        ("obs_every = 5", "obs_every = 3"),
+        (
+            "truth_file = \"output/kolmogorov_issue8_truth.h5\"",
+            &file_line,
+        ),
+    ]);
+    let rcfg = config_variant(
+        dir.path(),
+        "configs/kolmogorov_issue8_letkf.toml",
+        "r.toml",
+        &r_edits,
+    );
+    let rnc = dir.path().join("r.nc");
+    let o = genda(&[
+        "run",
+        rcfg.to_str().unwrap(),
+        "-o",
+        rnc.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let replayed = nc_var(&rnc, "truth");
+    let want: Vec<f64> = [2usize, 5, 8, 11]
+        .iter()
+        .flat_map(|&r| traj.data[r * 256..(r + 1) * 256].to_vec())
+        .collect();
+    assert_eq!(replayed, want, "cycle c replays row c · obs_every − 1");
+    assert!(nc_attr_f64(&rnc, "rmse_analysis_time_mean").is_finite());
+
+    // Without the file the run simulates the fine-grid truth itself: the same trajectory up to
+    // round-off (its stepper stays in spectral space between observations).
+    let s = std::fs::read_to_string(&rcfg)
+        .unwrap()
+        .replace(&file_line, "spinup_steps = 10");
+    let scfg = dir.path().join("s.toml");
+    std::fs::write(&scfg, s).unwrap();
+    let snc = dir.path().join("s.nc");
+    let o = genda(&[
+        "run",
+        scfg.to_str().unwrap(),
+        "-o",
+        snc.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let simulated = nc_var(&snc, "truth");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let diff = simulated
+        .iter()
+        .zip(&want)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        scale > 0.1 && diff < 1e-8 * scale,
+        "diff {diff}, scale {scale}"
+    );
+
+    // A file too short for the run.
+    let long = std::fs::read_to_string(&rcfg)
+        .unwrap()
+        .replace("cycles = 4", "cycles = 5");
+    let lcfg = dir.path().join("l.toml");
+    std::fs::write(&lcfg, long).unwrap();
+    assert_run_fails_without_output(
+        &lcfg,
+        &dir.path().join("l.nc"),
+        "experiment.truth_file has 12 rows; 5 cycles of 3 rows need 15",
+    );
+}

@@ -35,6 +35,7 @@ use crate::error::{GendaError, Result};
 use crate::score::masf::{
     fit_gaussian, reverse_sample, sampler_grid, DiagProcess, DiagScore, Guidance, NoisedGaussian,
 };
+use crate::score::net::NetworkConfig;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -90,6 +91,11 @@ pub struct MasfConfig {
     pub pretrain_data: Option<PathBuf>,
     #[serde(default)]
     pub prior: MasfPrior,
+    /// The prior network: by default an MLP of `hidden` × `layers`; for 2-D fields a U-Net
+    /// with circular padding, `network = { kind = "unet", height = 64, width = 64, channels = 16 }`
+    /// (height · width = the state size).
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
     /// `prior = "gaussian_residual"`: localisation radius of the Gaussian's covariance in grid
     /// units (Gaspari–Cohn, LETKF's convention); none: the untapered sample covariance.
     #[serde(default)]
@@ -343,9 +349,14 @@ impl Filter for Masf {
             None => net.fit(&process, data, steps, batch, seed),
         };
         if first {
+            let arch = self.cfg.network.clone().unwrap_or(NetworkConfig::Mlp {
+                hidden,
+                layers,
+                time_features: 16,
+            });
             let mut net = match base {
-                Some(_) => DiagScore::new_residual(hidden, layers, n, lr, input.seed)?,
-                None => DiagScore::new(hidden, layers, n, lr, input.seed)?,
+                Some(_) => DiagScore::new_residual(arch, n, lr, input.seed)?,
+                None => DiagScore::with_network(arch, n, lr, input.seed)?,
             };
             let data: Vec<f64> = match &self.cfg.pretrain_data {
                 Some(p) => {
@@ -431,6 +442,7 @@ mod tests {
             train_steps: 0,
             pretrain_data: None,
             prior: MasfPrior::GaussianResidual,
+            network: None,
             localization_radius: None,
             geometry: Geometry::Ring,
             shrinkage: 0.0,

@@ -19,7 +19,7 @@ pub struct RunCheckpoint {
     pub state_dim: usize,
     /// Analysis ensemble after `cycle`, row-major (members, state_dim).
     pub ensemble: Vec<f64>,
-    /// True state at `cycle`.
+    /// True state at `cycle` (the fine-grid truth's own state with `model.truth_grid`).
     pub truth: Vec<f64>,
     /// Per-cycle (rmse_f, rmse_a, spread_f, spread_a), row-major (cycle, 4).
     pub series: Vec<f64>,
@@ -47,7 +47,7 @@ pub fn write_checkpoint(path: &Path, c: &RunCheckpoint) -> Result<()> {
             ds.write_raw(data).map_err(|e| h5err(path, name, e))
         };
         put("ensemble", &c.ensemble, vec![c.members, c.state_dim])?;
-        put("truth", &c.truth, vec![c.state_dim])?;
+        put("truth", &c.truth, vec![c.truth.len()])?;
         put("series", &c.series, vec![c.series.len() / 4, 4])?;
         let nums: [(&str, f64); 4] = [
             ("cycle", c.cycle as f64),
@@ -120,7 +120,8 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
         run_snapshot: Some(s("run_snapshot")?).filter(|v| !v.is_empty()),
     };
     if c.ensemble.len() != c.members * c.state_dim
-        || c.truth.len() != c.state_dim
+        || c.truth.is_empty()
+        || c.truth.len() % c.state_dim.max(1) != 0
         || c.series.len() != 4 * c.cycle
     {
         return Err(GendaError::file(

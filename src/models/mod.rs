@@ -487,10 +487,26 @@ pub struct TurbulenceConfig {
     pub forcing_wavenumber: usize,
     #[serde(default)]
     pub forcing_amplitude: f64,
+    /// RK4 steps of `dt` per model step: a model step (the time between states, observations
+    /// and the states of a trajectory file) is `substeps · dt`.
+    #[serde(default = "one_substep")]
+    pub substeps: usize,
+    /// Twin experiments (`genda run`, `genda truth`): simulate the truth on a finer
+    /// `truth_grid`² grid (a multiple of n) and observe and score its block means on the n² grid
+    /// (SDA's Kolmogorov setup: 256² coarsened ×4 to 64²). The members run on the n² grid.
+    #[serde(default)]
+    pub truth_grid: Option<usize>,
+    /// RK4 steps per model step of the fine truth (default: substeps · truth_grid / n, the
+    /// coarse model's CFL number).
+    #[serde(default)]
+    pub truth_substeps: Option<usize>,
 }
 
 fn kf_default() -> usize {
     4
+}
+fn one_substep() -> usize {
+    1
 }
 
 impl TurbulenceConfig {
@@ -502,8 +518,24 @@ impl TurbulenceConfig {
             drag: self.drag,
             forcing_wavenumber: self.forcing_wavenumber,
             forcing_amplitude: self.forcing_amplitude,
+            substeps: self.substeps,
             flow,
         }
+    }
+
+    /// The fine-grid truth model (`truth_grid`), if any: same physics, finer grid, its RK4 step
+    /// chosen so that one of its model steps spans the same time as the coarse model's.
+    fn truth_params(&self, flow: Flow) -> Option<Turbulence2dParams> {
+        let nf = self.truth_grid?;
+        let substeps = self
+            .truth_substeps
+            .unwrap_or(self.substeps * nf / self.n.max(1));
+        Some(Turbulence2dParams {
+            n: nf,
+            dt: self.dt * self.substeps as f64 / substeps as f64,
+            substeps,
+            ..self.params(flow)
+        })
     }
 }
 
@@ -548,7 +580,7 @@ impl ModelConfig {
     pub fn dt(&self) -> f64 {
         match self {
             ModelConfig::Lorenz63 { dt, .. } | ModelConfig::Lorenz96 { dt, .. } => *dt,
-            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.dt,
+            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.dt * c.substeps as f64,
             ModelConfig::Spekf(c) => c.dt,
             ModelConfig::CgLorenz96(c) => c.dt,
         }
@@ -604,6 +636,29 @@ impl ModelConfig {
                     return Err(GendaError::invalid(
                         "model.n",
                         format!("grid side must be even and >= 8, got {}", c.n),
+                    ));
+                }
+                if c.substeps == 0 || c.truth_substeps == Some(0) {
+                    return Err(GendaError::invalid(
+                        "model.substeps",
+                        "substeps and truth_substeps must be >= 1",
+                    ));
+                }
+                if let Some(nf) = c.truth_grid {
+                    if nf < c.n || nf % c.n != 0 {
+                        return Err(GendaError::invalid(
+                            "model.truth_grid",
+                            format!(
+                                "must be a multiple of model.n = {} (the truth is coarsened by block means), got {nf}",
+                                c.n
+                            ),
+                        ));
+                    }
+                }
+                if c.truth_substeps.is_some() && c.truth_grid.is_none() {
+                    return Err(GendaError::invalid(
+                        "model.truth_substeps",
+                        "applies only with model.truth_grid",
                     ));
                 }
                 if !(c.viscosity.is_finite()
@@ -673,6 +728,31 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// The truth of a twin experiment: the members' model, or (`model.truth_grid`) the same
+    /// physics on a finer grid whose states are observed and scored as block means.
+    pub fn build_truth(&self) -> TruthModel {
+        let fine = match self {
+            ModelConfig::Kolmogorov(c) => c.truth_params(Flow::NavierStokes).map(|p| (p, c.n)),
+            ModelConfig::Sqg(c) => c.truth_params(Flow::Sqg).map(|p| (p, c.n)),
+            _ => None,
+        };
+        match fine {
+            Some((p, n)) => TruthModel {
+                factor: p.n / n,
+                side: n,
+                model: Box::new(Turbulence2d::new(p)),
+            },
+            None => {
+                let model = self.build();
+                TruthModel {
+                    factor: 1,
+                    side: model.grid_side().unwrap_or(0),
+                    model,
+                }
+            }
+        }
     }
 
     /// The registry: config → model.
@@ -779,6 +859,50 @@ impl<'a> NoisyStepper<'a> {
             x.iter_mut()
                 .zip(z.iter().zip(&self.sd))
                 .for_each(|(v, (z, s))| *v += s * z);
+        }
+    }
+}
+/// The model the truth of a twin experiment runs: the members' own, or a finer grid
+/// (`factor` > 1) whose state the experiment sees as block means of factor × factor cells.
+pub struct TruthModel {
+    pub model: Box<dyn Model>,
+    /// Fine cells per coarse cell along each side (1: the members' model itself).
+    pub factor: usize,
+    /// Coarse grid side (2-D models).
+    side: usize,
+}
+
+impl TruthModel {
+    /// Size of the truth's own state.
+    pub fn dim(&self) -> usize {
+        self.model.dim()
+    }
+
+    /// Whether the truth runs on a finer grid than the members.
+    pub fn is_fine(&self) -> bool {
+        self.factor > 1
+    }
+
+    /// The state as the members' model sees it: `fine` itself, or its block means.
+    pub fn coarsen(&self, fine: &[f64], out: &mut [f64]) {
+        if self.factor == 1 {
+            out.copy_from_slice(fine);
+        } else {
+            block_mean(fine, self.side * self.factor, self.factor, out);
+        }
+    }
+}
+
+/// Means of the `f` × `f` blocks of the row-major `nf` × `nf` field `fine`, into the
+/// (nf/f) × (nf/f) field `out` (a finite-volume coarsening: it keeps the domain mean).
+pub fn block_mean(fine: &[f64], nf: usize, f: usize, out: &mut [f64]) {
+    let nc = nf / f;
+    out.fill(0.0);
+    let w = 1.0 / (f * f) as f64;
+    for (r, row) in fine.chunks_exact(nf).enumerate() {
+        let o = &mut out[(r / f) * nc..(r / f + 1) * nc];
+        for (c, v) in row.iter().enumerate() {
+            o[c / f] += v * w;
         }
     }
 }

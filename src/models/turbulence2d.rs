@@ -41,6 +41,8 @@ pub struct Turbulence2dParams {
     /// Forcing F(y) = amplitude · sin(k_f y) on the vorticity equation.
     pub forcing_wavenumber: usize,
     pub forcing_amplitude: f64,
+    /// RK4 steps of `dt` per model step.
+    pub substeps: usize,
     pub flow: Flow,
 }
 
@@ -386,7 +388,7 @@ impl Turbulence2d {
         }
         self.fft_slabs(v, &mut t2[..len], true, transpose)?;
         v.copy_from_slice(&t2[..len]);
-        for _ in 0..nsteps {
+        for _ in 0..nsteps * self.p.substeps {
             // IF-RK4 with the linear part exact: stages accumulate into `acc`.
             self.nonlinear_slabs(tab, v, kk, g2, t2, transpose)?;
             // Per field (slab of mn values, aligned with the tables).
@@ -600,7 +602,7 @@ impl Model for Turbulence2d {
         self.p.n * self.p.n
     }
     fn dt(&self) -> f64 {
-        self.p.dt
+        self.p.dt * self.p.substeps as f64
     }
     fn tendency(&self, x: &[f64], dxdt: &mut [f64]) {
         // Full tendency on the grid (diagnostics; stepping uses the integrating factor).
@@ -680,6 +682,7 @@ mod tests {
             drag: 0.0,
             forcing_wavenumber: 4,
             forcing_amplitude: 0.0,
+            substeps: 1,
             flow: Flow::NavierStokes,
         }
     }
@@ -706,6 +709,62 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f64::max);
         assert!(err < 1e-10, "max error {err}");
+    }
+
+    /// `model.truth_grid`: the fine truth (32², 2 RK4 substeps per model step of 0.02) seen
+    /// through 2×2 block means decays at the analytic Taylor–Green rate, and the block means keep
+    /// the domain mean; substeps make a model step span substeps · dt.
+    #[test]
+    fn fine_grid_truth_coarsens_taylor_green_at_the_analytic_rate() {
+        use crate::models::{block_mean, ModelConfig, TurbulenceConfig};
+        let (k, nu, dt, steps) = (2.0, 0.05, 0.01, 50);
+        let cfg = ModelConfig::Kolmogorov(TurbulenceConfig {
+            n: 16,
+            dt,
+            viscosity: nu,
+            drag: 0.0,
+            forcing_wavenumber: 4,
+            forcing_amplitude: 0.0,
+            substeps: 2,
+            truth_grid: Some(32),
+            truth_substeps: None,
+        });
+        cfg.validate().unwrap();
+        let members = cfg.build();
+        let truth = cfg.build_truth();
+        assert!(truth.is_fine());
+        assert_eq!((truth.dim(), truth.factor), (32 * 32, 2));
+        assert!((members.dt() - 0.02).abs() < 1e-15);
+        assert!((truth.model.dt() - members.dt()).abs() < 1e-15);
+        let w0 = grid(32, |x, y| 2.0 * k * (k * x).cos() * (k * y).cos() + 0.3);
+        let mut w = w0.clone();
+        truth.model.integrate(&mut w, steps);
+        let (mut c0, mut c) = (vec![0.0; 256], vec![0.0; 256]);
+        truth.coarsen(&w0, &mut c0);
+        truth.coarsen(&w, &mut c);
+        let decay = (-2.0 * nu * k * k * members.dt() * steps as f64).exp();
+        let err = c
+            .iter()
+            .zip(&c0)
+            .map(|(a, b)| (a - 0.3 - decay * (b - 0.3)).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-10, "max error {err}");
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!((mean(&c) - mean(&w)).abs() < 1e-12);
+        // A field constant on each block is its own block mean.
+        let blocks: Vec<f64> = (0..64)
+            .map(|i| ((i / 32) * 2 + (i % 8) / 4) as f64)
+            .collect();
+        let mut out = vec![0.0; 4];
+        block_mean(&blocks, 8, 4, &mut out);
+        assert_eq!(out, vec![0.0, 1.0, 2.0, 3.0]);
+        // truth_grid must be a multiple of n.
+        let mut bad = cfg.clone();
+        if let ModelConfig::Kolmogorov(c) = &mut bad {
+            c.truth_grid = Some(24);
+        }
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("truth_grid"), "{e}");
     }
 
     /// Inviscid, unforced: energy and enstrophy are conserved to time-truncation error.
@@ -749,6 +808,7 @@ mod spectrum_tests {
             drag: 0.1,
             forcing_wavenumber: 4,
             forcing_amplitude: 4.0,
+            substeps: 1,
             flow: Flow::NavierStokes,
         });
         let mut w: Vec<f64> = (0..n * n)

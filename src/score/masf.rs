@@ -20,7 +20,7 @@
 //!
 //! `DiagScore` is the prior score network for such a process, trained by denoising score
 //! matching (ε-parametrisation per component: s_k = ε̂_k / Σ_k(t)^{1/2}) and fine-tuned in place.
-use super::net::ScoreNetwork;
+use super::net::{NetworkConfig, ScoreNetwork};
 use super::process::ForwardProcess;
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, stream, Purpose};
@@ -116,16 +116,19 @@ pub struct DiagScore {
 
 impl DiagScore {
     pub fn new(hidden: i64, layers: usize, dim: usize, lr: f64, seed: u64) -> Result<Self> {
-        // The process record is unused here (the diagonal process is passed to each call).
-        let (net, opt) = ScoreNetwork::cpu_mlp_with_adam(
+        let cfg = NetworkConfig::Mlp {
             hidden,
             layers,
-            16,
-            dim,
-            ForwardProcess::default(),
-            lr,
-            seed,
-        )?;
+            time_features: 16,
+        };
+        Self::with_network(cfg, dim, lr, seed)
+    }
+
+    /// A prior score network of any architecture (`NetworkConfig::Unet` for 2-D fields).
+    pub fn with_network(cfg: NetworkConfig, dim: usize, lr: f64, seed: u64) -> Result<Self> {
+        // The process record is unused here (the diagonal process is passed to each call).
+        let (net, opt) =
+            ScoreNetwork::cpu_with_adam(cfg, dim, ForwardProcess::default(), lr, seed)?;
         Ok(DiagScore {
             net,
             opt,
@@ -136,17 +139,11 @@ impl DiagScore {
 
     /// A residual network on top of a closed-form baseline score: as `new`, with the output
     /// layer zeroed so that the residual starts at 0 (the baseline alone).
-    pub fn new_residual(
-        hidden: i64,
-        layers: usize,
-        dim: usize,
-        lr: f64,
-        seed: u64,
-    ) -> Result<Self> {
-        let s = Self::new(hidden, layers, dim, lr, seed)?;
+    pub fn new_residual(cfg: NetworkConfig, dim: usize, lr: f64, seed: u64) -> Result<Self> {
+        let s = Self::with_network(cfg, dim, lr, seed)?;
         let _g = tch::no_grad_guard();
         for (name, p) in s.net.parameters() {
-            if name.starts_with("out") {
+            if name.starts_with("out") || name.starts_with("conv_out") {
                 let _ = p.shallow_clone().zero_();
             }
         }

@@ -23,7 +23,9 @@ pub enum NetworkConfig {
         #[serde(default = "d_tf")]
         time_features: i64,
     },
-    /// Two-level U-Net on a (height, width) doubly periodic field; height and width even.
+    /// Two-level U-Net on a (height, width) doubly periodic field; height and width even. A
+    /// sample of `dim` = S·height·width values is S stacked fields (an SDA window of S = 2k+1
+    /// states, state-major), which the network takes as S input and output channels.
     Unet {
         height: i64,
         width: i64,
@@ -74,11 +76,13 @@ impl NetworkConfig {
                         format!("unet needs even height, width >= 4, got {height}x{width}"),
                     ));
                 }
-                if (height * width) as usize != dim {
+                let field = (height * width) as usize;
+                if dim == 0 || dim % field != 0 {
                     return Err(GendaError::Dimension {
-                        what: "unet height*width vs sample dimension".into(),
+                        what: "unet height*width (times the window's states) vs sample dimension"
+                            .into(),
                         expected: dim,
-                        got: (height * width) as usize,
+                        got: field,
                     });
                 }
                 if channels < 1 || time_features < 1 {
@@ -115,6 +119,8 @@ struct Mlp {
 struct Unet {
     h: i64,
     w: i64,
+    /// Fields per sample (input and output channels).
+    s: i64,
     c_in: nn::Conv2D,
     d1: nn::Conv2D,
     d2: nn::Conv2D,
@@ -187,14 +193,16 @@ impl ScoreNetwork {
                     padding: 0,
                     ..Default::default()
                 };
+                let s = dim as i64 / (height * width);
                 Arch::Unet(Box::new(Unet {
                     h: height,
                     w: width,
-                    c_in: nn::conv2d(&root / "conv_in", 1, c, 3, cc),
+                    s,
+                    c_in: nn::conv2d(&root / "conv_in", s, c, 3, cc),
                     d1: nn::conv2d(&root / "down1", c, c, 3, cc),
                     d2: nn::conv2d(&root / "down2", c, 2 * c, 3, cc),
                     u1: nn::conv2d(&root / "up1", 3 * c, c, 3, cc),
-                    c_out: nn::conv2d(&root / "conv_out", c, 1, 3, cc),
+                    c_out: nn::conv2d(&root / "conv_out", c, s, 3, cc),
                     t1: nn::linear(&root / "temb1", tf2, c, Default::default()),
                     t2: nn::linear(&root / "temb2", tf2, 2 * c, Default::default()),
                 }))
@@ -228,7 +236,7 @@ impl ScoreNetwork {
             }
             Arch::Unet(u) => {
                 let b = x.size()[0];
-                let x = x.reshape([b, 1, u.h, u.w]);
+                let x = x.reshape([b, u.s, u.h, u.w]);
                 let e1 = u.t1.forward(&emb).unsqueeze(-1).unsqueeze(-1);
                 let e2 = u.t2.forward(&emb).unsqueeze(-1).unsqueeze(-1);
                 let h0 = periodic_conv(&u.c_in, &x).silu();
@@ -237,7 +245,7 @@ impl ScoreNetwork {
                 let h2 = (periodic_conv(&u.d2, &p) + e2).silu();
                 let up = h2.upsample_nearest2d([u.h, u.w], None::<f64>, None::<f64>);
                 let h3 = periodic_conv(&u.u1, &Tensor::cat(&[up, h1], 1)).silu();
-                periodic_conv(&u.c_out, &h3).reshape([b, u.h * u.w])
+                periodic_conv(&u.c_out, &h3).reshape([b, u.s * u.h * u.w])
             }
         }
     }
@@ -263,13 +271,24 @@ impl ScoreNetwork {
         lr: f64,
         seed: u64,
     ) -> Result<(Self, nn::Optimizer)> {
-        use tch::nn::OptimizerConfig;
-        tch::set_num_threads(1);
         let cfg = NetworkConfig::Mlp {
             hidden,
             layers,
             time_features,
         };
+        Self::cpu_with_adam(cfg, dim, process, lr, seed)
+    }
+
+    /// `cpu_mlp_with_adam` for any architecture (a U-Net prior of a 2-D field).
+    pub fn cpu_with_adam(
+        cfg: NetworkConfig,
+        dim: usize,
+        process: ForwardProcess,
+        lr: f64,
+        seed: u64,
+    ) -> Result<(Self, nn::Optimizer)> {
+        use tch::nn::OptimizerConfig;
+        tch::set_num_threads(1);
         let net = ScoreNetwork::new(cfg, process, dim, Device::Cpu, seed)?;
         let opt = nn::Adam::default()
             .build(&net.vs, lr)
@@ -508,5 +527,39 @@ mod tests {
             time_features: 4,
         };
         assert!(ScoreNetwork::new(bad, ForwardProcess::default(), 10, Device::Cpu, 1).is_err());
+    }
+
+    /// A window of S fields is S channels: the output has the sample's size, each output field
+    /// depends on every input field, and the network stays periodic in space.
+    #[test]
+    fn unet_takes_a_window_of_fields_as_channels() {
+        let (h, w, s) = (8i64, 8i64, 5i64);
+        let cfg = NetworkConfig::Unet {
+            height: h,
+            width: w,
+            channels: 4,
+            time_features: 4,
+        };
+        let dim = (s * h * w) as usize;
+        let net = ScoreNetwork::new(cfg, ForwardProcess::default(), dim, Device::Cpu, 1).unwrap();
+        let x = Tensor::randn([3, s * h * w], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let t = Tensor::from_slice(&[0.2f32, 0.5, 0.9]);
+        let y = net.eps_hat(&x, &t);
+        assert_eq!(y.size(), vec![3, s * h * w]);
+        // The first field of the output responds to the last field of the input.
+        let first = y.narrow(1, 0, h * w).sum(Kind::Float);
+        let g = Tensor::run_backward(&[first], &[&x], false, false).remove(0);
+        let last = g.narrow(1, (s - 1) * h * w, h * w).abs().sum(Kind::Float);
+        assert!(last.double_value(&[]) > 0.0);
+        let roll = |v: &Tensor| {
+            v.reshape([3, s, h, w])
+                .roll([2, 2], [2, 3])
+                .reshape([3, -1])
+        };
+        let diff = (net.eps_hat(&roll(&x.detach()), &t) - roll(&y.detach()))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
     }
 }
