@@ -1571,6 +1571,15 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
 /// `genda truth`: the true trajectory and observations, as a CF NetCDF file and as an HDF5
 /// training dataset (`trajectory`, (time, x)). Returns the two paths.
 pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBuf, PathBuf)> {
+    if let Some(p) = &cfg.experiment.truth_file {
+        return Err(GendaError::invalid(
+            "experiment.truth_file",
+            format!(
+                "this config replays the truth in {}; genda truth simulates one: use a config without truth_file",
+                p.display()
+            ),
+        ));
+    }
     let model = cfg.model.build();
     let n = model.dim();
     let h = cfg.observations.build(n);

@@ -251,6 +251,12 @@ pub fn run_smooth(cfg: &Config, output: Option<&Path>) -> Result<SmoothReport> {
         ));
     };
     let sc: &SdaConfig = sc;
+    if cfg.model.build_truth().is_fine() || cfg.experiment.truth_file.is_some() {
+        return Err(GendaError::invalid(
+            "model.truth_grid",
+            "genda smooth simulates its truth with the model it scores against (a particle-filter reference); a fine-grid or replayed truth applies to genda run",
+        ));
+    }
     let model = cfg.model.build();
     let n = model.dim();
     let every = cfg.observations.obs_every.max(1);

@@ -878,3 +878,71 @@ fn fine_grid_truth_is_coarsened_and_replayed_from_its_file() {
         "experiment.truth_file has 12 rows; 5 cycles of 3 rows need 15",
     );
 }
+
+/// MASF's offline policy: with `pretrain_data` and `prior_weights`, the first run pre-trains the
+/// prior network and writes it, the next run loads it instead of training (the same analyses,
+/// bit for bit), and a run of another method refuses the file.
+#[test]
+fn masf_offline_prior_is_trained_once_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = config_variant(
+        dir.path(),
+        "configs/masf_l63_gap100.toml",
+        "d.toml",
+        &[
+            ("cycles = 300", "cycles = 400"),
+            ("obs_every = 100", "obs_every = 10"),
+        ],
+    );
+    let dnc = dir.path().join("d.nc");
+    let o = genda(&["truth", data.to_str().unwrap(), "-o", dnc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h5 = dir.path().join("d.h5");
+    let prior = dir.path().join("prior.h5");
+    let lines = format!(
+        "train_steps = 0\npretrain_data = \"{}\"\nprior_weights = \"{}\"",
+        h5.display(),
+        prior.display()
+    );
+    let edits = [
+        ("cycles = 300", "cycles = 6"),
+        ("burn_in = 50", "burn_in = 0"),
+        ("steps = 150", "steps = 40"),
+        ("pretrain_steps = 1000", "pretrain_steps = 200"),
+        ("train_steps = 100", lines.as_str()),
+    ];
+    let cfg = config_variant(dir.path(), "configs/masf_l63_gap100.toml", "m.toml", &edits);
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let args = ["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quiet"];
+        // RUST_LOG=info: the filter logs whether it trained or loaded the prior.
+        let o = spawn_locked(
+            std::process::Command::new(genda_bin())
+                .args(args)
+                .env("RUST_LOG", "info")
+                .env("OMP_NUM_THREADS", "1"),
+        )
+        .wait_with_output()
+        .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        (text(&o), nc_var(&out, "analysis_mean"))
+    };
+    let (t1, a1) = run("1.nc");
+    assert!(
+        t1.contains("pre-trained and saved") && prior.exists(),
+        "{t1}"
+    );
+    let (t2, a2) = run("2.nc");
+    assert!(t2.contains("prior network loaded"), "{t2}");
+    assert_eq!(a1, a2, "the loaded network gives the same analyses");
+    let sf = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("method = \"masf\"", "method = \"sf\"");
+    let sfc = dir.path().join("sf.toml");
+    std::fs::write(&sfc, sf).unwrap();
+    assert_run_fails_without_output(
+        &sfc,
+        &dir.path().join("sf.nc"),
+        "this prior was trained for masf",
+    );
+}

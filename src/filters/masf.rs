@@ -96,6 +96,12 @@ pub struct MasfConfig {
     /// (height · width = the state size).
     #[serde(default)]
     pub network: Option<NetworkConfig>,
+    /// Offline policy (with `pretrain_data`): the pre-trained prior network is kept here. A run
+    /// loads it if the file exists and was trained for the same method, measurement, network and
+    /// pre-training settings (else it refuses), and otherwise pre-trains and writes it, so the
+    /// network is trained once and shared by every seed and gap that observe the same points.
+    #[serde(default)]
+    pub prior_weights: Option<PathBuf>,
     /// `prior = "gaussian_residual"`: localisation radius of the Gaussian's covariance in grid
     /// units (Gaspari–Cohn, LETKF's convention); none: the untapered sample covariance.
     #[serde(default)]
@@ -171,6 +177,12 @@ impl MasfConfig {
             return Err(GendaError::invalid(
                 "filter.localization_radius",
                 format!("must be positive, got {:?}", self.localization_radius),
+            ));
+        }
+        if self.prior_weights.is_some() && self.pretrain_data.is_none() {
+            return Err(GendaError::invalid(
+                "filter.prior_weights",
+                format!("{method}: prior_weights keeps a network pre-trained offline on pretrain_data; set pretrain_data too"),
             ));
         }
         if self.prior == MasfPrior::GaussianResidual {
@@ -358,7 +370,31 @@ impl Filter for Masf {
                 Some(_) => DiagScore::new_residual(arch, n, lr, input.seed)?,
                 None => DiagScore::with_network(arch, n, lr, input.seed)?,
             };
+            // What the offline network is trained for: the cache refuses anything else.
+            let fingerprint = {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for v in process.h.iter().chain(&process.r) {
+                    for b in v.to_bits().to_le_bytes() {
+                        h ^= b as u64;
+                        h = h.wrapping_mul(0x0100_0000_01b3);
+                    }
+                }
+                format!(
+                    "{method}, state {n}, process {h:016x}, network {}, pretrain_data {}, {} steps of batch {} at lr {}",
+                    toml::to_string(&self.cfg.network).unwrap_or_default().replace('\n', " "),
+                    self.cfg
+                        .pretrain_data
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    self.cfg.pretrain_steps,
+                    batch,
+                    lr
+                )
+            };
+            let cached = self.cfg.prior_weights.as_ref().filter(|p| p.exists());
             let data: Vec<f64> = match &self.cfg.pretrain_data {
+                _ if cached.is_some() => Vec::new(),
                 Some(p) => {
                     let traj = crate::io::read_trajectory(p)?;
                     traj.data
@@ -369,7 +405,19 @@ impl Filter for Masf {
                 }
                 None => z.clone(),
             };
-            self.last_loss = fit(&mut net, &data, self.cfg.pretrain_steps, input.seed)?;
+            if let Some(p) = cached {
+                net.load(p, &fingerprint)?;
+                log::info!("{method}: prior network loaded from {}", p.display());
+            } else {
+                self.last_loss = fit(&mut net, &data, self.cfg.pretrain_steps, input.seed)?;
+                if let Some(p) = &self.cfg.prior_weights {
+                    net.save(p, &fingerprint)?;
+                    log::info!(
+                        "{method}: prior network pre-trained and saved to {}",
+                        p.display()
+                    );
+                }
+            }
             self.net = Some(net);
         } else if self.cfg.train_steps > 0 {
             let net = self.net.as_mut().expect("trained at the first cycle");
@@ -443,6 +491,7 @@ mod tests {
             pretrain_data: None,
             prior: MasfPrior::GaussianResidual,
             network: None,
+            prior_weights: None,
             localization_radius: None,
             geometry: Geometry::Ring,
             shrinkage: 0.0,

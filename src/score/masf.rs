@@ -23,6 +23,7 @@
 use super::net::{NetworkConfig, ScoreNetwork};
 use super::process::ForwardProcess;
 use crate::error::{GendaError, Result};
+use crate::io::{read_tensor_file, write_tensor_file, TensorFile};
 use crate::rng::{fill_standard_normal, stream, Purpose};
 use rand::distributions::{Distribution, Uniform};
 use tch::nn;
@@ -276,6 +277,57 @@ impl DiagScore {
             last = self.adam_step(&loss, "prior score")?;
         }
         Ok(last)
+    }
+
+    /// Write the network's parameters to `path` (HDF5, temp file then rename) with the
+    /// `fingerprint` of what it was trained for.
+    pub fn save(&self, path: &std::path::Path, fingerprint: &str) -> Result<()> {
+        let mut attrs: std::collections::BTreeMap<String, String> =
+            self.net.attrs().into_iter().collect();
+        attrs.insert("masf_prior".into(), fingerprint.into());
+        attrs.insert("steps_done".into(), self.steps_done.to_string());
+        let tf = TensorFile {
+            groups: [(
+                "params".to_string(),
+                ScoreNetwork::export(&self.net.parameters()),
+            )]
+            .into_iter()
+            .collect(),
+            attrs,
+        };
+        write_tensor_file(path, &tf)
+    }
+
+    /// Load parameters saved by `save`, refusing a file trained for another fingerprint.
+    pub fn load(&mut self, path: &std::path::Path, fingerprint: &str) -> Result<()> {
+        let tf = read_tensor_file(path)?;
+        let origin = format!("prior network {}", path.display());
+        match tf.attrs.get("masf_prior") {
+            Some(f) if f == fingerprint => {}
+            Some(f) => {
+                return Err(GendaError::file(
+                    path,
+                    format!("this prior was trained for {f}, the run needs {fingerprint}: delete the file to retrain, or point filter.prior_weights elsewhere"),
+                ))
+            }
+            None => {
+                return Err(GendaError::file(
+                    path,
+                    "not a MASF/SF prior network file (no `masf_prior` attribute)",
+                ))
+            }
+        }
+        let arrays = tf
+            .groups
+            .get("params")
+            .ok_or_else(|| GendaError::Score(format!("{origin}: group `params` missing")))?;
+        ScoreNetwork::import(&self.net.parameters(), arrays, &origin)?;
+        self.steps_done = tf
+            .attrs
+            .get("steps_done")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(())
     }
 
     /// Prior score at the rows of `x` (M, dim), time t, into `out`.
