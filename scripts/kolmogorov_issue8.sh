@@ -8,15 +8,18 @@
 # configs/sda_kolmogorov_data.toml: made here if missing, ~40 min on 2 cores). MASF's and SF's
 # prior U-Nets are pre-trained by their first run and reused (filter.prior_weights).
 #   scripts/kolmogorov_issue8.sh  # GENDA=..., SEEDS, GAPS="5 25", METHODS="letkf masf sf sda",
-#                                 # CYCLES_5=30 CYCLES_25=8 (cycles per gap), RAW_FROM=files
+#     CYCLES_5=16 BURN_5=4 CYCLES_25=8 BURN_25=2 (cycles and burn-in per gap; the truth files
+#     hold 200 states, enough for 40 cycles at gap 5), RAW_FROM=files (summarise earlier output)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GENDA=${GENDA:-target/release/genda}
 SEEDS=${SEEDS:-"1 2 3 4 5"}
 GAPS=${GAPS:-"5 25"}
 METHODS=${METHODS:-"letkf masf sf sda"}
-CYCLES_5=${CYCLES_5:-30}
+CYCLES_5=${CYCLES_5:-16}
+BURN_5=${BURN_5:-4}
 CYCLES_25=${CYCLES_25:-8}
+BURN_25=${BURN_25:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -51,8 +54,8 @@ if [ -n "${RAW_FROM:-}" ]; then
   grep -hv '^|' $RAW_FROM | grep -v '^\s*$'
 else
 for g in $GAPS; do
-  c=$CYCLES_5; b=5
-  if [ "$g" = 25 ]; then c=$CYCLES_25; b=2; fi
+  c=$CYCLES_5; b=$BURN_5
+  if [ "$g" = 25 ]; then c=$CYCLES_25; b=$BURN_25; fi
   for m in $METHODS; do
     needs "$m"
     for s in $SEEDS; do
