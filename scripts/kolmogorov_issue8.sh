@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 8, Kolmogorov flow (SDA's setup): MASF, SF and SDA against LETKF at measurement gaps of
+# Issue 8, Kolmogorov flow (SDA's setup): MASF, SF and SDA against LETKF (and `free`, the
+# free-running ensemble, as a reference) at measurement gaps of
 # 5 and 25 model steps (1 and 5 time units), seeds SEEDS (1..5). The truth of each seed is
 # simulated once on 256² (configs/kolmogorov_issue8_truth.toml, 200 coarsened states) and
 # replayed by every method (experiment.truth_file); the members run the 64² model. Prints the
@@ -43,11 +44,14 @@ truth_of() { # seed -> truth file
 variant() { # method gap seed -> config
   local m=$1 base=$1
   [ "$m" = sf ] && base=masf
+  [ "$m" = free ] && base=letkf
   sed -e "s/^obs_every = 5 .*/obs_every = $2/" \
       -e "s#^truth_file = .*#truth_file = \"$(truth_of "$3")\"#" \
       configs/kolmogorov_issue8_$base.toml |
   if [ "$m" = sf ]; then
     sed -e 's/^method = "masf"/method = "sf"/' -e 's#kolmogorov_issue8_masf_prior.h5#kolmogorov_issue8_sf_prior.h5#'
+  elif [ "$m" = free ]; then  # the free-running ensemble: no assimilation (a reference)
+    sed -e 's/^method = "letkf"/method = "none"/' -e '/^inflation\|^localization_radius\|^geometry/d'
   else cat; fi
 }
 if [ -n "${RAW_FROM:-}" ]; then
