@@ -914,7 +914,13 @@ fn masf_offline_prior_is_trained_once_and_reused() {
     let cfg = config_variant(dir.path(), "configs/masf_l63_gap100.toml", "m.toml", &edits);
     let run = |name: &str| {
         let out = dir.path().join(name);
-        let args = ["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quiet"];
+        let args = [
+            "run",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
         // RUST_LOG=info: the filter logs whether it trained or loaded the prior.
         let o = spawn_locked(
             std::process::Command::new(genda_bin())

@@ -431,3 +431,52 @@ fn sda_same_numbers_on_1_2_ranks() {
         &[(1, 1), (2, 1), (3, 1)],
     );
 }
+
+/// A fine-grid truth (model.truth_grid, issue 8's Kolmogorov setup at toy size) gives the same
+/// numbers on 1 and 2 ranks (member groups); splitting it into domains is a clear error.
+#[test]
+fn fine_grid_truth_same_numbers_on_1_2_ranks() {
+    let toy = [
+        (
+            "truth_file = \"output/kolmogorov_issue8_truth.h5\"",
+            "spinup_steps = 10",
+        ),
+        ("n = 64", "n = 16"),
+        ("substeps = 20", "substeps = 2"),
+        ("viscosity = 1e-3", "viscosity = 1e-2"),
+        ("truth_grid = 256", "truth_grid = 32"),
+        ("truth_substeps = 60", "truth_substeps = 4"),
+        ("cycles = 30", "cycles = 4"),
+        ("burn_in = 5", "burn_in = 1"),
+        ("ensemble_spinup_steps = 50", "ensemble_spinup_steps = 5"),
+        ("members = 20", "members = 6"),
+    ];
+    compare_layouts(
+        "configs/kolmogorov_issue8_letkf.toml",
+        &toy,
+        &[(1, 1), (2, 1)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_variant(
+        dir.path(),
+        "configs/kolmogorov_issue8_letkf.toml",
+        "c.toml",
+        &toy,
+    );
+    let out = dir.path().join("d2.nc");
+    let o = mpirun(
+        2,
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--domains",
+            "2",
+            "--quiet",
+        ],
+    );
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("truth_grid"), "{t}");
+    assert!(!out.exists());
+}
