@@ -774,13 +774,7 @@ fn sda_trains_a_window_score_smooths_and_filters_l63() {
 #[test]
 fn fine_grid_truth_is_coarsened_and_replayed_from_its_file() {
     let dir = tempfile::tempdir().unwrap();
-    let toy = [
-        ("n = 64", "n = 16"),
-        ("substeps = 20", "substeps = 2"),
-        ("viscosity = 1e-3", "viscosity = 1e-2"),
-        ("truth_grid = 256", "truth_grid = 32"),
-        ("truth_substeps = 60", "truth_substeps = 4"),
-    ];
+    let toy = KOLMOGOROV_ISSUE8_TOY;
     let mut t_edits = toy.to_vec();
     t_edits.extend([
         ("cycles = 200", "cycles = 12"),

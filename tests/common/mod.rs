@@ -190,3 +190,14 @@ pub fn train_sda_window(dir: &Path, k: usize, cycles: usize, steps: usize) -> Pa
     assert!(o.status.success(), "{}", text(&o));
     weights
 }
+
+/// Issue 8's Kolmogorov configs (`configs/kolmogorov_issue8_*.toml`) at toy size: 16² members,
+/// a 32² truth, 2 RK4 substeps per model step (4 for the truth), a viscosity the 16² grid resolves.
+#[allow(dead_code)]
+pub const KOLMOGOROV_ISSUE8_TOY: [(&str, &str); 5] = [
+    ("n = 64", "n = 16"),
+    ("substeps = 20", "substeps = 2"),
+    ("viscosity = 1e-3", "viscosity = 1e-2"),
+    ("truth_grid = 256", "truth_grid = 32"),
+    ("truth_substeps = 60", "truth_substeps = 4"),
+];
