@@ -8,6 +8,9 @@
 # Needs the SDA window network and the climatology (configs/train_sda_kolmogorov.toml,
 # configs/sda_kolmogorov_data.toml: made here if missing, ~40 min on 2 cores). MASF's and SF's
 # prior U-Nets are pre-trained by their first run and reused (filter.prior_weights).
+# On one CPU core a cycle costs ~1 s (LETKF), ~30 s (MASF, SF), ~4 min (SDA, gap 5) and ~45 min
+# (SDA, gap 25: 22 windows per trajectory); docs/results.md ran SDA with 2 cycles per seed
+# (SDA uses no forecast, so its cycles do not depend on each other) and at gap 25 with 4 members.
 #   scripts/kolmogorov_issue8.sh  # GENDA=..., SEEDS, GAPS="5 25", METHODS="letkf masf sf sda",
 #     CYCLES_5=16 BURN_5=4 CYCLES_25=8 BURN_25=2 (cycles and burn-in per gap; the truth files
 #     hold 200 states, enough for 40 cycles at gap 5), RAW_FROM=files (summarise earlier output)
