@@ -37,7 +37,7 @@ pub struct TruthRun<'a> {
     obs_every: usize,
     seed: u64,
     /// The truth's own state (fine grid, if any).
-    state: Vec<f64>,
+    own: Vec<f64>,
     /// The state on the members' grid.
     coarse: Vec<f64>,
     ws: Rk4Workspace,
@@ -80,7 +80,7 @@ impl<'a> TruthRun<'a> {
             obs_sd,
             obs_every: cfg.observations.obs_every,
             seed: cfg.experiment.seed,
-            state,
+            own: state,
             coarse,
             ws,
             cycle: 0,
@@ -104,11 +104,11 @@ impl<'a> TruthRun<'a> {
         };
         let model = self.truth.model.as_ref();
         for s in 0..self.obs_every {
-            model.step(&mut self.state, &mut self.ws);
+            model.step(&mut self.own, &mut self.ws);
             let step = self.spinup + (self.cycle - 1) * self.obs_every + s;
-            add_model_noise(model, &mut self.state, &key, step as u64);
+            add_model_noise(model, &mut self.own, &key, step as u64);
         }
-        self.truth.coarsen(&self.state, &mut self.coarse);
+        self.truth.coarsen(&self.own, &mut self.coarse);
         self.obs_operator.apply(&self.coarse, obs);
         let mut z = vec![0.0; obs.len()];
         fill_standard_normal(
