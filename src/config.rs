@@ -232,12 +232,7 @@ impl Config {
         c.checkpoint = CheckpointConfig::default();
         c.coupling = None;
         c.parallel.domains = 1;
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in c.to_toml().bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        format!("{:016x}", fnv1a(c.to_toml().bytes()))
     }
 
     /// Check every value that serde's types cannot express.
@@ -282,6 +277,13 @@ impl Config {
         self.filter.validate()?;
         Ok(())
     }
+}
+
+/// 64-bit FNV-1a of a byte stream (a stable fingerprint for files genda writes and checks).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -760,7 +760,7 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
     let domains = cfg.parallel.domains;
     let layout = Layout::new(ranks, 0, domains, cfg.filter.members())?;
     let spectral = model.is_slab_spectral() && domains > 1;
-    if domains > 1 && cfg.model.build_truth().is_fine() {
+    if domains > 1 && cfg.model.has_fine_truth() {
         return Err(GendaError::invalid(
             "parallel.domains",
             "model.truth_grid (a finer-grid truth) runs on one domain: use domains = 1 (members still split over ranks)",
@@ -977,11 +977,21 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             *x = tm[i] + tv[i].sqrt() * *x;
         }
     }
-    // A finer-grid truth (model.truth_grid, one domain): its own state, seen through block
-    // means; `truth` then holds those means.
+    // A replayed truth (experiment.truth_file): the rows of the cycles, read once.
+    let replay = match &cfg.experiment.truth_file {
+        Some(p) => Some(TruthReplay::open(
+            p,
+            n,
+            obs_every as f64 * model.dt(),
+            cycles,
+        )?),
+        None => None,
+    };
+    // A finer-grid truth (model.truth_grid, one domain, not replayed): its own state, seen
+    // through block means; `truth` then holds those means.
     let mut fine = {
-        let tm = cfg.model.build_truth();
-        if tm.is_fine() {
+        if replay.is_none() && cfg.model.has_fine_truth() {
+            let tm = cfg.model.build_truth();
             let x = cfg.initial.draw_truth(tm.dim(), seed)?;
             if let Some(problem) = tm.model.stability_problem(&x) {
                 return Err(GendaError::invalid("model.dt", format!("truth: {problem}")));
@@ -1041,19 +1051,6 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         rows: vec![TRUTH_STREAM],
         offset: own.start,
     };
-    // A replayed truth (experiment.truth_file): the rows of the cycles, read once.
-    let replay = match &cfg.experiment.truth_file {
-        Some(p) => Some(TruthReplay::open(
-            p,
-            n,
-            obs_every as f64 * model.dt(),
-            cycles,
-        )?),
-        None => None,
-    };
-    if replay.is_some() {
-        fine = None;
-    }
     let spinup = cfg.experiment.spinup_steps;
     match fine.as_mut() {
         _ if replay.is_some() => {}

@@ -251,7 +251,7 @@ pub fn run_smooth(cfg: &Config, output: Option<&Path>) -> Result<SmoothReport> {
         ));
     };
     let sc: &SdaConfig = sc;
-    if cfg.model.build_truth().is_fine() || cfg.experiment.truth_file.is_some() {
+    if cfg.model.has_fine_truth() || cfg.experiment.truth_file.is_some() {
         return Err(GendaError::invalid(
             "model.truth_grid",
             "genda smooth simulates its truth with the model it scores against (a particle-filter reference); a fine-grid or replayed truth applies to genda run",

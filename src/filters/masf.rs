@@ -372,13 +372,13 @@ impl Filter for Masf {
             };
             // What the offline network is trained for: the cache refuses anything else.
             let fingerprint = {
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                for v in process.h.iter().chain(&process.r) {
-                    for b in v.to_bits().to_le_bytes() {
-                        h ^= b as u64;
-                        h = h.wrapping_mul(0x0100_0000_01b3);
-                    }
-                }
+                let h = crate::config::fnv1a(
+                    process
+                        .h
+                        .iter()
+                        .chain(&process.r)
+                        .flat_map(|v| v.to_bits().to_le_bytes()),
+                );
                 format!(
                     "{method}, state {n}, process {h:016x}, network {}, pretrain_data {}, {} steps of batch {} at lr {}",
                     toml::to_string(&self.cfg.network).unwrap_or_default().replace('\n', " "),

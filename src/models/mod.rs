@@ -730,6 +730,11 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Whether the truth runs on a finer grid than the members (`model.truth_grid`).
+    pub fn has_fine_truth(&self) -> bool {
+        matches!(self, ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) if c.truth_grid.is_some_and(|g| g > c.n))
+    }
+
     /// The truth of a twin experiment: the members' model, or (`model.truth_grid`) the same
     /// physics on a finer grid whose states are observed and scored as block means.
     pub fn build_truth(&self) -> TruthModel {
