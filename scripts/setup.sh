@@ -48,13 +48,14 @@ make_venv() {
   fi
 }
 
-# numpy + netCDF4 for the external model of the coupling tests (tests/coupling_model.py).
+# numpy + netCDF4 for the external model of the coupling tests (tests/coupling_model.py), h5py
+# for the oracle tests (tests/oracle/).
 make_venv
-if "$VENV/bin/python" -c "import numpy, netCDF4" 2>/dev/null; then
-  log "numpy, netCDF4 present in $VENV"
+if "$VENV/bin/python" -c "import numpy, netCDF4, h5py" 2>/dev/null; then
+  log "numpy, netCDF4, h5py present in $VENV"
 else
-  log "installing numpy, netCDF4 into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check numpy netCDF4
+  log "installing numpy, netCDF4, h5py into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check numpy netCDF4 h5py
 fi
 
 if [ -n "${LIBTORCH:-}" ]; then

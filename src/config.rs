@@ -132,17 +132,44 @@ pub struct InitialConfig {
     pub truth_mean: Option<ScalarOrVec>,
     #[serde(default)]
     pub truth_var: Option<ScalarOrVec>,
+    /// The truth drawn uniformly on [lo, hi) per component instead (EnSF's legacy script:
+    /// `10*torch.rand(n)`, i.e. [0, 10)); excludes `truth_mean`/`truth_var`.
+    #[serde(default)]
+    pub truth_uniform: Option<[f64; 2]>,
 }
 
 impl InitialConfig {
     /// The truth's initial state x₀ ~ N(mean, var) from the truth stream of `seed` (the one draw
     /// every twin uses, so `genda run`, `genda cg` and `genda smooth` share a truth).
     pub fn draw_truth(&self, n: usize, seed: u64) -> Result<Vec<f64>> {
+        self.draw_truth_slab(n, seed, 0..n)
+    }
+
+    /// Components `range` of `draw_truth(n, seed)` (a domain draws its slab of the same state).
+    pub fn draw_truth_slab(
+        &self,
+        n: usize,
+        seed: u64,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<f64>> {
+        let mut x = vec![0.0; range.len()];
+        if let Some([lo, hi]) = self.truth_uniform {
+            crate::rng::fill_uniform(seed, crate::rng::Purpose::TruthInit, 0, 1, range.start, &mut x);
+            x.iter_mut().for_each(|u| *u = lo + (hi - lo) * *u);
+            return Ok(x);
+        }
         let (m, v) = self.truth_moments(n)?;
-        let mut x = vec![0.0; n];
-        crate::rng::fill_standard_normal(seed, crate::rng::Purpose::TruthInit, 0, 0, 0, &mut x);
-        for ((x, m), v) in x.iter_mut().zip(&m).zip(&v) {
-            *x = m + v.sqrt() * *x;
+        crate::rng::fill_standard_normal(
+            seed,
+            crate::rng::Purpose::TruthInit,
+            0,
+            0,
+            range.start,
+            &mut x,
+        );
+        for (k, x) in x.iter_mut().enumerate() {
+            let i = range.start + k;
+            *x = m[i] + v[i].sqrt() * *x;
         }
         Ok(x)
     }
@@ -191,11 +218,24 @@ impl Default for OutputConfig {
 impl Config {
     /// Read, parse and validate a config file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| GendaError::Config {
-            path: path.display().to_string(),
-            msg: format!("cannot read: {e}"),
-        })?;
+        let text = read_config_text(path)?;
         Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Read a config file with `--set key=value` overrides applied (see `apply_overrides`),
+    /// then parse and validate it: an override is type-checked like the file, and an unknown
+    /// key is refused.
+    pub fn from_file_with(path: &Path, sets: &[String]) -> Result<Self> {
+        if sets.is_empty() {
+            return Self::from_file(path);
+        }
+        let text = read_config_text(path)?;
+        let origin = format!("{} with --set {}", path.display(), sets.join(" --set "));
+        let text = apply_overrides(&text, sets).map_err(|msg| GendaError::Config {
+            path: origin.clone(),
+            msg,
+        })?;
+        Self::from_toml(&text, &origin)
     }
 
     /// Parse and validate TOML text; `origin` names the source in error messages.
@@ -264,6 +304,20 @@ impl Config {
                 "must be finite, variances >= 0",
             ));
         }
+        if let Some([lo, hi]) = self.initial.truth_uniform {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(GendaError::invalid(
+                    "initial.truth_uniform",
+                    format!("needs finite lo < hi, got [{lo}, {hi}]"),
+                ));
+            }
+            if self.initial.truth_mean.is_some() || self.initial.truth_var.is_some() {
+                return Err(GendaError::invalid(
+                    "initial.truth_uniform",
+                    "excludes initial.truth_mean / initial.truth_var (the truth is drawn one way)",
+                ));
+            }
+        }
         if mean.iter().any(|v| !v.is_finite()) {
             return Err(GendaError::invalid("initial.mean", "must be finite"));
         }
@@ -277,6 +331,53 @@ impl Config {
         self.filter.validate()?;
         Ok(())
     }
+}
+
+/// The text of a config file, or an error naming it.
+pub fn read_config_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| GendaError::Config {
+        path: path.display().to_string(),
+        msg: format!("cannot read: {e}"),
+    })
+}
+
+/// Apply `key.path=value` overrides to TOML text and return the new text. The value is read as
+/// a TOML value (`3`, `1.5`, `true`, `[1, 2]`, `"text"`, `{ kind = "unet" }`); anything that
+/// does not parse as one is taken as a string (`--set filter.method=etkf`). Missing tables on
+/// the path are created; whether a key exists and has the right type is decided when the
+/// result is parsed into the config (every table rejects unknown keys), so an override is
+/// checked exactly like the file.
+pub fn apply_overrides(text: &str, sets: &[String]) -> std::result::Result<String, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    for set in sets {
+        let (key, raw) = set
+            .split_once('=')
+            .ok_or_else(|| format!("--set {set}: expected key=value (e.g. filter.members=50)"))?;
+        let key = key.trim();
+        let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("--set {set}: `{key}` is not a dotted key path"));
+        }
+        let raw = raw.trim();
+        let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+            Ok(mut t) => t.remove("v").expect("parsed key"),
+            Err(_) => toml::Value::String(raw.to_string()),
+        };
+        let mut table = &mut doc;
+        for (i, p) in parts[..parts.len() - 1].iter().enumerate() {
+            let entry = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| {
+                format!(
+                    "--set {set}: `{}` is a value, not a table",
+                    parts[..=i].join(".")
+                )
+            })?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), value);
+    }
+    toml::to_string(&doc).map_err(|e| e.to_string())
 }
 
 /// 64-bit FNV-1a of a byte stream (a stable fingerprint for files genda writes and checks).
@@ -327,6 +428,51 @@ members = 10
             let bad = GOOD.replace(from, to);
             let err = Config::from_toml(&bad, "test").unwrap_err().to_string();
             assert!(err.contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn set_overrides_any_key_type_checked() {
+        let sets = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = Config::from_toml(
+            &apply_overrides(
+                GOOD,
+                &sets(&[
+                    "filter.members=50",
+                    "filter.inflation=1.05",
+                    "experiment.name=renamed",
+                    "initial.var=[1.0, 2.0, 3.0]",
+                    "output.save_ensemble=true",
+                ]),
+            )
+            .unwrap(),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(c.filter.members(), 50);
+        assert_eq!(c.filter.inflation(), 1.05);
+        assert_eq!(c.experiment.name, "renamed");
+        assert!(c.output.save_ensemble);
+        // A switch of method takes the method's own keys.
+        let c = Config::from_toml(
+            &apply_overrides(GOOD, &sets(&["filter.method=enkf"])).unwrap(),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(c.filter.name(), "enkf");
+        for (set, needle) in [
+            ("filter.membrs=3", "unknown field `membrs`"),
+            ("filter.members=many", "invalid type"),
+            ("experiment.cycles.x=3", "is a value, not a table"),
+            ("filter.members", "expected key=value"),
+            ("nosuch.key=1", "unknown field `nosuch`"),
+        ] {
+            let err = apply_overrides(GOOD, &sets(&[set]))
+                .map_err(|e| GendaError::invalid("set", e))
+                .and_then(|t| Config::from_toml(&t, "test"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "--set {set}: {err}");
         }
     }
 

@@ -316,6 +316,44 @@ impl HiddenScores {
         self.cycles += 1;
     }
 
+    /// The accumulators as numbers (for checkpoints): [rmse_f, rmse_a, spread_a, crps_a, cycles,
+    /// then 5 power sums of the analysis members and 5 of the truth per hidden variable].
+    fn save(&self) -> Vec<f64> {
+        let mut v = vec![
+            self.rmse_forecast,
+            self.rmse_analysis,
+            self.spread_analysis,
+            self.crps_analysis,
+            self.cycles as f64,
+        ];
+        for (a, t) in self.sums_an.iter().zip(&self.sums_truth) {
+            v.extend_from_slice(a);
+            v.extend_from_slice(t);
+        }
+        v
+    }
+
+    fn restore(&mut self, v: &[f64]) -> Result<()> {
+        if v.len() < 5 || (v.len() - 5) % 10 != 0 {
+            return Err(GendaError::invalid(
+                "checkpoint",
+                format!("hidden-variable scores have {} values", v.len()),
+            ));
+        }
+        self.rmse_forecast = v[0];
+        self.rmse_analysis = v[1];
+        self.spread_analysis = v[2];
+        self.crps_analysis = v[3];
+        self.cycles = v[4] as usize;
+        self.sums_an.clear();
+        self.sums_truth.clear();
+        for c in v[5..].chunks(10) {
+            self.sums_an.push(c[..5].try_into().expect("5 sums"));
+            self.sums_truth.push(c[5..].try_into().expect("5 sums"));
+        }
+        Ok(())
+    }
+
     fn mean(&self) -> HiddenScores {
         let k = self.cycles.max(1) as f64;
         HiddenScores {
@@ -419,6 +457,16 @@ pub fn initial_ensemble(cfg: &Config, range: std::ops::Range<usize>) -> Result<A
 /// cycle, then the checkpoint that points at it, then remove the previous snapshot — so a crash at
 /// any moment leaves the previous checkpoint usable.
 #[allow(clippy::too_many_arguments)]
+/// What a checkpoint holds besides the ensemble, truth and RMSE/spread series: the filter's
+/// own state and the accumulators of the distributional and hidden-variable scores.
+struct CheckpointState {
+    filter: Vec<f64>,
+    /// [Σ CRPS, scored cycles, rank-histogram counts…] (empty without distributional scores).
+    scores: Vec<f64>,
+    hidden: Vec<f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     path: &Path,
     cycle: usize,
@@ -427,6 +475,7 @@ fn save_checkpoint(
     avg: &TimeAverage,
     inflation: f64,
     config_hash: &str,
+    state: CheckpointState,
     writer: Option<&mut RunWriter>,
     previous: &mut Option<PathBuf>,
 ) -> Result<()> {
@@ -461,6 +510,9 @@ fn save_checkpoint(
             truth: truth.to_vec(),
             series,
             inflation,
+            filter_state: state.filter,
+            scores: state.scores,
+            hidden_scores: state.hidden,
             config_hash: config_hash.to_string(),
             genda_version: env!("CARGO_PKG_VERSION").to_string(),
             run_snapshot: snap
@@ -683,6 +735,42 @@ fn tile_error_sums(
         );
     }
     (err, dev)
+}
+
+/// `tile_error_sums` of a weighted sample (DAPPER's `stats.assess(…, w=w)`): the mean is
+/// Σ w_m x_m and the deviation sums are ub · Σ_m w_m (x_m − x̄)² with DAPPER's
+/// ub = 1/(1 − Σw²) (1 for degenerate weights), so that spread² = Σ dev / n.
+fn tile_error_sums_weighted(
+    ens: ArrayView2<f64>,
+    w: &[f64],
+    truth: &[f64],
+    tiles: &[Range<usize>],
+) -> (Vec<f64>, Vec<f64>) {
+    let mean = weighted_mean(ens, w);
+    let ub = crate::filters::unbias_var(w, true);
+    let mut err = Vec::with_capacity(tiles.len());
+    let mut dev = Vec::with_capacity(tiles.len());
+    for t in tiles {
+        err.push(t.clone().map(|i| (mean[i] - truth[i]).powi(2)).sum());
+        dev.push(
+            ub * ens
+                .rows()
+                .into_iter()
+                .zip(w)
+                .map(|(r, wm)| wm * t.clone().map(|i| (r[i] - mean[i]).powi(2)).sum::<f64>())
+                .sum::<f64>(),
+        );
+    }
+    (err, dev)
+}
+
+/// Σ_m w_m x_m over the rows of `ens`.
+fn weighted_mean(ens: ArrayView2<f64>, w: &[f64]) -> ndarray::Array1<f64> {
+    let mut m = ndarray::Array1::zeros(ens.ncols());
+    for (r, wm) in ens.rows().into_iter().zip(w) {
+        m.scaled_add(*wm, &r);
+    }
+    m
 }
 
 /// Per owned tile: the CRPS sum of the analysis ensemble over the tile's variables, then the
@@ -968,15 +1056,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     );
 
     // Truth and ensemble slabs, drawn from streams keyed by global index.
-    let mut truth = vec![0.0; len];
-    fill_standard_normal(seed, Purpose::TruthInit, 0, 0, own.start, &mut truth);
-    {
-        let (tm, tv) = cfg.initial.truth_moments(n)?;
-        for (k, x) in truth.iter_mut().enumerate() {
-            let i = own.start + k;
-            *x = tm[i] + tv[i].sqrt() * *x;
-        }
-    }
+    let mut truth = cfg.initial.draw_truth_slab(n, seed, own.clone())?;
     // A replayed truth (experiment.truth_file): the rows of the cycles, read once.
     let replay = match &cfg.experiment.truth_file {
         Some(p) => Some(TruthReplay::open(
@@ -1153,6 +1233,20 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 },
             );
         }
+        filter
+            .restore_state(&ck.filter_state)
+            .map_err(|e| GendaError::file(path, e.to_string()))?;
+        if scores_on {
+            if ck.scores.len() != members + 3 {
+                return Err(GendaError::file(path, format!("checkpoint has {} distributional-score values, the run needs {} (was it written without output.distributional_scores?)", ck.scores.len(), members + 3)));
+            }
+            crps_mean = (ck.scores[0], ck.scores[1] as usize);
+            rank_hist.copy_from_slice(&ck.scores[2..]);
+        }
+        if let Some(h) = hidden.as_mut() {
+            h.restore(&ck.hidden_scores)
+                .map_err(|e| GendaError::file(path, e.to_string()))?;
+        }
         start = ck.cycle + 1;
         if opts.write_output {
             let name = ck.run_snapshot.clone().ok_or_else(|| GendaError::file(path, "checkpoint has no run-file snapshot (written with --no-output); restart with --no-output"))?;
@@ -1228,6 +1322,13 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let mut ens = Array2::<f64>::zeros((members, len));
     let member_counts = lay.members.counts(len);
     let want_path = filter.needs_forecast_path();
+    let forecast_clip = filter.forecast_clip();
+    if want_path && forecast_clip.is_some() {
+        return Err(GendaError::invalid(
+            "filter.forecast_clip",
+            "is not supported by a method that needs the forecast path",
+        ));
+    }
     let mut path_local: Vec<Array2<f64>> = Vec::new();
     let mut path_all: Vec<Array2<f64>> = Vec::new();
     bar.set_position(start as u64 - 1);
@@ -1294,6 +1395,15 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 path_local.push(local.clone());
             }
             c
+        } else if let Some(clip) = forecast_clip {
+            // Step by step, the members clipped after each step (EnSF's published code).
+            let mut c = 0.0;
+            let x = local.as_slice_mut().expect("local ensemble is contiguous");
+            for s in 0..obs_every {
+                c += prop.advance(model.as_ref(), x, 1, dcomm, &member_key, first_step + s as u64)?;
+                x.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
+            }
+            c
         } else {
             prop.advance(
                 model.as_ref(),
@@ -1334,8 +1444,19 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         times.communication += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let (f_err, f_dev) = tile_error_sums(&ens, &truth, &tiles_own);
-        let fmean = ensemble_mean(&ens);
+        // A weighted ensemble (the particle filter between resamplings) is assessed with its
+        // weights, as DAPPER does; the others with equal weights.
+        let f_weights = filter.weights().map(<[f64]>::to_vec);
+        let (f_err, f_dev, fmean) = match &f_weights {
+            Some(wt) => {
+                let (e, d) = tile_error_sums_weighted(ens.view(), wt, &truth, &tiles_own);
+                (e, d, weighted_mean(ens.view(), wt))
+            }
+            None => {
+                let (e, d) = tile_error_sums(&ens, &truth, &tiles_own);
+                (e, d, ensemble_mean(&ens))
+            }
+        };
         let scored = cycle > cfg.experiment.burn_in;
         let forecast_copy = if save_ensemble || (hidden.is_some() && scored) {
             Some(ens.clone())
@@ -1377,20 +1498,39 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             ens.assign(&e.slice(s![.., w..w + len]));
         }
         all_finite(comm, &ens, cycle, "analysis ensemble")?;
-        let (a_err, a_dev) = tile_error_sums(&ens, &truth, &tiles_own);
+        let a_sample = filter
+            .analysis_sample()
+            .or_else(|| filter.weights().map(|wt| (ens.view(), wt)));
+        let a_weighted = a_sample.is_some();
+        let (a_err, a_dev, amean) = match a_sample {
+            Some((e, wt)) => {
+                let (er, d) = tile_error_sums_weighted(e, wt, &truth, &tiles_own);
+                (er, d, weighted_mean(e, wt))
+            }
+            None => {
+                let (er, d) = tile_error_sums(&ens, &truth, &tiles_own);
+                (er, d, ensemble_mean(&ens))
+            }
+        };
         let mut partials = Vec::with_capacity(4 * tiles_own.len());
         for k in 0..tiles_own.len() {
             partials.extend([f_err[k], f_dev[k], a_err[k], a_dev[k]]);
         }
         let sums = reducer.sum_tiles(&partials, 4)?;
         let nm1 = ((members - 1) * n) as f64;
+        let spread = |dev: f64, weighted: bool| {
+            if weighted {
+                (dev / n as f64).sqrt()
+            } else {
+                (dev / nm1).sqrt()
+            }
+        };
         let stats = CycleStats {
             rmse_forecast: (sums[0] / n as f64).sqrt(),
-            spread_forecast: (sums[1] / nm1).sqrt(),
+            spread_forecast: spread(sums[1], f_weights.is_some()),
             rmse_analysis: (sums[2] / n as f64).sqrt(),
-            spread_analysis: (sums[3] / nm1).sqrt(),
+            spread_analysis: spread(sums[3], a_weighted),
         };
-        let amean = ensemble_mean(&ens);
         let crps_cycle = if scores_on {
             let parts = tile_distributional_partials(&ens, &truth, &tiles_own);
             let sums = reducer.sum_tiles(&parts, members + 2)?;
@@ -1504,6 +1644,18 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     &avg,
                     cfg.filter.inflation(),
                     &config_hash,
+                    CheckpointState {
+                        filter: filter.save_state(),
+                        scores: if scores_on {
+                            [crps_mean.0, crps_mean.1 as f64]
+                                .into_iter()
+                                .chain(rank_hist.iter().copied())
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
+                        hidden: hidden.as_ref().map(|h| h.save()).unwrap_or_default(),
+                    },
                     writer.as_mut(),
                     &mut snapshot,
                 )

@@ -66,6 +66,38 @@ pub fn fill_standard_normal(
     start: usize,
     out: &mut [f64],
 ) {
+    fill_keyed(seed, purpose, cycle, member, start, out, &StandardNormal)
+}
+
+/// As `fill_standard_normal`, with uniforms on [0, 1).
+pub fn fill_uniform(
+    seed: u64,
+    purpose: Purpose,
+    cycle: u64,
+    member: u64,
+    start: usize,
+    out: &mut [f64],
+) {
+    fill_keyed(
+        seed,
+        purpose,
+        cycle,
+        member,
+        start,
+        out,
+        &rand_distr::Standard,
+    )
+}
+
+fn fill_keyed<D: Distribution<f64>>(
+    seed: u64,
+    purpose: Purpose,
+    cycle: u64,
+    member: u64,
+    start: usize,
+    out: &mut [f64],
+    dist: &D,
+) {
     if out.is_empty() {
         return;
     }
@@ -77,7 +109,7 @@ pub fn fill_standard_normal(
         let mut rng = stream(seed, purpose, cycle, member, block as u64);
         let upto = (end - b0).min(NOISE_BLOCK);
         for v in buf.iter_mut().take(upto) {
-            *v = StandardNormal.sample(&mut rng);
+            *v = dist.sample(&mut rng);
         }
         let lo = start.max(b0);
         out[lo - start..b0 + upto - start].copy_from_slice(&buf[lo - b0..upto]);

@@ -23,6 +23,11 @@ genda plot output/l96_sakov2008.nc\n  genda doctor\n\nLogging: RUST_LOG=debug ge
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Override any config key by its dotted path, e.g. `--set filter.members=50
+    /// --set model.dim=1000000` (repeatable; type-checked like the file, unknown keys refused;
+    /// the effective config is what the output stores).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,8 +185,8 @@ pub enum Command {
     Doctor,
 }
 
-fn load(config: &std::path::Path) -> Result<Config> {
-    Ok(Config::from_file(config)?)
+fn load(config: &std::path::Path, sets: &[String]) -> Result<Config> {
+    Ok(Config::from_file_with(config, sets)?)
 }
 
 /// Ranks of the MPI job this process was launched in (from the launcher's environment).
@@ -213,6 +218,10 @@ pub fn execute(cli: Cli) -> Result<()> {
             anyhow::bail!("`genda {name}` runs on one process, but it was launched as {n} MPI ranks; start it without mpirun/srun");
         }
     }
+    let sets = cli.set;
+    if !sets.is_empty() && matches!(cli.command, Command::Plot { .. } | Command::Doctor) {
+        anyhow::bail!("--set overrides config keys; this command reads no config");
+    }
     match cli.command {
         Command::Run {
             config,
@@ -228,7 +237,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             domains,
             timing_file,
         } => {
-            let mut cfg = load(&config)?;
+            let mut cfg = load(&config, &sets)?;
             if let Some(o) = output {
                 cfg.output.path = o;
             }
@@ -322,7 +331,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Truth { config, output } => {
-            let cfg = load(&config)?;
+            let cfg = load(&config, &sets)?;
             let nc = output.unwrap_or_else(|| cfg.output.path.with_extension("truth.nc"));
             let h5 = nc.with_extension("h5");
             let (nc, h5) = run_truth(&cfg, &nc, &h5)?;
@@ -335,7 +344,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             steps,
             quiet,
         } => {
-            let mut cfg = crate::score::TrainConfig::from_file(&config)?;
+            let mut cfg = crate::score::TrainConfig::from_file_with(&config, &sets)?;
             if let Some(s) = steps {
                 cfg.training.steps = s;
             }
@@ -358,7 +367,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             output,
             no_output,
         } => {
-            let mut cfg = load(&config)?;
+            let mut cfg = load(&config, &sets)?;
             if let Some(s) = seed {
                 cfg.experiment.seed = s;
             }
@@ -390,7 +399,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cg { config } => {
-            let cfg = load(&config)?;
+            let cfg = load(&config, &sets)?;
             print!("{}", crate::cg_twin::run_cg_twin(&cfg)?);
             Ok(())
         }
@@ -401,7 +410,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             csv,
             grid,
         } => {
-            let mut cfg = load(&config)?;
+            let mut cfg = load(&config, &sets)?;
             if let Some(g) = grid {
                 cfg.model.set_grid_side(g)?;
             }
@@ -482,7 +491,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             split,
         } => {
             let report =
-                scaling::run_series(&config, &ranks, mode, cycles, &out_dir, &launcher, split)?;
+                scaling::run_series(&config, &sets, &ranks, mode, cycles, &out_dir, &launcher, split)?;
             print!("{report}");
             Ok(())
         }
@@ -490,7 +499,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             config,
             write_initial,
         } => {
-            let cfg = load(&config)?;
+            let cfg = load(&config, &sets)?;
             let cycles = crate::coupling::run_coupled(&cfg, write_initial)?;
             println!("coupled {cycles} cycles");
             Ok(())
@@ -510,7 +519,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Check { config } => {
-            let cfg = load(&config)?;
+            let cfg = load(&config, &sets)?;
             println!(
                 "# {} is valid; resolved settings:\n{}",
                 config.display(),

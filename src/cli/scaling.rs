@@ -67,8 +67,10 @@ pub fn write_timing(path: &Path, cfg: &Config, s: &RunSummary, wall: f64) -> Res
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run_series(
     config: &Path,
+    sets: &[String],
     ranks: &[usize],
     mode: Mode,
     cycles: Option<usize>,
@@ -76,7 +78,7 @@ pub fn run_series(
     launcher: &str,
     split: Split,
 ) -> Result<String> {
-    let cfg = Config::from_file(config)?;
+    let cfg = Config::from_file_with(config, sets)?;
     if ranks.is_empty() || ranks.contains(&0) {
         bail!("--ranks must list positive rank counts");
     }
@@ -115,6 +117,9 @@ pub fn run_series(
                 "--timing-file",
             ])
             .arg(&tfile);
+        for s in sets {
+            cmd.arg("--set").arg(s);
+        }
         if let Some(c) = cycles {
             cmd.args(["--cycles", &c.to_string(), "--burn-in", "0"]);
         }

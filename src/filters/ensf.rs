@@ -2,16 +2,30 @@
 //! noised forecast distribution is that of a Gaussian mixture centred on α(t)·(forecast members)
 //! with variance σ²(t), computed in closed form; the likelihood score J_h(x)ᵀR⁻¹(y − h(x)),
 //! damped by h(t) = 1 − t, is added; the reverse SDE of the EnSF path (α = 1 − (1 − ε_α)t,
-//! σ² = t) is integrated with Euler–Maruyama from N(0, I) at t = 1; the samples are the analysis.
+//! σ² = ε_β + (1 − ε_β)t) is integrated with Euler–Maruyama from t = 1; the samples are the
+//! analysis.
 //!
-//! Prior score forms (config `prior`): `mixture` — the full mixture over all members (weights
-//! softmax_j(−‖x − α x_j‖²/2σ²), squared distances as ‖x‖² + α²‖x_j‖² − 2α x·x_j, one matrix
-//! product); `paired` — sample i uses only member i, (α x_i − x)/σ² (the EnSF reference code).
+//! Every choice of the authors' code (github zezhongzhang/EnSF) is an option:
+//! - `prior`: `paired` — sample i uses only member i, (α x_i − x)/σ² (both versions of the
+//!   authors' code); `mixture` — genda's variant, the full mixture over all members (weights
+//!   softmax_j(−‖x − α x_j‖²/2σ²), squared distances as ‖x‖² + α²‖x_j‖² − 2α x·x_j, one GEMM).
+//! - the time grid: S steps of h = (1 − t_min)/S at t_k = 1 − k h (the drift and score at the
+//!   step's start). `t_min = 0` is the authors' grid (`torch.linspace(1, 0, S + 1)`, last step
+//!   at t = 1/S); genda's default t_min = 1e-3 stops short of 0.
+//! - `eps_beta`: σ²(t) = ε_β + (1 − ε_β) t (legacy script 0, published code 0.025).
+//! - `terminal`: the draw at t = 1 — `unit` N(0, I) (legacy: `torch.randn`), `standardized`
+//!   N(0, I) standardised per component over the members with the unbiased std (published:
+//!   `(x_T − mean)/std`), `marginal` N(0, (α(1)² + σ(1)²) I) (genda's former draw).
+//! - `score_clip`: the total score clipped elementwise to ±c (published: 1000).
+//! - `forecast_clip`: the forecast members clipped to ±c after every model step (published: 50;
+//!   the driver applies it, the truth is never clipped).
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
 pub use crate::score::mixture::mixture_score;
 use crate::score::mixture::mixture_score_tiled;
-use crate::score::sampler::euler_maruyama_from_prior;
+use crate::score::sampler::{
+    prior_sample_at, sample_at, unit_sample_at, SamplerConfig, SamplerKind,
+};
 use crate::score::ForwardProcess;
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
@@ -25,6 +39,20 @@ pub enum EnsfPrior {
     Paired,
 }
 
+/// The sample the reverse SDE starts from at t = 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnsfTerminal {
+    /// N(0, (α(1)² + σ(1)²) I): the marginal at t = 1 of data of unit scale (genda's former draw).
+    #[default]
+    Marginal,
+    /// N(0, I) (the legacy script's `torch.randn`).
+    Unit,
+    /// N(0, I), then per component minus the member mean, over the unbiased member std (the
+    /// published code).
+    Standardized,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnsfConfig {
@@ -34,11 +62,22 @@ pub struct EnsfConfig {
     pub steps: usize,
     #[serde(default = "d_eps")]
     pub eps_alpha: f64,
-    /// Smallest time of the reverse integration.
+    /// σ²(t) = ε_β + (1 − ε_β) t.
+    #[serde(default)]
+    pub eps_beta: f64,
+    /// Smallest time of the reverse integration (0: the authors' grid).
     #[serde(default = "d_tmin")]
     pub t_min: f64,
     #[serde(default)]
     pub prior: EnsfPrior,
+    #[serde(default)]
+    pub terminal: EnsfTerminal,
+    /// Clip the total (prior + likelihood) score elementwise to ±score_clip.
+    #[serde(default)]
+    pub score_clip: Option<f64>,
+    /// Clip the forecast members to ±forecast_clip after every model step.
+    #[serde(default)]
+    pub forecast_clip: Option<f64>,
 }
 
 fn d_steps() -> usize {
@@ -49,6 +88,65 @@ fn d_eps() -> f64 {
 }
 fn d_tmin() -> f64 {
     1e-3
+}
+
+impl EnsfConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0
+            || !(self.eps_alpha > 0.0 && self.eps_alpha < 1.0)
+            || !(0.0..1.0).contains(&self.eps_beta)
+            || !(0.0..1.0).contains(&self.t_min)
+        {
+            return Err(GendaError::invalid(
+                "filter",
+                format!(
+                    "ensf needs steps >= 1, 0 < eps_alpha < 1, 0 <= eps_beta < 1, 0 <= t_min < 1 (got {}, {}, {}, {})",
+                    self.steps, self.eps_alpha, self.eps_beta, self.t_min
+                ),
+            ));
+        }
+        for (k, v) in [("filter.score_clip", self.score_clip), ("filter.forecast_clip", self.forecast_clip)] {
+            if let Some(c) = v {
+                if !(c.is_finite() && c > 0.0) {
+                    return Err(GendaError::invalid(k, format!("must be positive, got {c}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn process(&self) -> ForwardProcess {
+        ForwardProcess::Ensf {
+            eps_alpha: self.eps_alpha,
+            eps_beta: self.eps_beta,
+        }
+    }
+}
+
+/// The seed of cycle `cycle`'s reverse process (its sampling streams are keyed by it).
+pub fn ensf_seed(seed: u64, cycle: usize) -> u64 {
+    seed ^ (cycle as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The t = 1 sample of `m` members on the `d` columns from global index `offset`.
+pub fn ensf_terminal(cfg: &EnsfConfig, m: usize, d: usize, seed: u64, offset: usize) -> Vec<f64> {
+    match cfg.terminal {
+        EnsfTerminal::Marginal => prior_sample_at(&cfg.process(), m, d, seed, offset),
+        EnsfTerminal::Unit => unit_sample_at(m, d, seed, offset),
+        EnsfTerminal::Standardized => {
+            let mut x = unit_sample_at(m, d, seed, offset);
+            for j in 0..d {
+                let mean = (0..m).map(|i| x[i * d + j]).sum::<f64>() / m as f64;
+                let var = (0..m).map(|i| (x[i * d + j] - mean).powi(2)).sum::<f64>()
+                    / (m as f64 - 1.0);
+                let sd = var.sqrt();
+                for i in 0..m {
+                    x[i * d + j] = (x[i * d + j] - mean) / sd;
+                }
+            }
+            x
+        }
+    }
 }
 
 pub struct Ensf {
@@ -72,11 +170,10 @@ impl Filter for Ensf {
         let (m, n) = ens.dim();
         let h = input.obs_operator;
         let p = h.obs_dim();
-        let process = ForwardProcess::Ensf {
-            eps_alpha: self.cfg.eps_alpha,
-        };
+        let process = self.cfg.process();
         let forecast = ens.clone();
         let prior = self.cfg.prior;
+        let clip = self.cfg.score_clip;
         let tiles = &input.domain.tiles;
         // The sampler's score closure cannot return an error; keep the first one here.
         let failure: RefCell<Option<GendaError>> = RefCell::new(None);
@@ -117,24 +214,30 @@ impl Filter for Ensf {
                     row[k] += damp * g[k];
                 }
             }
+            if let Some(c) = clip {
+                sc.mapv_inplace(|v| v.clamp(-c, c));
+            }
             out.copy_from_slice(sc.as_slice().expect("standard layout"));
         };
-        let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let x = euler_maruyama_from_prior(
-            &process,
-            self.cfg.steps,
-            self.cfg.t_min,
-            m,
-            n,
-            seed,
-            input.domain.global(0),
-            &score,
-        );
+        let seed = ensf_seed(input.seed, input.cycle);
+        let offset = input.domain.global(0);
+        let mut x = ensf_terminal(&self.cfg, m, n, seed, offset);
+        let sampler = SamplerConfig {
+            kind: SamplerKind::EulerMaruyama,
+            steps: self.cfg.steps,
+            t_min: self.cfg.t_min,
+            denoise: false,
+        };
+        sample_at(&process, &sampler, &score, &mut x, n, seed, Some(1.0), offset);
         if let Some(e) = failure.into_inner() {
             return Err(e);
         }
         *ens = Array2::from_shape_vec((m, n), x).expect("sample shape");
         Ok(())
+    }
+
+    fn forecast_clip(&self) -> Option<f64> {
+        self.cfg.forecast_clip
     }
 }
 
@@ -189,8 +292,12 @@ mod tests {
             members: m,
             steps: 200,
             eps_alpha: 0.05,
+            eps_beta: 0.0,
             t_min: 1e-3,
             prior: EnsfPrior::Mixture,
+            terminal: EnsfTerminal::Marginal,
+            score_clip: None,
+            forecast_clip: None,
         });
         f.analyse(&mut ens, &input).unwrap();
         let mean0 = ens.column(0).sum() / m as f64;

@@ -222,6 +222,7 @@ impl Filter for KdeDiffusion {
 
         let process = ForwardProcess::Ensf {
             eps_alpha: self.cfg.eps_alpha,
+            eps_beta: 0.0,
         };
         let forecast = ens.clone();
         let tiles = &dom.tiles;

@@ -22,14 +22,17 @@ pub use daisi::{
     daisi_analysis, Daisi, DaisiConfig, DaisiGuidance, GaussianPrior, InterpolantPrior,
 };
 pub use enkf::{Enkf, EnkfConfig};
-pub use ensf::{mixture_score, Ensf, EnsfConfig, EnsfPrior};
+pub use ensf::{ensf_seed, ensf_terminal, mixture_score, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
 pub use masf::{Masf, MasfConfig, MasfGuidance, MasfPrior};
 pub use omega::{Omega, OmegaConfig};
-pub use particle::{systematic_resample, ParticleFilter, PfConfig};
+pub use particle::{
+    pf_analysis, pf_draws, systematic_resample, unbias_var, Jitter, ParticleFilter, PfConfig,
+    PfDraws, Resampling,
+};
 pub use sda::{Sda, SdaConfig};
 
 use crate::error::{GendaError, Result};
@@ -197,9 +200,47 @@ pub trait Filter: Send {
     fn needs_forecast_path(&self) -> bool {
         false
     }
+    /// Clip the forecast members to ±c after every model step (EnSF's published code); the
+    /// driver applies it to the members, never to the truth.
+    fn forecast_clip(&self) -> Option<f64> {
+        None
+    }
     /// Replace the forecast ensemble by the analysis ensemble in the owned columns, in place.
     /// ens: (members, local columns)
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()>;
+    /// Normalised member weights (global member order, the same on every rank) when the
+    /// ensemble is a weighted sample (the particle filter between resamplings); `None` means
+    /// equal weights. The driver's statistics (mean, spread) use them, as DAPPER's `stats.assess(…, w=w)`.
+    fn weights(&self) -> Option<&[f64]> {
+        None
+    }
+    /// The weighted sample that the analysis statistics describe, when it is not the
+    /// equally weighted analysis ensemble: the particle filter is assessed, as DAPPER's
+    /// `trigger_resampling` does, on the reweighted ensemble before resampling and jitter.
+    /// (members, local columns) and the weights.
+    fn analysis_sample(&self) -> Option<(ndarray::ArrayView2<'_, f64>, &[f64])> {
+        None
+    }
+    /// The method's own state that a restart needs besides the ensemble (particle weights, …),
+    /// as numbers; empty for stateless methods. Stored in the checkpoint.
+    fn save_state(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// Restore what `save_state` returned (from a checkpoint of the same config).
+    fn restore_state(&mut self, state: &[f64]) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(GendaError::invalid(
+                "checkpoint",
+                format!(
+                    "holds {} values of filter state, but {} keeps none",
+                    state.len(),
+                    self.name()
+                ),
+            ))
+        }
+    }
 }
 
 /// Method choice in the config, tagged by `method`.
@@ -343,18 +384,7 @@ impl FilterConfig {
             }
         }
         if let FilterConfig::Ensf(c) = self {
-            if c.steps == 0
-                || !(c.eps_alpha > 0.0 && c.eps_alpha < 1.0)
-                || !(c.t_min > 0.0 && c.t_min < 1.0)
-            {
-                return Err(GendaError::invalid(
-                    "filter",
-                    format!(
-                        "ensf needs steps >= 1, 0 < eps_alpha < 1, 0 < t_min < 1 (got {}, {}, {})",
-                        c.steps, c.eps_alpha, c.t_min
-                    ),
-                ));
-            }
+            c.validate()?;
         }
         if let FilterConfig::KdeDiffusion(c) = self {
             c.validate()?;
@@ -372,12 +402,7 @@ impl FilterConfig {
             c.validate()?;
         }
         if let FilterConfig::Pf(c) = self {
-            if !(c.regularization.is_finite() && c.regularization >= 0.0) {
-                return Err(GendaError::invalid(
-                    "filter.regularization",
-                    format!("must be >= 0, got {}", c.regularization),
-                ));
-            }
+            c.validate()?;
         }
         if !(infl.is_finite() && infl > 0.0) {
             return Err(GendaError::invalid(

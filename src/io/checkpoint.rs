@@ -4,7 +4,8 @@
 //! positions" are the cycle number itself; the observation cursor is the cycle as well. The
 //! checkpoint stores the full ensemble in member order (any rank count can restart from it), the
 //! true state, the per-cycle statistics (the metric accumulators are rebuilt from them), the
-//! inflation factor in use, a hash of the science config and the genda version. The run file
+//! accumulators of the distributional and hidden-variable scores, the filter's own state
+//! (particle weights, …), the inflation factor in use, a hash of the science config and the genda version. The run file
 //! written so far is kept beside it as a NetCDF snapshot named after the cycle.
 use super::PendingFile;
 use crate::error::{GendaError, Result};
@@ -24,6 +25,12 @@ pub struct RunCheckpoint {
     /// Per-cycle (rmse_f, rmse_a, spread_f, spread_a), row-major (cycle, 4).
     pub series: Vec<f64>,
     pub inflation: f64,
+    /// The filter's own state (`Filter::save_state`: particle weights, …); may be empty.
+    pub filter_state: Vec<f64>,
+    /// Distributional-score accumulators [Σ CRPS, cycles, rank-histogram counts…]; may be empty.
+    pub scores: Vec<f64>,
+    /// Hidden-variable score accumulators; may be empty.
+    pub hidden_scores: Vec<f64>,
     pub config_hash: String,
     pub genda_version: String,
     /// File name (in the checkpoint's directory) of the run-file snapshot at `cycle`, if any.
@@ -49,6 +56,16 @@ pub fn write_checkpoint(path: &Path, c: &RunCheckpoint) -> Result<()> {
         put("ensemble", &c.ensemble, vec![c.members, c.state_dim])?;
         put("truth", &c.truth, vec![c.truth.len()])?;
         put("series", &c.series, vec![c.series.len() / 4, 4])?;
+        // Optional pieces: absent when empty.
+        for (name, v) in [
+            ("filter_state", &c.filter_state),
+            ("scores", &c.scores),
+            ("hidden_scores", &c.hidden_scores),
+        ] {
+            if !v.is_empty() {
+                put(name, v, vec![v.len()])?;
+            }
+        }
         let nums: [(&str, f64); 4] = [
             ("cycle", c.cycle as f64),
             ("members", c.members as f64),
@@ -107,6 +124,13 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
             .and_then(|ds| ds.read_raw())
             .map_err(|e| h5err(path, &format!("dataset `{k}`"), e))
     };
+    let optional = |k: &str| -> Result<Vec<f64>> {
+        if f.link_exists(k) {
+            d(k)
+        } else {
+            Ok(Vec::new())
+        }
+    };
     let c = RunCheckpoint {
         cycle: n("cycle")? as usize,
         members: n("members")? as usize,
@@ -115,6 +139,9 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
         truth: d("truth")?,
         series: d("series")?,
         inflation: n("inflation")?,
+        filter_state: optional("filter_state")?,
+        scores: optional("scores")?,
+        hidden_scores: optional("hidden_scores")?,
         config_hash: s("config_hash")?,
         genda_version: s("genda_version")?,
         run_snapshot: Some(s("run_snapshot")?).filter(|v| !v.is_empty()),

@@ -17,8 +17,13 @@ pub enum ForwardProcess {
     /// (rectified flow / flow matching path, used by DAISI). f and g are singular at t = 1, so
     /// SDE samplers start from `t_max` < 1; the probability-flow ODE can start at 1.
     Interpolant { t_max: f64 },
-    /// EnSF's path (Bao, Zhang & Zhang 2024): α(t) = 1 − (1 − ε_α) t, σ²(t) = t.
-    Ensf { eps_alpha: f64 },
+    /// EnSF's path (Bao, Zhang & Zhang 2024): α(t) = 1 − (1 − ε_α) t, σ²(t) = ε_β + (1 − ε_β) t
+    /// (the arXiv/legacy code has ε_β = 0; the published code's `NoiseSchedule` ε_b = 0.025).
+    Ensf {
+        eps_alpha: f64,
+        #[serde(default)]
+        eps_beta: f64,
+    },
     /// SDA's variance-preserving cosine schedule (Rozet & Louppe 2023, `VPSDE(alpha='cos')`):
     /// α(t) = cos²(c t) with c = arccos √η, σ²(t) = 1 − α² + η², so α(1) = η and σ(0) = η.
     VpCos { eta: f64 },
@@ -42,7 +47,7 @@ impl ForwardProcess {
             }
             ForwardProcess::Ve { .. } => 1.0,
             ForwardProcess::Interpolant { .. } => 1.0 - t,
-            ForwardProcess::Ensf { eps_alpha } => 1.0 - (1.0 - eps_alpha) * t,
+            ForwardProcess::Ensf { eps_alpha, .. } => 1.0 - (1.0 - eps_alpha) * t,
             ForwardProcess::VpCos { eta } => (eta.sqrt().acos() * t).cos().powi(2),
         }
     }
@@ -56,7 +61,7 @@ impl ForwardProcess {
                 sigma_max,
             } => sigma_min * (sigma_max / sigma_min).powf(t),
             ForwardProcess::Interpolant { .. } => t,
-            ForwardProcess::Ensf { .. } => t.max(0.0).sqrt(),
+            ForwardProcess::Ensf { eps_beta, .. } => (eps_beta + (1.0 - eps_beta) * t).max(0.0).sqrt(),
             ForwardProcess::VpCos { eta } => (1.0 - self.alpha(t).powi(2) + eta * eta).sqrt(),
         }
     }
@@ -69,7 +74,7 @@ impl ForwardProcess {
             }
             ForwardProcess::Ve { .. } => 0.0,
             ForwardProcess::Interpolant { .. } => -1.0 / (1.0 - t),
-            ForwardProcess::Ensf { eps_alpha } => -(1.0 - eps_alpha) / self.alpha(t),
+            ForwardProcess::Ensf { eps_alpha, .. } => -(1.0 - eps_alpha) / self.alpha(t),
             ForwardProcess::VpCos { eta } => {
                 let c = eta.sqrt().acos();
                 -2.0 * c * (c * t).tan()
@@ -86,7 +91,10 @@ impl ForwardProcess {
                 sigma_max,
             } => 2.0 * (sigma_max / sigma_min).ln() * self.sigma(t).powi(2),
             ForwardProcess::Interpolant { .. } => 2.0 * t / (1.0 - t),
-            ForwardProcess::Ensf { .. } => 1.0 - 2.0 * self.f(t) * t,
+            // The published code's `sde_b_sq = d_beta_sq_dt − 2 d_log_alpha_dt β²`.
+            ForwardProcess::Ensf { eps_beta, .. } => {
+                (1.0 - eps_beta) - 2.0 * self.f(t) * (eps_beta + (1.0 - eps_beta) * t)
+            }
             // (σ²)' = −2αα' = −2fα², so g² = −2f(α² + σ²) = −2f(1 + η²).
             ForwardProcess::VpCos { eta } => -2.0 * self.f(t) * (1.0 + eta * eta),
         }
@@ -125,8 +133,13 @@ impl ForwardProcess {
             ForwardProcess::Interpolant { t_max } if !(t_max > 0.0 && t_max < 1.0) => {
                 Err(format!("interpolant needs 0 < t_max < 1, got {t_max}"))
             }
-            ForwardProcess::Ensf { eps_alpha } if !(eps_alpha > 0.0 && eps_alpha < 1.0) => {
-                Err(format!("ensf needs 0 < eps_alpha < 1, got {eps_alpha}"))
+            ForwardProcess::Ensf {
+                eps_alpha,
+                eps_beta,
+            } if !(eps_alpha > 0.0 && eps_alpha < 1.0 && (0.0..1.0).contains(&eps_beta)) => {
+                Err(format!(
+                    "ensf needs 0 < eps_alpha < 1 and 0 <= eps_beta < 1, got {eps_alpha}, {eps_beta}"
+                ))
             }
             ForwardProcess::VpCos { eta } if !(eta > 0.0 && eta < 0.1) => {
                 Err(format!("vp_cos needs 0 < eta < 0.1, got {eta}"))
@@ -140,10 +153,17 @@ impl ForwardProcess {
 mod tests {
     use super::*;
 
-    fn all() -> [ForwardProcess; 5] {
+    fn all() -> [ForwardProcess; 6] {
         [
             ForwardProcess::VpCos { eta: 1e-3 },
-            ForwardProcess::Ensf { eps_alpha: 0.05 },
+            ForwardProcess::Ensf {
+                eps_alpha: 0.05,
+                eps_beta: 0.0,
+            },
+            ForwardProcess::Ensf {
+                eps_alpha: 0.5,
+                eps_beta: 0.025,
+            },
             ForwardProcess::Vp {
                 beta_min: 0.1,
                 beta_max: 20.0,

@@ -63,13 +63,25 @@ pub fn prior_sample_at(
     seed: u64,
     offset: usize,
 ) -> Vec<f64> {
-    let mut x = vec![0.0; m * d];
+    let mut x = unit_sample_at(m, d, seed, offset);
     let s = process.prior_std();
+    x.iter_mut().for_each(|v| *v *= s);
+    x
+}
+
+/// The standard normals `prior_sample_at` scales: (seed, Sampling, u64::MAX, sample i).
+pub fn unit_sample_at(m: usize, d: usize, seed: u64, offset: usize) -> Vec<f64> {
+    let mut x = vec![0.0; m * d];
     for (i, row) in x.chunks_mut(d).enumerate() {
         fill_standard_normal(seed, Purpose::Sampling, u64::MAX, i as u64, offset, row);
-        row.iter_mut().for_each(|v| *v *= s);
     }
     x
+}
+
+/// The standard normals of reverse step `step` that the samplers add (sample i keyed by
+/// (seed, Sampling, step, i)), row-major (rows, d) into `z`.
+pub fn step_noise_at(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64]) {
+    noise(seed, step, d, offset, z)
 }
 
 fn noise(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64]) {
