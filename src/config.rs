@@ -26,6 +26,9 @@ pub struct Config {
     /// How MPI ranks split the state (members are split over the remaining ranks).
     #[serde(default)]
     pub parallel: ParallelConfig,
+    /// `genda posterior`: one analysis of several methods scored against the true posterior.
+    #[serde(default)]
+    pub posterior: Option<crate::posterior::PosteriorConfig>,
 }
 
 /// Domain decomposition. The results do not depend on `domains` (or on the rank count): sums
@@ -271,6 +274,7 @@ impl Config {
         c.output = OutputConfig::default();
         c.checkpoint = CheckpointConfig::default();
         c.coupling = None;
+        c.posterior = None;
         c.parallel.domains = 1;
         format!("{:016x}", fnv1a(c.to_toml().bytes()))
     }

@@ -691,7 +691,7 @@ fn with_halo(a: &Array2<f64>, w: usize, comm: &dyn Collectives) -> Result<Array2
 
 /// Observations y = h(x) + R^{1/2} z of the columns `x` from the truth, with z keyed by global
 /// observation index (the same numbers whichever rank observes).
-fn observe(lobs: &LocalObs, x: &[f64], seed: u64, cycle: usize, out: &mut [f64]) {
+pub(crate) fn observe(lobs: &LocalObs, x: &[f64], seed: u64, cycle: usize, out: &mut [f64]) {
     lobs.op.apply(x, out);
     let mut z = vec![0.0; out.len()];
     // Runs of consecutive global indices (a slab that wraps around the ring has two).

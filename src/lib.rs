@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod obs;
 pub mod parallel;
+pub mod posterior;
 pub mod rng;
 pub mod score;
 pub mod sda_twin;

@@ -168,6 +168,23 @@ pub enum Command {
         #[arg(long)]
         no_output: bool,
     },
+    /// One analysis scored against the true posterior ([posterior] in the config: methods,
+    /// ensemble sizes, seeds): Wasserstein-2 (exact, by assignment) and energy distance of every
+    /// method's analysis ensemble to a reference posterior sample (exact Kalman, importance
+    /// sampling with its effective sample size printed, or MCMC), with the floor of an ideal
+    /// N-member sample and the prior's values.
+    Posterior {
+        config: PathBuf,
+        /// Override [posterior].seeds, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<u64>>,
+        /// Override [posterior].members, e.g. 10,25.
+        #[arg(long, value_delimiter = ',')]
+        members: Option<Vec<usize>>,
+        /// Also write the table (markdown) here.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
     Plot {
         /// NetCDF run file written by `genda run`.
@@ -209,6 +226,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Plot { .. } => Some("plot"),
         Command::Cg { .. } => Some("cg"),
         Command::Smooth { .. } => Some("smooth"),
+        Command::Posterior { .. } => Some("posterior"),
         Command::Check { .. } => Some("check"),
         Command::Doctor => None,
         Command::Scaling { .. } => Some("scaling"),
@@ -395,6 +413,34 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
             if let Some(p) = r.output {
                 println!("wrote {}", p.display());
+            }
+            Ok(())
+        }
+        Command::Posterior {
+            config,
+            seeds,
+            members,
+            output,
+        } => {
+            let mut cfg = load(&config, &sets)?;
+            if let Some(p) = cfg.posterior.as_mut() {
+                if let Some(s) = seeds {
+                    p.seeds = s;
+                }
+                if let Some(m) = members {
+                    p.members = m;
+                }
+            }
+            let r = crate::posterior::run_posterior(&cfg)?;
+            print!("{}", r.reference_lines());
+            let table = r.table();
+            print!("{table}");
+            if let Some(path) = output {
+                let pending = crate::io::PendingFile::new(&path)?;
+                std::fs::write(pending.tmp_path(), format!("{}\n{table}", r.reference_lines()))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                pending.commit()?;
+                println!("wrote {}", path.display());
             }
             Ok(())
         }

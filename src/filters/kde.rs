@@ -17,7 +17,9 @@ use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, Purpose};
 use crate::score::mixture::mixture_score_tiled;
-use crate::score::sampler::euler_maruyama_from_prior;
+use crate::score::sampler::{
+    euler_maruyama_from_prior, prior_sample_at, sample_at, SamplerConfig, SamplerKind,
+};
 use crate::score::ForwardProcess;
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -71,6 +73,18 @@ pub struct KdeConfig {
     /// simulated as a black box); `false` uses h(x_j).
     #[serde(default = "yes")]
     pub perturb_predicted: bool,
+    /// Reverse process: `sde` (Euler–Maruyama of the reverse SDE) or `probability_flow` (the
+    /// deterministic probability-flow ODE with Heun steps, the few-step sampler of the paper).
+    #[serde(default)]
+    pub sampler: KdeSampler,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KdeSampler {
+    #[default]
+    Sde,
+    ProbabilityFlow,
 }
 
 fn d_steps() -> usize {
@@ -247,16 +261,29 @@ impl Filter for KdeDiffusion {
             out.copy_from_slice(sc.as_slice().expect("standard layout"));
         };
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let x = euler_maruyama_from_prior(
-            &process,
-            self.cfg.steps,
-            self.cfg.t_min,
-            m,
-            n,
-            seed,
-            dom.global(0),
-            &score,
-        );
+        let x = match self.cfg.sampler {
+            KdeSampler::Sde => euler_maruyama_from_prior(
+                &process,
+                self.cfg.steps,
+                self.cfg.t_min,
+                m,
+                n,
+                seed,
+                dom.global(0),
+                &score,
+            ),
+            KdeSampler::ProbabilityFlow => {
+                let mut x = prior_sample_at(&process, m, n, seed, dom.global(0));
+                let cfg = SamplerConfig {
+                    kind: SamplerKind::ProbabilityFlow,
+                    steps: self.cfg.steps,
+                    t_min: self.cfg.t_min,
+                    denoise: false,
+                };
+                sample_at(&process, &cfg, &score, &mut x, n, seed, Some(1.0), dom.global(0));
+                x
+            }
+        };
         if let Some(e) = failure.into_inner() {
             return Err(e);
         }
@@ -294,6 +321,7 @@ mod tests {
             state_scale: 1.0,
             obs_scale: 1.0,
             perturb_predicted: true,
+            sampler: KdeSampler::Sde,
         });
         // The target: weights from the same perturbed predicted measurements.
         let prior = ens.clone();
