@@ -15,7 +15,8 @@
 //! - else (the weights degenerate) **MCMC**: random-walk Metropolis on the initial condition
 //!   x₀ with the target N(x₀; mean, var) · p(y | h(M(x₀))) — exact for the pushed-forward prior,
 //!   whose own density is not available — step size adapted in the burn-in to an acceptance
-//!   near 0.25, thinned.
+//!   near 0.25, thinned; `mcmc_chains` chains started from importance-resampled initial
+//!   conditions (random-walk chains can under-represent a minor mode of a multimodal posterior).
 //!
 //! Scores: the Wasserstein-2 distance, exact by linear assignment (`lsap`) between the N
 //! members (each repeated k times) and M = k·N reference points (k = ⌊reference_sample/N⌋), and
@@ -60,6 +61,9 @@ pub struct PosteriorConfig {
     pub mcmc_thin: usize,
     #[serde(default = "d_burn")]
     pub mcmc_burn_in: usize,
+    /// Independent chains, started from importance-resampled initial conditions.
+    #[serde(default = "d_chains")]
+    pub mcmc_chains: usize,
     /// The methods: `[filter]` tables without `members` (set from `members`), each with an
     /// optional `label`.
     pub methods: Vec<toml::Table>,
@@ -85,6 +89,9 @@ fn d_thin() -> usize {
 }
 fn d_burn() -> usize {
     5000
+}
+fn d_chains() -> usize {
+    16
 }
 
 impl PosteriorConfig {
@@ -150,7 +157,7 @@ impl PosteriorConfig {
 pub enum ReferenceKind {
     Exact,
     Importance { particles: usize, ess: f64 },
-    Mcmc { iterations: usize, acceptance: f64, particles_tried: usize, ess: f64 },
+    Mcmc { chains: usize, iterations: usize, acceptance: f64, particles_tried: usize, ess: f64 },
 }
 
 /// Scores of one (method, N, seed).
@@ -318,58 +325,71 @@ fn reference(
         push(model.as_ref(), &mut x, steps);
         lp + log_lik(h, &x, y, r)
     };
-    // Start at the best importance particle's initial condition.
-    let best = w
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap_or(0);
-    let mut x0 = vec![0.0; n];
-    prior_draw(cfg, seed, 3, best as u64, &mut x0)?;
-    let mut lt = log_target(&x0);
-    let mut scale = 0.1;
+    // `mcmc_chains` chains in parallel, started at initial conditions drawn (systematically) from
+    // the importance weights, each adapting its step in the burn-in; rows split over chains.
+    let chains = pc.mcmc_chains.max(1).min(rows);
+    let u0: f64 = stream(seed, Purpose::Resampling, 8, 0, 0).gen();
+    let starts = systematic(&w, chains, u0);
     let sd: Vec<f64> = var.iter().map(|v| v.sqrt().max(1e-12)).collect();
-    let total = pc.mcmc_burn_in + rows * pc.mcmc_thin;
-    let mut out = Array2::zeros((rows, n));
-    let mut rng = stream(seed, Purpose::Sampling, 8, 0, 0);
-    let (mut acc, mut acc_win) = (0usize, 0usize);
-    let mut prop = vec![0.0; n];
-    let mut z = vec![0.0; n];
-    for it in 0..total {
-        fill_standard_normal(seed, Purpose::Sampling, 9, it as u64, 0, &mut z);
-        for c in 0..n {
-            prop[c] = x0[c] + scale * sd[c] * z[c];
-        }
-        let lp = log_target(&prop);
-        let u: f64 = rng.gen();
-        if u.ln() < lp - lt {
-            x0.copy_from_slice(&prop);
-            lt = lp;
-            acc_win += 1;
-            if it >= pc.mcmc_burn_in {
-                acc += 1;
+    let per = rows.div_ceil(chains);
+    let results: Vec<(Vec<Vec<f64>>, usize, usize)> = starts
+        .par_iter()
+        .enumerate()
+        .map(|(c, &start)| -> Result<(Vec<Vec<f64>>, usize, usize)> {
+            let mut x0 = vec![0.0; n];
+            prior_draw(cfg, seed, 3, start as u64, &mut x0)?;
+            let mut lt = log_target(&x0);
+            let mut scale = 0.1;
+            let total = pc.mcmc_burn_in + per * pc.mcmc_thin;
+            let mut rng = stream(seed, Purpose::Sampling, 8, c as u64, 0);
+            let (mut acc, mut acc_win) = (0usize, 0usize);
+            let mut prop = vec![0.0; n];
+            let mut z = vec![0.0; n];
+            let mut kept = Vec::with_capacity(per);
+            for it in 0..total {
+                fill_standard_normal(seed, Purpose::Sampling, 9 + c as u64, it as u64, 0, &mut z);
+                for k in 0..n {
+                    prop[k] = x0[k] + scale * sd[k] * z[k];
+                }
+                let lp = log_target(&prop);
+                let u: f64 = rng.gen();
+                if u.ln() < lp - lt {
+                    x0.copy_from_slice(&prop);
+                    lt = lp;
+                    acc_win += 1;
+                    if it >= pc.mcmc_burn_in {
+                        acc += 1;
+                    }
+                }
+                if it < pc.mcmc_burn_in && (it + 1) % 100 == 0 {
+                    // Adapt the step towards 25 % acceptance (burn-in only).
+                    let rate = acc_win as f64 / 100.0;
+                    scale *= ((rate - 0.25) * 2.0).exp();
+                    acc_win = 0;
+                }
+                if it >= pc.mcmc_burn_in && (it - pc.mcmc_burn_in) % pc.mcmc_thin == 0 {
+                    let mut x = x0.clone();
+                    push(model.as_ref(), &mut x, steps);
+                    kept.push(x);
+                }
             }
-        }
-        if it < pc.mcmc_burn_in && (it + 1) % 100 == 0 {
-            // Robbins–Monro-like step adaptation towards 25 % acceptance.
-            let rate = acc_win as f64 / 100.0;
-            scale *= ((rate - 0.25) * 2.0).exp();
-            acc_win = 0;
-        }
-        if it >= pc.mcmc_burn_in && (it - pc.mcmc_burn_in) % pc.mcmc_thin == 0 {
-            let k = (it - pc.mcmc_burn_in) / pc.mcmc_thin;
-            let mut x = x0.clone();
-            push(model.as_ref(), &mut x, steps);
-            out.row_mut(k).assign(&ndarray::ArrayView1::from(&x[..]));
-        }
+            Ok((kept, acc, total - pc.mcmc_burn_in))
+        })
+        .collect::<Result<_>>()?;
+    // Interleave the chains so that any prefix of rows mixes them.
+    let mut out = Array2::zeros((rows, n));
+    for k in 0..rows {
+        let (c, i) = (k % chains, k / chains);
+        let x = &results[c].0[i.min(results[c].0.len() - 1)];
+        out.row_mut(k).assign(&ndarray::ArrayView1::from(&x[..]));
     }
-    let after = (total - pc.mcmc_burn_in) as f64;
+    let (acc, tot) = results.iter().fold((0, 0), |a, r| (a.0 + r.1, a.1 + r.2));
     Ok((
         out,
         ReferenceKind::Mcmc {
-            iterations: total,
-            acceptance: acc as f64 / after,
+            chains,
+            iterations: tot / chains + pc.mcmc_burn_in,
+            acceptance: acc as f64 / tot as f64,
             particles_tried: p,
             ess,
         },
@@ -542,12 +562,13 @@ impl PosteriorReport {
                     format!("seed {s}: importance sampling, {particles} particles, ESS {ess:.0}\n")
                 }
                 ReferenceKind::Mcmc {
+                    chains,
                     iterations,
                     acceptance,
                     particles_tried,
                     ess,
                 } => format!(
-                    "seed {s}: MCMC on x0, {iterations} iterations, acceptance {acceptance:.2} (importance sampling with {particles_tried} particles had ESS {ess:.1})\n"
+                    "seed {s}: MCMC on x0, {chains} chains of {iterations} iterations, acceptance {acceptance:.2} (importance sampling with {particles_tried} particles had ESS {ess:.1})\n"
                 ),
             })
             .collect()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every number of issue 19's tables, in one go (about an hour on 2 cores): DAPPER side by side
+# (docs/dapper.md), EnSF on its authors' setups, the posterior check of KDE diffusion and the
+# baselines, and the cycled L63 arctan comparison. Raw per-seed lines go to docs/data/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+G=target/release/genda
+D=docs/data
+python3 scripts/compare_dapper.py --seeds 1,2,3,4,5 --raw $D/dapper_runs.jsonl ${DAPPER_VENV:+--venv $DAPPER_VENV} > $D/dapper_log.txt 2>&1
+: > $D/ensf_reference_runs.txt
+python3 scripts/ensf_reference.py --seeds 1,2,3,4,5,6,7,8,9,10 --cases published_d100_nt200 --raw $D/ensf_reference_runs.txt > $D/ensf_reference_table.txt
+python3 scripts/ensf_reference.py --seeds 1,2,3,4,5 --cases published_d40 legacy_d40 published_d1000 --raw $D/ensf_reference_runs.txt >> $D/ensf_reference_table.txt
+for c in l63_arctan l63_quadratic l96_arctan l96_quadratic; do
+  $G posterior configs/posterior_$c.toml -o $D/posterior_$c.md > $D/posterior_$c.log 2>&1
+done
+: > $D/l63_arctan_cycled_runs.txt
+RAW=$D/l63_arctan_cycled_runs.txt bash scripts/compare_nonlinear_l63.sh > $D/l63_arctan_cycled_table.md
+echo done
