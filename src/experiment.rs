@@ -777,6 +777,7 @@ fn weighted_mean(ens: ArrayView2<f64>, w: &[f64]) -> ndarray::Array1<f64> {
 /// N + 1 rank-histogram counts of the truth (as f64, exact), for the tile-ordered reducer.
 fn tile_distributional_partials(
     ens: &Array2<f64>,
+    weighted: Option<(ArrayView2<f64>, &[f64])>,
     truth: &[f64],
     tiles: &[Range<usize>],
 ) -> Vec<f64> {
@@ -786,10 +787,18 @@ fn tile_distributional_partials(
     for t in tiles {
         let mut crps_sum = 0.0;
         for i in t.clone() {
-            for (c, v) in col.iter_mut().zip(ens.column(i)) {
+            // A weighted analysis sample (the particle filter) has the weighted CRPS.
+            let (src, w) = match &weighted {
+                Some((e, w)) => (e.column(i), Some(*w)),
+                None => (ens.column(i), None),
+            };
+            for (c, v) in col.iter_mut().zip(src) {
                 *c = *v;
             }
-            crps_sum += crate::metrics::crps(&col, truth[i]);
+            crps_sum += match w {
+                Some(w) => crate::metrics::crps_weighted(&col, w, truth[i]),
+                None => crate::metrics::crps(&col, truth[i]),
+            };
         }
         let mut hist = vec![0u64; n_mem + 1];
         crate::metrics::rank_histogram(ens.slice(s![.., t.clone()]), &truth[t.clone()], &mut hist);
@@ -1532,7 +1541,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             spread_analysis: spread(sums[3], a_weighted),
         };
         let crps_cycle = if scores_on {
-            let parts = tile_distributional_partials(&ens, &truth, &tiles_own);
+            let weighted = filter
+                .analysis_sample()
+                .or_else(|| filter.weights().map(|wt| (ens.view(), wt)));
+            let parts = tile_distributional_partials(&ens, weighted, &truth, &tiles_own);
             let sums = reducer.sum_tiles(&parts, members + 2)?;
             let c = sums[0] / n as f64;
             if scored {
