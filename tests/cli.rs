@@ -946,3 +946,60 @@ fn masf_offline_prior_is_trained_once_and_reused() {
         "this prior was trained for masf",
     );
 }
+
+/// `--set key=value` overrides any config key by its dotted path on every command that reads a
+/// config: type-checked like the file, unknown keys refused before anything is written, and the
+/// effective config is what the run file stores.
+#[test]
+fn set_overrides_config_keys_and_the_output_stores_the_effective_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("set.nc");
+    let o = genda(&[
+        "run",
+        "configs/dapper/l63_sakov2012_etkf.toml",
+        "--set",
+        "experiment.cycles=40",
+        "--set",
+        "experiment.burn_in=4",
+        "--set",
+        "filter.members=7",
+        "--set",
+        "filter.inflation=1.1",
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("etkf with 7 members"), "{}", text(&o));
+    assert_eq!(nc_var(&out, "rmse_analysis").len(), 40);
+    {
+        let _g = nc_lock();
+        let f = netcdf::open(&out).unwrap();
+        match f.attribute("config").unwrap().value().unwrap() {
+            netcdf::AttributeValue::Str(s) => {
+                assert!(s.contains("members = 7") && s.contains("inflation = 1.1"), "{s}")
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+    // `genda check` shows the effective config too.
+    let o = genda(&["check", "configs/dapper/l63_sakov2012_etkf.toml", "--set", "filter.rotation=false"]);
+    assert!(o.status.success() && text(&o).contains("rotation = false"), "{}", text(&o));
+    let d = dir.path();
+    let bad = d.join("bad.nc");
+    for (set, needle) in [
+        ("filter.membrs=3", "unknown field `membrs`"),
+        ("filter.members=many", "filter.members=many"),
+        ("experiment.cycles.x=1", "is a value, not a table"),
+        ("filter.members", "expected key=value"),
+    ] {
+        assert_clean_failure(
+            d,
+            &["run", "configs/dapper/l63_sakov2012_etkf.toml", "--set", set, "-o", bad.to_str().unwrap()],
+            needle,
+        );
+    }
+    // A command without a config refuses it.
+    let o = genda(&["doctor", "--set", "filter.members=3"]);
+    assert!(!o.status.success() && text(&o).contains("reads no config"), "{}", text(&o));
+}
