@@ -89,9 +89,9 @@ def ensure_venv(venv):
     if not ok:
         subprocess.run([str(py), "-m", "pip", "install", "--quiet", "dapper"], check=True)
     ver = subprocess.run(
-        [str(py), "-c", "import dapper; print(dapper.__version__)"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
+        [str(py), "-c", "import warnings; warnings.filterwarnings('ignore'); import dapper; print(dapper.__version__)"],
+        capture_output=True, text=True, check=True, env=dict(os.environ, MPLBACKEND="agg"),
+    ).stdout.strip().splitlines()[-1]
     return str(py), ver
 
 

@@ -89,6 +89,11 @@ pub struct ExperimentConfig {
     /// climatological members for turbulence; 0 = start from the draws).
     #[serde(default)]
     pub ensemble_spinup_steps: usize,
+    /// `genda run`: the members start this many model steps into the first cycle (0 ≤ k <
+    /// obs_every), so the first forecast is obs_every − k steps long while the truth runs the
+    /// whole cycle (EnSF's published loop analyses after the first step: k = obs_every − 1).
+    #[serde(default)]
+    pub ensemble_start_step: usize,
     /// `genda run`: replay the truth from an HDF5 trajectory (`genda truth`, or another model's
     /// run in that format) instead of simulating it: cycle c uses the state c · obs_every model
     /// steps after the file's start (its rows are `dt` apart, a divisor of the cycle length).
@@ -294,6 +299,15 @@ impl Config {
                 format!(
                     "{} must be smaller than experiment.cycles = {}",
                     e.burn_in, e.cycles
+                ),
+            ));
+        }
+        if e.ensemble_start_step >= self.observations.obs_every {
+            return Err(GendaError::invalid(
+                "experiment.ensemble_start_step",
+                format!(
+                    "{} must be smaller than observations.obs_every = {}",
+                    e.ensemble_start_step, self.observations.obs_every
                 ),
             ));
         }

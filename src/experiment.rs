@@ -1332,6 +1332,12 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let member_counts = lay.members.counts(len);
     let want_path = filter.needs_forecast_path();
     let forecast_clip = filter.forecast_clip();
+    if want_path && cfg.experiment.ensemble_start_step > 0 {
+        return Err(GendaError::invalid(
+            "experiment.ensemble_start_step",
+            "is not supported by a method that needs the forecast path",
+        ));
+    }
     if want_path && forecast_clip.is_some() {
         return Err(GendaError::invalid(
             "filter.forecast_clip",
@@ -1387,6 +1393,12 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         times.communication += c_truth;
 
         let t = Instant::now();
+        // The members enter `ensemble_start_step` model steps into the first cycle.
+        let skip = if cycle == 1 {
+            cfg.experiment.ensemble_start_step
+        } else {
+            0
+        };
         let c_fc = if want_path {
             // Step by step, keeping each state (the same arithmetic and noise keys as one call).
             path_local.clear();
@@ -1408,7 +1420,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             // Step by step, the members clipped after each step (EnSF's published code).
             let mut c = 0.0;
             let x = local.as_slice_mut().expect("local ensemble is contiguous");
-            for s in 0..obs_every {
+            for s in skip..obs_every {
                 c += prop.advance(model.as_ref(), x, 1, dcomm, &member_key, first_step + s as u64)?;
                 x.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
             }
@@ -1417,10 +1429,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             prop.advance(
                 model.as_ref(),
                 local.as_slice_mut().expect("local ensemble is contiguous"),
-                obs_every,
+                obs_every - skip,
                 dcomm,
                 &member_key,
-                first_step,
+                first_step + skip as u64,
             )?
         };
         times.forecast += t.elapsed().as_secs_f64() - c_fc;

@@ -1003,3 +1003,38 @@ fn set_overrides_config_keys_and_the_output_stores_the_effective_config() {
     let o = genda(&["doctor", "--set", "filter.members=3"]);
     assert!(!o.status.success() && text(&o).contains("reads no config"), "{}", text(&o));
 }
+
+/// `experiment.ensemble_start_step = k`: the members join k steps into the first cycle, so the
+/// first forecast is obs_every − k steps long (EnSF's published loop analyses after one step):
+/// with k = 9 of 10 the first forecast mean is that of a one-step forecast of the same draws.
+#[test]
+fn ensemble_start_step_shortens_the_first_forecast() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, sets: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["run", "configs/dapper/l63_sakov2012_etkf.toml", "-o", out.to_str().unwrap(), "--quiet"];
+        for s in sets {
+            args.push("--set");
+            args.push(s);
+        }
+        let o = genda(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        nc_var(&out, "forecast_mean")
+    };
+    let a = run(
+        "a.nc",
+        &["experiment.cycles=3", "experiment.burn_in=0", "observations.obs_every=10", "experiment.ensemble_start_step=9"],
+    );
+    let b = run(
+        "b.nc",
+        &["experiment.cycles=3", "experiment.burn_in=0", "observations.obs_every=1"],
+    );
+    assert_eq!(a[..3], b[..3]);
+    let c = run("c.nc", &["experiment.cycles=3", "experiment.burn_in=0", "observations.obs_every=10"]);
+    assert_ne!(a[..3], c[..3]);
+    assert_clean_failure(
+        dir.path(),
+        &["run", "configs/dapper/l63_sakov2012_etkf.toml", "--set", "experiment.ensemble_start_step=25"],
+        "ensemble_start_step",
+    );
+}
