@@ -1393,6 +1393,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         times.communication += c_truth;
 
         let t = Instant::now();
+        crate::parallel::injected_fault(comm.rank(), cycle);
         // The members enter `ensemble_start_step` model steps into the first cycle.
         let skip = if cycle == 1 {
             cfg.experiment.ensemble_start_step

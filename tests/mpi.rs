@@ -476,3 +476,38 @@ fn fine_grid_truth_same_numbers_on_1_2_ranks() {
     assert!(!o.status.success() && t.contains("truth_grid"), "{t}");
     assert!(!out.exists());
 }
+
+/// A panic on one rank only (injected at cycle 5 on rank 1) ends the whole job within seconds
+/// with the message and a non-zero exit — no rank is left waiting in a collective.
+#[test]
+fn a_panic_on_one_rank_aborts_the_whole_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fault.nc");
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", "2", genda_bin()])
+        .args(["run", "configs/dapper/l63_sakov2012_etkf.toml", "--quiet", "-o"])
+        .arg(&out)
+        .env("GENDA_INJECT_FAULT", "1:5")
+        .env("RUST_LOG", "warn")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let t0 = std::time::Instant::now();
+    let mut child = cmd.spawn().expect("start mpirun");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the job hung after a panic on rank 1");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!status.success(), "{err}");
+    assert!(t0.elapsed().as_secs() < 30, "took {:?}", t0.elapsed());
+    assert!(err.contains("fault injected") && err.contains("rank 1 panicked"), "{err}");
+    assert!(!out.exists(), "a failed run left its output");
+}

@@ -38,19 +38,25 @@ impl PendingFile {
             .ok_or_else(|| GendaError::file(target, "output path has no file name"))?
             .to_string_lossy()
             .to_string();
-        // Keep the extension last: some writers (PNG) choose the format from it.
-        let tmp = dir.join(format!(".genda-tmp-{}-{name}", std::process::id()));
+        // Keep the extension last: some writers (PNG) choose the format from it. The node's
+        // name is part of it: on a file system shared between nodes, a pid means nothing on
+        // another node.
+        let host = node_name();
+        let prefix = format!(".genda-tmp-{host}-");
+        let tmp = dir.join(format!("{prefix}{}-{name}", std::process::id()));
         // Probe writability now, before any work is done.
         std::fs::File::create(&tmp)
             .map_err(|e| GendaError::file(target, format!("output is not writable: {e}")))?;
-        // Temporaries of the same target left by killed runs (their pid is gone on this node)
-        // are removed: a SIGKILL during a write leaves one behind.
+        // Temporaries of the same target left by killed runs on this node (their pid is gone
+        // here) are removed: a SIGKILL during a write leaves one behind. Other nodes' files,
+        // live or not, are never touched.
         let suffix = format!("-{name}");
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let f = entry.file_name().to_string_lossy().into_owned();
             if let Some(pid) = f
-                .strip_prefix(".genda-tmp-")
+                .strip_prefix(&prefix)
                 .and_then(|r| r.strip_suffix(&suffix))
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             {
                 let alive = Path::new("/proc").join(pid).exists();
                 if !alive && entry.path() != tmp {
@@ -103,6 +109,25 @@ impl Drop for PendingFile {
     }
 }
 
+/// This node's host name (for temporary-file names), with characters outside [A-Za-z0-9.]
+/// replaced, so that it cannot be confused with the pid and name that follow it.
+fn node_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    let s: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+        .collect();
+    if s.is_empty() {
+        "localhost".into()
+    } else {
+        s
+    }
+}
+
 /// Version string of the linked libnetcdf (for `genda doctor`).
 pub fn netcdf_library_version() -> String {
     // SAFETY: nc_inq_libvers returns a pointer to a static NUL-terminated string.
@@ -119,4 +144,31 @@ pub fn netcdf_library_version() -> String {
 pub fn hdf5_library_version() -> String {
     let (a, b, c) = hdf5::library_version();
     format!("{a}.{b}.{c}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cleanup removes this node's temporaries of dead processes and nothing of other nodes.
+    #[test]
+    fn stale_temporaries_of_this_node_only_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("run.nc");
+        let host = node_name();
+        // A pid that is not running here (pid_max is below 2^22 on Linux).
+        let dead = 4_999_999u32;
+        let mine_dead = dir.path().join(format!(".genda-tmp-{host}-{dead}-run.nc"));
+        let other_node = dir.path().join(format!(".genda-tmp-othernode-{dead}-run.nc"));
+        let legacy = dir.path().join(format!(".genda-tmp-{dead}-run.nc"));
+        for p in [&mine_dead, &other_node, &legacy] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let p = PendingFile::new(&target).unwrap();
+        assert!(!mine_dead.exists(), "this node's dead temporary stays");
+        assert!(other_node.exists() && legacy.exists(), "another node's file was removed");
+        assert!(p.tmp_path().exists());
+        drop(p);
+        assert!(!target.exists());
+    }
 }

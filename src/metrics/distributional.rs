@@ -118,9 +118,9 @@ mod tests {
 
     #[test]
     fn weighted_crps_is_the_pair_formula_and_reduces_to_crps() {
-        let x = [0.3, -1.2, 2.5, 0.9, 0.0];
-        let w = [0.1, 0.3, 0.2, 0.25, 0.15];
-        let y = 0.4;
+        let x: [f64; 5] = [0.3, -1.2, 2.5, 0.9, 0.0];
+        let w: [f64; 5] = [0.1, 0.3, 0.2, 0.25, 0.15];
+        let y: f64 = 0.4;
         let direct: f64 = x.iter().zip(&w).map(|(v, w)| w * (v - y).abs()).sum::<f64>()
             - 0.5
                 * x.iter()

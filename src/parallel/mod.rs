@@ -196,10 +196,40 @@ impl MpiComm {
             GendaError::Parallel("MPI was already initialised in this process".into())
         })?;
         let world = universe.world();
+        if world.size() > 1 {
+            install_abort_on_panic(world.rank());
+        }
         Ok(MpiComm {
             comm: world,
             _universe: Some(universe),
         })
+    }
+}
+
+/// A panic on one rank ends the whole MPI job at once: the message is printed, then
+/// `MPI_Abort` (the other ranks would otherwise wait forever in their next collective).
+fn install_abort_on_panic(rank: i32) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("genda: error: rank {rank} panicked; aborting the MPI job");
+        // SAFETY: MPI is initialised (the hook is installed after MPI_Init) and MPI_Abort may be
+        // called from any thread; it does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+        }
+    }));
+}
+
+/// Test hook: `GENDA_INJECT_FAULT=<rank>:<cycle>` makes that rank panic at that cycle of
+/// `genda run` (the failure test under mpirun; never set in production).
+pub fn injected_fault(rank: usize, cycle: usize) {
+    if let Ok(v) = std::env::var("GENDA_INJECT_FAULT") {
+        if let Some((r, c)) = v.split_once(':') {
+            if r.parse() == Ok(rank) && c.parse() == Ok(cycle) {
+                panic!("fault injected by GENDA_INJECT_FAULT={v}");
+            }
+        }
     }
 }
 
