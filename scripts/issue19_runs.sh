@@ -12,9 +12,11 @@ if [[ -z "${SKIP_DAPPER:-}" ]]; then
   python3 scripts/compare_dapper.py --seeds "${DAPPER_SEEDS:-1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20}" \
     --raw $D/dapper_runs.jsonl ${DAPPER_VENV:+--venv $DAPPER_VENV} > $D/dapper_log.txt 2>&1
 fi
-: > $D/ensf_reference_runs.txt
-$PY scripts/ensf_reference.py --seeds 1,2,3,4,5,6,7,8,9,10 --cases published_d100_nt200 --raw $D/ensf_reference_runs.txt > $D/ensf_reference_table.txt
-$PY scripts/ensf_reference.py --seeds 1,2,3,4,5 --cases published_d40 legacy_d40 published_d1000 --raw $D/ensf_reference_runs.txt >> $D/ensf_reference_table.txt
+if [[ -z "${SKIP_ENSF:-}" ]]; then
+  : > $D/ensf_reference_runs.txt
+  $PY scripts/ensf_reference.py --seeds 1,2,3,4,5,6,7,8,9,10 --cases published_d100_nt200 --raw $D/ensf_reference_runs.txt > $D/ensf_reference_table.txt
+  $PY scripts/ensf_reference.py --seeds 1,2,3,4,5 --cases published_d40 legacy_d40 published_d1000 legacy_d1000 --raw $D/ensf_reference_runs.txt >> $D/ensf_reference_table.txt
+fi
 for c in l63_arctan l63_quadratic l96_arctan l96_quadratic; do
   $G posterior configs/posterior_$c.toml -o $D/posterior_$c.md > $D/posterior_$c.log 2>&1
 done

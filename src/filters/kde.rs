@@ -15,11 +15,13 @@
 //! Bandwidths follow Silverman's or Scott's rule on the ensemble's mean variance, times a scale.
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
-use crate::rng::{fill_standard_normal, Purpose};
+use crate::rng::{fill_standard_normal, stream, Purpose};
 use crate::score::mixture::mixture_score_tiled;
 use crate::score::sampler::{
-    euler_maruyama_from_prior, prior_sample_at, sample_at, SamplerConfig, SamplerKind,
+    euler_maruyama_from_prior, prior_sample_at, sample_at, unit_sample_at, SamplerConfig,
+    SamplerKind,
 };
+use rand::Rng;
 use crate::score::ForwardProcess;
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,20 @@ pub struct KdeConfig {
     /// deterministic probability-flow ODE with Heun steps, the few-step sampler of the paper).
     #[serde(default)]
     pub sampler: KdeSampler,
+    /// The draw at t = 1: `gaussian` N(0, (α(1)² + σ(1)²) I) (genda's default), or `mixture`,
+    /// the exact t = 1 marginal of the KDE conditional, Σ_j w_j N(α(1) x_j, (α(1)² σ_x² + σ(1)²) I)
+    /// — what a deterministic (probability-flow) sampler needs, since it cannot forget a wrong
+    /// start as the SDE does.
+    #[serde(default)]
+    pub terminal: KdeTerminal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KdeTerminal {
+    #[default]
+    Gaussian,
+    Mixture,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -143,6 +159,47 @@ impl KdeDiffusion {
         KdeDiffusion {
             cfg,
             last_bandwidths: (f64::NAN, f64::NAN),
+        }
+    }
+}
+
+impl KdeDiffusion {
+    /// The t = 1 sample (`terminal`): rows (m, n) of the local columns from global index
+    /// `offset`. The mixture component of sample i is drawn from the weights with a uniform
+    /// keyed by (seed, Resampling, i), the same on every rank.
+    #[allow(clippy::too_many_arguments)]
+    fn terminal_draw(
+        &self,
+        process: &ForwardProcess,
+        ens: &Array2<f64>,
+        logw: &[f64],
+        sx: f64,
+        m: usize,
+        n: usize,
+        seed: u64,
+        offset: usize,
+    ) -> Vec<f64> {
+        match self.cfg.terminal {
+            KdeTerminal::Gaussian => prior_sample_at(process, m, n, seed, offset),
+            KdeTerminal::Mixture => {
+                let mx = logw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let mut cdf: Vec<f64> = logw.iter().map(|l| (l - mx).exp()).collect();
+                for k in 1..cdf.len() {
+                    cdf[k] += cdf[k - 1];
+                }
+                let total = *cdf.last().expect("members");
+                let a = process.alpha(1.0);
+                let sd = (a * a * sx * sx + process.sigma(1.0).powi(2)).sqrt();
+                let mut x = unit_sample_at(m, n, seed, offset);
+                for (i, row) in x.chunks_mut(n).enumerate() {
+                    let u: f64 = stream(seed, Purpose::Resampling, 1, i as u64, 0).gen::<f64>() * total;
+                    let j = cdf.partition_point(|&c| c < u).min(cdf.len() - 1);
+                    for (k, v) in row.iter_mut().enumerate() {
+                        *v = a * ens[[j, k]] + sd * *v;
+                    }
+                }
+                x
+            }
         }
     }
 }
@@ -262,18 +319,31 @@ impl Filter for KdeDiffusion {
         };
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         let x = match self.cfg.sampler {
-            KdeSampler::Sde => euler_maruyama_from_prior(
-                &process,
-                self.cfg.steps,
-                self.cfg.t_min,
-                m,
-                n,
-                seed,
-                dom.global(0),
-                &score,
-            ),
+            KdeSampler::Sde if self.cfg.terminal == KdeTerminal::Gaussian => {
+                euler_maruyama_from_prior(
+                    &process,
+                    self.cfg.steps,
+                    self.cfg.t_min,
+                    m,
+                    n,
+                    seed,
+                    dom.global(0),
+                    &score,
+                )
+            }
+            KdeSampler::Sde => {
+                let mut x = self.terminal_draw(&process, ens, &logw, sx, m, n, seed, dom.global(0));
+                let cfg = SamplerConfig {
+                    kind: SamplerKind::EulerMaruyama,
+                    steps: self.cfg.steps,
+                    t_min: self.cfg.t_min,
+                    denoise: false,
+                };
+                sample_at(&process, &cfg, &score, &mut x, n, seed, Some(1.0), dom.global(0));
+                x
+            }
             KdeSampler::ProbabilityFlow => {
-                let mut x = prior_sample_at(&process, m, n, seed, dom.global(0));
+                let mut x = self.terminal_draw(&process, ens, &logw, sx, m, n, seed, dom.global(0));
                 let cfg = SamplerConfig {
                     kind: SamplerKind::ProbabilityFlow,
                     steps: self.cfg.steps,
@@ -322,6 +392,7 @@ mod tests {
             obs_scale: 1.0,
             perturb_predicted: true,
             sampler: KdeSampler::Sde,
+            terminal: KdeTerminal::Gaussian,
         });
         // The target: weights from the same perturbed predicted measurements.
         let prior = ens.clone();

@@ -25,7 +25,7 @@ pub use enkf::{Enkf, EnkfConfig};
 pub use ensf::{ensf_seed, ensf_terminal, mixture_score, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
-pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion, KdeSampler};
+pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion, KdeSampler, KdeTerminal};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
 pub use masf::{Masf, MasfConfig, MasfGuidance, MasfPrior};
 pub use omega::{Omega, OmegaConfig};
