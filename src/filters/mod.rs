@@ -320,11 +320,11 @@ impl FilterConfig {
             FilterConfig::Enkf(c) => c.inflation,
             FilterConfig::Letkf(c) => c.inflation,
             FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.inflation,
+            FilterConfig::Daisi(c) => c.inflation,
             FilterConfig::Pf(_)
             | FilterConfig::Ensf(_)
             | FilterConfig::KdeDiffusion(_)
             | FilterConfig::Omega(_)
-            | FilterConfig::Daisi(_)
             | FilterConfig::Sda(_)
             | FilterConfig::None(_) => 1.0,
         }
