@@ -1290,6 +1290,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     ranks: comm.size(),
                     grid_side: model.grid_side(),
                     distributional_scores: cfg.output.distributional_scores,
+                    weighted: filter.weights().is_some(),
                 },
             )
         })?
@@ -1601,6 +1602,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     let f = forecast_copy.as_ref().unwrap_or(&empty);
                     wr.write_truth(cycle - 1, &g_truth, &g_obs)
                         .and_then(|_| wr.write_filter(cycle - 1, &g_f, &g_a, &stats, f, &ens))
+                        .and_then(|_| match (&f_weights, filter.weights()) {
+                            (Some(fw), Some(aw)) => wr.write_weights(cycle - 1, fw, aw),
+                            _ => Ok(()),
+                        })
                         .and_then(|_| match crps_cycle {
                             Some(c) => wr.write_crps(cycle - 1, c),
                             None => Ok(()),
@@ -1777,6 +1782,7 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
             ranks: 1,
             grid_side: model.grid_side(),
             distributional_scores: false,
+            weighted: false,
         },
     )?;
     let mut truth = TruthRun::new(cfg, &h)?;

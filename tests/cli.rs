@@ -1038,3 +1038,46 @@ fn ensemble_start_step_shortens_the_first_forecast() {
         "ensemble_start_step",
     );
 }
+
+/// A weighted ensemble (DAPPER's particle filter) is saved with its weights: the forecast mean
+/// in the run file is the weighted mean of the saved forecast members, and the weights are
+/// normalised; carried weights are unequal on cycles without resampling.
+#[test]
+fn particle_filter_saves_its_weights_with_the_ensemble() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pf.nc");
+    let o = genda(&[
+        "run",
+        "configs/dapper/l63_sakov2012_pf.toml",
+        "--set",
+        "experiment.cycles=30",
+        "--set",
+        "experiment.burn_in=0",
+        "--set",
+        "output.save_ensemble=true",
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (n, m) = (3, 100);
+    let fe = nc_var(&out, "forecast_ensemble");
+    let fw = nc_var(&out, "forecast_weights");
+    let fm = nc_var(&out, "forecast_mean");
+    let aw = nc_var(&out, "analysis_weights");
+    assert_eq!(fw.len(), 30 * m);
+    let mut unequal = 0;
+    for k in 0..30 {
+        let w = &fw[k * m..(k + 1) * m];
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!((aw[k * m..(k + 1) * m].iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        for i in 0..n {
+            let mean: f64 = (0..m).map(|j| w[j] * fe[(k * m + j) * n + i]).sum();
+            assert!((mean - fm[k * n + i]).abs() < 1e-12, "cycle {k}: {mean} vs {}", fm[k * n + i]);
+        }
+        if w.iter().any(|&v| (v - w[0]).abs() > 1e-15) {
+            unequal += 1;
+        }
+    }
+    assert!(unequal > 0, "the weights were never carried");
+}

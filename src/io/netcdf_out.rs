@@ -5,7 +5,8 @@
 //! saved). For 2-D models the state is the grid: dimensions `y` and `x` (the side each, with
 //! coordinates in [0, 2π)), fields (time, y, x) and ensembles (time, member, y, x). Variables: `time`, `x`, `obs_location`, `truth`, `observations`, `forecast_mean`,
 //! `analysis_mean`, `forecast_spread`, `analysis_spread`, `rmse_forecast`, `rmse_analysis`
-//! and optionally `forecast_ensemble`, `analysis_ensemble`. Global attributes hold the full config
+//! and optionally `forecast_ensemble`, `analysis_ensemble` (with `forecast_weights`,
+//! `analysis_weights` for a weighted ensemble). Global attributes hold the full config
 //! and the time-averaged statistics.
 use super::PendingFile;
 use crate::error::{GendaError, Result};
@@ -35,6 +36,9 @@ pub struct RunMeta<'a> {
     pub grid_side: Option<usize>,
     /// `crps_analysis` (time) and `rank_histogram` (rank) variables.
     pub distributional_scores: bool,
+    /// The ensemble is a weighted sample (the particle filter): with `save_ensemble`, also
+    /// `forecast_weights` and `analysis_weights` (time, member).
+    pub weighted: bool,
 }
 
 pub struct RunWriter {
@@ -242,6 +246,20 @@ impl RunWriter {
                     ("forecast_ensemble", ens_dims.clone(), "forecast ensemble"),
                     ("analysis_ensemble", ens_dims.clone(), "analysis ensemble"),
                 ]);
+                if meta.weighted {
+                    vars.extend([
+                        (
+                            "forecast_weights",
+                            vec!["time", "member"],
+                            "normalised weights of the forecast ensemble's members",
+                        ),
+                        (
+                            "analysis_weights",
+                            vec!["time", "member"],
+                            "normalised weights of the analysis ensemble's members (carried to the next cycle)",
+                        ),
+                    ]);
+                }
             }
         }
         if with_filter && meta.distributional_scores {
@@ -373,6 +391,15 @@ impl RunWriter {
                 a.as_slice().expect("standard layout"),
                 k,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Row `k` of the member weights of a weighted ensemble (only when the file has them).
+    pub fn write_weights(&mut self, k: usize, forecast: &[f64], analysis: &[f64]) -> Result<()> {
+        if self.save_ensemble && self.file.variable("analysis_weights").is_some() {
+            self.put("forecast_weights", forecast, k)?;
+            self.put("analysis_weights", analysis, k)?;
         }
         Ok(())
     }
