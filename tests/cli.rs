@@ -1081,3 +1081,50 @@ fn particle_filter_saves_its_weights_with_the_ensemble() {
     }
     assert!(unequal > 0, "the weights were never carried");
 }
+
+/// `genda posterior` on a linear-Gaussian analysis (prior_steps = 0, identity observations):
+/// the reference is the exact Kalman posterior, and the ETKF — exact for this case up to
+/// sampling — is as close to it as an exact N-point sample (the floor), while the prior is far.
+#[test]
+fn posterior_check_puts_the_etkf_at_the_floor_on_a_gaussian_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("post.md");
+    let o = genda(&[
+        "posterior",
+        "configs/posterior_l63_arctan.toml",
+        "--set",
+        "observations.operator=identity",
+        "--set",
+        "observations.error_var=1.0",
+        "--set",
+        "posterior.prior_steps=0",
+        "--set",
+        "posterior.methods=[{method=\"etkf\"},{method=\"pf\", ner=1.0}]",
+        "--seeds",
+        "1,2,3",
+        "--members",
+        "50",
+        "-o",
+        md.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(t.matches("exact Gaussian posterior").count(), 3, "{t}");
+    let w2 = |label: &str| -> f64 {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with(&format!("| 50 | {label} |")))
+            .unwrap_or_else(|| panic!("no row {label}: {t}"));
+        line.split('|').nth(3).unwrap().trim().split(' ').next().unwrap().parse().unwrap()
+    };
+    let (floor, prior, etkf, pf) = (w2("reference (floor)"), w2("prior"), w2("etkf"), w2("pf"));
+    assert!(etkf < 1.2 * floor, "etkf {etkf} vs floor {floor}");
+    assert!(prior > 2.5 * floor && pf > etkf, "prior {prior}, pf {pf}, floor {floor}");
+    assert!(std::fs::read_to_string(&md).unwrap().contains("| 50 | etkf |"));
+    // A config without a [posterior] table is refused, naming it.
+    assert_clean_failure(
+        dir.path(),
+        &["posterior", "configs/dapper/l63_sakov2012_etkf.toml"],
+        "[posterior]",
+    );
+}
