@@ -173,6 +173,7 @@ fn stochastic_enkf_approaches_kalman_filter_with_large_ensemble() {
     let mut filter = Enkf::new(EnkfConfig {
         members,
         inflation: 1.0,
+        perturbations: Default::default(),
     });
     let input = AnalysisInput::whole(&y, &op, &r_var, 1, 21);
     filter.analyse(&mut ens, &input).unwrap();

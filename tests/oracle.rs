@@ -6,6 +6,7 @@
 //! oracle recomputes the analysis from the same inputs and draws and must agree to 1e-10
 //! relative. They run with the venv's numpy + h5py (scripts/setup.sh).
 use genda::filters::{
+    Enkf, EnkfConfig, Perturbations,
     ensf_seed, pf_draws, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal, Etkf, EtkfConfig, Filter,
     Jitter, ParticleFilter, PfConfig, Resampling,
 };
@@ -299,5 +300,47 @@ fn particle_filter_equals_dappers_partfilt() {
         h5.arr("assessed_weights", &aw, &[n_mem]);
         h5.finish();
         run_oracle("particle.py", &path);
+    }
+}
+
+/// DAPPER's `EnKF('PertObs')`: C = YᵀY + (N−1)R, D = mean0(perturbations), K = AᵀY C⁻¹,
+/// E += (y − D − Eo) Kᵀ, then post_process(infl). genda's perturbation draws (one row of
+/// standard normals per member, keyed as the filter keys them) are handed to the oracle.
+#[test]
+fn enkf_equals_dappers_perturbed_observation_update() {
+    let (_keep, dir) = case_dir();
+    for (case, (n_mem, n, every, infl)) in [(20, 40, 2, 1.04), (10, 3, 1, 1.0)].into_iter().enumerate() {
+        let mut ens = prior(n_mem, n, 1.3, 41 + case as u64);
+        let idx: Vec<usize> = (0..n).step_by(every).collect();
+        let truth: Vec<f64> = (0..n).map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.4).collect();
+        let r = 0.6;
+        let y = obs_of(&truth, &idx, false, r, 8);
+        let rv = vec![r; idx.len()];
+        let (seed, cycle) = (13u64, 3usize);
+        let path = dir.as_path().join(format!("enkf{case}.h5"));
+        let h5 = H5::new(&path);
+        h5.arr("prior", ens.as_slice().unwrap(), &[n_mem, n]);
+        h5.arr("obs", &y, &[y.len()]);
+        h5.arr("obs_index", &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(), &[idx.len()]);
+        h5.arr("obs_error_var", &rv, &[rv.len()]);
+        h5.num("inflation", infl);
+        let p = idx.len();
+        let mut z = vec![0.0; n_mem * p];
+        for (i, row) in z.chunks_mut(p).enumerate() {
+            fill_standard_normal(seed, Purpose::ObsPerturbation, cycle as u64, i as u64, 0, row);
+        }
+        h5.arr("perturbation_normals", &z, &[n_mem, p]);
+        let h = PointObs::new(n, idx.clone(), false);
+        let input = AnalysisInput::whole(&y, &h, &rv, cycle, seed);
+        Enkf::new(EnkfConfig {
+            members: n_mem,
+            inflation: infl,
+            perturbations: Perturbations::Dapper,
+        })
+        .analyse(&mut ens, &input)
+        .unwrap();
+        h5.arr("analysis", ens.as_slice().unwrap(), &[n_mem, n]);
+        h5.finish();
+        run_oracle("enkf.py", &path);
     }
 }

@@ -1,7 +1,7 @@
 //! Stochastic EnKF with perturbed observations (Burgers et al. 1998; DAPPER's
 //! `EnKF('PertObs')`). Member i is updated with the innovation y − εᵢ − h(xᵢ), where the
-//! perturbations εᵢ ~ N(0, R) are drawn from member-keyed streams and centred (so the analysis
-//! mean is unbiased). The gain is applied in ensemble space:
+//! perturbations εᵢ ~ N(0, R) are drawn from member-keyed streams, centred (so the analysis
+//! mean is unbiased) and rescaled by √(N/(N−1)) as DAPPER's `mean0`. The gain is applied in ensemble space:
 //!   Eᵃ = E + B C⁻¹ A,   B_ij = (innovᵢ R^{-1/2}) · S_j,   C = S Sᵀ + (N−1) I.
 use super::core::{inflate, EnsembleSpace};
 use super::{AnalysisInput, Filter};
@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnkfConfig {
+    /// Observation perturbations: `dapper` — centred and rescaled by √(N/(N−1)) (DAPPER's
+    /// `mean0`, the default); `centred` — centred only (genda's former variant).
+    #[serde(default)]
+    pub perturbations: Perturbations,
     pub members: usize,
     /// Multiplicative inflation of the analysis anomalies.
     #[serde(default = "unit")]
@@ -31,6 +35,14 @@ impl Enkf {
     pub fn new(cfg: EnkfConfig) -> Self {
         Enkf { cfg }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Perturbations {
+    #[default]
+    Dapper,
+    Centred,
 }
 
 impl Filter for Enkf {
@@ -57,6 +69,11 @@ impl Filter for Enkf {
         }
         let zmean = z.mean_axis(Axis(0)).expect("members > 0");
         z -= &zmean.view().insert_axis(Axis(0));
+        if self.cfg.perturbations == Perturbations::Dapper {
+            // DAPPER's `mean0` = `center(D, rescale=True)`: centred, then × √(N/(N−1)) so
+            // that the perturbations' sample variance is R again.
+            z *= (n_mem as f64 / (n_mem as f64 - 1.0)).sqrt();
+        }
         // B = innov Sᵀ (N×N), summed per tile; innov = R^{-1/2}(y − h(x_i)) − z_i.
         let (es, b) =
             EnsembleSpace::new_with(ens, input, n_mem * n_mem, &|s, hx, _, range, out| {

@@ -21,7 +21,7 @@ pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation
 pub use daisi::{
     daisi_analysis, Daisi, DaisiConfig, DaisiGuidance, GaussianPrior, InterpolantPrior,
 };
-pub use enkf::{Enkf, EnkfConfig};
+pub use enkf::{Enkf, EnkfConfig, Perturbations};
 pub use ensf::{ensf_seed, ensf_terminal, mixture_score, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
