@@ -913,11 +913,21 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
     if matches!(cfg.filter, crate::filters::FilterConfig::Omega(_)) {
         crate::filters::cg::cg_structure(model.as_ref())?;
     }
-    if domains > 1 && cfg.filter.build().needs_forecast_path() {
+    let f = cfg.filter.build();
+    if domains > 1 && f.needs_forecast_path() {
         return Err(GendaError::invalid(
             "parallel.domains",
             format!(
                 "{} follows every member's whole state through the forecast and runs on one domain; use domains = 1 (members still split over ranks)",
+                cfg.filter.name()
+            ),
+        ));
+    }
+    if domains > 1 && f.needs_whole_state() {
+        return Err(GendaError::invalid(
+            "parallel.domains",
+            format!(
+                "{} needs the whole state on one rank (its jitter uses the full covariance); use domains = 1 (members still split over ranks)",
                 cfg.filter.name()
             ),
         ));

@@ -511,3 +511,29 @@ fn a_panic_on_one_rank_aborts_the_whole_job() {
     assert!(err.contains("fault injected") && err.contains("rank 1 panicked"), "{err}");
     assert!(!out.exists(), "a failed run left its output");
 }
+
+/// A method that needs the whole state (the particle filter's full-covariance jitter) is refused
+/// on more than one domain before anything runs, with one clear error.
+#[test]
+fn particle_filter_refuses_domain_decomposition_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_variant(
+        dir.path(),
+        "configs/dapper/l96_sakov2008_etkf.toml",
+        "pf.toml",
+        &[
+            ("method = \"etkf\"", "method = \"pf\""),
+            ("inflation = 1.013\n", ""),
+            ("rotation = true\n", ""),
+        ],
+    );
+    let out = dir.path().join("pf.nc");
+    let o = mpirun(
+        2,
+        &["run", cfg.to_str().unwrap(), "--domains", "2", "-o", out.to_str().unwrap()],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert_eq!(t.matches("pf needs the whole state on one rank").count(), 1, "{t}");
+    assert!(!out.exists());
+}

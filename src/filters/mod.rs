@@ -200,6 +200,11 @@ pub trait Filter: Send {
     fn needs_forecast_path(&self) -> bool {
         false
     }
+    /// The method needs the whole state on one rank (one domain), e.g. the particle filter's
+    /// full-covariance jitter; the layout check refuses `parallel.domains` > 1 for it.
+    fn needs_whole_state(&self) -> bool {
+        self.needs_forecast_path()
+    }
     /// Clip the forecast members to ±c after every model step (EnSF's published code); the
     /// driver applies it to the members, never to the truth.
     fn forecast_clip(&self) -> Option<f64> {

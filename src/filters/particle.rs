@@ -475,6 +475,10 @@ impl Filter for ParticleFilter {
         Some(&self.w)
     }
 
+    fn needs_whole_state(&self) -> bool {
+        true
+    }
+
     fn analysis_sample(&self) -> Option<(ndarray::ArrayView2<'_, f64>, &[f64])> {
         // Without a resampling the ensemble itself is the weighted analysis sample.
         self.assessed.as_ref().map(|(e, w)| (e.view(), &w[..]))
