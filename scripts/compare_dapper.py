@@ -97,7 +97,9 @@ def ensure_venv(venv):
 
 def run_dapper(py, recipe, method, seed):
     with tempfile.TemporaryDirectory() as d:
-        env = dict(os.environ, MPLBACKEND="agg", HOME=d)  # DAPPER writes its data dir under ~
+        # DAPPER writes its data dir under ~; one BLAS thread, as genda runs on one thread.
+        env = dict(os.environ, MPLBACKEND="agg", HOME=d, OMP_NUM_THREADS="1",
+                   OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         p = subprocess.run([py, "-c", DAPPER_RUNNER, recipe, method, str(seed)],
                            capture_output=True, text=True, env=env)
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
@@ -113,6 +115,7 @@ def run_genda(genda, cfg, seed):
             [genda, "run", str(cfg), "--seed", str(seed), "--no-output", "--quiet",
              "--timing-file", str(tf)],
             capture_output=True, text=True,
+            env=dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1"),
         )
         out = dict(ok=p.returncode == 0)
         m = re.search(r"^analysis\s+(\S+)\s+(\S+)", p.stdout, re.M)
