@@ -191,7 +191,7 @@ def main():
         f"mean ± std over seeds {a.seeds} (the same seed numbers, different generators: the truths",
         "differ, the comparison is over seeds); diverged runs (failed or non-finite) are counted,",
         "not dropped. Time per cycle: median over seeds of DAPPER's `assimilate` and of genda's",
-        "forecast + analysis phases, on this machine (2 cores; both single-threaded here).",
+        "forecast + analysis phases, on this machine (2 cores; both pinned to one thread).",
         "",
         "| config | DAPPER method | rmse.a DAPPER | rmse.a genda | spread DAPPER | spread genda | diverged D / g | per cycle DAPPER | per cycle genda |",
         "|---|---|---|---|---|---|---|---|---|",
