@@ -1565,10 +1565,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             spread_analysis: spread(sums[3], a_weighted),
         };
         let crps_cycle = if scores_on {
-            let weighted = filter
-                .analysis_sample()
-                .or_else(|| filter.weights().map(|wt| (ens.view(), wt)));
-            let parts = tile_distributional_partials(&ens, weighted, &truth, &tiles_own);
+            let parts = tile_distributional_partials(&ens, a_sample, &truth, &tiles_own);
             let sums = reducer.sum_tiles(&parts, members + 2)?;
             let c = sums[0] / n as f64;
             if scored {

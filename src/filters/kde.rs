@@ -18,8 +18,7 @@ use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, stream, Purpose};
 use crate::score::mixture::mixture_score_tiled;
 use crate::score::sampler::{
-    euler_maruyama_from_prior, prior_sample_at, sample_at, unit_sample_at, SamplerConfig,
-    SamplerKind,
+    prior_sample_at, sample_at, unit_sample_at, SamplerConfig, SamplerKind,
 };
 use rand::Rng;
 use crate::score::ForwardProcess;
@@ -318,42 +317,18 @@ impl Filter for KdeDiffusion {
             out.copy_from_slice(sc.as_slice().expect("standard layout"));
         };
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let x = match self.cfg.sampler {
-            KdeSampler::Sde if self.cfg.terminal == KdeTerminal::Gaussian => {
-                euler_maruyama_from_prior(
-                    &process,
-                    self.cfg.steps,
-                    self.cfg.t_min,
-                    m,
-                    n,
-                    seed,
-                    dom.global(0),
-                    &score,
-                )
-            }
-            KdeSampler::Sde => {
-                let mut x = self.terminal_draw(&process, ens, &logw, sx, m, n, seed, dom.global(0));
-                let cfg = SamplerConfig {
-                    kind: SamplerKind::EulerMaruyama,
-                    steps: self.cfg.steps,
-                    t_min: self.cfg.t_min,
-                    denoise: false,
-                };
-                sample_at(&process, &cfg, &score, &mut x, n, seed, Some(1.0), dom.global(0));
-                x
-            }
-            KdeSampler::ProbabilityFlow => {
-                let mut x = self.terminal_draw(&process, ens, &logw, sx, m, n, seed, dom.global(0));
-                let cfg = SamplerConfig {
-                    kind: SamplerKind::ProbabilityFlow,
-                    steps: self.cfg.steps,
-                    t_min: self.cfg.t_min,
-                    denoise: false,
-                };
-                sample_at(&process, &cfg, &score, &mut x, n, seed, Some(1.0), dom.global(0));
-                x
-            }
+        // The t = 1 draw, then the reverse process from t = 1 down to t_min.
+        let mut x = self.terminal_draw(&process, ens, &logw, sx, m, n, seed, dom.global(0));
+        let sampler = SamplerConfig {
+            kind: match self.cfg.sampler {
+                KdeSampler::Sde => SamplerKind::EulerMaruyama,
+                KdeSampler::ProbabilityFlow => SamplerKind::ProbabilityFlow,
+            },
+            steps: self.cfg.steps,
+            t_min: self.cfg.t_min,
+            denoise: false,
         };
+        sample_at(&process, &sampler, &score, &mut x, n, seed, Some(1.0), dom.global(0));
         if let Some(e) = failure.into_inner() {
             return Err(e);
         }

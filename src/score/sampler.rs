@@ -90,31 +90,6 @@ fn noise(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64]) {
     }
 }
 
-/// The training-free filters' analysis draw: `m` samples of the `d` components from global
-/// index `offset` start from the process's prior at t = 1 and run Euler–Maruyama down to
-/// `t_min` with `score` (row-major (m, d) result).
-#[allow(clippy::too_many_arguments)]
-pub fn euler_maruyama_from_prior(
-    process: &ForwardProcess,
-    steps: usize,
-    t_min: f64,
-    m: usize,
-    d: usize,
-    seed: u64,
-    offset: usize,
-    score: &ScoreFn,
-) -> Vec<f64> {
-    let mut x = prior_sample_at(process, m, d, seed, offset);
-    let cfg = SamplerConfig {
-        kind: SamplerKind::EulerMaruyama,
-        steps,
-        t_min,
-        denoise: false,
-    };
-    sample_at(process, &cfg, score, &mut x, d, seed, Some(1.0), offset);
-    x
-}
-
 /// Run the reverse process from `t_start` (default the process's t_max) down to `cfg.t_min`,
 /// in place on `x` (row-major (M, d)).
 pub fn sample(
