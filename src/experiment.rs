@@ -1433,7 +1433,14 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             let mut c = 0.0;
             let x = local.as_slice_mut().expect("local ensemble is contiguous");
             for s in skip..obs_every {
-                c += prop.advance(model.as_ref(), x, 1, dcomm, &member_key, first_step + s as u64)?;
+                c += prop.advance(
+                    model.as_ref(),
+                    x,
+                    1,
+                    dcomm,
+                    &member_key,
+                    first_step + s as u64,
+                )?;
                 x.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
             }
             c

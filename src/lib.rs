@@ -19,5 +19,6 @@ pub mod posterior;
 pub mod rng;
 pub mod score;
 pub mod sda_twin;
+pub mod sweep;
 
 pub use error::{GendaError, Result};

@@ -156,8 +156,17 @@ impl PosteriorConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReferenceKind {
     Exact,
-    Importance { particles: usize, ess: f64 },
-    Mcmc { chains: usize, iterations: usize, acceptance: f64, particles_tried: usize, ess: f64 },
+    Importance {
+        particles: usize,
+        ess: f64,
+    },
+    Mcmc {
+        chains: usize,
+        iterations: usize,
+        acceptance: f64,
+        particles_tried: usize,
+        ess: f64,
+    },
 }
 
 /// Scores of one (method, N, seed).
@@ -309,7 +318,8 @@ fn reference(
         // Shuffle-free: systematic indices are sorted; the assignment does not care.
         let mut out = Array2::zeros((rows, n));
         for (k, &i) in idx.iter().enumerate() {
-            out.row_mut(k).assign(&ndarray::ArrayView1::from(&parts[i].0[..]));
+            out.row_mut(k)
+                .assign(&ndarray::ArrayView1::from(&parts[i].0[..]));
         }
         return Ok((out, ReferenceKind::Importance { particles: p, ess }));
     }
@@ -403,7 +413,10 @@ fn row_mean(a: &Array2<f64>) -> Vec<f64> {
 /// Run the whole comparison.
 pub fn run_posterior(cfg: &Config) -> Result<PosteriorReport> {
     let pc = cfg.posterior.clone().ok_or_else(|| {
-        GendaError::invalid("posterior", "the config has no [posterior] table (methods, members, seeds)")
+        GendaError::invalid(
+            "posterior",
+            "the config has no [posterior] table (methods, members, seeds)",
+        )
     })?;
     pc.validate()?;
     let model = cfg.model.build();
@@ -540,7 +553,9 @@ impl PosteriorReport {
                 .filter(|s| s.label == label && s.members == nm)
                 .collect();
             let ok: Vec<&&PosteriorScore> = rows.iter().filter(|s| s.failed.is_none()).collect();
-            let col = |f: &dyn Fn(&PosteriorScore) -> f64| ms(&ok.iter().map(|s| f(s)).collect::<Vec<_>>());
+            let col = |f: &dyn Fn(&PosteriorScore) -> f64| {
+                ms(&ok.iter().map(|s| f(s)).collect::<Vec<_>>())
+            };
             out.push_str(&format!(
                 "| {nm} | {label} | {} | {} | {} | {} | {} |\n",
                 col(&|s| s.w2),

@@ -977,14 +977,26 @@ fn set_overrides_config_keys_and_the_output_stores_the_effective_config() {
         let f = netcdf::open(&out).unwrap();
         match f.attribute("config").unwrap().value().unwrap() {
             netcdf::AttributeValue::Str(s) => {
-                assert!(s.contains("members = 7") && s.contains("inflation = 1.1"), "{s}")
+                assert!(
+                    s.contains("members = 7") && s.contains("inflation = 1.1"),
+                    "{s}"
+                )
             }
             v => panic!("{v:?}"),
         }
     }
     // `genda check` shows the effective config too.
-    let o = genda(&["check", "configs/dapper/l63_sakov2012_etkf.toml", "--set", "filter.rotation=false"]);
-    assert!(o.status.success() && text(&o).contains("rotation = false"), "{}", text(&o));
+    let o = genda(&[
+        "check",
+        "configs/dapper/l63_sakov2012_etkf.toml",
+        "--set",
+        "filter.rotation=false",
+    ]);
+    assert!(
+        o.status.success() && text(&o).contains("rotation = false"),
+        "{}",
+        text(&o)
+    );
     let d = dir.path();
     let bad = d.join("bad.nc");
     for (set, needle) in [
@@ -995,13 +1007,24 @@ fn set_overrides_config_keys_and_the_output_stores_the_effective_config() {
     ] {
         assert_clean_failure(
             d,
-            &["run", "configs/dapper/l63_sakov2012_etkf.toml", "--set", set, "-o", bad.to_str().unwrap()],
+            &[
+                "run",
+                "configs/dapper/l63_sakov2012_etkf.toml",
+                "--set",
+                set,
+                "-o",
+                bad.to_str().unwrap(),
+            ],
             needle,
         );
     }
     // A command without a config refuses it.
     let o = genda(&["doctor", "--set", "filter.members=3"]);
-    assert!(!o.status.success() && text(&o).contains("reads no config"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("reads no config"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// `experiment.ensemble_start_step = k`: the members join k steps into the first cycle, so the
@@ -1012,7 +1035,13 @@ fn ensemble_start_step_shortens_the_first_forecast() {
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, sets: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = vec!["run", "configs/dapper/l63_sakov2012_etkf.toml", "-o", out.to_str().unwrap(), "--quiet"];
+        let mut args = vec![
+            "run",
+            "configs/dapper/l63_sakov2012_etkf.toml",
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
         for s in sets {
             args.push("--set");
             args.push(s);
@@ -1023,18 +1052,39 @@ fn ensemble_start_step_shortens_the_first_forecast() {
     };
     let a = run(
         "a.nc",
-        &["experiment.cycles=3", "experiment.burn_in=0", "observations.obs_every=10", "experiment.ensemble_start_step=9"],
+        &[
+            "experiment.cycles=3",
+            "experiment.burn_in=0",
+            "observations.obs_every=10",
+            "experiment.ensemble_start_step=9",
+        ],
     );
     let b = run(
         "b.nc",
-        &["experiment.cycles=3", "experiment.burn_in=0", "observations.obs_every=1"],
+        &[
+            "experiment.cycles=3",
+            "experiment.burn_in=0",
+            "observations.obs_every=1",
+        ],
     );
     assert_eq!(a[..3], b[..3]);
-    let c = run("c.nc", &["experiment.cycles=3", "experiment.burn_in=0", "observations.obs_every=10"]);
+    let c = run(
+        "c.nc",
+        &[
+            "experiment.cycles=3",
+            "experiment.burn_in=0",
+            "observations.obs_every=10",
+        ],
+    );
     assert_ne!(a[..3], c[..3]);
     assert_clean_failure(
         dir.path(),
-        &["run", "configs/dapper/l63_sakov2012_etkf.toml", "--set", "experiment.ensemble_start_step=25"],
+        &[
+            "run",
+            "configs/dapper/l63_sakov2012_etkf.toml",
+            "--set",
+            "experiment.ensemble_start_step=25",
+        ],
         "ensemble_start_step",
     );
 }
@@ -1073,7 +1123,11 @@ fn particle_filter_saves_its_weights_with_the_ensemble() {
         assert!((aw[k * m..(k + 1) * m].iter().sum::<f64>() - 1.0).abs() < 1e-12);
         for i in 0..n {
             let mean: f64 = (0..m).map(|j| w[j] * fe[(k * m + j) * n + i]).sum();
-            assert!((mean - fm[k * n + i]).abs() < 1e-12, "cycle {k}: {mean} vs {}", fm[k * n + i]);
+            assert!(
+                (mean - fm[k * n + i]).abs() < 1e-12,
+                "cycle {k}: {mean} vs {}",
+                fm[k * n + i]
+            );
         }
         if w.iter().any(|&v| (v - w[0]).abs() > 1e-15) {
             unequal += 1;
@@ -1115,12 +1169,25 @@ fn posterior_check_puts_the_etkf_at_the_floor_on_a_gaussian_case() {
             .lines()
             .find(|l| l.starts_with(&format!("| 50 | {label} |")))
             .unwrap_or_else(|| panic!("no row {label}: {t}"));
-        line.split('|').nth(3).unwrap().trim().split(' ').next().unwrap().parse().unwrap()
+        line.split('|')
+            .nth(3)
+            .unwrap()
+            .trim()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let (floor, prior, etkf, pf) = (w2("reference (floor)"), w2("prior"), w2("etkf"), w2("pf"));
     assert!(etkf < 1.2 * floor, "etkf {etkf} vs floor {floor}");
-    assert!(prior > 2.5 * floor && pf > etkf, "prior {prior}, pf {pf}, floor {floor}");
-    assert!(std::fs::read_to_string(&md).unwrap().contains("| 50 | etkf |"));
+    assert!(
+        prior > 2.5 * floor && pf > etkf,
+        "prior {prior}, pf {pf}, floor {floor}"
+    );
+    assert!(std::fs::read_to_string(&md)
+        .unwrap()
+        .contains("| 50 | etkf |"));
     // A config without a [posterior] table is refused, naming it.
     assert_clean_failure(
         dir.path(),

@@ -484,14 +484,25 @@ fn a_panic_on_one_rank_aborts_the_whole_job() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fault.nc");
     let mut cmd = std::process::Command::new("mpirun");
-    cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", "2", genda_bin()])
-        .args(["run", "configs/dapper/l63_sakov2012_etkf.toml", "--quiet", "-o"])
-        .arg(&out)
-        .env("GENDA_INJECT_FAULT", "1:5")
-        .env("RUST_LOG", "warn")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        "2",
+        genda_bin(),
+    ])
+    .args([
+        "run",
+        "configs/dapper/l63_sakov2012_etkf.toml",
+        "--quiet",
+        "-o",
+    ])
+    .arg(&out)
+    .env("GENDA_INJECT_FAULT", "1:5")
+    .env("RUST_LOG", "warn")
+    .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     let t0 = std::time::Instant::now();
     let mut child = cmd.spawn().expect("start mpirun");
     let status = loop {
@@ -508,7 +519,10 @@ fn a_panic_on_one_rank_aborts_the_whole_job() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!status.success(), "{err}");
     assert!(t0.elapsed().as_secs() < 30, "took {:?}", t0.elapsed());
-    assert!(err.contains("fault injected") && err.contains("rank 1 panicked"), "{err}");
+    assert!(
+        err.contains("fault injected") && err.contains("rank 1 panicked"),
+        "{err}"
+    );
     assert!(!out.exists(), "a failed run left its output");
 }
 
@@ -530,11 +544,22 @@ fn particle_filter_refuses_domain_decomposition_up_front() {
     let out = dir.path().join("pf.nc");
     let o = mpirun(
         2,
-        &["run", cfg.to_str().unwrap(), "--domains", "2", "-o", out.to_str().unwrap()],
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--domains",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ],
     );
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
-    assert_eq!(t.matches("pf needs the whole state on one rank").count(), 1, "{t}");
+    assert_eq!(
+        t.matches("pf needs the whole state on one rank").count(),
+        1,
+        "{t}"
+    );
     assert!(!out.exists());
 }
 

@@ -5,12 +5,11 @@
 //! it makes (the same keyed streams the filter uses) and its analysis to an HDF5 file; the
 //! oracle recomputes the analysis from the same inputs and draws and must agree to 1e-10
 //! relative. They run with the venv's numpy + h5py (scripts/setup.sh).
-use genda::filters::{
-    Enkf, EnkfConfig, Perturbations,
-    ensf_seed, pf_draws, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal, Etkf, EtkfConfig, Filter,
-    Jitter, ParticleFilter, PfConfig, Resampling,
-};
 use genda::filters::AnalysisInput;
+use genda::filters::{
+    ensf_seed, pf_draws, Enkf, EnkfConfig, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal, Etkf,
+    EtkfConfig, Filter, Jitter, ParticleFilter, Perturbations, PfConfig, Resampling,
+};
 use genda::obs::PointObs;
 use genda::rng::{fill_standard_normal, Purpose};
 use genda::score::sampler::{step_noise_at, unit_sample_at};
@@ -96,7 +95,10 @@ fn run_oracle(script: &str, file: &Path) {
         String::from_utf8_lossy(&o.stderr)
     );
     eprintln!("{txt}");
-    assert!(o.status.success(), "oracle {script} disagrees with genda:\n{txt}");
+    assert!(
+        o.status.success(),
+        "oracle {script} disagrees with genda:\n{txt}"
+    );
     assert!(txt.contains("max relative difference"), "{txt}");
 }
 
@@ -121,7 +123,9 @@ fn etkf_equals_dappers_sqrt_update_with_inflation() {
     {
         let mut ens = prior(n_mem, n, 1.5, 11 + case as u64);
         let idx: Vec<usize> = (0..n).step_by(every).collect();
-        let truth: Vec<f64> = (0..n).map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.8).collect();
+        let truth: Vec<f64> = (0..n)
+            .map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.8)
+            .collect();
         let r = 0.7;
         let y = obs_of(&truth, &idx, false, r, 5);
         let rv = vec![r; idx.len()];
@@ -129,7 +133,11 @@ fn etkf_equals_dappers_sqrt_update_with_inflation() {
         let h5 = H5::new(&path);
         h5.arr("prior", ens.as_slice().unwrap(), &[n_mem, n]);
         h5.arr("obs", &y, &[y.len()]);
-        h5.arr("obs_index", &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(), &[idx.len()]);
+        h5.arr(
+            "obs_index",
+            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
+            &[idx.len()],
+        );
         h5.arr("obs_error_var", &rv, &[rv.len()]);
         h5.num("inflation", infl);
         let h = PointObs::new(n, idx.clone(), false);
@@ -151,7 +159,9 @@ fn ensf_case(dir: &Path, name: &str, cfg: EnsfConfig, n: usize) {
     let n_mem = cfg.members;
     let mut ens = prior(n_mem, n, 1.0, 21);
     let idx: Vec<usize> = (0..n).collect();
-    let truth: Vec<f64> = (0..n).map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.5).collect();
+    let truth: Vec<f64> = (0..n)
+        .map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.5)
+        .collect();
     // σ_obs = 0.2, not the setups' 0.05: with 0.05 the authors' explicit Euler steps are unstable
     // in the likelihood term wherever |x| < 1 (h·g²/σ²/(1 + x²) > 2 near t = 0), so round-off
     // differences between any two implementations grow to O(1) in those components; the
@@ -170,7 +180,10 @@ fn ensf_case(dir: &Path, name: &str, cfg: EnsfConfig, n: usize) {
     h5.num("eps_beta", cfg.eps_beta);
     h5.num("t_min", cfg.t_min);
     h5.num("paired", (cfg.prior == EnsfPrior::Paired) as u8 as f64);
-    h5.num("standardized", (cfg.terminal == EnsfTerminal::Standardized) as u8 as f64);
+    h5.num(
+        "standardized",
+        (cfg.terminal == EnsfTerminal::Standardized) as u8 as f64,
+    );
     h5.num("score_clip", cfg.score_clip.unwrap_or(0.0));
     // The draws the filter makes: x_T ~ N(0, I) before any standardisation, and the noise of
     // every reverse step.
@@ -254,12 +267,16 @@ fn particle_filter_equals_dappers_partfilt() {
         };
         let mut ens = prior(n_mem, n, 1.2, 31 + case as u64);
         let idx: Vec<usize> = (0..n).collect();
-        let truth: Vec<f64> = (0..n).map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.6).collect();
+        let truth: Vec<f64> = (0..n)
+            .map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.6)
+            .collect();
         let r = if arctan { 0.01 } else { 0.5 };
         let y = obs_of(&truth, &idx, arctan, r, 7);
         let rv = vec![r; n];
         // Prior weights carried from an earlier cycle.
-        let mut w0: Vec<f64> = (0..n_mem).map(|m| 1.0 + 0.5 * (m as f64 * 1.3).cos()).collect();
+        let mut w0: Vec<f64> = (0..n_mem)
+            .map(|m| 1.0 + 0.5 * (m as f64 * 1.3).cos())
+            .collect();
         let z: f64 = w0.iter().sum();
         w0.iter_mut().for_each(|v| *v /= z);
         let (seed, cycle) = (5u64, 9usize);
@@ -309,10 +326,14 @@ fn particle_filter_equals_dappers_partfilt() {
 #[test]
 fn enkf_equals_dappers_perturbed_observation_update() {
     let (_keep, dir) = case_dir();
-    for (case, (n_mem, n, every, infl)) in [(20, 40, 2, 1.04), (10, 3, 1, 1.0)].into_iter().enumerate() {
+    for (case, (n_mem, n, every, infl)) in
+        [(20, 40, 2, 1.04), (10, 3, 1, 1.0)].into_iter().enumerate()
+    {
         let mut ens = prior(n_mem, n, 1.3, 41 + case as u64);
         let idx: Vec<usize> = (0..n).step_by(every).collect();
-        let truth: Vec<f64> = (0..n).map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.4).collect();
+        let truth: Vec<f64> = (0..n)
+            .map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin() + 0.4)
+            .collect();
         let r = 0.6;
         let y = obs_of(&truth, &idx, false, r, 8);
         let rv = vec![r; idx.len()];
@@ -321,13 +342,24 @@ fn enkf_equals_dappers_perturbed_observation_update() {
         let h5 = H5::new(&path);
         h5.arr("prior", ens.as_slice().unwrap(), &[n_mem, n]);
         h5.arr("obs", &y, &[y.len()]);
-        h5.arr("obs_index", &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(), &[idx.len()]);
+        h5.arr(
+            "obs_index",
+            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
+            &[idx.len()],
+        );
         h5.arr("obs_error_var", &rv, &[rv.len()]);
         h5.num("inflation", infl);
         let p = idx.len();
         let mut z = vec![0.0; n_mem * p];
         for (i, row) in z.chunks_mut(p).enumerate() {
-            fill_standard_normal(seed, Purpose::ObsPerturbation, cycle as u64, i as u64, 0, row);
+            fill_standard_normal(
+                seed,
+                Purpose::ObsPerturbation,
+                cycle as u64,
+                i as u64,
+                0,
+                row,
+            );
         }
         h5.arr("perturbation_normals", &z, &[n_mem, p]);
         let h = PointObs::new(n, idx.clone(), false);

@@ -262,7 +262,10 @@ fn restart_keeps_particle_weights_and_distributional_scores() {
         ("configs/dapper/l63_sakov2012_pf.toml", vec![]),
         (
             "configs/l96_sakov2008.toml",
-            vec![("cycles = 5000", "cycles = 1001"), ("burn_in = 1000", "burn_in = 100")],
+            vec![
+                ("cycles = 5000", "cycles = 1001"),
+                ("burn_in = 1000", "burn_in = 100"),
+            ],
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -301,8 +304,16 @@ fn restart_keeps_particle_weights_and_distributional_scores() {
         for v in ["crps_analysis", "rank_histogram"] {
             assert_eq!(nc_var(&full, v), nc_var(&restarted, v), "{base}: {v}");
         }
-        for a in ["crps_analysis_time_mean", "spread_analysis_time_mean", "rmse_forecast_time_mean"] {
-            assert_eq!(nc_attr_f64(&full, a), nc_attr_f64(&restarted, a), "{base}: {a}");
+        for a in [
+            "crps_analysis_time_mean",
+            "spread_analysis_time_mean",
+            "rmse_forecast_time_mean",
+        ] {
+            assert_eq!(
+                nc_attr_f64(&full, a),
+                nc_attr_f64(&restarted, a),
+                "{base}: {a}"
+            );
         }
     }
 }

@@ -186,15 +186,53 @@ pub enum Command {
         output: Option<PathBuf>,
     },
     /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
+    /// Plot a run file (RMSE and spread over time, truth against the analysis; maps and spectra
+    /// for 2-D models), or a sweep's results (results.csv/.nc or its directory): a score
+    /// against an axis, one line per method with ± one std over seeds, and a heat map per
+    /// method where two axes vary.
     Plot {
-        /// NetCDF run file written by `genda run`.
+        /// NetCDF run file written by `genda run`, or a sweep's results.
         file: PathBuf,
+        /// Sweeps: the axis on the horizontal (default: the first numeric axis that varies).
+        #[arg(long)]
+        x: Option<String>,
+        /// Sweeps: the score to plot (a results.csv column, e.g. rmse_analysis, crps_analysis).
+        #[arg(long, default_value = "rmse_analysis")]
+        metric: String,
         /// PNG path (default: the run file with .png).
         #[arg(long, short)]
         output: Option<PathBuf>,
         /// Number of state variables to plot against the truth.
         #[arg(long, default_value_t = 3)]
         variables: usize,
+    },
+    /// Run a DAPPER-style experiment list: methods × axes (any config key) × seeds from a sweep
+    /// file (see configs/sweeps/), all inside this process (rayon; under mpirun dealt out over
+    /// the ranks). Finished experiments are appended to a results store in the output
+    /// directory, so a rerun skips them; then results.csv, results.nc and results.md (mean ±
+    /// std over seeds, diverged runs counted) are written. `--set` applies to every experiment.
+    Sweep {
+        /// Sweep file (TOML).
+        file: PathBuf,
+        /// Results directory (default: [sweep].out_dir, or output/sweeps/<name>).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Experiments at a time on each rank (default: RAYON_NUM_THREADS or the cores).
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// Stored results whose config hash differs from today's (the base config or a setting
+        /// changed): refuse to go on, or run those experiments again.
+        #[arg(long, value_enum, default_value_t = crate::sweep::OnChange::Refuse)]
+        on_change: crate::sweep::OnChange,
+        /// List the experiments (and which are done) without running anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only tabulate what the store holds now.
+        #[arg(long)]
+        report_only: bool,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Parse and validate a config, then print it with all defaults filled in.
     Check { config: PathBuf },
@@ -204,6 +242,128 @@ pub enum Command {
 
 fn load(config: &std::path::Path, sets: &[String]) -> Result<Config> {
     Ok(Config::from_file_with(config, sets)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sweep_command(
+    file: &std::path::Path,
+    sets: &[String],
+    out_dir: Option<PathBuf>,
+    jobs: Option<usize>,
+    on_change: crate::sweep::OnChange,
+    dry_run: bool,
+    report_only: bool,
+    quiet: bool,
+) -> Result<()> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let comm = MpiComm::init()?;
+    // The same file and overrides on every rank: the same error, said once.
+    let quiet_off_root = |e: crate::GendaError| {
+        if comm.is_root() {
+            anyhow::Error::from(e)
+        } else {
+            anyhow::Error::from(crate::GendaError::Quiet)
+        }
+    };
+    let mut sweep = crate::sweep::Sweep::from_file(file).map_err(quiet_off_root)?;
+    sweep.add_overrides(sets).map_err(quiet_off_root)?;
+    if let Some(d) = out_dir {
+        sweep.out_dir = d;
+    }
+    let experiments = sweep.experiments().map_err(quiet_off_root)?;
+    if dry_run || report_only {
+        if comm.is_root() {
+            let store = crate::sweep::read_store(&sweep.out_dir)?;
+            if dry_run {
+                for e in &experiments {
+                    let state = match store.get(&e.key) {
+                        Some(r) if r.config_hash == e.hash => "done",
+                        Some(_) => "changed",
+                        None => "to run",
+                    };
+                    println!("{state:<8} {}", e.key);
+                }
+                println!("{} experiments", experiments.len());
+            } else {
+                let p = crate::sweep::write_reports(&sweep, &store, &sweep.out_dir)?;
+                print!("{}", std::fs::read_to_string(&p.markdown)?);
+                println!(
+                    "{} of {} experiments in the store\nwrote {}\nwrote {}\nwrote {}",
+                    p.complete,
+                    p.total,
+                    p.csv.display(),
+                    p.netcdf.display(),
+                    p.markdown.display()
+                );
+            }
+        }
+        return Ok(());
+    }
+    // Ctrl-C / SIGTERM: start no new experiment, let the running ones finish and be saved;
+    // a second signal ends the process at once (what is stored stays stored).
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
+            .context("installing signal handler")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    let jobs = jobs.unwrap_or_else(rayon::current_num_threads).max(1);
+    // One thread per experiment: libtorch too (a learned method's network), and no per-run
+    // chatter between the progress bar and the results.
+    tch::set_num_threads(1);
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    let opts = crate::sweep::SweepOptions {
+        jobs,
+        on_change,
+        progress: !quiet && std::io::stderr().is_terminal(),
+        stop,
+        out_dir: None,
+    };
+    if comm.is_root() {
+        eprintln!(
+            "sweep {}: {} experiments on {} rank(s) x {jobs} job(s); results in {}",
+            sweep.name,
+            experiments.len(),
+            comm.size(),
+            sweep.out_dir.display()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let outcome = crate::sweep::run_sweep(&sweep, &comm, &opts)?;
+    comm.barrier();
+    for (key, err) in &outcome.failed {
+        eprintln!("genda: experiment {key} failed: {err}");
+    }
+    if comm.is_root() {
+        let store = crate::sweep::read_store(&outcome.out_dir)?;
+        let p = crate::sweep::write_reports(&sweep, &store, &outcome.out_dir)?;
+        print!("{}", std::fs::read_to_string(&p.markdown)?);
+        println!(
+            "{} experiments: {} run now ({} diverged), {} already in the store, {} failed; {:.1} s\nwrote {}\nwrote {}\nwrote {}",
+            outcome.total,
+            outcome.ran,
+            outcome.diverged,
+            outcome.skipped,
+            outcome.failed_anywhere,
+            t0.elapsed().as_secs_f64(),
+            p.csv.display(),
+            p.netcdf.display(),
+            p.markdown.display()
+        );
+    }
+    if outcome.stopped {
+        anyhow::bail!("stopped by a signal: the finished experiments are saved; run the same command again to continue");
+    }
+    if outcome.failed_anywhere > 0 {
+        anyhow::bail!(
+            "{} experiment(s) failed (not stored; a rerun tries them again)",
+            outcome.failed_anywhere
+        );
+    }
+    Ok(())
 }
 
 /// Ranks of the MPI job this process was launched in (from the launcher's environment).
@@ -228,6 +388,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Smooth { .. } => Some("smooth"),
         Command::Posterior { .. } => Some("posterior"),
         Command::Check { .. } => Some("check"),
+        Command::Sweep { .. } => None,
         Command::Doctor => None,
         Command::Scaling { .. } => Some("scaling"),
     };
@@ -241,6 +402,24 @@ pub fn execute(cli: Cli) -> Result<()> {
         anyhow::bail!("--set overrides config keys; this command reads no config");
     }
     match cli.command {
+        Command::Sweep {
+            file,
+            out_dir,
+            jobs,
+            on_change,
+            dry_run,
+            report_only,
+            quiet,
+        } => sweep_command(
+            &file,
+            &sets,
+            out_dir,
+            jobs,
+            on_change,
+            dry_run,
+            report_only,
+            quiet,
+        ),
         Command::Run {
             config,
             output,
@@ -437,8 +616,11 @@ pub fn execute(cli: Cli) -> Result<()> {
             print!("{table}");
             if let Some(path) = output {
                 let pending = crate::io::PendingFile::new(&path)?;
-                std::fs::write(pending.tmp_path(), format!("{}\n{table}", r.reference_lines()))
-                    .with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(
+                    pending.tmp_path(),
+                    format!("{}\n{table}", r.reference_lines()),
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
                 pending.commit()?;
                 println!("wrote {}", path.display());
             }
@@ -536,8 +718,9 @@ pub fn execute(cli: Cli) -> Result<()> {
             launcher,
             split,
         } => {
-            let report =
-                scaling::run_series(&config, &sets, &ranks, mode, cycles, &out_dir, &launcher, split)?;
+            let report = scaling::run_series(
+                &config, &sets, &ranks, mode, cycles, &out_dir, &launcher, split,
+            )?;
             print!("{report}");
             Ok(())
         }
@@ -554,7 +737,20 @@ pub fn execute(cli: Cli) -> Result<()> {
             file,
             output,
             variables,
+            x,
+            metric,
         } => {
+            if let Some(csv) = crate::io::plot_sweep::sweep_results(&file) {
+                for p in crate::io::plot_sweep::plot_sweep(
+                    &csv,
+                    output.as_deref(),
+                    x.as_deref(),
+                    &metric,
+                )? {
+                    println!("wrote {}", p.display());
+                }
+                return Ok(());
+            }
             let png = crate::io::plot::plot_run(&file, output.as_deref(), variables)?;
             println!("wrote {}", png.display());
             // 2-D models: maps of truth / analysis / error and their spectra as well.

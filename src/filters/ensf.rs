@@ -105,7 +105,10 @@ impl EnsfConfig {
                 ),
             ));
         }
-        for (k, v) in [("filter.score_clip", self.score_clip), ("filter.forecast_clip", self.forecast_clip)] {
+        for (k, v) in [
+            ("filter.score_clip", self.score_clip),
+            ("filter.forecast_clip", self.forecast_clip),
+        ] {
             if let Some(c) = v {
                 if !(c.is_finite() && c > 0.0) {
                     return Err(GendaError::invalid(k, format!("must be positive, got {c}")));
@@ -137,8 +140,8 @@ pub fn ensf_terminal(cfg: &EnsfConfig, m: usize, d: usize, seed: u64, offset: us
             let mut x = unit_sample_at(m, d, seed, offset);
             for j in 0..d {
                 let mean = (0..m).map(|i| x[i * d + j]).sum::<f64>() / m as f64;
-                let var = (0..m).map(|i| (x[i * d + j] - mean).powi(2)).sum::<f64>()
-                    / (m as f64 - 1.0);
+                let var =
+                    (0..m).map(|i| (x[i * d + j] - mean).powi(2)).sum::<f64>() / (m as f64 - 1.0);
                 let sd = var.sqrt();
                 for i in 0..m {
                     x[i * d + j] = (x[i * d + j] - mean) / sd;
@@ -228,7 +231,16 @@ impl Filter for Ensf {
             t_min: self.cfg.t_min,
             denoise: false,
         };
-        sample_at(&process, &sampler, &score, &mut x, n, seed, Some(1.0), offset);
+        sample_at(
+            &process,
+            &sampler,
+            &score,
+            &mut x,
+            n,
+            seed,
+            Some(1.0),
+            offset,
+        );
         if let Some(e) = failure.into_inner() {
             return Err(e);
         }

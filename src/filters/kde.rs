@@ -20,9 +20,9 @@ use crate::score::mixture::mixture_score_tiled;
 use crate::score::sampler::{
     prior_sample_at, sample_at, unit_sample_at, SamplerConfig, SamplerKind,
 };
-use rand::Rng;
 use crate::score::ForwardProcess;
 use ndarray::{Array2, ArrayView2};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 
@@ -191,7 +191,8 @@ impl KdeDiffusion {
                 let sd = (a * a * sx * sx + process.sigma(1.0).powi(2)).sqrt();
                 let mut x = unit_sample_at(m, n, seed, offset);
                 for (i, row) in x.chunks_mut(n).enumerate() {
-                    let u: f64 = stream(seed, Purpose::Resampling, 1, i as u64, 0).gen::<f64>() * total;
+                    let u: f64 =
+                        stream(seed, Purpose::Resampling, 1, i as u64, 0).gen::<f64>() * total;
                     let j = cdf.partition_point(|&c| c < u).min(cdf.len() - 1);
                     for (k, v) in row.iter_mut().enumerate() {
                         *v = a * ens[[j, k]] + sd * *v;
@@ -328,7 +329,16 @@ impl Filter for KdeDiffusion {
             t_min: self.cfg.t_min,
             denoise: false,
         };
-        sample_at(&process, &sampler, &score, &mut x, n, seed, Some(1.0), dom.global(0));
+        sample_at(
+            &process,
+            &sampler,
+            &score,
+            &mut x,
+            n,
+            seed,
+            Some(1.0),
+            dom.global(0),
+        );
         if let Some(e) = failure.into_inner() {
             return Err(e);
         }

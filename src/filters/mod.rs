@@ -22,7 +22,9 @@ pub use daisi::{
     daisi_analysis, Daisi, DaisiConfig, DaisiGuidance, GaussianPrior, InterpolantPrior,
 };
 pub use enkf::{Enkf, EnkfConfig, Perturbations};
-pub use ensf::{ensf_seed, ensf_terminal, mixture_score, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal};
+pub use ensf::{
+    ensf_seed, ensf_terminal, mixture_score, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal,
+};
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion, KdeSampler, KdeTerminal};

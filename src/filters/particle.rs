@@ -383,7 +383,11 @@ fn chol_reduce(c12: &Array2<f64>) -> Result<Array2<f64>> {
             "particle filter: jitter covariance is not finite".into(),
         ));
     }
-    let m = nalgebra::DMatrix::from_row_slice(n, d, c12.as_standard_layout().as_slice().expect("contiguous"));
+    let m = nalgebra::DMatrix::from_row_slice(
+        n,
+        d,
+        c12.as_standard_layout().as_slice().expect("contiguous"),
+    );
     let svd = nalgebra::linalg::SVD::new(m, false, true);
     let vt = svd.v_t.expect("V computed");
     let k = n.min(d);
@@ -549,8 +553,14 @@ mod tests {
         }
         assert_eq!(ens.column(0).to_vec(), vec![0.0, 1.0, 2.0, 3.0]);
         // The next cycle multiplies the carried weights; a sharp likelihood resamples.
-        let out = pf_analysis(&cfg, &mut ens, &out.weights, &[0.0, -9.0, -9.0, -9.0], &draws)
-            .unwrap();
+        let out = pf_analysis(
+            &cfg,
+            &mut ens,
+            &out.weights,
+            &[0.0, -9.0, -9.0, -9.0],
+            &draws,
+        )
+        .unwrap();
         assert!(out.resampled && out.ess < 2.0);
         assert_eq!(out.weights, vec![0.25; 4]);
         assert_eq!(ens.column(0).to_vec(), vec![0.0; 4]);
@@ -619,7 +629,11 @@ mod tests {
             });
             let c = raw_c12(base.view(), &vec![1.0 / n_mem as f64; n_mem]);
             let cov = c.t().dot(&c);
-            let jd = if jitter_in_state_space(n_mem, d) { d } else { n_mem };
+            let jd = if jitter_in_state_space(n_mem, d) {
+                d
+            } else {
+                n_mem
+            };
             assert_eq!(jd == d, n_mem == 200);
             let reps = 4000;
             let mut acc = Array2::<f64>::zeros((d, d));

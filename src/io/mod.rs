@@ -6,6 +6,7 @@ pub mod coupling;
 mod hdf5_io;
 mod netcdf_out;
 pub mod plot;
+pub mod plot_sweep;
 mod tensors;
 
 pub use checkpoint::{read_checkpoint, snapshot_path, write_checkpoint, RunCheckpoint};
@@ -119,7 +120,13 @@ fn node_name() -> String {
     let s: String = raw
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() {
         "localhost".into()
@@ -159,14 +166,19 @@ mod tests {
         // A pid that is not running here (pid_max is below 2^22 on Linux).
         let dead = 4_999_999u32;
         let mine_dead = dir.path().join(format!(".genda-tmp-{host}-{dead}-run.nc"));
-        let other_node = dir.path().join(format!(".genda-tmp-othernode-{dead}-run.nc"));
+        let other_node = dir
+            .path()
+            .join(format!(".genda-tmp-othernode-{dead}-run.nc"));
         let legacy = dir.path().join(format!(".genda-tmp-{dead}-run.nc"));
         for p in [&mine_dead, &other_node, &legacy] {
             std::fs::write(p, b"x").unwrap();
         }
         let p = PendingFile::new(&target).unwrap();
         assert!(!mine_dead.exists(), "this node's dead temporary stays");
-        assert!(other_node.exists() && legacy.exists(), "another node's file was removed");
+        assert!(
+            other_node.exists() && legacy.exists(),
+            "another node's file was removed"
+        );
         assert!(p.tmp_path().exists());
         drop(p);
         assert!(!target.exists());

@@ -14,7 +14,7 @@ const FONT_PATHS: &[&str] = &[
 ];
 
 /// plotters draws text with ab_glyph from a font we register once (no system font library).
-fn ensure_font() -> Result<()> {
+pub(crate) fn ensure_font() -> Result<()> {
     static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let mut candidates: Vec<PathBuf> = std::env::var_os("GENDA_FONT").map(PathBuf::from).into_iter().collect();
@@ -33,11 +33,11 @@ fn ensure_font() -> Result<()> {
     .map_err(|m| GendaError::Invalid { key: "font".into(), msg: m })
 }
 
-fn finite_max(v: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn finite_max(v: impl Iterator<Item = f64>) -> f64 {
     v.filter(|x| x.is_finite()).fold(f64::MIN, f64::max)
 }
 
-fn finite_min(v: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn finite_min(v: impl Iterator<Item = f64>) -> f64 {
     v.filter(|x| x.is_finite()).fold(f64::MAX, f64::min)
 }
 

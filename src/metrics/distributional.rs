@@ -121,11 +121,17 @@ mod tests {
         let x: [f64; 5] = [0.3, -1.2, 2.5, 0.9, 0.0];
         let w: [f64; 5] = [0.1, 0.3, 0.2, 0.25, 0.15];
         let y: f64 = 0.4;
-        let direct: f64 = x.iter().zip(&w).map(|(v, w)| w * (v - y).abs()).sum::<f64>()
+        let direct: f64 = x
+            .iter()
+            .zip(&w)
+            .map(|(v, w)| w * (v - y).abs())
+            .sum::<f64>()
             - 0.5
                 * x.iter()
                     .zip(&w)
-                    .flat_map(|(a, wa)| x.iter().zip(&w).map(move |(b, wb)| wa * wb * (a - b).abs()))
+                    .flat_map(|(a, wa)| {
+                        x.iter().zip(&w).map(move |(b, wb)| wa * wb * (a - b).abs())
+                    })
                     .sum::<f64>();
         assert!((crps_weighted(&x, &w, y) - direct).abs() < 1e-14);
         let eq = [0.2; 5];

@@ -3,7 +3,9 @@
 use ndarray::Array2;
 
 mod distributional;
-pub use distributional::{crps, crps_weighted, energy_distance, mean_crps, rank_histogram, skewness_kurtosis};
+pub use distributional::{
+    crps, crps_weighted, energy_distance, mean_crps, rank_histogram, skewness_kurtosis,
+};
 
 /// Root-mean-square error √(mean_i (x̄_i − x_i)²).
 pub fn rmse(mean: &[f64], truth: &[f64]) -> f64 {

@@ -61,7 +61,9 @@ impl ForwardProcess {
                 sigma_max,
             } => sigma_min * (sigma_max / sigma_min).powf(t),
             ForwardProcess::Interpolant { .. } => t,
-            ForwardProcess::Ensf { eps_beta, .. } => (eps_beta + (1.0 - eps_beta) * t).max(0.0).sqrt(),
+            ForwardProcess::Ensf { eps_beta, .. } => {
+                (eps_beta + (1.0 - eps_beta) * t).max(0.0).sqrt()
+            }
             ForwardProcess::VpCos { eta } => (1.0 - self.alpha(t).powi(2) + eta * eta).sqrt(),
         }
     }

@@ -152,10 +152,11 @@ impl TrainConfig {
             format!("{} with --set {}", path.display(), sets.join(" --set "))
         };
         if !sets.is_empty() {
-            text = crate::config::apply_overrides(&text, sets).map_err(|msg| GendaError::Config {
-                path: origin.clone(),
-                msg,
-            })?;
+            text =
+                crate::config::apply_overrides(&text, sets).map_err(|msg| GendaError::Config {
+                    path: origin.clone(),
+                    msg,
+                })?;
         }
         let path = std::path::PathBuf::from(&origin);
         let cfg: TrainConfig = toml::from_str(&text).map_err(|e| GendaError::Config {

@@ -1,0 +1,445 @@
+//! `genda plot` of a sweep's results.csv: a score against one axis, one line per method (and
+//! per value of any other varying axis) with a ± 1 std band over seeds, and, where exactly two
+//! axes vary, a heat map of the mean per method. Legends sit beside the charts, never on data.
+use super::plot::{ensure_font, finite_max, finite_min};
+use super::PendingFile;
+use crate::error::{GendaError, Result};
+use crate::sweep::mean_std;
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The results.csv behind `path` when it is a sweep's output (its directory, its CSV, or its
+/// NetCDF), else `None` (a run file).
+pub fn sweep_results(path: &Path) -> Option<PathBuf> {
+    if path.is_dir() {
+        return Some(path.join("results.csv"));
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => Some(path.to_path_buf()),
+        Some("nc") => {
+            let f = netcdf::open(path).ok()?;
+            f.attribute("genda_sweep")?;
+            Some(path.with_extension("csv"))
+        }
+        _ => None,
+    }
+}
+
+/// The tidy table: dimension columns and one score column.
+struct Table {
+    dims: Vec<String>,
+    /// (method, coordinate labels) → finite values over seeds, and the diverged count.
+    groups: BTreeMap<(usize, Vec<String>), (Vec<f64>, usize)>,
+    methods: Vec<String>,
+    /// Labels of each dimension in first-seen order.
+    labels: Vec<Vec<String>>,
+}
+
+fn read_table(csv_path: &Path, metric: &str) -> Result<Table> {
+    let err = |m: String| GendaError::file(csv_path, m);
+    let mut r = csv::Reader::from_path(csv_path)
+        .map_err(|e| err(format!("cannot read sweep results: {e}")))?;
+    let header: Vec<String> = r
+        .headers()
+        .map_err(|e| err(format!("no header: {e}")))?
+        .iter()
+        .map(String::from)
+        .collect();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let (Some(mcol), Some(scol), Some(dcol)) = (col("method"), col("seed"), col("diverged")) else {
+        return Err(err(
+            "not a genda sweep results.csv (needs method, seed and diverged columns)".into(),
+        ));
+    };
+    let vcol = col(metric).ok_or_else(|| {
+        err(format!(
+            "no score `{metric}` in the results; available: {}",
+            header[dcol + 1..].join(", ")
+        ))
+    })?;
+    let dims: Vec<String> = header[mcol + 1..scol].to_vec();
+    let mut t = Table {
+        dims: dims.clone(),
+        groups: BTreeMap::new(),
+        methods: Vec::new(),
+        labels: vec![Vec::new(); dims.len()],
+    };
+    for rec in r.records() {
+        let rec = rec.map_err(|e| err(format!("bad row: {e}")))?;
+        let m = rec[mcol].to_string();
+        let mi = match t.methods.iter().position(|x| *x == m) {
+            Some(i) => i,
+            None => {
+                t.methods.push(m);
+                t.methods.len() - 1
+            }
+        };
+        let coords: Vec<String> = (mcol + 1..scol).map(|i| rec[i].to_string()).collect();
+        for (l, c) in t.labels.iter_mut().zip(&coords) {
+            if !l.contains(c) {
+                l.push(c.clone());
+            }
+        }
+        let g = t.groups.entry((mi, coords)).or_default();
+        if &rec[dcol] == "1" {
+            g.1 += 1;
+        } else if let Ok(v) = rec[vcol].parse::<f64>() {
+            if v.is_finite() {
+                g.0.push(v);
+            }
+        }
+    }
+    if t.groups.is_empty() {
+        return Err(err("the sweep results hold no experiments yet".into()));
+    }
+    Ok(t)
+}
+
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
+/// Plot `csv` to `png` (default: results.png beside it); returns the PNG(s) written.
+pub fn plot_sweep(
+    csv: &Path,
+    png: Option<&Path>,
+    x: Option<&str>,
+    metric: &str,
+) -> Result<Vec<PathBuf>> {
+    let t = read_table(csv, metric)?;
+    ensure_font()?;
+    let out = png
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| csv.with_extension("png"));
+    let varying: Vec<usize> = (0..t.dims.len())
+        .filter(|&d| t.labels[d].len() > 1)
+        .collect();
+    let numeric = |d: usize| t.labels[d].iter().all(|l| l.parse::<f64>().is_ok());
+    let xdim = match x {
+        Some(name) => Some(t.dims.iter().position(|d| d == name).ok_or_else(|| {
+            GendaError::invalid(
+                "--x",
+                format!("no axis `{name}`; the sweep's axes: {}", t.dims.join(", ")),
+            )
+        })?),
+        None => varying
+            .iter()
+            .copied()
+            .find(|&d| numeric(d))
+            .or(varying.first().copied()),
+    };
+    let mut written = vec![line_plot(&t, xdim, metric, &out)?];
+    let others: Vec<usize> = varying
+        .iter()
+        .copied()
+        .filter(|&d| Some(d) != xdim)
+        .collect();
+    if let (Some(xd), [yd]) = (xdim, others.as_slice()) {
+        written.push(heat_map(
+            &t,
+            xd,
+            *yd,
+            metric,
+            &out.with_extension("heatmap.png"),
+        )?);
+    }
+    Ok(written)
+}
+
+fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result<PathBuf> {
+    let pending = PendingFile::new(out)?;
+    let perr = |e: &dyn std::fmt::Display| GendaError::file(out, format!("plotting: {e}"));
+    // x positions: numeric values, or 0..k for labels (or the methods when nothing varies).
+    let xlabels: Vec<String> = match xdim {
+        Some(d) => t.labels[d].clone(),
+        None => t.methods.clone(),
+    };
+    let xnum: Option<Vec<f64>> = xlabels.iter().map(|l| l.parse::<f64>().ok()).collect();
+    let xs: Vec<f64> = xnum
+        .clone()
+        .unwrap_or_else(|| (0..xlabels.len()).map(|i| i as f64).collect());
+    let log_x = xnum.as_ref().is_some_and(|v| {
+        let (lo, hi) = (finite_min(v.iter().copied()), finite_max(v.iter().copied()));
+        lo > 0.0 && hi / lo >= 10.0
+    });
+    // Series: method × the other dimensions' labels.
+    let mut series: BTreeMap<(usize, Vec<String>), Vec<(f64, f64, f64, usize, usize)>> =
+        BTreeMap::new();
+    for ((mi, coords), (vals, div)) in &t.groups {
+        let xi = match xdim {
+            Some(d) => t.labels[d]
+                .iter()
+                .position(|l| *l == coords[d])
+                .unwrap_or(0),
+            None => *mi,
+        };
+        let rest: Vec<String> = coords
+            .iter()
+            .enumerate()
+            .filter(|(d, _)| Some(*d) != xdim && t.labels[*d].len() > 1)
+            .map(|(d, c)| format!("{}={c}", t.dims[d]))
+            .collect();
+        let key = if xdim.is_none() {
+            (0, rest)
+        } else {
+            (*mi, rest)
+        };
+        if !vals.is_empty() {
+            let (m, s) = mean_std(vals);
+            series
+                .entry(key)
+                .or_default()
+                .push((xs[xi], m, s, vals.len(), *div));
+        } else {
+            series.entry(key).or_default();
+        }
+    }
+    for pts in series.values_mut() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let all = || series.values().flatten();
+    let ylo = finite_min(all().map(|p| p.1 - p.2)).min(finite_min(all().map(|p| p.1)));
+    let yhi = finite_max(all().map(|p| p.1 + p.2));
+    if !(ylo.is_finite() && yhi.is_finite() && yhi >= ylo) {
+        return Err(GendaError::file(
+            out,
+            format!("no finite `{metric}` values to plot (all runs diverged?)"),
+        ));
+    }
+    let pad = 0.08 * (yhi - ylo).max(1e-12);
+    let (y0, y1) = (
+        (ylo - pad).max(if ylo >= 0.0 { 0.0 } else { f64::MIN }),
+        yhi + pad,
+    );
+    let (xlo, xhi) = (
+        finite_min(xs.iter().copied()),
+        finite_max(xs.iter().copied()),
+    );
+    {
+        let root = BitMapBackend::new(pending.tmp_path(), (1300, 620)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| perr(&e))?;
+        let (chart_area, legend_area) = root.split_horizontally(960);
+        let xdesc = match xdim {
+            Some(d) => t.dims[d].clone(),
+            None => "method".into(),
+        };
+        let ydesc = format!("{metric} (time mean; mean ± 1 std over seeds)");
+        let caption = format!("{metric} against {xdesc}");
+        let mut builder = ChartBuilder::on(&chart_area);
+        builder
+            .caption(caption, ("sans-serif", 24))
+            .margin(14)
+            .x_label_area_size(50)
+            .y_label_area_size(80);
+        let labels_for = xlabels.clone();
+        let xs_for = xs.clone();
+        let categorical = xnum.is_none();
+        // Tick labels: the coordinates' own labels at their positions (key points on a log
+        // axis, integers for labels); plain numbers elsewhere on a linear numeric axis.
+        let fmt_x = move |v: &f64| -> String {
+            match xs_for
+                .iter()
+                .position(|x| (x - v).abs() <= 1e-9 * x.abs().max(1.0))
+            {
+                Some(i) => labels_for[i].clone(),
+                None if categorical => String::new(),
+                None => format!("{v}"),
+            }
+        };
+        macro_rules! draw_body {
+            ($chart:expr) => {{
+                let mut c = $chart;
+                c.configure_mesh()
+                    .x_desc(xdesc.as_str())
+                    .y_desc(ydesc.as_str())
+                    .x_labels(xs.len().max(2) + 1)
+                    .x_label_formatter(&fmt_x)
+                    .y_label_formatter(&|v: &f64| format!("{v:.3}"))
+                    .axis_desc_style(("sans-serif", 18))
+                    .label_style(("sans-serif", 15))
+                    .draw()
+                    .map_err(|e| perr(&e))?;
+                for (i, (_, pts)) in series.iter().enumerate() {
+                    let col = PALETTE[i % PALETTE.len()];
+                    if pts.len() > 1 {
+                        let mut band: Vec<(f64, f64)> =
+                            pts.iter().map(|p| (p.0, p.1 + p.2)).collect();
+                        band.extend(pts.iter().rev().map(|p| (p.0, p.1 - p.2)));
+                        c.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled())))
+                            .map_err(|e| perr(&e))?;
+                        c.draw_series(LineSeries::new(
+                            pts.iter().map(|p| (p.0, p.1)),
+                            col.stroke_width(2),
+                        ))
+                        .map_err(|e| perr(&e))?;
+                    }
+                    c.draw_series(pts.iter().map(|p| {
+                        PathElement::new(
+                            vec![(p.0, p.1 - p.2), (p.0, p.1 + p.2)],
+                            col.stroke_width(2),
+                        )
+                    }))
+                    .map_err(|e| perr(&e))?;
+                    c.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, col.filled())))
+                        .map_err(|e| perr(&e))?;
+                }
+            }};
+        }
+        let keys: Vec<f64> = xs.clone();
+        if log_x {
+            let chart = builder
+                .build_cartesian_2d(
+                    (xlo / 1.25..xhi * 1.25).log_scale().with_key_points(keys),
+                    y0..y1,
+                )
+                .map_err(|e| perr(&e))?;
+            draw_body!(chart);
+        } else {
+            let span = (xhi - xlo).max(1.0);
+            let chart = builder
+                .build_cartesian_2d(xlo - 0.06 * span..xhi + 0.06 * span, y0..y1)
+                .map_err(|e| perr(&e))?;
+            draw_body!(chart);
+        }
+        // The legend, beside the chart.
+        legend_area
+            .draw(&Text::new("legend", (10, 40), ("sans-serif", 18)))
+            .map_err(|e| perr(&e))?;
+        for (i, ((mi, rest), pts)) in series.iter().enumerate() {
+            let col = PALETTE[i % PALETTE.len()];
+            let y = 75 + 26 * i as i32;
+            legend_area
+                .draw(&PathElement::new(
+                    vec![(10, y), (40, y)],
+                    col.stroke_width(3),
+                ))
+                .map_err(|e| perr(&e))?;
+            let mut name = if xdim.is_none() {
+                "all methods".to_string()
+            } else {
+                t.methods[*mi].clone()
+            };
+            if !rest.is_empty() {
+                name += &format!(", {}", rest.join(", "));
+            }
+            let div: usize = pts.iter().map(|p| p.4).sum();
+            if div > 0 {
+                name += &format!(" ({div} diverged)");
+            }
+            legend_area
+                .draw(&Text::new(name, (48, y - 9), ("sans-serif", 15)))
+                .map_err(|e| perr(&e))?;
+        }
+        root.present().map_err(|e| perr(&e))?;
+    }
+    pending.commit()
+}
+
+fn heat_map(t: &Table, xd: usize, yd: usize, metric: &str, out: &Path) -> Result<PathBuf> {
+    let pending = PendingFile::new(out)?;
+    let perr = |e: &dyn std::fmt::Display| GendaError::file(out, format!("plotting: {e}"));
+    let (nx, ny) = (t.labels[xd].len(), t.labels[yd].len());
+    let nm = t.methods.len();
+    let mut grid = vec![vec![f64::NAN; nx * ny]; nm];
+    for ((mi, coords), (vals, _)) in &t.groups {
+        if vals.is_empty() {
+            continue;
+        }
+        let i = t.labels[xd]
+            .iter()
+            .position(|l| *l == coords[xd])
+            .unwrap_or(0);
+        let j = t.labels[yd]
+            .iter()
+            .position(|l| *l == coords[yd])
+            .unwrap_or(0);
+        grid[*mi][j * nx + i] = mean_std(vals).0;
+    }
+    let lo = finite_min(grid.iter().flatten().copied());
+    let hi = finite_max(grid.iter().flatten().copied());
+    {
+        let w = 460 * nm as u32;
+        let root = BitMapBackend::new(pending.tmp_path(), (w.max(600), 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| perr(&e))?;
+        let panels = root.split_evenly((1, nm));
+        for (mi, area) in panels.iter().enumerate() {
+            let xl = t.labels[xd].clone();
+            let yl = t.labels[yd].clone();
+            let mut c = ChartBuilder::on(area)
+                .caption(
+                    format!("{}: mean {metric}", t.methods[mi]),
+                    ("sans-serif", 18),
+                )
+                .margin(10)
+                .x_label_area_size(45)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..nx as f64, 0f64..ny as f64)
+                .map_err(|e| perr(&e))?;
+            c.configure_mesh()
+                .disable_mesh()
+                .x_desc(t.dims[xd].as_str())
+                .y_desc(t.dims[yd].as_str())
+                .x_labels(nx)
+                .y_labels(ny)
+                .x_label_formatter(&|v: &f64| {
+                    xl.get(v.floor() as usize)
+                        .filter(|_| v.fract() > 0.25)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .y_label_formatter(&|v: &f64| {
+                    yl.get(v.floor() as usize)
+                        .filter(|_| v.fract() > 0.25)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .draw()
+                .map_err(|e| perr(&e))?;
+            for j in 0..ny {
+                for i in 0..nx {
+                    let v = grid[mi][j * nx + i];
+                    let s = if v.is_finite() && hi > lo {
+                        (v - lo) / (hi - lo)
+                    } else {
+                        0.5
+                    };
+                    let colour = if v.is_finite() {
+                        RGBColor(
+                            (255.0 * s) as u8,
+                            (200.0 * (1.0 - (2.0 * s - 1.0).abs())) as u8,
+                            (255.0 * (1.0 - s)) as u8,
+                        )
+                    } else {
+                        RGBColor(200, 200, 200)
+                    };
+                    c.draw_series(std::iter::once(Rectangle::new(
+                        [(i as f64, j as f64), (i as f64 + 1.0, j as f64 + 1.0)],
+                        colour.filled(),
+                    )))
+                    .map_err(|e| perr(&e))?;
+                    let text = if v.is_finite() {
+                        format!("{v:.3}")
+                    } else {
+                        "diverged".into()
+                    };
+                    c.draw_series(std::iter::once(Text::new(
+                        text,
+                        (i as f64 + 0.3, j as f64 + 0.55),
+                        ("sans-serif", 14).into_font().color(&WHITE),
+                    )))
+                    .map_err(|e| perr(&e))?;
+                }
+            }
+        }
+        root.present().map_err(|e| perr(&e))?;
+    }
+    pending.commit()
+}
