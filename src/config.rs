@@ -144,6 +144,30 @@ pub struct InitialConfig {
     /// `10*torch.rand(n)`, i.e. [0, 10)); excludes `truth_mean`/`truth_var`.
     #[serde(default)]
     pub truth_uniform: Option<[f64; 2]>,
+    /// Repeat a shorter list up to the state dimension, cut at its end (e.g. an n = 40
+    /// Lorenz-96 state tiled to n = 100 or 400, for sweeps over the dimension). The effective
+    /// config then holds the full lists.
+    #[serde(default)]
+    pub tile: bool,
+}
+
+impl ScalarOrVec {
+    /// `tile`: a list shorter than n becomes n components (the list repeated, cut at n).
+    fn tiled(&mut self, n: usize, key: &str) -> Result<()> {
+        if let ScalarOrVec::Vector(v) = self {
+            if v.len() > n || v.is_empty() {
+                return Err(GendaError::invalid(
+                    key,
+                    format!(
+                        "initial.tile: a list of {} values cannot be tiled to the state dimension {n}",
+                        v.len()
+                    ),
+                ));
+            }
+            *v = v.iter().copied().cycle().take(n).collect();
+        }
+        Ok(())
+    }
 }
 
 impl InitialConfig {
@@ -255,10 +279,32 @@ impl Config {
 
     /// Parse and validate TOML text; `origin` names the source in error messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text).map_err(|e| GendaError::Config {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| GendaError::Config {
             path: origin.to_string(),
             msg: e.to_string().trim_end().to_string(),
         })?;
+        if cfg.initial.tile {
+            let n = cfg.model.dim();
+            let i = &mut cfg.initial;
+            let tiled = i
+                .mean
+                .tiled(n, "initial.mean")
+                .and_then(|_| i.var.tiled(n, "initial.var"))
+                .and_then(|_| {
+                    i.truth_mean
+                        .as_mut()
+                        .map_or(Ok(()), |m| m.tiled(n, "initial.truth_mean"))
+                })
+                .and_then(|_| {
+                    i.truth_var
+                        .as_mut()
+                        .map_or(Ok(()), |m| m.tiled(n, "initial.truth_var"))
+                });
+            tiled.map_err(|e| GendaError::Config {
+                path: origin.to_string(),
+                msg: e.to_string(),
+            })?;
+        }
         cfg.validate().map_err(|e| GendaError::Config {
             path: origin.to_string(),
             msg: e.to_string(),

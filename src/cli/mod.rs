@@ -740,6 +740,13 @@ pub fn execute(cli: Cli) -> Result<()> {
             x,
             metric,
         } => {
+            if crate::io::plot_scaling::is_scaling_csv(&file) {
+                let (pts, strong) = crate::io::plot_scaling::read_scaling_csv(&file)?;
+                let png = output.unwrap_or_else(|| file.with_extension("png"));
+                let p = crate::io::plot_scaling::plot_scaling(&png, &pts, strong)?;
+                println!("wrote {}", p.display());
+                return Ok(());
+            }
             if let Some(csv) = crate::io::plot_sweep::sweep_results(&file) {
                 for p in crate::io::plot_sweep::plot_sweep(
                     &csv,

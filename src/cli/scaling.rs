@@ -188,12 +188,27 @@ pub fn run_series(
             pct(t.communication_s),
             pct(t.output_s)
         );
-        points.push((t.ranks as f64, per_cycle(t), speedup, eff));
+        points.push(crate::io::plot_scaling::ScalingPoint {
+            ranks: t.ranks as f64,
+            time_per_cycle_s: per_cycle(t),
+            speedup,
+            efficiency: eff,
+            phases: Some(
+                [
+                    t.forecast_s,
+                    t.analysis_s,
+                    t.communication_s,
+                    t.output_s,
+                    t.truth_s,
+                ]
+                .map(|v| v / t.cycles.max(1) as f64),
+            ),
+        });
     }
     std::fs::write(out_dir.join("scaling.csv"), &csv)?;
     std::fs::write(out_dir.join("scaling.md"), &md)?;
     let png = out_dir.join("scaling.png");
-    crate::io::plot::plot_scaling(&png, &points, mode == Mode::Strong)?;
+    crate::io::plot_scaling::plot_scaling(&png, &points, mode == Mode::Strong)?;
     Ok(format!(
         "{md}\nwrote {}, {}, {}\n",
         out_dir.join("scaling.csv").display(),
