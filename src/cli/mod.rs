@@ -230,6 +230,10 @@ pub enum Command {
         /// Only tabulate what the store holds now.
         #[arg(long)]
         report_only: bool,
+        /// Write every experiment's effective config to this directory (one TOML each, named
+        /// by its index and key) and run nothing: any row can be rerun with `genda run`.
+        #[arg(long, value_name = "DIR")]
+        export_configs: Option<PathBuf>,
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
@@ -409,17 +413,28 @@ pub fn execute(cli: Cli) -> Result<()> {
             on_change,
             dry_run,
             report_only,
+            export_configs,
             quiet,
-        } => sweep_command(
-            &file,
-            &sets,
-            out_dir,
-            jobs,
-            on_change,
-            dry_run,
-            report_only,
-            quiet,
-        ),
+        } => {
+            if let Some(dir) = export_configs {
+                let mut sweep = crate::sweep::Sweep::from_file(&file)?;
+                sweep.add_overrides(&sets)?;
+                for p in sweep.export_configs(&dir)? {
+                    println!("{}", p.display());
+                }
+                return Ok(());
+            }
+            sweep_command(
+                &file,
+                &sets,
+                out_dir,
+                jobs,
+                on_change,
+                dry_run,
+                report_only,
+                quiet,
+            )
+        }
         Command::Run {
             config,
             output,

@@ -380,6 +380,39 @@ impl Sweep {
         Ok(())
     }
 
+    /// Write every experiment's effective config to `dir` as `<index>_<key>.toml` (the key's
+    /// `;`, `=` and spaces made file-name safe); returns the paths in the sweep's order.
+    pub fn export_configs(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| GendaError::file(dir, format!("cannot create directory: {e}")))?;
+        let mut out = Vec::new();
+        for (i, e) in self.experiments()?.iter().enumerate() {
+            let safe: String = e
+                .key
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-@".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let p = dir.join(format!("{i:05}_{safe}.toml"));
+            let text = format!(
+                "# experiment {} of sweep {} ({})\n{}",
+                e.key,
+                self.name,
+                self.path.display(),
+                e.config.to_toml()
+            );
+            std::fs::write(&p, text)
+                .map_err(|err| GendaError::file(&p, format!("cannot write: {err}")))?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+
     /// How many experiments the sweep has.
     pub fn len(&self) -> usize {
         self.methods.len()
@@ -445,6 +478,14 @@ impl Sweep {
             set_dotted(&mut doc, k, v.clone()).map_err(|e| what(format!("{k} = {v}: {e}")))?;
         }
         let text = toml::to_string(&doc).map_err(|e| what(e.to_string()))?;
+        // The parse error without the generated text's line numbers: they mean nothing here.
+        if let Err(e) = toml::from_str::<Config>(&text) {
+            return Err(what(format!(
+                "{} (settings: {})",
+                e.message(),
+                describe(&sets)
+            )));
+        }
         let config = Config::from_toml(&text, &key).map_err(|e| {
             let msg = match e {
                 GendaError::Config { msg, .. } => msg,
@@ -539,7 +580,7 @@ name = "cell"
         assert_eq!(last.config.filter.members(), 12);
         assert_eq!(last.config.experiment.cycles, 40);
         assert_eq!(last.config.experiment.seed, 2);
-        assert_eq!(last.config.filter.name(), "EnKF");
+        assert_eq!(last.config.filter.name(), "enkf");
         // Keys are unique, and so are the configs' hashes.
         let keys: std::collections::HashSet<_> = e.iter().map(|x| x.key.clone()).collect();
         let hashes: std::collections::HashSet<_> = e.iter().map(|x| x.hash.clone()).collect();
