@@ -72,6 +72,10 @@ struct Header {
     set: toml::Table,
     #[serde(default)]
     out_dir: Option<PathBuf>,
+    /// Also write every experiment's NetCDF run file (as `genda run` does) under
+    /// `<out_dir>/runs/`, named like `--export-configs` names its configs.
+    #[serde(default)]
+    save_runs: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +128,7 @@ pub struct Sweep {
     pub seeds: Vec<u64>,
     pub methods: Vec<Method>,
     pub dims: Vec<Dimension>,
+    pub save_runs: bool,
     set: Vec<(String, toml::Value)>,
 }
 
@@ -138,6 +143,8 @@ pub struct Experiment {
     pub config: Config,
     /// `Config::science_hash` of the effective config: a changed setting is detected by it.
     pub hash: String,
+    /// `<index>_<key made file-name safe>`: the name of its exported config and run file.
+    pub file_stem: String,
 }
 
 /// A TOML value as a short label (strings without quotes).
@@ -363,6 +370,7 @@ impl Sweep {
             seeds: h.seeds,
             methods,
             dims,
+            save_runs: h.save_runs,
             set: flatten_overrides(&h.set),
         };
         Ok(sweep)
@@ -449,7 +457,14 @@ impl Sweep {
                     r /= n;
                 }
                 for &seed in &self.seeds {
-                    out.push(self.experiment(mi, m, &coords, seed)?);
+                    let mut e = self.experiment(mi, m, &coords, seed)?;
+                    let safe: String = e
+                        .key
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() || "._-@".contains(c) { c } else { '_' })
+                        .collect();
+                    e.file_stem = format!("{:05}_{safe}", out.len());
+                    out.push(e);
                 }
             }
         }
@@ -502,6 +517,7 @@ impl Sweep {
             key,
             config,
             hash,
+            file_stem: String::new(),
         })
     }
 }

@@ -53,15 +53,17 @@ pub struct SweepOutcome {
 }
 
 /// Run one experiment and turn its summary (or its divergence) into a row.
-fn run_one(sweep: &Sweep, e: &Experiment) -> Result<Row> {
+fn run_one(sweep: &Sweep, e: &Experiment, out_dir: &std::path::Path) -> Result<Row> {
     let opts = RunOptions {
-        write_output: false,
+        write_output: sweep.save_runs,
         progress: false,
         restart: None,
         stop: None,
     };
+    let mut cfg = e.config.clone();
+    cfg.output.path = out_dir.join("runs").join(format!("{}.nc", e.file_stem));
     let t0 = Instant::now();
-    let res = run_twin(&e.config, &SerialComm, &opts);
+    let res = run_twin(&cfg, &SerialComm, &opts);
     let wall_s = t0.elapsed().as_secs_f64();
     let mut row = Row {
         key: e.key.clone(),
@@ -214,7 +216,7 @@ pub fn run_sweep(
             if opts.stop.load(Ordering::Relaxed) {
                 return;
             }
-            match run_one(sweep, e) {
+            match run_one(sweep, e, &out_dir) {
                 Ok(row) => {
                     if row.diverged {
                         diverged.fetch_add(1, Ordering::Relaxed);

@@ -198,4 +198,24 @@ mod tests {
         assert_eq!(rows["b"], row("b", 1.0, 0.5)); // f64 round trip exact
         assert!(rows.contains_key("d"));
     }
+
+    #[test]
+    fn scores_round_trip_bit_for_bit() {
+        // serde_json parses floats exactly only with `float_roundtrip`; a best-effort parse is
+        // off by one ulp for values like this one (a PF run's forecast spread).
+        let dir = tempfile::tempdir().unwrap();
+        let s = Shard::open(dir.path(), 0).unwrap();
+        let mut x = 1.2094679027254163f64;
+        let mut want = Vec::new();
+        for i in 0..2000 {
+            let key = format!("k{i}");
+            s.append(&row(&key, 1.0, x)).unwrap();
+            want.push((key, x));
+            x = (x * 1.000_123_456_789).fract() * 10f64.powi((i % 40) - 20);
+        }
+        let rows = read_store(dir.path()).unwrap();
+        for (k, v) in want {
+            assert_eq!(rows[&k].rmse_analysis.unwrap().to_bits(), v.to_bits(), "{v:e}");
+        }
+    }
 }
