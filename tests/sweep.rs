@@ -310,3 +310,78 @@ fn sweep_on_two_ranks_gives_the_same_table() {
     let two = csv_rows(&dir.path().join("two/results.csv"));
     assert_eq!(without_wall(&one), without_wall(&two));
 }
+
+#[test]
+fn learned_methods_in_a_parallel_sweep_equal_their_single_runs() {
+    // MASF and SF build and train networks: two at a time in one process must give what each
+    // gives alone (libtorch's global generator seeds the initial weights).
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("m.toml");
+    std::fs::write(
+        &s,
+        format!(
+            r#"[sweep]
+name = "m"
+base = "{}"
+seeds = [1, 2]
+out_dir = "{}"
+set = {{ "experiment.cycles" = 4, "experiment.burn_in" = 1, "filter.pretrain_steps" = 200, "filter.train_steps" = 20 }}
+[[method]]
+name = "masf"
+[[method]]
+name = "sf"
+set = {{ "filter.method" = "sf" }}
+"#,
+            repo_file("configs/masf_l63_gap100.toml").display(),
+            dir.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let o = genda(&["sweep", s.to_str().unwrap(), "--jobs", "2", "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows = csv_rows(&dir.path().join("out/results.csv"));
+    let col = rows[0].iter().position(|h| h == "rmse_analysis").unwrap();
+    let exported = dir.path().join("configs");
+    let o = genda(&[
+        "sweep",
+        s.to_str().unwrap(),
+        "--export-configs",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut files: Vec<_> = std::fs::read_dir(&exported)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4);
+    for (row, cfg) in rows[1..].iter().zip(&files) {
+        let nc = dir.path().join("single.nc");
+        let o = genda(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--quiet",
+            "-o",
+            nc.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let _g = nc_lock();
+        let f = netcdf::open(&nc).unwrap();
+        let want = match f
+            .attribute("rmse_analysis_time_mean")
+            .unwrap()
+            .value()
+            .unwrap()
+        {
+            netcdf::AttributeValue::Double(v) => v,
+            other => panic!("{other:?}"),
+        };
+        let got: f64 = row[col].parse().unwrap();
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{}: sweep {got} vs run {want}",
+            cfg.display()
+        );
+    }
+}

@@ -161,6 +161,11 @@ impl ScoreNetwork {
         seed: u64,
     ) -> Result<Self> {
         cfg.validate(dim)?;
+        // The initial weights come from libtorch's one global generator: seeding and drawing
+        // them is one critical section, so networks built at the same time on several threads
+        // (experiments of a `genda sweep`) get the same weights as when built alone.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _init = INIT.lock().unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(seed as i64);
         let vs = nn::VarStore::new(device);
         let root = vs.root();

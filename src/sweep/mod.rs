@@ -461,7 +461,13 @@ impl Sweep {
                     let safe: String = e
                         .key
                         .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() || "._-@".contains(c) { c } else { '_' })
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || "._-@".contains(c) {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
                         .collect();
                     e.file_stem = format!("{:05}_{safe}", out.len());
                     out.push(e);

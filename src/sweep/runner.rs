@@ -60,6 +60,9 @@ fn run_one(sweep: &Sweep, e: &Experiment, out_dir: &std::path::Path) -> Result<R
         restart: None,
         stop: None,
     };
+    // libtorch's intra-op thread count is per OS thread (OpenMP): one on this worker, as for
+    // a `genda run` (its networks set one thread where they are built).
+    tch::set_num_threads(1);
     let mut cfg = e.config.clone();
     cfg.output.path = out_dir.join("runs").join(format!("{}.nc", e.file_stem));
     let t0 = Instant::now();

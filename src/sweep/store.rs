@@ -215,7 +215,11 @@ mod tests {
         }
         let rows = read_store(dir.path()).unwrap();
         for (k, v) in want {
-            assert_eq!(rows[&k].rmse_analysis.unwrap().to_bits(), v.to_bits(), "{v:e}");
+            assert_eq!(
+                rows[&k].rmse_analysis.unwrap().to_bits(),
+                v.to_bits(),
+                "{v:e}"
+            );
         }
     }
 }
