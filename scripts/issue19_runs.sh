@@ -21,5 +21,5 @@ for c in l63_arctan l63_quadratic l96_arctan l96_quadratic; do
   $G posterior configs/posterior_$c.toml -o $D/posterior_$c.md > $D/posterior_$c.log 2>&1
 done
 : > $D/l63_arctan_cycled_runs.txt
-RAW=$D/l63_arctan_cycled_runs.txt bash scripts/compare_nonlinear_l63.sh > $D/l63_arctan_cycled_table.md
+target/release/genda sweep configs/sweeps/nonlinear_l63.toml --quiet > $D/l63_arctan_cycled_table.md && cp output/sweeps/nonlinear_l63/results.csv $D/l63_arctan_cycled_runs.csv
 echo done

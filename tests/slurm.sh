@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real Slurm test: start a single-node cluster (scripts/slurm_cluster.sh), submit
 # jobs/twin.sbatch with 2 tasks, wait for it, check its exit state and its NetCDF output, check
-# that srun without PMI is refused, and stop the daemons. Run by `make test` after cargo test.
+# that srun without PMI is refused, run a small sweep as a 2-task job (jobs/sweep.sbatch), and
+# stop the daemons. Run by `make test` after cargo test.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,6 +50,29 @@ if [ $rc -ne 0 ] && grep -qE "srun has no PMI|MPI_Init" "$WORK/nopmi-$job.out" &
   ok "srun without PMI refused with a clear error, no output"
 else
   bad "srun without PMI was not refused (rc=$rc)"; cat "$WORK/nopmi-$job.out"
+fi
+
+# A sweep as one 2-task job (jobs/sweep.sbatch): experiments dealt out over the tasks, both
+# shards written, rank 0's tables hold all 8.
+cat > "$WORK/sweep.toml" <<EOT
+[sweep]
+name = "slurm"
+base = "$ROOT/configs/dapper/l63_sakov2012_etkf.toml"
+seeds = [1, 2]
+out_dir = "$WORK/sweep"
+set = { "experiment.cycles" = 200, "experiment.burn_in" = 20 }
+[axes]
+"filter.members" = [10, 20]
+"filter.inflation" = [1.0, 1.02]
+EOT
+out=$(GENDA=$GENDA timeout 300 sbatch --parsable --wait -n 2 -c 1 -o "$WORK/sweep-%j.out" "$ROOT/jobs/sweep.sbatch" "$WORK/sweep.toml")
+rc=$?
+job=${out%%;*}
+rows=$(($(wc -l < "$WORK/sweep/results.csv" 2>/dev/null || echo 0) - 1))
+if [ $rc -eq 0 ] && [ "$rows" -eq 8 ] && [ -s "$WORK/sweep/runs.rank0.jsonl" ] && [ -s "$WORK/sweep/runs.rank1.jsonl" ] && grep -q "on 2 rank(s)" "$WORK/sweep-$job.out"; then
+  ok "sweep job $job: 8 experiments over 2 tasks, results.csv complete"
+else
+  bad "sweep job $job (rc=$rc, $rows rows)"; cat "$WORK/sweep-$job.out"
 fi
 
 echo "slurm: $passed passed, $failed failed"
