@@ -96,6 +96,35 @@ fn read_table(csv_path: &Path, metric: &str) -> Result<Table> {
     Ok(t)
 }
 
+/// An axis label with what its values count or measure, for the keys sweeps vary most.
+fn axis_label(key: &str) -> String {
+    let unit = match key {
+        "filter.members" => "ensemble size N",
+        "filter.inflation" => "multiplicative factor",
+        "filter.localization_radius" => "grid points",
+        "filter.steps" => "reverse-process steps",
+        "model.dim" => "state dimension n",
+        "model.forcing" => "forcing F",
+        "model.dt" => "model time units",
+        "observations.obs_every" => "model steps between observations",
+        "observations.error_var" => "observation error variance",
+        "observations.stride" => "every k-th variable",
+        "experiment.cycles" => "analysis cycles",
+        _ => return key.to_string(),
+    };
+    format!("{key} ({unit})")
+}
+
+/// The score's label: RMSE and spread are in the state's units.
+fn metric_label(metric: &str) -> String {
+    let what = if metric.contains("rmse") || metric.contains("spread") || metric.contains("crps") {
+        "state units"
+    } else {
+        "1"
+    };
+    format!("{metric} [{what}]: time mean, mean ± 1 std over seeds")
+}
+
 const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -158,9 +187,17 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
     let pending = PendingFile::new(out)?;
     let perr = |e: &dyn std::fmt::Display| GendaError::file(out, format!("plotting: {e}"));
     // x positions: numeric values, or 0..k for labels (or the methods when nothing varies).
-    let xlabels: Vec<String> = match xdim {
+    let full_labels: Vec<String> = match xdim {
         Some(d) => t.labels[d].clone(),
         None => t.methods.clone(),
+    };
+    // Long category labels (zipped cells) become c1, c2, … on the axis, spelled out beside it.
+    let long = full_labels.iter().any(|l| l.chars().count() > 14)
+        && full_labels.iter().any(|l| l.parse::<f64>().is_err());
+    let xlabels: Vec<String> = if long {
+        (1..=full_labels.len()).map(|i| format!("c{i}")).collect()
+    } else {
+        full_labels.clone()
     };
     let xnum: Option<Vec<f64>> = xlabels.iter().map(|l| l.parse::<f64>().ok()).collect();
     let xs: Vec<f64> = xnum
@@ -202,8 +239,16 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
             series.entry(key).or_default();
         }
     }
-    for pts in series.values_mut() {
+    let ns = series.len();
+    for (i, pts) in series.values_mut().enumerate() {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Categories: the methods side by side around each position, not on top of each other.
+        if xnum.is_none() && ns > 1 {
+            let dodge = 0.5 * (i as f64 / (ns - 1) as f64 - 0.5);
+            for p in pts.iter_mut() {
+                p.0 += dodge;
+            }
+        }
     }
     let all = || series.values().flatten();
     let ylo = finite_min(all().map(|p| p.1 - p.2)).min(finite_min(all().map(|p| p.1)));
@@ -215,24 +260,40 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
         ));
     }
     let pad = 0.08 * (yhi - ylo).max(1e-12);
+    // Scores that cannot be negative (every mean ≥ 0) keep the axis at ≥ 0.
+    let nonneg = all().all(|p| p.1 >= 0.0);
     let (y0, y1) = (
-        (ylo - pad).max(if ylo >= 0.0 { 0.0 } else { f64::MIN }),
+        if nonneg {
+            (ylo - pad).max(0.0)
+        } else {
+            ylo - pad
+        },
         yhi + pad,
     );
+    let ydigits = match y1 - y0 {
+        r if r >= 20.0 => 0,
+        r if r >= 2.0 => 1,
+        r if r >= 0.2 => 2,
+        _ => 3,
+    };
     let (xlo, xhi) = (
         finite_min(xs.iter().copied()),
         finite_max(xs.iter().copied()),
     );
     {
-        let root = BitMapBackend::new(pending.tmp_path(), (1300, 620)).into_drawing_area();
+        let root = BitMapBackend::new(pending.tmp_path(), (if long { 1500 } else { 1300 }, 620))
+            .into_drawing_area();
         root.fill(&WHITE).map_err(|e| perr(&e))?;
         let (chart_area, legend_area) = root.split_horizontally(960);
         let xdesc = match xdim {
-            Some(d) => t.dims[d].clone(),
+            Some(d) => axis_label(&t.dims[d]),
             None => "method".into(),
         };
-        let ydesc = format!("{metric} (time mean; mean ± 1 std over seeds)");
-        let caption = format!("{metric} against {xdesc}");
+        let ydesc = metric_label(metric);
+        let caption = match xdim {
+            Some(d) => format!("{metric} against {}", t.dims[d]),
+            None => format!("{metric} by method"),
+        };
         let mut builder = ChartBuilder::on(&chart_area);
         builder
             .caption(caption, ("sans-serif", 24))
@@ -262,17 +323,18 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
                     .y_desc(ydesc.as_str())
                     .x_labels(xs.len().max(2) + 1)
                     .x_label_formatter(&fmt_x)
-                    .y_label_formatter(&|v: &f64| format!("{v:.3}"))
+                    .y_label_formatter(&|v: &f64| format!("{v:.ydigits$}"))
                     .axis_desc_style(("sans-serif", 18))
                     .label_style(("sans-serif", 15))
                     .draw()
                     .map_err(|e| perr(&e))?;
                 for (i, (_, pts)) in series.iter().enumerate() {
                     let col = PALETTE[i % PALETTE.len()];
-                    if pts.len() > 1 {
+                    // Lines and bands between numeric coordinates only; categories get points.
+                    if pts.len() > 1 && !categorical {
                         let mut band: Vec<(f64, f64)> =
                             pts.iter().map(|p| (p.0, p.1 + p.2)).collect();
-                        band.extend(pts.iter().rev().map(|p| (p.0, p.1 - p.2)));
+                        band.extend(pts.iter().rev().map(|p| (p.0, (p.1 - p.2).max(y0))));
                         c.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled())))
                             .map_err(|e| perr(&e))?;
                         c.draw_series(LineSeries::new(
@@ -283,7 +345,7 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
                     }
                     c.draw_series(pts.iter().map(|p| {
                         PathElement::new(
-                            vec![(p.0, p.1 - p.2), (p.0, p.1 + p.2)],
+                            vec![(p.0, (p.1 - p.2).max(y0)), (p.0, p.1 + p.2)],
                             col.stroke_width(2),
                         )
                     }))
@@ -338,6 +400,18 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
                 .draw(&Text::new(name, (48, y - 9), ("sans-serif", 15)))
                 .map_err(|e| perr(&e))?;
         }
+        if long {
+            let y0 = 75 + 26 * series.len() as i32 + 20;
+            for (i, l) in full_labels.iter().enumerate() {
+                legend_area
+                    .draw(&Text::new(
+                        format!("c{}: {l}", i + 1),
+                        (10, y0 + 18 * i as i32),
+                        ("sans-serif", 11),
+                    ))
+                    .map_err(|e| perr(&e))?;
+            }
+        }
         root.present().map_err(|e| perr(&e))?;
     }
     pending.commit()
@@ -385,8 +459,8 @@ fn heat_map(t: &Table, xd: usize, yd: usize, metric: &str, out: &Path) -> Result
                 .map_err(|e| perr(&e))?;
             c.configure_mesh()
                 .disable_mesh()
-                .x_desc(t.dims[xd].as_str())
-                .y_desc(t.dims[yd].as_str())
+                .x_desc(axis_label(&t.dims[xd]))
+                .y_desc(axis_label(&t.dims[yd]))
                 .x_labels(nx)
                 .y_labels(ny)
                 .x_label_formatter(&|v: &f64| {

@@ -32,7 +32,7 @@
 //! ```
 //!
 //! Overrides apply in this order: base file, `[sweep] set`, the method's `filter` and `set`,
-//! then the axes, zips and the seed (`experiment.seed`). Every experiment's config is parsed and
+//! then the axes and zips, `--set` of the command line, and the seed (`experiment.seed`). Every experiment's config is parsed and
 //! validated before the first one runs; a key a method does not take is refused then.
 mod report;
 mod runner;
@@ -130,6 +130,8 @@ pub struct Sweep {
     pub dims: Vec<Dimension>,
     pub save_runs: bool,
     set: Vec<(String, toml::Value)>,
+    /// `--set` overrides: after the axes, before the seed.
+    cli_set: Vec<(String, toml::Value)>,
 }
 
 /// One experiment: a method, a coordinate on every dimension, a seed, and its config.
@@ -372,18 +374,20 @@ impl Sweep {
             dims,
             save_runs: h.save_runs,
             set: flatten_overrides(&h.set),
+            cli_set: Vec::new(),
         };
         Ok(sweep)
     }
 
-    /// `--set key=value` overrides for every experiment (after `[sweep] set`).
+    /// `--set key=value` overrides for every experiment (after the axes: they win over every
+    /// setting of the file but the seed).
     pub fn add_overrides(&mut self, sets: &[String]) -> Result<()> {
         for s in sets {
             let (k, v) = crate::config::parse_set(s).map_err(|msg| GendaError::Config {
                 path: self.path.display().to_string(),
                 msg,
             })?;
-            self.set.push((k, v));
+            self.cli_set.push((k, v));
         }
         Ok(())
     }
@@ -494,6 +498,7 @@ impl Sweep {
         for (d, &c) in self.dims.iter().zip(coords) {
             sets.extend(d.coords[c].sets.iter().cloned());
         }
+        sets.extend(self.cli_set.iter().cloned());
         sets.push(("experiment.seed".into(), toml::Value::Integer(seed as i64)));
         for (k, v) in &sets {
             set_dotted(&mut doc, k, v.clone()).map_err(|e| what(format!("{k} = {v}: {e}")))?;
