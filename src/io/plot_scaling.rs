@@ -255,91 +255,111 @@ pub fn plot_scaling(png: &Path, points: &[ScalingPoint], strong: bool) -> Result
                 .map(|p| Circle::new((p.ranks, p.efficiency), 4, blue.filled())),
         )
         .map_err(|e| perr(&e))?;
-        // Panel 3: the phase split, one stacked bar per rank count.
         if with_phases {
-            let n = points.len();
-            let top = finite_max(
-                points
-                    .iter()
-                    .map(|p| p.phases.map_or(0.0, |ph| ph.iter().sum())),
-            ) * 1.1;
-            let labels: Vec<String> = points
-                .iter()
-                .map(|p| format!("{}", p.ranks.round() as i64))
-                .collect();
-            let mut c = ChartBuilder::on(&areas[2])
-                .caption("time per cycle by phase", ("sans-serif", 20))
-                .margin(12)
-                .x_label_area_size(45)
-                .y_label_area_size(80)
-                .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..top.max(1e-12))
-                .map_err(|e| perr(&e))?;
-            c.configure_mesh()
-                .disable_x_mesh()
-                .x_desc("MPI ranks")
-                .y_desc("seconds per cycle")
-                .x_labels(n + 1)
-                .x_label_formatter(&|v: &f64| {
-                    let i = v.round();
-                    if (v - i).abs() < 1e-6 && i >= 0.0 {
-                        labels.get(i as usize).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .y_label_formatter(&|v: &f64| fmt_seconds(*v))
-                .draw()
-                .map_err(|e| perr(&e))?;
-            for (i, p) in points.iter().enumerate() {
-                let ph = p.phases.unwrap_or_default();
-                let mut base = 0.0;
-                for (k, (_, col)) in PHASES.iter().enumerate() {
-                    let h = ph[k];
-                    c.draw_series(std::iter::once(Rectangle::new(
-                        [(i as f64 - 0.3, base), (i as f64 + 0.3, base + h)],
-                        col.filled(),
-                    )))
-                    .map_err(|e| perr(&e))?;
-                    base += h;
-                }
-            }
+            phase_panel(&areas[2], points, png)?;
         }
-        // Legend strip.
-        let mut x = 20;
-        let mut entry = |label: &str, col: RGBColor, bar: bool| -> Result<()> {
-            if bar {
-                strip
-                    .draw(&Rectangle::new([(x, 20), (x + 22, 36)], col.filled()))
-                    .map_err(|e| perr(&e))?;
-            } else {
-                strip
-                    .draw(&PathElement::new(
-                        vec![(x, 28), (x + 22, 28)],
-                        col.stroke_width(3),
-                    ))
-                    .map_err(|e| perr(&e))?;
-            }
-            strip
-                .draw(&Text::new(
-                    label.to_string(),
-                    (x + 28, 20),
-                    ("sans-serif", 15),
-                ))
-                .map_err(|e| perr(&e))?;
-            x += 40 + 9 * label.chars().count() as i32;
-            Ok(())
-        };
-        entry("ideal", BLACK, false)?;
-        entry("measured time per cycle", red, false)?;
-        entry("efficiency", blue, false)?;
-        if with_phases {
-            for (name, col) in PHASES {
-                entry(name, col, true)?;
-            }
-        }
+        legend_strip(&strip, with_phases, red, blue, png)?;
         root.present().map_err(|e| perr(&e))?;
     }
     pending.commit()
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// The phase split: one stacked bar of seconds per cycle per rank count.
+fn phase_panel(area: &Area, points: &[ScalingPoint], png: &Path) -> Result<()> {
+    let perr = |e: &dyn std::fmt::Display| GendaError::file(png, format!("plotting: {e}"));
+    let n = points.len();
+    let top = finite_max(
+        points
+            .iter()
+            .map(|p| p.phases.map_or(0.0, |ph| ph.iter().sum())),
+    ) * 1.1;
+    let labels: Vec<String> = points
+        .iter()
+        .map(|p| format!("{}", p.ranks.round() as i64))
+        .collect();
+    let mut c = ChartBuilder::on(area)
+        .caption("time per cycle by phase", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..top.max(1e-12))
+        .map_err(|e| perr(&e))?;
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_desc("MPI ranks")
+        .y_desc("seconds per cycle")
+        .x_labels(n + 1)
+        .x_label_formatter(&|v: &f64| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|v: &f64| fmt_seconds(*v))
+        .draw()
+        .map_err(|e| perr(&e))?;
+    for (i, p) in points.iter().enumerate() {
+        let ph = p.phases.unwrap_or_default();
+        let mut base = 0.0;
+        for (k, (_, col)) in PHASES.iter().enumerate() {
+            let h = ph[k];
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(i as f64 - 0.3, base), (i as f64 + 0.3, base + h)],
+                col.filled(),
+            )))
+            .map_err(|e| perr(&e))?;
+            base += h;
+        }
+    }
+    Ok(())
+}
+
+/// The legend, in its own strip under the panels.
+fn legend_strip(
+    strip: &Area,
+    with_phases: bool,
+    red: RGBColor,
+    blue: RGBColor,
+    png: &Path,
+) -> Result<()> {
+    let perr = |e: &dyn std::fmt::Display| GendaError::file(png, format!("plotting: {e}"));
+    let mut x = 20;
+    let mut entry = |label: &str, col: RGBColor, bar: bool| -> Result<()> {
+        if bar {
+            strip
+                .draw(&Rectangle::new([(x, 20), (x + 22, 36)], col.filled()))
+                .map_err(|e| perr(&e))?;
+        } else {
+            strip
+                .draw(&PathElement::new(
+                    vec![(x, 28), (x + 22, 28)],
+                    col.stroke_width(3),
+                ))
+                .map_err(|e| perr(&e))?;
+        }
+        strip
+            .draw(&Text::new(
+                label.to_string(),
+                (x + 28, 20),
+                ("sans-serif", 15),
+            ))
+            .map_err(|e| perr(&e))?;
+        x += 40 + 9 * label.chars().count() as i32;
+        Ok(())
+    };
+    entry("ideal", BLACK, false)?;
+    entry("measured time per cycle", red, false)?;
+    entry("efficiency", blue, false)?;
+    if with_phases {
+        for (name, col) in PHASES {
+            entry(name, col, true)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

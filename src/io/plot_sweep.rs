@@ -207,49 +207,7 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
         let (lo, hi) = (finite_min(v.iter().copied()), finite_max(v.iter().copied()));
         lo > 0.0 && hi / lo >= 10.0
     });
-    // Series: method × the other dimensions' labels.
-    let mut series: BTreeMap<(usize, Vec<String>), Vec<(f64, f64, f64, usize, usize)>> =
-        BTreeMap::new();
-    for ((mi, coords), (vals, div)) in &t.groups {
-        let xi = match xdim {
-            Some(d) => t.labels[d]
-                .iter()
-                .position(|l| *l == coords[d])
-                .unwrap_or(0),
-            None => *mi,
-        };
-        let rest: Vec<String> = coords
-            .iter()
-            .enumerate()
-            .filter(|(d, _)| Some(*d) != xdim && t.labels[*d].len() > 1)
-            .map(|(d, c)| format!("{}={c}", t.dims[d]))
-            .collect();
-        let key = if xdim.is_none() {
-            (0, rest)
-        } else {
-            (*mi, rest)
-        };
-        if !vals.is_empty() {
-            let (m, s) = mean_std(vals);
-            series
-                .entry(key)
-                .or_default()
-                .push((xs[xi], m, s, vals.len(), *div));
-        } else {
-            series.entry(key).or_default();
-        }
-    }
-    let ns = series.len();
-    for (i, pts) in series.values_mut().enumerate() {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        // Categories: the methods side by side around each position, not on top of each other.
-        if xnum.is_none() && ns > 1 {
-            let dodge = 0.5 * (i as f64 / (ns - 1) as f64 - 0.5);
-            for p in pts.iter_mut() {
-                p.0 += dodge;
-            }
-        }
-    }
+    let series = build_series(t, xdim, &xs, xnum.is_none());
     let all = || series.values().flatten();
     let ylo = finite_min(all().map(|p| p.1 - p.2)).min(finite_min(all().map(|p| p.1)));
     let yhi = finite_max(all().map(|p| p.1 + p.2));
@@ -371,50 +329,119 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
                 .map_err(|e| perr(&e))?;
             draw_body!(chart);
         }
-        // The legend, beside the chart.
-        legend_area
-            .draw(&Text::new("legend", (10, 40), ("sans-serif", 18)))
-            .map_err(|e| perr(&e))?;
-        for (i, ((mi, rest), pts)) in series.iter().enumerate() {
-            let col = PALETTE[i % PALETTE.len()];
-            let y = 75 + 26 * i as i32;
-            legend_area
-                .draw(&PathElement::new(
-                    vec![(10, y), (40, y)],
-                    col.stroke_width(3),
-                ))
-                .map_err(|e| perr(&e))?;
-            let mut name = if xdim.is_none() {
-                "all methods".to_string()
-            } else {
-                t.methods[*mi].clone()
-            };
-            if !rest.is_empty() {
-                name += &format!(", {}", rest.join(", "));
-            }
-            let div: usize = pts.iter().map(|p| p.4).sum();
-            if div > 0 {
-                name += &format!(" ({div} diverged)");
-            }
-            legend_area
-                .draw(&Text::new(name, (48, y - 9), ("sans-serif", 15)))
-                .map_err(|e| perr(&e))?;
-        }
-        if long {
-            let y0 = 75 + 26 * series.len() as i32 + 20;
-            for (i, l) in full_labels.iter().enumerate() {
-                legend_area
-                    .draw(&Text::new(
-                        format!("c{}: {l}", i + 1),
-                        (10, y0 + 18 * i as i32),
-                        ("sans-serif", 11),
-                    ))
-                    .map_err(|e| perr(&e))?;
-            }
-        }
+        draw_legend(
+            &legend_area,
+            t,
+            &series,
+            xdim,
+            long.then_some(&full_labels[..]),
+            out,
+        )?;
         root.present().map_err(|e| perr(&e))?;
     }
     pending.commit()
+}
+
+/// One series per method × the other varying axes' labels: (x, mean, std, seeds, diverged).
+type Series = BTreeMap<(usize, Vec<String>), Vec<(f64, f64, f64, usize, usize)>>;
+
+fn build_series(t: &Table, xdim: Option<usize>, xs: &[f64], categorical: bool) -> Series {
+    let mut series: BTreeMap<(usize, Vec<String>), Vec<(f64, f64, f64, usize, usize)>> =
+        BTreeMap::new();
+    for ((mi, coords), (vals, div)) in &t.groups {
+        let xi = match xdim {
+            Some(d) => t.labels[d]
+                .iter()
+                .position(|l| *l == coords[d])
+                .unwrap_or(0),
+            None => *mi,
+        };
+        let rest: Vec<String> = coords
+            .iter()
+            .enumerate()
+            .filter(|(d, _)| Some(*d) != xdim && t.labels[*d].len() > 1)
+            .map(|(d, c)| format!("{}={c}", t.dims[d]))
+            .collect();
+        let key = if xdim.is_none() {
+            (0, rest)
+        } else {
+            (*mi, rest)
+        };
+        if !vals.is_empty() {
+            let (m, s) = mean_std(vals);
+            series
+                .entry(key)
+                .or_default()
+                .push((xs[xi], m, s, vals.len(), *div));
+        } else {
+            series.entry(key).or_default();
+        }
+    }
+    let ns = series.len();
+    for (i, pts) in series.values_mut().enumerate() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Categories: the methods side by side around each position, not on top of each other.
+        if categorical && ns > 1 {
+            let dodge = 0.5 * (i as f64 / (ns - 1) as f64 - 0.5);
+            for p in pts.iter_mut() {
+                p.0 += dodge;
+            }
+        }
+    }
+    series
+}
+
+/// The legend beside the chart (with the diverged counts), and the long category labels.
+fn draw_legend(
+    legend_area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    t: &Table,
+    series: &Series,
+    xdim: Option<usize>,
+    long_labels: Option<&[String]>,
+    out: &Path,
+) -> Result<()> {
+    let perr = |e: &dyn std::fmt::Display| GendaError::file(out, format!("plotting: {e}"));
+    legend_area
+        .draw(&Text::new("legend", (10, 40), ("sans-serif", 18)))
+        .map_err(|e| perr(&e))?;
+    for (i, ((mi, rest), pts)) in series.iter().enumerate() {
+        let col = PALETTE[i % PALETTE.len()];
+        let y = 75 + 26 * i as i32;
+        legend_area
+            .draw(&PathElement::new(
+                vec![(10, y), (40, y)],
+                col.stroke_width(3),
+            ))
+            .map_err(|e| perr(&e))?;
+        let mut name = if xdim.is_none() {
+            "all methods".to_string()
+        } else {
+            t.methods[*mi].clone()
+        };
+        if !rest.is_empty() {
+            name += &format!(", {}", rest.join(", "));
+        }
+        let div: usize = pts.iter().map(|p| p.4).sum();
+        if div > 0 {
+            name += &format!(" ({div} diverged)");
+        }
+        legend_area
+            .draw(&Text::new(name, (48, y - 9), ("sans-serif", 15)))
+            .map_err(|e| perr(&e))?;
+    }
+    if let Some(full_labels) = long_labels {
+        let y0 = 75 + 26 * series.len() as i32 + 20;
+        for (i, l) in full_labels.iter().enumerate() {
+            legend_area
+                .draw(&Text::new(
+                    format!("c{}: {l}", i + 1),
+                    (10, y0 + 18 * i as i32),
+                    ("sans-serif", 11),
+                ))
+                .map_err(|e| perr(&e))?;
+        }
+    }
+    Ok(())
 }
 
 fn heat_map(t: &Table, xd: usize, yd: usize, metric: &str, out: &Path) -> Result<PathBuf> {

@@ -240,108 +240,8 @@ impl Sweep {
                 set: Vec::new(),
             });
         }
-        let mut dims: Vec<Dimension> = Vec::new();
-        for (key, v) in &f.axes {
-            let coords = match v {
-                toml::Value::Array(values) => values
-                    .iter()
-                    .map(|x| Coord {
-                        label: label_of(x),
-                        number: number_of(x),
-                        sets: vec![(key.clone(), x.clone())],
-                    })
-                    .collect::<Vec<_>>(),
-                toml::Value::Table(variants) => variants
-                    .iter()
-                    .map(|(label, t)| match t {
-                        toml::Value::Table(t) => Ok(Coord {
-                            label: label.clone(),
-                            number: None,
-                            sets: flatten_overrides(t),
-                        }),
-                        _ => Err(err(format!(
-                            "axis `{key}`: variant `{label}` must be a table of overrides, e.g. {{ \"filter.inflation\" = 1.02 }}"
-                        ))),
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-                _ => {
-                    return Err(err(format!(
-                        "axis `{key}`: expected a list of values or a table of labelled variants, got {v}"
-                    )))
-                }
-            };
-            if coords.is_empty() {
-                return Err(err(format!(
-                    "axis `{key}` is empty: give it at least one value"
-                )));
-            }
-            dims.push(Dimension {
-                name: key.clone(),
-                coords,
-            });
-        }
-        for (zi, z) in f.zip.iter().enumerate() {
-            let mut z = z.clone();
-            let name = match z.remove("name") {
-                Some(toml::Value::String(s)) => Some(s),
-                Some(other) => {
-                    return Err(err(format!(
-                        "zip {}: name must be a string, got {other}",
-                        zi + 1
-                    )))
-                }
-                None => None,
-            };
-            let mut lists: Vec<(String, Vec<toml::Value>)> = Vec::new();
-            for (k, v) in &z {
-                match v {
-                    toml::Value::Array(a) if !a.is_empty() => lists.push((k.clone(), a.clone())),
-                    toml::Value::Array(_) => {
-                        return Err(err(format!("zip {}: `{k}` is an empty list", zi + 1)))
-                    }
-                    _ => {
-                        return Err(err(format!(
-                            "zip {}: `{k}` must be a list of values, got {v}",
-                            zi + 1
-                        )))
-                    }
-                }
-            }
-            if lists.is_empty() {
-                return Err(err(format!("zip {} lists no keys", zi + 1)));
-            }
-            let len = lists[0].1.len();
-            if let Some((k, l)) = lists.iter().find(|(_, l)| l.len() != len) {
-                return Err(err(format!(
-                    "zip {}: `{k}` has {} values but `{}` has {len}; zipped lists have equal lengths",
-                    zi + 1,
-                    l.len(),
-                    lists[0].0
-                )));
-            }
-            let coords = (0..len)
-                .map(|i| Coord {
-                    label: lists
-                        .iter()
-                        .map(|(k, l)| format!("{k}={}", label_of(&l[i])))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    number: None,
-                    sets: lists
-                        .iter()
-                        .map(|(k, l)| (k.clone(), l[i].clone()))
-                        .collect(),
-                })
-                .collect();
-            let name = name.unwrap_or_else(|| {
-                lists
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join("+")
-            });
-            dims.push(Dimension { name, coords });
-        }
+        let mut dims = axes_of(&f.axes, &err)?;
+        dims.extend(zips_of(&f.zip, &err)?);
         for (i, d) in dims.iter().enumerate() {
             if matches!(d.name.as_str(), "method" | "seed")
                 || dims[..i].iter().any(|o| o.name == d.name)
@@ -531,6 +431,119 @@ impl Sweep {
             file_stem: String::new(),
         })
     }
+}
+
+/// The `[axes]` table as dimensions: a list of values, or a table of labelled variants.
+fn axes_of(axes: &toml::Table, err: &dyn Fn(String) -> GendaError) -> Result<Vec<Dimension>> {
+    let mut dims: Vec<Dimension> = Vec::new();
+    for (key, v) in axes {
+        let coords = match v {
+                toml::Value::Array(values) => values
+                    .iter()
+                    .map(|x| Coord {
+                        label: label_of(x),
+                        number: number_of(x),
+                        sets: vec![(key.clone(), x.clone())],
+                    })
+                    .collect::<Vec<_>>(),
+                toml::Value::Table(variants) => variants
+                    .iter()
+                    .map(|(label, t)| match t {
+                        toml::Value::Table(t) => Ok(Coord {
+                            label: label.clone(),
+                            number: None,
+                            sets: flatten_overrides(t),
+                        }),
+                        _ => Err(err(format!(
+                            "axis `{key}`: variant `{label}` must be a table of overrides, e.g. {{ \"filter.inflation\" = 1.02 }}"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                _ => {
+                    return Err(err(format!(
+                        "axis `{key}`: expected a list of values or a table of labelled variants, got {v}"
+                    )))
+                }
+            };
+        if coords.is_empty() {
+            return Err(err(format!(
+                "axis `{key}` is empty: give it at least one value"
+            )));
+        }
+        dims.push(Dimension {
+            name: key.clone(),
+            coords,
+        });
+    }
+    Ok(dims)
+}
+
+/// The `[[zip]]` tables as dimensions: lists of equal length that vary together.
+fn zips_of(zips: &[toml::Table], err: &dyn Fn(String) -> GendaError) -> Result<Vec<Dimension>> {
+    let mut dims: Vec<Dimension> = Vec::new();
+    for (zi, z) in zips.iter().enumerate() {
+        let mut z = z.clone();
+        let name = match z.remove("name") {
+            Some(toml::Value::String(s)) => Some(s),
+            Some(other) => {
+                return Err(err(format!(
+                    "zip {}: name must be a string, got {other}",
+                    zi + 1
+                )))
+            }
+            None => None,
+        };
+        let mut lists: Vec<(String, Vec<toml::Value>)> = Vec::new();
+        for (k, v) in &z {
+            match v {
+                toml::Value::Array(a) if !a.is_empty() => lists.push((k.clone(), a.clone())),
+                toml::Value::Array(_) => {
+                    return Err(err(format!("zip {}: `{k}` is an empty list", zi + 1)))
+                }
+                _ => {
+                    return Err(err(format!(
+                        "zip {}: `{k}` must be a list of values, got {v}",
+                        zi + 1
+                    )))
+                }
+            }
+        }
+        if lists.is_empty() {
+            return Err(err(format!("zip {} lists no keys", zi + 1)));
+        }
+        let len = lists[0].1.len();
+        if let Some((k, l)) = lists.iter().find(|(_, l)| l.len() != len) {
+            return Err(err(format!(
+                "zip {}: `{k}` has {} values but `{}` has {len}; zipped lists have equal lengths",
+                zi + 1,
+                l.len(),
+                lists[0].0
+            )));
+        }
+        let coords = (0..len)
+            .map(|i| Coord {
+                label: lists
+                    .iter()
+                    .map(|(k, l)| format!("{k}={}", label_of(&l[i])))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                number: None,
+                sets: lists
+                    .iter()
+                    .map(|(k, l)| (k.clone(), l[i].clone()))
+                    .collect(),
+            })
+            .collect();
+        let name = name.unwrap_or_else(|| {
+            lists
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join("+")
+        });
+        dims.push(Dimension { name, coords });
+    }
+    Ok(dims)
 }
 
 fn describe(sets: &[(String, toml::Value)]) -> String {
