@@ -210,7 +210,7 @@ fn sigterm_keeps_finished_experiments_and_a_rerun_completes_the_same_table() {
         .replace("seeds = [1, 2]", "seeds = [1, 2, 3]");
     std::fs::write(&s, text_s).unwrap();
     let store = dir.path().join("out/runs.rank0.jsonl");
-    let mut child = spawn_locked(
+    let child = spawn_locked(
         std::process::Command::new(genda_bin())
             .args(["sweep", s.to_str().unwrap(), "--jobs", "1", "--quiet"])
             .env("RUST_LOG", "warn"),
@@ -384,4 +384,59 @@ set = {{ "filter.method" = "sf" }}
             cfg.display()
         );
     }
+}
+
+#[test]
+fn two_axes_give_a_heat_map_and_zips_and_variants_string_coordinates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = write_sweep(
+        dir.path(),
+        "\"filter.inflation\" = [1.0, 1.05]\nobs = { all = {}, sparse = { \"observations.operator\" = \"sparse\", \"observations.stride\" = 2 } }\n[[zip]]\nname = \"run\"\n\"experiment.cycles\" = [200]\n\"experiment.burn_in\" = [20]",
+    )
+    .to_str()
+    .unwrap()
+    .to_string();
+    // One method and one size: inflation and obs vary (plus the zip).
+    let body = std::fs::read_to_string(&s)
+        .unwrap()
+        .replace("\"filter.members\" = [10, 20]", "")
+        .replace("[[method]]\nname = \"enkf\"\nfilter = { method = \"enkf\", members = 10, inflation = 1.02 }\n", "");
+    std::fs::write(&s, body).unwrap();
+    let o = genda(&["sweep", &s, "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = dir.path().join("out");
+    let nc = out.join("results.nc");
+    let dims: Vec<String> = nc_dims(&nc, "rmse_analysis")
+        .into_iter()
+        .map(|d| d.0)
+        .collect();
+    assert_eq!(dims, ["method", "filter.inflation", "obs", "run", "seed"]);
+    {
+        let _g = nc_lock();
+        let f = netcdf::open(&nc).unwrap();
+        let v = f.variable("obs").unwrap();
+        assert_eq!(v.get_string(1).unwrap(), "sparse");
+        let v = f.variable("run").unwrap();
+        assert_eq!(
+            v.get_string(0).unwrap(),
+            "experiment.cycles=200 experiment.burn_in=20"
+        );
+    }
+    // Two axes vary (inflation, obs): lines against inflation, and a heat map per method.
+    let o = genda(&["plot", out.to_str().unwrap(), "--x", "filter.inflation"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("results.png").exists());
+    assert!(out.join("results.heatmap.png").metadata().unwrap().len() > 5_000);
+    let o = genda(&[
+        "plot",
+        out.join("results.csv").to_str().unwrap(),
+        "--metric",
+        "nope",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no score `nope`"),
+        "{}",
+        text(&o)
+    );
 }

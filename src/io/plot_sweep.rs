@@ -482,7 +482,7 @@ fn heat_map(t: &Table, xd: usize, yd: usize, metric: &str, out: &Path) -> Result
                 .margin(10)
                 .x_label_area_size(45)
                 .y_label_area_size(70)
-                .build_cartesian_2d(0f64..nx as f64, 0f64..ny as f64)
+                .build_cartesian_2d(-0.5f64..nx as f64 - 0.5, -0.5f64..ny as f64 - 0.5)
                 .map_err(|e| perr(&e))?;
             c.configure_mesh()
                 .disable_mesh()
@@ -490,16 +490,19 @@ fn heat_map(t: &Table, xd: usize, yd: usize, metric: &str, out: &Path) -> Result
                 .y_desc(axis_label(&t.dims[yd]))
                 .x_labels(nx)
                 .y_labels(ny)
+                // Cells are centred on integers: a tick there is that coordinate's label.
                 .x_label_formatter(&|v: &f64| {
-                    xl.get(v.floor() as usize)
-                        .filter(|_| v.fract() > 0.25)
-                        .cloned()
+                    let i = v.round();
+                    (i >= 0.0 && (v - i).abs() < 1e-6)
+                        .then(|| xl.get(i as usize).cloned())
+                        .flatten()
                         .unwrap_or_default()
                 })
                 .y_label_formatter(&|v: &f64| {
-                    yl.get(v.floor() as usize)
-                        .filter(|_| v.fract() > 0.25)
-                        .cloned()
+                    let j = v.round();
+                    (j >= 0.0 && (v - j).abs() < 1e-6)
+                        .then(|| yl.get(j as usize).cloned())
+                        .flatten()
                         .unwrap_or_default()
                 })
                 .draw()
@@ -522,7 +525,10 @@ fn heat_map(t: &Table, xd: usize, yd: usize, metric: &str, out: &Path) -> Result
                         RGBColor(200, 200, 200)
                     };
                     c.draw_series(std::iter::once(Rectangle::new(
-                        [(i as f64, j as f64), (i as f64 + 1.0, j as f64 + 1.0)],
+                        [
+                            (i as f64 - 0.5, j as f64 - 0.5),
+                            (i as f64 + 0.5, j as f64 + 0.5),
+                        ],
                         colour.filled(),
                     )))
                     .map_err(|e| perr(&e))?;
@@ -533,7 +539,7 @@ fn heat_map(t: &Table, xd: usize, yd: usize, metric: &str, out: &Path) -> Result
                     };
                     c.draw_series(std::iter::once(Text::new(
                         text,
-                        (i as f64 + 0.3, j as f64 + 0.55),
+                        (i as f64 - 0.2, j as f64 + 0.05),
                         ("sans-serif", 14).into_font().color(&WHITE),
                     )))
                     .map_err(|e| perr(&e))?;
