@@ -98,18 +98,13 @@ fn sweep_results_equal_single_runs_and_tables_are_written() {
         nc.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let _g = nc_lock();
-    let f = netcdf::open(&nc).unwrap();
     for (attr, c) in [
         ("rmse_analysis_time_mean", "rmse_analysis"),
         ("rmse_forecast_time_mean", "rmse_forecast"),
         ("spread_analysis_time_mean", "spread_analysis"),
         ("spread_forecast_time_mean", "spread_forecast"),
     ] {
-        let want = match f.attribute(attr).unwrap().value().unwrap() {
-            netcdf::AttributeValue::Double(v) => v,
-            other => panic!("{attr}: {other:?}"),
-        };
+        let want = nc_attr_f64(&nc, attr);
         let got: f64 = row[col(c)].parse().unwrap();
         assert_eq!(
             got.to_bits(),
@@ -117,7 +112,6 @@ fn sweep_results_equal_single_runs_and_tables_are_written() {
             "{c}: sweep {got} vs run {want}"
         );
     }
-    drop(f);
     // NetCDF: one dimension per axis plus method and seed, the same numbers as the CSV.
     let v = nc_dims(&out.join("results.nc"), "rmse_analysis");
     let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
@@ -365,17 +359,7 @@ set = {{ "filter.method" = "sf" }}
             nc.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "{}", text(&o));
-        let _g = nc_lock();
-        let f = netcdf::open(&nc).unwrap();
-        let want = match f
-            .attribute("rmse_analysis_time_mean")
-            .unwrap()
-            .value()
-            .unwrap()
-        {
-            netcdf::AttributeValue::Double(v) => v,
-            other => panic!("{other:?}"),
-        };
+        let want = nc_attr_f64(&nc, "rmse_analysis_time_mean");
         let got: f64 = row[col].parse().unwrap();
         assert_eq!(
             got.to_bits(),

@@ -298,19 +298,8 @@ impl Sweep {
         std::fs::create_dir_all(dir)
             .map_err(|e| GendaError::file(dir, format!("cannot create directory: {e}")))?;
         let mut out = Vec::new();
-        for (i, e) in self.experiments()?.iter().enumerate() {
-            let safe: String = e
-                .key
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "._-@".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let p = dir.join(format!("{i:05}_{safe}.toml"));
+        for e in self.experiments()? {
+            let p = dir.join(format!("{}.toml", e.file_stem));
             let text = format!(
                 "# experiment {} of sweep {} ({})\n{}",
                 e.key,
@@ -349,10 +338,33 @@ impl Sweep {
     /// validated (including the layout on one rank). The first bad one is an error naming
     /// the method, the coordinates and what is wrong.
     pub fn experiments(&self) -> Result<Vec<Experiment>> {
+        let mut out = Vec::with_capacity(self.len());
+        for (mi, coords, seed) in self.grid() {
+            let mut e = self.experiment(mi, &self.methods[mi], &coords, seed)?;
+            let safe: String = e
+                .key
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-@".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            e.file_stem = format!("{:05}_{safe}", out.len());
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// (method, coordinate on every dimension, seed) of every experiment, in the sweep's order:
+    /// methods outermost, then the dimensions in C order, seeds innermost (the NetCDF layout).
+    pub fn grid(&self) -> Vec<(usize, Vec<usize>, u64)> {
         let shape: Vec<usize> = self.dims.iter().map(|d| d.coords.len()).collect();
         let combos: usize = shape.iter().product();
         let mut out = Vec::with_capacity(self.len());
-        for (mi, m) in self.methods.iter().enumerate() {
+        for mi in 0..self.methods.len() {
             for flat in 0..combos {
                 let mut coords = vec![0; shape.len()];
                 let mut r = flat;
@@ -361,24 +373,11 @@ impl Sweep {
                     r /= n;
                 }
                 for &seed in &self.seeds {
-                    let mut e = self.experiment(mi, m, &coords, seed)?;
-                    let safe: String = e
-                        .key
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() || "._-@".contains(c) {
-                                c
-                            } else {
-                                '_'
-                            }
-                        })
-                        .collect();
-                    e.file_stem = format!("{:05}_{safe}", out.len());
-                    out.push(e);
+                    out.push((mi, coords.clone(), seed));
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     fn experiment(&self, mi: usize, m: &Method, coords: &[usize], seed: u64) -> Result<Experiment> {

@@ -104,24 +104,14 @@ fn ordered<'a>(
     sweep: &Sweep,
     store: &'a HashMap<String, Row>,
 ) -> Vec<(Vec<usize>, usize, u64, Option<&'a Row>)> {
-    let shape: Vec<usize> = sweep.dims.iter().map(|d| d.coords.len()).collect();
-    let combos: usize = shape.iter().product();
-    let mut out = Vec::new();
-    for mi in 0..sweep.methods.len() {
-        for flat in 0..combos {
-            let mut coords = vec![0; shape.len()];
-            let mut r = flat;
-            for (c, &n) in coords.iter_mut().zip(&shape).rev() {
-                *c = r % n;
-                r /= n;
-            }
-            for &seed in &sweep.seeds {
-                let key = sweep.key(mi, &coords, seed);
-                out.push((coords.clone(), mi, seed, store.get(&key)));
-            }
-        }
-    }
-    out
+    sweep
+        .grid()
+        .into_iter()
+        .map(|(mi, coords, seed)| {
+            let row = store.get(&sweep.key(mi, &coords, seed));
+            (coords, mi, seed, row)
+        })
+        .collect()
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
