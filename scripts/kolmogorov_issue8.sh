@@ -52,7 +52,7 @@ variant() { # method gap seed -> config
       -e "s#^truth_file = .*#truth_file = \"$(truth_of "$3")\"#" \
       configs/kolmogorov_issue8_$base.toml |
   if [ "$m" = sf ]; then
-    sed -e 's/^method = "masf"/method = "sf"/' -e 's#kolmogorov_issue8_masf_prior.h5#kolmogorov_issue8_sf_prior.h5#'
+    sed -e 's/^method = "masf"/method = "sf"/' -e 's/^sampler = "bridge".*/process = "vp"/' -e 's#kolmogorov_issue8_masf_prior.h5#kolmogorov_issue8_sf_prior.h5#'
   elif [ "$m" = free ]; then  # the free-running ensemble: no assimilation (a reference)
     sed -e 's/^method = "letkf"/method = "none"/' -e '/^inflation\|^localization_radius\|^geometry/d'
   else cat; fi

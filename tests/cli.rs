@@ -620,6 +620,7 @@ fn masf_and_sf_learn_a_prior_and_assimilate_l63() {
     let masf = config_variant(dir.path(), "configs/masf_l63_gap100.toml", "m.toml", &short);
     let mut sf_edits = short.to_vec();
     sf_edits.push(("method = \"masf\"", "method = \"sf\""));
+    sf_edits.push(("sampler = \"bridge\"", "process = \"vp\""));
     let sf = config_variant(
         dir.path(),
         "configs/masf_l63_gap100.toml",
@@ -648,6 +649,100 @@ fn masf_and_sf_learn_a_prior_and_assimilate_l63() {
         &dir.path().join("bad.nc"),
         "needs a linear measurement that selects state components",
     );
+}
+
+/// The reference variants end to end on L63: `genda truth` writes a small climatology, MASF
+/// (the authors' sampler) and SF (their VE baseline) pre-train on it with the reference's
+/// schedule, fine-tune every cycle and finish with finite scores. A setting of the other family
+/// (sf with a MASF sampler, a reference-only key on genda's bridge sampler) is one clear error
+/// before anything runs.
+#[test]
+fn masf_and_sf_reference_variants_run_and_refuse_mixed_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = config_variant(
+        dir.path(),
+        "configs/masf_l63_climatology.toml",
+        "clim.toml",
+        &[("cycles = 1000", "cycles = 100")],
+    );
+    let clim = dir.path().join("clim.nc");
+    let o = genda(&[
+        "truth",
+        data.to_str().unwrap(),
+        "-o",
+        clim.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h5 = dir.path().join("clim.h5");
+    let pre = format!("pretrain_data = \"{}\"", h5.display());
+    let cfg = config_variant(
+        dir.path(),
+        "configs/masf_l63_gap100_reference.toml",
+        "r.toml",
+        &[
+            ("cycles = 300", "cycles = 6"),
+            ("burn_in = 50", "burn_in = 1"),
+            (
+                "pretrain_data = \"output/masf_l63_climatology.truth.h5\"",
+                pre.as_str(),
+            ),
+        ],
+    );
+    for (method, extra) in [("masf", "filter.steps=60"), ("sf", "filter.steps=120")] {
+        let out = dir.path().join(format!("{method}.nc"));
+        let o = genda(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--set",
+            &format!("filter.method=\"{method}\""),
+            "--set",
+            "filter.pretrain_epochs=20",
+            "--set",
+            "filter.train_epochs=5",
+            "--set",
+            extra,
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{method}: {}", text(&o));
+        let r = nc_attr_f64(&out, "rmse_analysis_time_mean");
+        let stored = nc_attr_str(&out, "config");
+        eprintln!("{method} reference, 5 cycles: analysis RMSE {r}");
+        assert!(r.is_finite() && r > 0.0, "{method}: {r}");
+        assert!(stored.contains("channels = 3"), "{stored}");
+    }
+    for (base, set, msg) in [
+        (
+            "configs/masf_l63_gap100.toml",
+            "filter.method=\"sf\"",
+            "sampler is masf's",
+        ),
+        (
+            "configs/masf_l63_gap100.toml",
+            "filter.holdout=0.1",
+            "holdout is a setting of the reference variants",
+        ),
+        (
+            "configs/masf_l63_gap100_reference.toml",
+            "filter.process=\"vp\"",
+            "process is sf's",
+        ),
+    ] {
+        let out = dir.path().join("bad.nc");
+        let o = genda(&[
+            "run",
+            base,
+            "--set",
+            set,
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(msg), "{set}: {t}");
+        assert!(!out.exists());
+    }
 }
 
 /// SDA end to end: `genda truth` writes noisy Lorenz-63 windows, `genda train` fits a window
@@ -937,7 +1032,8 @@ fn masf_offline_prior_is_trained_once_and_reused() {
     assert_eq!(a1, a2, "the loaded network gives the same analyses");
     let sf = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("method = \"masf\"", "method = \"sf\"");
+        .replace("method = \"masf\"", "method = \"sf\"")
+        .replace("sampler = \"bridge\"", "process = \"vp\"");
     let sfc = dir.path().join("sf.toml");
     std::fs::write(&sfc, sf).unwrap();
     assert_run_fails_without_output(

@@ -7,11 +7,16 @@
 //! relative. They run with the venv's numpy + h5py (scripts/setup.sh).
 use genda::filters::AnalysisInput;
 use genda::filters::{
-    ensf_seed, pf_draws, Enkf, EnkfConfig, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal, Etkf,
-    EtkfConfig, Filter, Jitter, ParticleFilter, Perturbations, PfConfig, Resampling,
+    ensf_seed, masf_seed, pf_draws, Enkf, EnkfConfig, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal,
+    Etkf, EtkfConfig, Filter, Jitter, Masf, MasfConfig, ParticleFilter, Perturbations, PfConfig,
+    Resampling,
 };
 use genda::obs::PointObs;
 use genda::rng::{fill_standard_normal, Purpose};
+use genda::score::masf_ref::{
+    masf_reference_sample, ref_a, sf_reference_sample, ChannelNorm, Output, Ramp, RefProcess,
+    VeProcess, REF_EPS,
+};
 use genda::score::sampler::{step_noise_at, unit_sample_at};
 use ndarray::Array2;
 use std::path::Path;
@@ -374,5 +379,163 @@ fn enkf_equals_dappers_perturbed_observation_update() {
         h5.arr("analysis", ens.as_slice().unwrap(), &[n_mem, n]);
         h5.finish();
         run_oracle("enkf.py", &path);
+    }
+}
+
+/// The draws MASF's and SF's reference samplers make in one analysis: the start (push to T, or
+/// SF's pure noise), every reverse step, and the pseudo-measurement's noise (unobserved points).
+fn masf_draws(h5: &H5, seed: u64, n_mem: usize, n: usize, steps: usize) {
+    let mut t = vec![0.0; n_mem * n];
+    for (i, r) in t.chunks_mut(n).enumerate() {
+        fill_standard_normal(seed, Purpose::Sampling, u64::MAX, i as u64, 0, r);
+    }
+    h5.arr("noise_T", &t, &[n_mem, n]);
+    let mut noise = vec![0.0; steps * n_mem * n];
+    for (j, step) in noise.chunks_mut(n_mem * n).enumerate() {
+        for (i, r) in step.chunks_mut(n).enumerate() {
+            fill_standard_normal(seed, Purpose::Sampling, j as u64, i as u64, 0, r);
+        }
+    }
+    h5.arr("noise", &noise, &[steps, n_mem, n]);
+    let mut pm = vec![0.0; n];
+    fill_standard_normal(seed, Purpose::Sampling, u64::MAX - 1, u64::MAX, 0, &mut pm);
+    h5.arr("pm_noise", &pm, &[n]);
+}
+
+fn masf_settings(h5: &H5, sf: bool, steps: usize, sigma: f64, channels: usize) {
+    h5.num("sf", sf as u8 as f64);
+    h5.num("steps", steps as f64);
+    h5.num("obs_sigma", sigma);
+    h5.num("channels", channels as f64);
+    let (s, g) = (Ramp::SCORE, Ramp::GUIDANCE);
+    for (k, v) in [
+        ("s_min", s.min),
+        ("s_max", s.max),
+        ("s_pow", s.power),
+        ("g_min", g.min),
+        ("g_max", g.max),
+        ("g_pow", g.power),
+        ("tol", 100.0),
+        ("sigma_max", 25.0),
+    ] {
+        h5.num(k, v);
+    }
+}
+
+/// The filters with an untrained network (its output layer starts at zero, as the reference's
+/// `zero_module`, so x̂₀ = 0 / ε̂ = 0): per-channel standardisation of the first forecast, the
+/// full-grid pseudo-measurement, the push to T / the pure-noise start, every reverse step and
+/// the map back, against the authors' code.
+#[test]
+fn masf_and_sf_reference_filters_equal_the_authors_samplers() {
+    let (_keep, dir) = case_dir();
+    for (case, sf) in [("masf_ref_filter", false), ("sf_ref_filter", true)] {
+        let (n_mem, n, channels) = (6, 8, 2);
+        let mut ens = prior(n_mem, n, 0.8, 31);
+        let idx = vec![0usize, 2, 5, 7];
+        let truth: Vec<f64> = (0..n).map(|j| 2.0 + 3.0 * (0.7 * j as f64).sin()).collect();
+        let r = 0.09;
+        let y = obs_of(&truth, &idx, false, r, 8);
+        let rv = vec![r; idx.len()];
+        let method = if sf { "sf" } else { "masf" };
+        let cfg: MasfConfig = toml::from_str(&format!(
+            "members = {n_mem}\nchannels = {channels}\nhidden = 8\nlayers = 1\npretrain_epochs = 0\n"
+        ))
+        .unwrap();
+        let steps = cfg.steps(method);
+        let (seed, cycle) = (5u64, 1usize);
+        let path = dir.join(format!("{case}.h5"));
+        let h5 = H5::new(&path);
+        h5.arr("forecast", ens.as_slice().unwrap(), &[n_mem, n]);
+        h5.arr("obs", &y, &[y.len()]);
+        h5.arr(
+            "obs_index",
+            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
+            &[idx.len()],
+        );
+        h5.num("net", 0.0);
+        masf_settings(&h5, sf, steps, r.sqrt(), channels);
+        masf_draws(&h5, masf_seed(seed, cycle), n_mem, n, steps);
+        let h = PointObs::new(n, idx.clone(), false);
+        let input = AnalysisInput::whole(&y, &h, &rv, cycle, seed);
+        let mut f = Masf::new(cfg, !sf);
+        assert!(f.variant().is_reference());
+        f.analyse(&mut ens, &input).unwrap();
+        h5.arr("analysis", ens.as_slice().unwrap(), &[n_mem, n]);
+        h5.finish();
+        run_oracle("masf.py", &path);
+    }
+}
+
+/// The samplers with a prior term that matters: the exact conditional mean of an independent
+/// Gaussian prior (x̂₀ for MASF, ε̂ for SF) in coordinates u = 0, s = 1.
+#[test]
+fn masf_and_sf_reference_samplers_with_a_gaussian_prior_equal_the_authors() {
+    let (_keep, dir) = case_dir();
+    let (n_mem, n) = (5, 6);
+    let m0: Vec<f64> = (0..n).map(|k| 0.3 * k as f64 - 0.5).collect();
+    let p0: Vec<f64> = (0..n).map(|k| 0.4 + 0.2 * k as f64).collect();
+    let idx = vec![1usize, 2, 4];
+    let sigma = 0.3;
+    let y = vec![0.9, -0.2, 1.1];
+    let norm = ChannelNorm::per_variable(vec![0.0; n], vec![1.0; n]);
+    let p = RefProcess::new(&norm, &idx, sigma);
+    for (case, sf) in [("masf_ref_gauss", false), ("sf_ref_gauss", true)] {
+        let steps = if sf { 500 } else { 150 };
+        let fc = prior(n_mem, n, 0.7, 41);
+        let seed = 13u64;
+        let path = dir.join(format!("{case}.h5"));
+        let h5 = H5::new(&path);
+        h5.arr("forecast", fc.as_slice().unwrap(), &[n_mem, n]);
+        h5.arr("obs", &y, &[y.len()]);
+        h5.arr(
+            "obs_index",
+            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
+            &[idx.len()],
+        );
+        h5.arr("m0", &m0, &[n]);
+        h5.arr("p0", &p0, &[n]);
+        h5.num("net", 1.0);
+        masf_settings(&h5, sf, steps, sigma, 1);
+        masf_draws(&h5, seed, n_mem, n, steps);
+        let z = p.pseudo_measurement(&idx, &y, sigma, seed);
+        let mut x: Vec<f64> = fc.iter().map(|v| v / (1.0 + REF_EPS)).collect();
+        if sf {
+            let ve = VeProcess { sigma_max: 25.0 };
+            let mut eps = |xs: &[f64], t: f64, out: &mut [f64]| {
+                let sd = ve.std(t);
+                for (i, o) in out.iter_mut().enumerate() {
+                    let k = i % n;
+                    *o = -(sd + 1e-5) * (xs[i] - m0[k]) / (p0[k] + sd * sd);
+                }
+            };
+            sf_reference_sample(ve, &p, &mut eps, &z, &mut x, steps, 100.0, seed);
+        } else {
+            let mut net = |xs: &[f64], s: f64, out: &mut [f64]| {
+                let a = ref_a(s);
+                for (i, o) in out.iter_mut().enumerate() {
+                    let k = i % n;
+                    let slope = a + (1.0 - a) * p.mask[k];
+                    let var = slope * slope * p0[k] + p.cov_k(k, s);
+                    *o = m0[k] + p0[k] * slope / var * (xs[i] - slope * m0[k]);
+                }
+            };
+            masf_reference_sample(
+                &p,
+                &mut net,
+                Output::X0,
+                &z,
+                &mut x,
+                steps,
+                Ramp::SCORE,
+                Ramp::GUIDANCE,
+                seed,
+            );
+        }
+        let analysis: Vec<f64> = x.iter().map(|v| v * (1.0 + REF_EPS)).collect();
+        h5.arr("analysis", &analysis, &[n_mem, n]);
+        h5.arr("z", &z, &[n]);
+        h5.finish();
+        run_oracle("masf.py", &path);
     }
 }

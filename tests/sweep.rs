@@ -323,8 +323,8 @@ set = {{ "experiment.cycles" = 4, "experiment.burn_in" = 1, "filter.pretrain_ste
 [[method]]
 name = "masf"
 [[method]]
-name = "sf"
-set = {{ "filter.method" = "sf" }}
+name = "masf_additive"
+set = {{ "filter.sampler" = "additive" }}
 "#,
             repo_file("configs/masf_l63_gap100.toml").display(),
             dir.path().join("out").display()

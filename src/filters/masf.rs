@@ -1,15 +1,28 @@
-//! Learned-prior score filters with one reverse sampler (`score::masf`):
+//! Learned-prior score filters, as their authors' code runs them by default and as genda's
+//! own variants on request:
 //!
-//! - **MASF** (`method = "masf"`; Yoon, Kim & Kim 2026): the forward process degrades the state
-//!   into the measurement (A(t) from I to H, Σ(t) from 0 to R), so the likelihood of y given
-//!   x_t is exact for linear measurements. `guidance = "bridge"` (default) samples the posterior
-//!   as the time reversal of that process from p(x_T | y) (exact for a Gaussian prior: tested
-//!   against the Kalman posterior); `guidance = "additive"` adds the exact likelihood score to
-//!   the prior score in every step as the paper's sampler does (over-counts the measurement;
-//!   kept for comparison).
-//! - **SF** (`method = "sf"`; the score filter of Bao, Zhang & Zhang): the standard VP process
-//!   (measurement-agnostic) and the damped likelihood approximation (1 − t)∇log p(y | x_t), on
-//!   an identical network, training budget and sampler — MASF's gain is measured against it.
+//! - **MASF** (`method = "masf"`; Yoon, Kim & Kim 2026). `sampler = "reference"` (default) is
+//!   the MASF code (github tcnllab-oss/masf, `score::masf_ref`): its measurement process (noise
+//!   σ/s on every component, the full-grid pseudo-measurement), members pushed to T, the exact
+//!   likelihood score added at every step with the score and guidance ramps on the quadratic
+//!   grid, x0-prediction with an MSE loss, per-channel standardisation fixed from the
+//!   pre-training set, AdamW pre-training once and a fresh AdamW fine-tuning on every later
+//!   cycle's forecast ensemble (120 epochs, gradient norm clipped at 1, 10 % held out).
+//!   Checked against a NumPy transcription of the authors' code (tests/oracle/masf.py).
+//!   genda's variants: `sampler = "bridge"` samples the posterior as the time reversal of
+//!   genda's measurement-aware process from p(x_T | y) (exact for a Gaussian prior: tested
+//!   against the Kalman posterior); `sampler = "additive"` adds the exact likelihood score to the
+//!   prior score in every step on that process (no ramps; over-counts the measurement).
+//! - **SF** (`method = "sf"`; the score filter of Bao, Zhang & Zhang, as the MASF code's
+//!   baseline). `process = "ve"` (default) is that code's `methods/sf.py`: a VE process
+//!   (σ_max = 25) from pure noise, 500 Euler–Maruyama steps, likelihood weight relu(1 − 2t),
+//!   score-RMS clipping, with the same training schedule. `process = "vp"` is genda's ablation:
+//!   MASF's bridge machinery on the standard VP process with the likelihood damped by 1 − t, on
+//!   an identical network, training budget and sampler as genda's MASF.
+//!
+//! The reference variants take the reference's value for every training setting left unset
+//! (`MasfConfig::reference_settings`); genda's variants take genda's and refuse the
+//! reference-only keys. What follows describes genda's variants.
 //!
 //! The prior score network (an MLP) is trained by denoising score matching under the method's
 //! process: `pretrain_steps` at the first cycle on `pretrain_data` (an HDF5 trajectory from
@@ -33,19 +46,63 @@ use super::letkf::{gaspari_cohn, Geometry, GC_HALF_WIDTH_PER_RADIUS};
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
 use crate::score::masf::{
-    fit_gaussian, reverse_sample, sampler_grid, DiagProcess, DiagScore, Guidance, NoisedGaussian,
+    fit_gaussian, reverse_sample, sampler_grid, Batches, DiagProcess, DiagScore, Guidance,
+    NoisedGaussian, Noising, OptimKind, OptimSettings, Target, Training,
+};
+use crate::score::masf_ref::{
+    masf_reference_sample, sf_reference_sample, ChannelNorm, Output, Ramp, RefProcess, VeProcess,
+    REF_EPS,
 };
 use crate::score::net::NetworkConfig;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// MASF's sampler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MasfGuidance {
-    #[default]
+pub enum MasfSampler {
+    /// The MASF code's (`methods/ours.py`): its process (σ/s noise on every component, the
+    /// full-grid pseudo-measurement), members pushed to T, the exact likelihood score added at
+    /// every step with the score and guidance ramps, quadratic grid (`score::masf_ref`).
+    Reference,
+    /// genda's derivation: time reversal of the measurement-aware process from p(x_T | y)
+    /// (exact for a Gaussian prior; unit noise on unobserved components).
     Bridge,
+    /// genda's process with the exact likelihood score added at every step, no ramps.
     Additive,
+}
+
+/// SF's forward process and sampler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SfProcess {
+    /// The SF code's (`methods/sf.py`): VE (σ_max), pure-noise start, Euler–Maruyama,
+    /// relu(1 − 2t) likelihood weight, score RMS clipping.
+    Ve,
+    /// genda's ablation: MASF's sampler on the standard VP process, likelihood damped by 1 − t.
+    Vp,
+}
+
+/// What the prior network predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// x̂₀ with an MSE loss (the MASF code's).
+    X0,
+    /// ε̂ (genda's, and the SF code's).
+    Epsilon,
+}
+
+/// How states are standardised for the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standardise {
+    /// Per channel (`channels` equal blocks of the state), from the pre-training set (or the
+    /// first forecast ensemble), fixed: the MASF code's.
+    PerChannel,
+    /// Per state variable (genda's).
+    PerVariable,
 }
 
 /// The prior score of MASF and SF (both get the same one).
@@ -58,34 +115,88 @@ pub enum MasfPrior {
     /// The score of a Gaussian fitted to the forecast ensemble (localised, shrunk sample
     /// covariance), noised exactly under the method's process, plus an MLP residual that starts
     /// at zero and is trained by DSM with that baseline added. With a zero residual MASF's bridge
-    /// sampler is then a (localised) Kalman update.
+    /// sampler is then a (localised) Kalman update. genda's samplers only.
     GaussianResidual,
 }
 
+/// MASF and SF. The reference variants (`sampler = "reference"`, `process = "ve"`, the
+/// defaults) take the reference's value for every training setting left unset; genda's
+/// variants take genda's (the table in docs/results.md).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MasfConfig {
     pub members: usize,
-    /// MASF only: how the exact likelihood enters the sampler.
+    /// MASF only: "reference" (default), "bridge" or "additive".
+    #[serde(default, alias = "guidance")]
+    pub sampler: Option<MasfSampler>,
+    /// SF only: "ve" (default, the reference) or "vp" (genda's ablation).
     #[serde(default)]
-    pub guidance: MasfGuidance,
-    /// Reverse-time steps.
-    #[serde(default = "d_steps")]
-    pub steps: usize,
+    pub process: Option<SfProcess>,
+    /// Reverse-time steps (reference: MASF 150, SF 500; genda 150).
+    #[serde(default)]
+    pub steps: Option<usize>,
     #[serde(default = "d_hidden")]
     pub hidden: i64,
     #[serde(default = "d_layers")]
     pub layers: usize,
-    #[serde(default = "d_lr")]
-    pub lr: f64,
-    #[serde(default = "d_batch")]
-    pub batch: usize,
-    /// Adam steps at the first cycle.
-    #[serde(default = "d_pretrain")]
-    pub pretrain_steps: usize,
-    /// Adam steps of fine-tuning on the forecast ensemble every later cycle (0: frozen).
-    #[serde(default = "d_train")]
-    pub train_steps: usize,
+    /// Learning rate (reference 3e-4, genda 1e-3).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Training batch (reference 32, genda 128).
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// Optimiser steps at the first cycle (genda 1000).
+    #[serde(default)]
+    pub pretrain_steps: Option<usize>,
+    /// Optimiser steps of fine-tuning every later cycle (genda 100; 0: frozen).
+    #[serde(default)]
+    pub train_steps: Option<usize>,
+    /// Reference variants: epochs of pre-training (reference 200) ...
+    #[serde(default)]
+    pub pretrain_epochs: Option<usize>,
+    /// ... and of fine-tuning on each later cycle's forecast ensemble (reference 120).
+    #[serde(default)]
+    pub train_epochs: Option<usize>,
+    /// Reference variants: fraction of the training rows held out and never used (the
+    /// reference's validation split, 0.1).
+    #[serde(default)]
+    pub holdout: Option<f64>,
+    /// Reference variants: "adamw" (reference) or "adam".
+    #[serde(default)]
+    pub optimizer: Option<OptimKind>,
+    /// Reference variants: weight decay (reference 0.01).
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+    /// Reference variants: Adam betas (reference [0.9, 0.99]).
+    #[serde(default)]
+    pub betas: Option<[f64; 2]>,
+    /// Reference variants: gradient-norm clipping (reference 1.0; 0: none).
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    /// Reference variants: a fresh optimiser every cycle (reference true).
+    #[serde(default)]
+    pub fresh_optimizer: Option<bool>,
+    /// Reference variants: "x0" (MASF reference) or "epsilon" (SF reference; MASF ablation).
+    #[serde(default)]
+    pub prediction: Option<Prediction>,
+    /// Reference variants: "per_channel" (reference) or "per_variable".
+    #[serde(default)]
+    pub standardise: Option<Standardise>,
+    /// Channels of the state for per-channel standardisation (equal contiguous blocks).
+    #[serde(default = "d_channels")]
+    pub channels: usize,
+    /// MASF reference sampler: the score-scale ramp (0.95 → 1.6, power 1.5).
+    #[serde(default)]
+    pub score_scale: Option<Ramp>,
+    /// MASF reference sampler: the guidance-scale ramp (1.1 → 1.5, power 2).
+    #[serde(default)]
+    pub guidance_scale: Option<Ramp>,
+    /// SF reference: σ_max of the VE process (25).
+    #[serde(default)]
+    pub sigma_max: Option<f64>,
+    /// SF reference: the guided score's per-member RMS bound (`tol`, 100).
+    #[serde(default)]
+    pub score_clip: Option<f64>,
     /// HDF5 trajectory (`genda truth`) to pre-train on; fixes the standardisation.
     #[serde(default)]
     pub pretrain_data: Option<PathBuf>,
@@ -121,101 +232,308 @@ pub struct MasfConfig {
 fn d_inflation() -> f64 {
     1.0
 }
-
-fn d_steps() -> usize {
-    150
-}
 fn d_hidden() -> i64 {
     128
 }
 fn d_layers() -> usize {
     3
 }
-fn d_lr() -> f64 {
-    1e-3
+fn d_channels() -> usize {
+    1
 }
-fn d_batch() -> usize {
-    128
+
+/// Which algorithm a `MasfConfig` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    MasfReference,
+    MasfBridge,
+    MasfAdditive,
+    SfReference,
+    SfDamped,
 }
-fn d_pretrain() -> usize {
-    1000
+
+impl Variant {
+    pub fn is_reference(self) -> bool {
+        matches!(self, Variant::MasfReference | Variant::SfReference)
+    }
 }
-fn d_train() -> usize {
-    100
+
+/// The settings of a reference variant, every unset one at the reference's value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceSettings {
+    pub pretrain: Training,
+    pub finetune: Training,
+    pub optim: OptimSettings,
+    pub standardise: Standardise,
+    pub score_ramp: Ramp,
+    pub guidance_ramp: Ramp,
+    pub sigma_max: f64,
+    pub score_clip: f64,
 }
 
 impl MasfConfig {
-    pub fn validate(&self, method: &str) -> Result<()> {
-        if self.steps == 0 || self.batch == 0 || self.hidden < 1 || self.layers < 1 {
-            return Err(GendaError::invalid(
-                "filter",
-                format!("{method} needs steps, batch, hidden, layers >= 1"),
-            ));
+    /// The algorithm `method` ("masf" or "sf") runs with these settings.
+    pub fn variant(&self, method: &str) -> Variant {
+        match (method, self.sampler, self.process) {
+            ("sf", _, Some(SfProcess::Vp)) => Variant::SfDamped,
+            ("sf", _, _) => Variant::SfReference,
+            (_, Some(MasfSampler::Bridge), _) => Variant::MasfBridge,
+            (_, Some(MasfSampler::Additive), _) => Variant::MasfAdditive,
+            _ => Variant::MasfReference,
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(GendaError::invalid(
-                "filter.lr",
-                format!("must be positive, got {}", self.lr),
-            ));
+    }
+
+    /// Reverse-time steps.
+    pub fn steps(&self, method: &str) -> usize {
+        self.steps.unwrap_or(match self.variant(method) {
+            Variant::SfReference => 500,
+            _ => 150,
+        })
+    }
+
+    fn lr(&self, method: &str) -> f64 {
+        self.lr.unwrap_or(if self.variant(method).is_reference() {
+            3e-4
+        } else {
+            1e-3
+        })
+    }
+
+    fn batch(&self, method: &str) -> usize {
+        self.batch
+            .unwrap_or(if self.variant(method).is_reference() {
+                32
+            } else {
+                128
+            })
+    }
+
+    /// The reference variants' settings (defaults: the reference's).
+    pub fn reference_settings(&self, method: &str) -> ReferenceSettings {
+        let v = self.variant(method);
+        let phase = |steps: Option<usize>, epochs: Option<usize>, default_epochs: usize| match (
+            steps, epochs,
+        ) {
+            (Some(s), _) => Batches::Steps(s),
+            (None, e) => Batches::Epochs(e.unwrap_or(default_epochs)),
+        };
+        let target = match (self.prediction, v) {
+            (Some(Prediction::Epsilon), _) | (None, Variant::SfReference) => Target::Epsilon,
+            _ => Target::X0,
+        };
+        // The SF code sums the squared error over the channels (dim 1) and averages the rest.
+        let loss_scale = if v == Variant::SfReference {
+            self.channels as f64
+        } else {
+            1.0
+        };
+        let training = |batches| Training {
+            batches,
+            batch: self.batch(method),
+            holdout: self.holdout.unwrap_or(0.1),
+            loss_scale,
+            target,
+        };
+        let r = OptimSettings::masf_reference();
+        ReferenceSettings {
+            pretrain: training(phase(self.pretrain_steps, self.pretrain_epochs, 200)),
+            finetune: training(phase(self.train_steps, self.train_epochs, 120)),
+            optim: OptimSettings {
+                kind: self.optimizer.unwrap_or(r.kind),
+                lr: self.lr(method),
+                weight_decay: self.weight_decay.unwrap_or(r.weight_decay),
+                betas: self.betas.unwrap_or(r.betas),
+                clip_grad_norm: match self.clip_grad_norm {
+                    Some(c) if c > 0.0 => Some(c),
+                    Some(_) => None,
+                    None => r.clip_grad_norm,
+                },
+                fresh_each_cycle: self.fresh_optimizer.unwrap_or(r.fresh_each_cycle),
+            },
+            standardise: self.standardise.unwrap_or(Standardise::PerChannel),
+            score_ramp: self.score_scale.unwrap_or(Ramp::SCORE),
+            guidance_ramp: self.guidance_scale.unwrap_or(Ramp::GUIDANCE),
+            sigma_max: self.sigma_max.unwrap_or(25.0),
+            score_clip: self.score_clip.unwrap_or(100.0),
+        }
+    }
+
+    pub fn validate(&self, method: &str) -> Result<()> {
+        let bad =
+            |key: &str, msg: String| Err(GendaError::invalid(key, format!("{method}: {msg}")));
+        if method == "sf" && self.sampler.is_some() {
+            return bad("filter.sampler", "sf's variants are process = \"ve\" (the reference) or \"vp\" (genda's ablation); sampler is masf's".into());
+        }
+        if method == "masf" && self.process.is_some() {
+            return bad("filter.process", "masf's variants are sampler = \"reference\", \"bridge\" or \"additive\"; process is sf's".into());
+        }
+        let v = self.variant(method);
+        let lr = self.lr(method);
+        if self.steps(method) == 0 || self.batch(method) == 0 || self.hidden < 1 || self.layers < 1
+        {
+            return bad("filter", "steps, batch, hidden, layers must be >= 1".into());
+        }
+        if !(lr > 0.0 && lr.is_finite()) {
+            return bad("filter.lr", format!("must be positive, got {lr}"));
         }
         if !(self.inflation.is_finite() && self.inflation > 0.0) {
-            return Err(GendaError::invalid(
+            return bad(
                 "filter.inflation",
                 format!("must be positive, got {}", self.inflation),
-            ));
+            );
         }
         if !(0.0..=1.0).contains(&self.shrinkage) {
-            return Err(GendaError::invalid(
+            return bad(
                 "filter.shrinkage",
                 format!("must lie in [0, 1], got {}", self.shrinkage),
-            ));
+            );
         }
         if self
             .localization_radius
             .is_some_and(|r| !(r > 0.0 && r.is_finite()))
         {
-            return Err(GendaError::invalid(
+            return bad(
                 "filter.localization_radius",
                 format!("must be positive, got {:?}", self.localization_radius),
-            ));
+            );
         }
         if self.prior_weights.is_some() && self.pretrain_data.is_none() {
-            return Err(GendaError::invalid(
-                "filter.prior_weights",
-                format!("{method}: prior_weights keeps a network pre-trained offline on pretrain_data; set pretrain_data too"),
-            ));
+            return bad("filter.prior_weights", "prior_weights keeps a network pre-trained offline on pretrain_data; set pretrain_data too".into());
+        }
+        if self.channels == 0 {
+            return bad("filter.channels", "must be >= 1".into());
+        }
+        if v.is_reference() {
+            return self.validate_reference(method, v);
+        }
+        // genda's variants take none of the reference's training settings.
+        let reference_only = [
+            ("pretrain_epochs", self.pretrain_epochs.is_some()),
+            ("train_epochs", self.train_epochs.is_some()),
+            ("holdout", self.holdout.is_some()),
+            ("optimizer", self.optimizer.is_some()),
+            ("weight_decay", self.weight_decay.is_some()),
+            ("betas", self.betas.is_some()),
+            ("clip_grad_norm", self.clip_grad_norm.is_some()),
+            ("fresh_optimizer", self.fresh_optimizer.is_some()),
+            ("prediction", self.prediction.is_some()),
+            ("standardise", self.standardise.is_some()),
+            ("score_scale", self.score_scale.is_some()),
+            ("guidance_scale", self.guidance_scale.is_some()),
+            ("sigma_max", self.sigma_max.is_some()),
+            ("score_clip", self.score_clip.is_some()),
+        ];
+        if let Some((k, _)) = reference_only.iter().find(|(_, set)| *set) {
+            return bad(&format!("filter.{k}"), format!("{k} is a setting of the reference variants (masf sampler = \"reference\", sf process = \"ve\"), not of genda's {v:?}"));
         }
         if self.prior == MasfPrior::GaussianResidual {
             if self.pretrain_data.is_some() {
-                return Err(GendaError::invalid(
-                    "filter.pretrain_data",
-                    format!("{method}: prior = \"gaussian_residual\" learns a residual to the forecast ensemble's Gaussian; climatology pre-training does not apply"),
-                ));
+                return bad("filter.pretrain_data", "prior = \"gaussian_residual\" learns a residual to the forecast ensemble's Gaussian; climatology pre-training does not apply".into());
             }
             return Ok(());
         }
         if self.localization_radius.is_some() || self.shrinkage != 0.0 {
-            return Err(GendaError::invalid(
+            return bad(
                 "filter.localization_radius",
-                format!("{method}: localization_radius and shrinkage need prior = \"gaussian_residual\""),
-            ));
+                "localization_radius and shrinkage need prior = \"gaussian_residual\"".into(),
+            );
         }
-        if self.pretrain_steps == 0 && self.train_steps == 0 {
-            return Err(GendaError::invalid(
+        if self.pretrain_steps.unwrap_or(1000) == 0 && self.train_steps.unwrap_or(100) == 0 {
+            return bad(
                 "filter.pretrain_steps",
-                format!("{method} needs pretrain_steps or train_steps >= 1 (the prior score is learned)"),
-            ));
+                "needs pretrain_steps or train_steps >= 1 (the prior score is learned)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_reference(&self, method: &str, v: Variant) -> Result<()> {
+        let bad =
+            |key: &str, msg: String| Err(GendaError::invalid(key, format!("{method}: {msg}")));
+        if self.prior != MasfPrior::Mlp
+            || self.localization_radius.is_some()
+            || self.shrinkage != 0.0
+        {
+            return bad("filter.prior", "the reference variants learn the prior network alone (prior = \"mlp\"); the Gaussian baseline belongs to genda's samplers".into());
+        }
+        for (k, s, e) in [
+            ("pretrain", self.pretrain_steps, self.pretrain_epochs),
+            ("train", self.train_steps, self.train_epochs),
+        ] {
+            if s.is_some() && e.is_some() {
+                return bad(
+                    &format!("filter.{k}_steps"),
+                    format!("set {k}_steps or {k}_epochs, not both"),
+                );
+            }
+        }
+        let r = self.reference_settings(method);
+        if !(0.0..1.0).contains(&r.pretrain.holdout) {
+            return bad(
+                "filter.holdout",
+                format!("must lie in [0, 1), got {}", r.pretrain.holdout),
+            );
+        }
+        if !(r.optim.weight_decay >= 0.0 && r.optim.weight_decay.is_finite()) {
+            return bad(
+                "filter.weight_decay",
+                format!("must be >= 0, got {}", r.optim.weight_decay),
+            );
+        }
+        if r.optim.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return bad(
+                "filter.betas",
+                format!("must lie in [0, 1), got {:?}", r.optim.betas),
+            );
+        }
+        if v == Variant::SfReference {
+            if r.pretrain.target == Target::X0 {
+                return bad("filter.prediction", "the VE process has no x0 parametrisation here (the SF code predicts std·score)".into());
+            }
+            if !(r.sigma_max > 1.0 && r.sigma_max.is_finite()) {
+                return bad(
+                    "filter.sigma_max",
+                    format!("must be > 1, got {}", r.sigma_max),
+                );
+            }
+            if r.score_clip.is_nan() || r.score_clip <= 0.0 {
+                return bad(
+                    "filter.score_clip",
+                    format!("must be positive, got {}", r.score_clip),
+                );
+            }
+        } else if self.sigma_max.is_some() || self.score_clip.is_some() {
+            return bad(
+                "filter.sigma_max",
+                "sigma_max and score_clip are the SF reference's (process = \"ve\")".into(),
+            );
+        }
+        if v == Variant::SfReference
+            && (self.score_scale.is_some() || self.guidance_scale.is_some())
+        {
+            return bad(
+                "filter.score_scale",
+                "score_scale and guidance_scale are the MASF reference sampler's".into(),
+            );
         }
         Ok(())
     }
 }
 
+/// The seed of a cycle's draws (training and sampling) in MASF and SF.
+pub fn masf_seed(seed: u64, cycle: usize) -> u64 {
+    seed ^ (cycle as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 pub struct Masf {
     cfg: MasfConfig,
     measurement_aware: bool,
+    variant: Variant,
     net: Option<DiagScore>,
-    /// Fixed standardisation (from `pretrain_data`).
+    /// Fixed standardisation (genda's: from `pretrain_data`).
     fixed: Option<(Vec<f64>, Vec<f64>)>,
+    /// The reference variants' fixed standardisation (set at the first cycle).
+    norm: Option<ChannelNorm>,
     /// Last training loss (diagnostic).
     pub last_loss: f64,
 }
@@ -223,13 +541,21 @@ pub struct Masf {
 impl Masf {
     /// `measurement_aware`: MASF (true) or SF (false).
     pub fn new(cfg: MasfConfig, measurement_aware: bool) -> Self {
+        let variant = cfg.variant(if measurement_aware { "masf" } else { "sf" });
         Masf {
             cfg,
             measurement_aware,
+            variant,
             net: None,
             fixed: None,
+            norm: None,
             last_loss: f64::NAN,
         }
+    }
+
+    /// The algorithm this filter runs.
+    pub fn variant(&self) -> Variant {
+        self.variant
     }
 
     /// The localisation taper ρ(i, j) of the Gaussian prior's covariance (state of `n`).
@@ -251,6 +577,206 @@ impl Masf {
         } else {
             "sf"
         }
+    }
+
+    /// The prior network's architecture.
+    fn architecture(&self) -> NetworkConfig {
+        self.cfg.network.clone().unwrap_or(NetworkConfig::Mlp {
+            hidden: self.cfg.hidden,
+            layers: self.cfg.layers,
+            time_features: 16,
+        })
+    }
+
+    /// The observed components, or a clear error for operators the exact likelihood cannot use.
+    fn observed(&self, input: &AnalysisInput) -> Result<Vec<usize>> {
+        let method = self.method();
+        super::selected_components(input.obs_operator).ok_or_else(|| {
+            GendaError::invalid(
+                "observations.operator",
+                format!(
+                    "{method}: the exact likelihood score of the measurement-aware process needs a linear measurement that selects state components (operator = \"sparse\" or \"identity\"); for nonlinear operators use ensf or kde_diffusion"
+                ),
+            )
+        })
+    }
+
+    /// The analysis of the reference variants (`score::masf_ref`), in place on `ens`.
+    fn analyse_reference(
+        &mut self,
+        ens: &mut Array2<f64>,
+        input: &AnalysisInput,
+        observed: &[usize],
+        seed: u64,
+    ) -> Result<()> {
+        let method = self.method();
+        let n = ens.ncols();
+        let rs = self.cfg.reference_settings(method);
+        let r0 = input.obs_error_var.first().copied().unwrap_or(1.0);
+        if input.obs_error_var.iter().any(|&r| r != r0) {
+            return Err(GendaError::invalid(
+                "observations.error_var",
+                format!("{method} (reference): the reference has one measurement error σ for the whole grid (its noise_std); this run's error variances differ between observations"),
+            ));
+        }
+        let sigma = r0.sqrt();
+        if n % self.cfg.channels != 0 {
+            return Err(GendaError::invalid(
+                "filter.channels",
+                format!(
+                    "{method}: state size {n} is not {} equal channels",
+                    self.cfg.channels
+                ),
+            ));
+        }
+        let first = self.net.is_none();
+        let fc: Vec<f64> = ens.iter().cloned().collect();
+        // Pre-training rows (raw), read once at the first cycle.
+        let pre: Option<Vec<f64>> = match (&self.cfg.pretrain_data, first) {
+            (Some(p), true) => {
+                let traj = crate::io::read_trajectory(p)?;
+                if traj.state_dim != n {
+                    return Err(GendaError::Dimension {
+                        what: format!("{method}: pretrain_data {} state size", p.display()),
+                        expected: n,
+                        got: traj.state_dim,
+                    });
+                }
+                Some(traj.data)
+            }
+            _ => None,
+        };
+        if first {
+            let stats_from = pre.as_deref().unwrap_or(&fc);
+            self.norm = Some(match rs.standardise {
+                Standardise::PerChannel => ChannelNorm::fit(stats_from, n, self.cfg.channels),
+                Standardise::PerVariable => {
+                    let (m, s) = standardisation(stats_from, n);
+                    ChannelNorm::per_variable(m, s)
+                }
+            });
+        }
+        let norm = self.norm.clone().expect("set at the first cycle");
+        let to_norm = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .enumerate()
+                .map(|(i, x)| (x - norm.u[i % n]) / (norm.s[i % n] + REF_EPS))
+                .collect()
+        };
+        let process = RefProcess::new(&norm, observed, sigma);
+        let ve = VeProcess {
+            sigma_max: rs.sigma_max,
+        };
+        let noising: &dyn Noising = match self.variant {
+            Variant::SfReference => &ve,
+            _ => &process,
+        };
+        let z_fc = to_norm(&fc);
+        if first {
+            let mut net = DiagScore::with_network(self.architecture(), n, rs.optim.lr, input.seed)?;
+            net.zero_output();
+            net.set_optimizer(rs.optim)?;
+            let fingerprint = self.reference_fingerprint(&process, &rs);
+            let cached = self.cfg.prior_weights.as_ref().filter(|p| p.exists());
+            if let Some(p) = cached {
+                net.load(p, &fingerprint)?;
+                log::info!("{method}: prior network loaded from {}", p.display());
+            } else {
+                let data = pre.as_deref().map(to_norm).unwrap_or_else(|| z_fc.clone());
+                self.last_loss =
+                    net.fit_phase(noising, &data, &rs.pretrain, input.seed, input.seed)?;
+                if let Some(p) = &self.cfg.prior_weights {
+                    net.save(p, &fingerprint)?;
+                    log::info!(
+                        "{method}: prior network pre-trained and saved to {}",
+                        p.display()
+                    );
+                }
+            }
+            self.net = Some(net);
+        } else {
+            let net = self.net.as_mut().expect("trained at the first cycle");
+            if rs.optim.fresh_each_cycle {
+                net.set_optimizer(rs.optim)?;
+            }
+            let has_steps = !matches!(rs.finetune.batches, Batches::Steps(0) | Batches::Epochs(0));
+            if has_steps {
+                self.last_loss = net.fit_phase(noising, &z_fc, &rs.finetune, seed, input.seed)?;
+            }
+        }
+        let net = self.net.as_ref().expect("trained at the first cycle");
+        let z = process.pseudo_measurement(observed, input.obs, sigma, seed);
+        let mut x = z_fc;
+        let mut out_fn = |xs: &[f64], t: f64, out: &mut [f64]| net.output(xs, t, out);
+        let steps = self.cfg.steps(method);
+        match self.variant {
+            Variant::SfReference => sf_reference_sample(
+                ve,
+                &process,
+                &mut out_fn,
+                &z,
+                &mut x,
+                steps,
+                rs.score_clip,
+                seed,
+            ),
+            _ => {
+                let output = match rs.pretrain.target {
+                    Target::X0 => Output::X0,
+                    Target::Epsilon => Output::Epsilon,
+                };
+                masf_reference_sample(
+                    &process,
+                    &mut out_fn,
+                    output,
+                    &z,
+                    &mut x,
+                    steps,
+                    rs.score_ramp,
+                    rs.guidance_ramp,
+                    seed,
+                )
+            }
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(GendaError::Diverged {
+                cycle: input.cycle,
+                what: format!("{method} reverse sampling produced non-finite values"),
+            });
+        }
+        for (i, v) in ens.iter_mut().enumerate() {
+            *v = x[i] * (norm.s[i % n] + REF_EPS) + norm.u[i % n];
+        }
+        inflate(ens, self.cfg.inflation);
+        Ok(())
+    }
+
+    /// What a reference variant's cached network was trained for.
+    fn reference_fingerprint(&self, process: &RefProcess, rs: &ReferenceSettings) -> String {
+        let h = crate::config::fnv1a(
+            process
+                .mask
+                .iter()
+                .chain(&process.u)
+                .chain(&process.s)
+                .chain(&process.sigma2)
+                .flat_map(|v| v.to_bits().to_le_bytes()),
+        );
+        format!(
+            "{:?}, state {}, process {h:016x}, network {}, pretrain_data {}, {:?}, {:?}",
+            self.variant,
+            process.dim(),
+            toml::to_string(&self.cfg.network)
+                .unwrap_or_default()
+                .replace('\n', " "),
+            self.cfg
+                .pretrain_data
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            rs.pretrain,
+            rs.optim,
+        )
     }
 }
 
@@ -285,16 +811,27 @@ impl Filter for Masf {
                 format!("{method} learns a score of the whole state; use domains = 1"),
             ));
         }
-        let observed = super::selected_components(input.obs_operator).ok_or_else(|| {
-            GendaError::invalid(
-                "observations.operator",
-                format!(
-                    "{method}: the exact likelihood score of the measurement-aware process needs a linear measurement that selects state components (operator = \"sparse\" or \"identity\"); for nonlinear operators use ensf or kde_diffusion"
-                ),
-            )
-        })?;
+        let observed = self.observed(input)?;
+        let seed = masf_seed(input.seed, input.cycle);
+        if self.variant.is_reference() {
+            return self.analyse_reference(ens, input, &observed, seed);
+        }
+        self.analyse_genda(ens, input, &observed, seed)
+    }
+}
+
+impl Masf {
+    /// genda's variants (bridge, additive, SF damped) on `score::masf::DiagProcess`.
+    fn analyse_genda(
+        &mut self,
+        ens: &mut Array2<f64>,
+        input: &AnalysisInput,
+        observed: &[usize],
+        seed: u64,
+    ) -> Result<()> {
+        let method = self.method();
+        let steps = self.cfg.steps(method);
         let n = ens.ncols();
-        let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let first = self.net.is_none();
         if first {
             if let Some(p) = &self.cfg.pretrain_data {
@@ -325,7 +862,7 @@ impl Filter for Masf {
             .map(|(&k, &v)| (v - mean[k]) / sd[k])
             .collect();
         let process = if self.measurement_aware {
-            DiagProcess::measurement_aware(n, &observed, &r_obs)
+            DiagProcess::measurement_aware(n, observed, &r_obs)
         } else {
             DiagProcess::standard(n)
         };
@@ -340,20 +877,14 @@ impl Filter for Masf {
             MasfPrior::GaussianResidual => {
                 let taper = self.taper(n);
                 let (m, c) = fit_gaussian(&z, n, &taper, self.cfg.shrinkage);
-                let grid = sampler_grid(self.cfg.steps);
-                Some(NoisedGaussian::new(
-                    &process,
-                    &m,
-                    &c,
-                    &grid[..self.cfg.steps],
-                )?)
+                let grid = sampler_grid(steps);
+                Some(NoisedGaussian::new(&process, &m, &c, &grid[..steps])?)
             }
         };
-        let (hidden, layers, lr, batch) = (
-            self.cfg.hidden,
-            self.cfg.layers,
-            self.cfg.lr,
-            self.cfg.batch,
+        let (lr, batch) = (self.cfg.lr(method), self.cfg.batch(method));
+        let (pretrain_steps, train_steps) = (
+            self.cfg.pretrain_steps.unwrap_or(1000),
+            self.cfg.train_steps.unwrap_or(100),
         );
         let fit = |net: &mut DiagScore, data: &[f64], steps: usize, seed: u64| match &base {
             _ if steps == 0 => Ok(f64::NAN),
@@ -361,11 +892,7 @@ impl Filter for Masf {
             None => net.fit(&process, data, steps, batch, seed),
         };
         if first {
-            let arch = self.cfg.network.clone().unwrap_or(NetworkConfig::Mlp {
-                hidden,
-                layers,
-                time_features: 16,
-            });
+            let arch = self.architecture();
             let mut net = match base {
                 Some(_) => DiagScore::new_residual(arch, n, lr, input.seed)?,
                 None => DiagScore::with_network(arch, n, lr, input.seed)?,
@@ -387,7 +914,7 @@ impl Filter for Masf {
                         .as_ref()
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
-                    self.cfg.pretrain_steps,
+                    pretrain_steps,
                     batch,
                     lr
                 )
@@ -409,7 +936,7 @@ impl Filter for Masf {
                 net.load(p, &fingerprint)?;
                 log::info!("{method}: prior network loaded from {}", p.display());
             } else {
-                self.last_loss = fit(&mut net, &data, self.cfg.pretrain_steps, input.seed)?;
+                self.last_loss = fit(&mut net, &data, pretrain_steps, input.seed)?;
                 if let Some(p) = &self.cfg.prior_weights {
                     net.save(p, &fingerprint)?;
                     log::info!(
@@ -419,15 +946,15 @@ impl Filter for Masf {
                 }
             }
             self.net = Some(net);
-        } else if self.cfg.train_steps > 0 {
+        } else if train_steps > 0 {
             let net = self.net.as_mut().expect("trained at the first cycle");
-            self.last_loss = fit(net, &z, self.cfg.train_steps, seed)?;
+            self.last_loss = fit(net, &z, train_steps, seed)?;
         }
         let net = self.net.as_ref().expect("trained at the first cycle");
-        let guidance = match (self.measurement_aware, self.cfg.guidance) {
-            (false, _) => Guidance::Damped,
-            (true, MasfGuidance::Bridge) => Guidance::Bridge,
-            (true, MasfGuidance::Additive) => Guidance::Additive,
+        let guidance = match self.variant {
+            Variant::MasfAdditive => Guidance::Additive,
+            Variant::SfDamped => Guidance::Damped,
+            _ => Guidance::Bridge,
         };
         let mut x = z;
         let mut base_err = None;
@@ -443,15 +970,7 @@ impl Filter for Masf {
             }
         };
         reverse_sample(
-            &process,
-            &mut prior,
-            guidance,
-            &observed,
-            &y,
-            &r_obs,
-            &mut x,
-            self.cfg.steps,
-            seed,
+            &process, &mut prior, guidance, observed, &y, &r_obs, &mut x, steps, seed,
         );
         if let Some(e) = base_err {
             return Err(e);
@@ -478,25 +997,17 @@ mod tests {
     use nalgebra::{DMatrix, DVector};
 
     fn gaussian_config(steps: usize) -> MasfConfig {
-        MasfConfig {
-            members: 0,
-            guidance: MasfGuidance::Bridge,
-            steps,
-            hidden: 16,
-            layers: 1,
-            lr: 1e-3,
-            batch: 16,
-            pretrain_steps: 0,
-            train_steps: 0,
-            pretrain_data: None,
-            prior: MasfPrior::GaussianResidual,
-            network: None,
-            prior_weights: None,
-            localization_radius: None,
-            geometry: Geometry::Ring,
-            shrinkage: 0.0,
-            inflation: 1.0,
-        }
+        let mut c: MasfConfig = toml::from_str("members = 0").unwrap();
+        c.sampler = Some(MasfSampler::Bridge);
+        c.steps = Some(steps);
+        c.hidden = 16;
+        c.layers = 1;
+        c.batch = Some(16);
+        c.pretrain_steps = Some(0);
+        c.train_steps = Some(0);
+        c.prior = MasfPrior::GaussianResidual;
+        c.geometry = Geometry::Ring;
+        c
     }
 
     /// A correlated Gaussian ensemble (members, 5), mean m, covariance B Bᵀ.

@@ -29,7 +29,10 @@ pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion, KdeSampler, KdeTerminal};
 pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
-pub use masf::{Masf, MasfConfig, MasfGuidance, MasfPrior};
+pub use masf::{
+    masf_seed, Masf, MasfConfig, MasfPrior, MasfSampler, Prediction, SfProcess, Standardise,
+    Variant,
+};
 pub use omega::{Omega, OmegaConfig};
 pub use particle::{
     pf_analysis, pf_draws, systematic_resample, unbias_var, Jitter, ParticleFilter, PfConfig,

@@ -107,10 +107,153 @@ impl DiagProcess {
     }
 }
 
+/// A forward process as the trainer sees it: x_t from x₀ componentwise, and the range of the
+/// training times t ~ U(lo, hi).
+pub trait Noising {
+    fn noised(&self, k: usize, x0: f64, t: f64, xi: f64) -> f64;
+    fn time_range(&self) -> (f64, f64);
+}
+
+impl Noising for DiagProcess {
+    fn noised(&self, k: usize, x0: f64, t: f64, xi: f64) -> f64 {
+        self.a_k(k, t) * x0 + self.var_k(k, t).sqrt() * xi
+    }
+    fn time_range(&self) -> (f64, f64) {
+        (T_EPS, T_END)
+    }
+}
+
+impl Noising for super::masf_ref::RefProcess {
+    fn noised(&self, k: usize, x0: f64, t: f64, xi: f64) -> f64 {
+        super::masf_ref::RefProcess::noised(self, k, x0, t, xi)
+    }
+    fn time_range(&self) -> (f64, f64) {
+        (super::masf_ref::REF_T_EPS, super::masf_ref::REF_T)
+    }
+}
+
+impl Noising for super::masf_ref::VeProcess {
+    fn noised(&self, _k: usize, x0: f64, t: f64, xi: f64) -> f64 {
+        x0 + self.std(t) * xi
+    }
+    fn time_range(&self) -> (f64, f64) {
+        (super::masf_ref::REF_T_EPS, 1.0)
+    }
+}
+
+/// The optimiser of a prior network.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSettings {
+    pub kind: OptimKind,
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "d_betas")]
+    pub betas: [f64; 2],
+    /// Clip the gradients' global L2 norm to this (torch's `clip_grad_norm_`).
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    /// A fresh optimiser (zero moments) for every cycle's fine-tuning, as the MASF code builds.
+    #[serde(default)]
+    pub fresh_each_cycle: bool,
+}
+
+fn d_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimKind {
+    Adam,
+    /// Decoupled weight decay (torch.optim.AdamW).
+    Adamw,
+}
+
+impl OptimSettings {
+    /// genda's: Adam, kept across cycles, no clipping.
+    pub fn adam(lr: f64) -> Self {
+        OptimSettings {
+            kind: OptimKind::Adam,
+            lr,
+            weight_decay: 0.0,
+            betas: d_betas(),
+            clip_grad_norm: None,
+            fresh_each_cycle: false,
+        }
+    }
+    /// The MASF code's: AdamW(lr 3e-4, weight decay 0.01, betas (0.9, 0.99)), gradient norm
+    /// clipped at 1, a fresh optimiser every cycle.
+    pub fn masf_reference() -> Self {
+        OptimSettings {
+            kind: OptimKind::Adamw,
+            lr: 3e-4,
+            weight_decay: 0.01,
+            betas: [0.9, 0.99],
+            clip_grad_norm: Some(1.0),
+            fresh_each_cycle: true,
+        }
+    }
+    fn build(&self, vs: &nn::VarStore) -> Result<nn::Optimizer> {
+        use tch::nn::OptimizerConfig;
+        let r = match self.kind {
+            OptimKind::Adam => nn::Adam {
+                beta1: self.betas[0],
+                beta2: self.betas[1],
+                wd: self.weight_decay,
+                ..Default::default()
+            }
+            .build(vs, self.lr),
+            OptimKind::Adamw => nn::AdamW {
+                beta1: self.betas[0],
+                beta2: self.betas[1],
+                wd: self.weight_decay,
+                ..Default::default()
+            }
+            .build(vs, self.lr),
+        };
+        r.map_err(|e| GendaError::Score(format!("optimiser: {e}")))
+    }
+}
+
+/// What the network is trained to output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// ε̂ ≈ −ξ (genda's, and the SF code's `std·score`).
+    Epsilon,
+    /// x̂₀ ≈ x₀ (the MASF code's).
+    X0,
+}
+
+/// How training rows are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Batches {
+    /// This many optimiser steps, each of `batch` rows drawn with replacement.
+    Steps(usize),
+    /// This many epochs: each a keyed shuffle of the training rows cut into batches of `batch`
+    /// (the last one partial), as a torch DataLoader with shuffle.
+    Epochs(usize),
+}
+
+/// A training phase (pre-training or one cycle's fine-tuning).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Training {
+    pub batches: Batches,
+    pub batch: usize,
+    /// Fraction of the rows held out (never trained on, as the reference's unused validation
+    /// split): ⌊rows·holdout⌋ rows picked by a shuffle keyed by the split seed alone.
+    pub holdout: f64,
+    /// Loss = `loss_scale` × mean squared error (the SF code sums over the channels).
+    pub loss_scale: f64,
+    pub target: Target,
+}
+
 /// Prior score network for a `DiagProcess`, fine-tuned in place.
 pub struct DiagScore {
     net: ScoreNetwork,
     opt: nn::Optimizer,
+    optim: OptimSettings,
     pub dim: usize,
     pub steps_done: u64,
 }
@@ -133,6 +276,7 @@ impl DiagScore {
         Ok(DiagScore {
             net,
             opt,
+            optim: OptimSettings::adam(lr),
             dim,
             steps_done: 0,
         })
@@ -141,13 +285,8 @@ impl DiagScore {
     /// A residual network on top of a closed-form baseline score: as `new`, with the output
     /// layer zeroed so that the residual starts at 0 (the baseline alone).
     pub fn new_residual(cfg: NetworkConfig, dim: usize, lr: f64, seed: u64) -> Result<Self> {
-        let s = Self::with_network(cfg, dim, lr, seed)?;
-        let _g = tch::no_grad_guard();
-        for (name, p) in s.net.parameters() {
-            if name.starts_with("out") || name.starts_with("conv_out") {
-                let _ = p.shallow_clone().zero_();
-            }
-        }
+        let mut s = Self::with_network(cfg, dim, lr, seed)?;
+        s.zero_output();
         Ok(s)
     }
 
@@ -218,9 +357,148 @@ impl DiagScore {
         Ok(last)
     }
 
-    /// One Adam step on `loss`; its value, or an error naming `what` if it is not finite.
+    /// Use the optimiser `o` from now on (a new one, zero moments).
+    pub fn set_optimizer(&mut self, o: OptimSettings) -> Result<()> {
+        self.opt = o.build(&self.net.vs)?;
+        self.optim = o;
+        Ok(())
+    }
+
+    /// The optimiser's settings.
+    pub fn optimizer(&self) -> OptimSettings {
+        self.optim
+    }
+
+    /// Zero the output layer (the network outputs 0 until trained: the MASF code's
+    /// `zero_module` on its output convolution).
+    pub fn zero_output(&mut self) {
+        let _g = tch::no_grad_guard();
+        for (name, p) in self.net.parameters() {
+            if name.starts_with("out") || name.starts_with("conv_out") {
+                let _ = p.shallow_clone().zero_();
+            }
+        }
+    }
+
+    /// The network's raw output (ε̂ or x̂₀, as it was trained) at the rows of `x`, time t.
+    pub fn output(&self, x: &[f64], t: f64, out: &mut [f64]) {
+        self.net.eps_into(x, t, out);
+    }
+
+    /// Train on `data` (rows of `dim`) under `noise` as `training` says; draws keyed by
+    /// (seed, step), the held-out rows by `split_seed` alone. Returns the last loss.
+    pub fn fit_phase(
+        &mut self,
+        noise: &dyn Noising,
+        data: &[f64],
+        training: &Training,
+        seed: u64,
+        split_seed: u64,
+    ) -> Result<f64> {
+        use rand::seq::SliceRandom;
+        let d = self.dim;
+        let n = data.len() / d;
+        if n == 0 || training.batch == 0 {
+            return Err(GendaError::Score(
+                "prior score: no training data or an empty batch".into(),
+            ));
+        }
+        let mut rows: Vec<usize> = (0..n).collect();
+        let held = ((n as f64) * training.holdout).floor() as usize;
+        if held > 0 {
+            rows.shuffle(&mut stream(
+                split_seed,
+                Purpose::Training,
+                u64::MAX,
+                u64::MAX,
+                5,
+            ));
+            rows.truncate(n - held);
+        }
+        if rows.is_empty() {
+            return Err(GendaError::Score(format!(
+                "prior score: holdout {} leaves no training rows of {n}",
+                training.holdout
+            )));
+        }
+        // The batches of row indices, in order.
+        let batches: Vec<Vec<usize>> = match training.batches {
+            Batches::Steps(k) => (0..k)
+                .map(|i| {
+                    let mut rng = stream(
+                        seed,
+                        Purpose::Training,
+                        self.steps_done + i as u64,
+                        u64::MAX,
+                        4,
+                    );
+                    let pick = Uniform::new(0, rows.len());
+                    (0..training.batch)
+                        .map(|_| rows[pick.sample(&mut rng)])
+                        .collect()
+                })
+                .collect(),
+            Batches::Epochs(e) => (0..e)
+                .flat_map(|epoch| {
+                    let mut order = rows.clone();
+                    order.shuffle(&mut stream(
+                        seed,
+                        Purpose::Training,
+                        epoch as u64,
+                        u64::MAX,
+                        6,
+                    ));
+                    order
+                        .chunks(training.batch)
+                        .map(|c| c.to_vec())
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        };
+        let (lo, hi) = noise.time_range();
+        let tdist = Uniform::new(lo, hi);
+        let mut z = vec![0.0; d];
+        let mut last = f64::NAN;
+        for rows in batches {
+            let step = self.steps_done;
+            let b = rows.len();
+            let mut rng = stream(seed, Purpose::Training, step, u64::MAX, 2);
+            let mut xs = vec![0f32; b * d];
+            let mut tg = vec![0f32; b * d];
+            let mut ts = vec![0f32; b];
+            for (r, &i) in rows.iter().enumerate() {
+                let t = tdist.sample(&mut rng);
+                fill_standard_normal(seed, Purpose::Training, step, r as u64, 0, &mut z);
+                for k in 0..d {
+                    let x0 = data[i * d + k];
+                    xs[r * d + k] = noise.noised(k, x0, t, z[k]) as f32;
+                    tg[r * d + k] = match training.target {
+                        Target::Epsilon => -z[k] as f32,
+                        Target::X0 => x0 as f32,
+                    };
+                }
+                ts[r] = t as f32;
+            }
+            let shape = [b as i64, d as i64];
+            let x = Tensor::from_slice(&xs).reshape(shape);
+            let target = Tensor::from_slice(&tg).reshape(shape);
+            let tt = Tensor::from_slice(&ts);
+            let loss = (self.net.eps_hat(&x, &tt) - target)
+                .square()
+                .mean(Kind::Float)
+                * training.loss_scale;
+            last = self.adam_step(&loss, "prior score")?;
+        }
+        Ok(last)
+    }
+
+    /// One optimiser step on `loss` (gradient clipping as the settings say); its value, or an
+    /// error naming `what` if it is not finite.
     fn adam_step(&mut self, loss: &Tensor, what: &str) -> Result<f64> {
-        self.opt.backward_step(loss);
+        match self.optim.clip_grad_norm {
+            Some(c) => self.opt.backward_step_clip_norm(loss, c),
+            None => self.opt.backward_step(loss),
+        }
         let v = loss.double_value(&[]);
         self.steps_done += 1;
         if !v.is_finite() {

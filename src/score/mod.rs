@@ -8,6 +8,7 @@
 //!   MPI data parallel); device selection and libtorch facts for `genda doctor` here.
 pub mod analytic;
 pub mod masf;
+pub mod masf_ref;
 pub mod mixture;
 pub mod net;
 pub mod process;

@@ -130,6 +130,15 @@ pub fn nc_attr_f64(path: &Path, name: &str) -> f64 {
     }
 }
 
+pub fn nc_attr_str(path: &Path, name: &str) -> String {
+    let _g = nc_lock();
+    let f = netcdf::open(path).unwrap();
+    match f.attribute(name).unwrap().value().unwrap() {
+        netcdf::AttributeValue::Str(v) => v,
+        other => panic!("attribute {name}: {other:?}"),
+    }
+}
+
 /// Files in `dir` (to check that failed runs leave nothing behind).
 pub fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
