@@ -743,6 +743,27 @@ fn masf_and_sf_reference_variants_run_and_refuse_mixed_settings() {
         assert!(!o.status.success() && t.contains(msg), "{set}: {t}");
         assert!(!out.exists());
     }
+    // The network's device: "cuda" on a machine without a GPU is one clear error.
+    if !genda::score::torch_info().cuda_available {
+        let (base, set, msg) = (
+            cfg.to_str().unwrap(),
+            "filter.device=\"cuda\"",
+            "sees no CUDA device",
+        );
+        let out = dir.path().join("bad.nc");
+        let o = genda(&[
+            "run",
+            base,
+            "--set",
+            set,
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(msg), "{set}: {t}");
+        assert!(!out.exists());
+    }
 }
 
 /// SDA end to end: `genda truth` writes noisy Lorenz-63 windows, `genda train` fits a window

@@ -227,6 +227,10 @@ pub struct MasfConfig {
     /// Multiplicative inflation of the analysis anomalies (as EnKF's).
     #[serde(default = "d_inflation")]
     pub inflation: f64,
+    /// Where the prior network trains and samples: "auto" (this rank's GPU when libtorch sees
+    /// one, else the CPU), "cpu" or "cuda" (an error without a GPU).
+    #[serde(default)]
+    pub device: crate::score::DeviceChoice,
 }
 
 fn d_inflation() -> f64 {
@@ -673,7 +677,9 @@ impl Masf {
         };
         let z_fc = to_norm(&fc);
         if first {
-            let mut net = DiagScore::with_network(self.architecture(), n, rs.optim.lr, input.seed)?;
+            let device = crate::score::select_local_device(self.cfg.device)?;
+            let mut net =
+                DiagScore::on_device(self.architecture(), n, rs.optim.lr, input.seed, device)?;
             net.zero_output();
             net.set_optimizer(rs.optim)?;
             let fingerprint = self.reference_fingerprint(&process, &rs);
@@ -893,9 +899,14 @@ impl Masf {
         };
         if first {
             let arch = self.architecture();
+            let device = crate::score::select_local_device(self.cfg.device)?;
             let mut net = match base {
-                Some(_) => DiagScore::new_residual(arch, n, lr, input.seed)?,
-                None => DiagScore::with_network(arch, n, lr, input.seed)?,
+                Some(_) => {
+                    let mut net = DiagScore::on_device(arch, n, lr, input.seed, device)?;
+                    net.zero_output();
+                    net
+                }
+                None => DiagScore::on_device(arch, n, lr, input.seed, device)?,
             };
             // What the offline network is trained for: the cache refuses anything else.
             let fingerprint = {

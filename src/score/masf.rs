@@ -270,9 +270,20 @@ impl DiagScore {
 
     /// A prior score network of any architecture (`NetworkConfig::Unet` for 2-D fields).
     pub fn with_network(cfg: NetworkConfig, dim: usize, lr: f64, seed: u64) -> Result<Self> {
+        Self::on_device(cfg, dim, lr, seed, tch::Device::Cpu)
+    }
+
+    /// `with_network` on `device` (the node's GPU for this rank, or the CPU).
+    pub fn on_device(
+        cfg: NetworkConfig,
+        dim: usize,
+        lr: f64,
+        seed: u64,
+        device: tch::Device,
+    ) -> Result<Self> {
         // The process record is unused here (the diagonal process is passed to each call).
         let (net, opt) =
-            ScoreNetwork::cpu_with_adam(cfg, dim, ForwardProcess::default(), lr, seed)?;
+            ScoreNetwork::with_adam(cfg, dim, ForwardProcess::default(), lr, seed, device)?;
         Ok(DiagScore {
             net,
             opt,
@@ -348,9 +359,10 @@ impl DiagScore {
                 ts[g * per..(g + 1) * per].fill(t as f32);
             }
             let shape = [rows as i64, d as i64];
-            let x = Tensor::from_slice(&xs).reshape(shape);
-            let tg = Tensor::from_slice(&target).reshape(shape);
-            let tt = Tensor::from_slice(&ts);
+            let dev = self.net.device();
+            let x = Tensor::from_slice(&xs).reshape(shape).to(dev);
+            let tg = Tensor::from_slice(&target).reshape(shape).to(dev);
+            let tt = Tensor::from_slice(&ts).to(dev);
             let loss = (self.net.eps_hat(&x, &tt) - tg).square().mean(Kind::Float);
             last = self.adam_step(&loss, "residual prior score")?;
         }
@@ -480,9 +492,10 @@ impl DiagScore {
                 ts[r] = t as f32;
             }
             let shape = [b as i64, d as i64];
-            let x = Tensor::from_slice(&xs).reshape(shape);
-            let target = Tensor::from_slice(&tg).reshape(shape);
-            let tt = Tensor::from_slice(&ts);
+            let dev = self.net.device();
+            let x = Tensor::from_slice(&xs).reshape(shape).to(dev);
+            let target = Tensor::from_slice(&tg).reshape(shape).to(dev);
+            let tt = Tensor::from_slice(&ts).to(dev);
             let loss = (self.net.eps_hat(&x, &tt) - target)
                 .square()
                 .mean(Kind::Float)
@@ -548,9 +561,10 @@ impl DiagScore {
                 ts[b] = t as f32;
             }
             let shape = [batch as i64, d as i64];
-            let x = Tensor::from_slice(&xs).reshape(shape);
-            let zt = Tensor::from_slice(&zs).reshape(shape);
-            let tt = Tensor::from_slice(&ts);
+            let dev = self.net.device();
+            let x = Tensor::from_slice(&xs).reshape(shape).to(dev);
+            let zt = Tensor::from_slice(&zs).reshape(shape).to(dev);
+            let tt = Tensor::from_slice(&ts).to(dev);
             let loss = (self.net.eps_hat(&x, &tt) + zt).square().mean(Kind::Float);
             last = self.adam_step(&loss, "prior score")?;
         }

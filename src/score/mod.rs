@@ -36,6 +36,25 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// This process's rank among the ranks on its node (Open MPI, Slurm, MPICH/Hydra, PMI), 0
+/// outside a launcher: ranks on a node share its GPUs round-robin.
+pub fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+        "MPI_LOCALRANKID",
+        "PMI_LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok().and_then(|s| s.parse().ok()))
+    .unwrap_or(0)
+}
+
+/// `select_device` for this process's local rank.
+pub fn select_local_device(choice: DeviceChoice) -> Result<tch::Device> {
+    select_device(choice, local_rank())
+}
+
 /// Resolve a device choice; `local_rank` maps MPI ranks on a node to GPUs.
 pub fn select_device(choice: DeviceChoice, local_rank: usize) -> Result<tch::Device> {
     let n = tch::Cuda::device_count().max(0) as usize;

@@ -292,9 +292,26 @@ impl ScoreNetwork {
         lr: f64,
         seed: u64,
     ) -> Result<(Self, nn::Optimizer)> {
+        Self::with_adam(cfg, dim, process, lr, seed, Device::Cpu)
+    }
+
+    /// A network with its Adam optimiser on `device` (on the CPU with one libtorch thread, as
+    /// `cpu_mlp_with_adam` says; the same initial weights on every device).
+    pub fn with_adam(
+        cfg: NetworkConfig,
+        dim: usize,
+        process: ForwardProcess,
+        lr: f64,
+        seed: u64,
+        device: Device,
+    ) -> Result<(Self, nn::Optimizer)> {
         use tch::nn::OptimizerConfig;
-        tch::set_num_threads(1);
+        if device == Device::Cpu {
+            tch::set_num_threads(1);
+        }
         let net = ScoreNetwork::new(cfg, process, dim, Device::Cpu, seed)?;
+        let mut net = net;
+        net.vs.set_device(device);
         let opt = nn::Adam::default()
             .build(&net.vs, lr)
             .map_err(|e| GendaError::Score(format!("optimiser: {e}")))?;
@@ -453,7 +470,7 @@ impl ScoreNetwork {
         let dim: usize = get("dim")?
             .parse()
             .map_err(|e| GendaError::Score(format!("{origin}: bad `dim`: {e}")))?;
-        let dev = super::select_device(device, 0)?;
+        let dev = super::select_local_device(device)?;
         let mut net = ScoreNetwork::new(cfg, process, dim, dev, 0)?;
         net.shift = get("data_shift")?
             .parse()

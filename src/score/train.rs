@@ -577,12 +577,7 @@ pub fn run_training(
         cfg.data.standardize,
     )?;
     // One GPU per rank: MPI rank → local device index (ranks on a node share its GPUs).
-    let local_rank = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")
-        .or_else(|_| std::env::var("SLURM_LOCALID"))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let device = super::select_device(cfg.training.device, local_rank)?;
+    let device = super::select_local_device(cfg.training.device)?;
     let mut net = ScoreNetwork::new(
         cfg.network.clone(),
         cfg.process,
