@@ -74,6 +74,7 @@ pub struct TrainingConfig {
     /// Smallest training time (the loss is ill-conditioned at t = 0).
     #[serde(default = "d_tmin")]
     pub t_min: f64,
+    /// Validate every this many steps (0: only at the end).
     #[serde(default = "d_val_every")]
     pub validate_every: usize,
     /// Write a checkpoint every this many steps (0: only at the end).
@@ -622,7 +623,8 @@ pub fn run_training(
         last = trainer.step(&data, comm)?;
         bar.inc(1);
         let s = trainer.step;
-        if s % cfg.training.validate_every == 0 || s == cfg.training.steps {
+        let every = cfg.training.validate_every;
+        if (every > 0 && s % every == 0) || s == cfg.training.steps {
             val = trainer.validation_loss(&data);
             bar.set_message(format!("loss {last:.4} val {val:.4}"));
             log::info!(
