@@ -313,10 +313,10 @@ pub fn run_smooth(cfg: &Config, output: Option<&Path>) -> Result<SmoothReport> {
             .collect();
         obs.push((at, comp.clone(), y, r.clone()));
     }
-    let (shift, scale) = (net.shift, net.scale);
     let mut tobs = TrajectoryObs::default();
     for (at, comp, y, r) in &obs {
         for ((&k, yv), rv) in comp.iter().zip(y).zip(r) {
+            let (shift, scale) = (net.shift_at(k), net.scale_at(k));
             tobs.index.push(at * n + k);
             tobs.y.push((yv - shift) / scale);
             tobs.var.push(rv / (scale * scale));
@@ -327,7 +327,8 @@ pub fn run_smooth(cfg: &Config, output: Option<&Path>) -> Result<SmoothReport> {
     let samples: Vec<f64> = sampler
         .sample(s, &sc.settings(), seed ^ 0x5DA)?
         .into_iter()
-        .map(|v| shift + scale * v)
+        .enumerate()
+        .map(|(i, v)| net.shift_at(i % n) + net.scale_at(i % n) * v)
         .collect();
     let sda = scores(&samples, &truth, l, n, &obs, &st);
     let (reference, w1, refs) = if sc.reference_particles > 0 {

@@ -444,6 +444,12 @@ impl Daisi {
                 path.display()
             ))
         })?;
+        if !net.var_shift.is_empty() {
+            return Err(GendaError::file(
+                path,
+                "daisi works in one global standardisation; this network was trained with data.per_variable = true",
+            ));
+        }
         match net.process {
             ForwardProcess::Interpolant { t_max } => {
                 if self.cfg.t_start > t_max {

@@ -202,12 +202,12 @@ impl Filter for Sda {
         while self.history.len() > self.cfg.window_cycles {
             self.history.pop_front();
         }
-        let (shift, scale) = (net.shift, net.scale);
         let mut obs = TrajectoryObs::default();
         let kept = self.history.len();
         for (j, (comp, y, r)) in self.history.iter().enumerate() {
             let state = l - 1 - (kept - 1 - j) * every;
             for ((&c, &yv), &rv) in comp.iter().zip(y).zip(r) {
+                let (shift, scale) = (net.shift_at(c), net.scale_at(c));
                 obs.index.push(state * n + c);
                 obs.y.push((yv - shift) / scale);
                 obs.var.push(rv / (scale * scale));
@@ -225,7 +225,7 @@ impl Filter for Sda {
         let last = (l - 1) * n;
         for i in 0..m {
             for k in 0..n {
-                ens[[i, k]] = shift + scale * x[i * l * n + last + k];
+                ens[[i, k]] = net.shift_at(k) + net.scale_at(k) * x[i * l * n + last + k];
             }
         }
         Ok(())

@@ -23,6 +23,19 @@ pub enum NetworkConfig {
         #[serde(default = "d_tf")]
         time_features: i64,
     },
+    /// SDA's residual MLP (`sda/nn.py` ResMLP inside `sda/score.py` ScoreNet, github
+    /// francois-rozet/sda): the input [x, emb(t)] → Linear → `depth` residual blocks
+    /// x + Lin(SiLU(Lin(LN(x)))) of `width` → Linear to the output → one residual block of the
+    /// output width; LN is a LayerNorm without affine parameters (unbiased variance, ε = 1e-5,
+    /// zuko's); emb(t) = Lin(SiLU(Lin([cos πkt, sin πkt]_{k=1..16}))) of 256 then `embedding`.
+    ResMlp {
+        #[serde(default = "d_res_width")]
+        width: i64,
+        #[serde(default = "d_layers")]
+        depth: usize,
+        #[serde(default = "d_res_embedding")]
+        embedding: i64,
+    },
     /// Two-level U-Net on a (height, width) doubly periodic field; height and width even. A
     /// sample of `dim` = S·height·width values is S stacked fields (an SDA window of S = 2k+1
     /// states, state-major), which the network takes as S input and output channels.
@@ -48,6 +61,12 @@ fn d_tf() -> i64 {
 fn d_channels() -> i64 {
     16
 }
+fn d_res_width() -> i64 {
+    256
+}
+fn d_res_embedding() -> i64 {
+    32
+}
 
 impl NetworkConfig {
     pub fn validate(&self, dim: usize) -> Result<()> {
@@ -61,6 +80,18 @@ impl NetworkConfig {
                     return Err(GendaError::invalid(
                         "network",
                         "hidden, layers and time_features must be >= 1",
+                    ));
+                }
+            }
+            NetworkConfig::ResMlp {
+                width,
+                depth,
+                embedding,
+            } => {
+                if width < 1 || depth < 1 || embedding < 1 {
+                    return Err(GendaError::invalid(
+                        "network",
+                        "res_mlp needs width, depth and embedding >= 1",
                     ));
                 }
             }
@@ -100,6 +131,8 @@ impl NetworkConfig {
         match *self {
             NetworkConfig::Mlp { time_features, .. }
             | NetworkConfig::Unet { time_features, .. } => time_features,
+            // SDA's embedding has 16 frequencies.
+            NetworkConfig::ResMlp { .. } => 16,
         }
     }
 }
@@ -134,8 +167,75 @@ fn periodic_conv(conv: &nn::Conv2D, x: &Tensor) -> Tensor {
     conv.forward(&x.pad([1, 1, 1, 1], "circular", None))
 }
 
+/// One stage of a `ResMlp`: a width change, or a pre-norm residual block.
+enum ResStage {
+    Linear(nn::Linear),
+    Block(nn::Linear, nn::Linear),
+}
+
+struct ResMlp {
+    emb1: nn::Linear,
+    emb2: nn::Linear,
+    stages: Vec<ResStage>,
+}
+
+/// zuko's LayerNorm over the last dimension: no affine parameters, unbiased variance.
+fn layer_norm(x: &Tensor) -> Tensor {
+    let (var, mean) = x.var_mean_correction(&[-1i64][..], 1, true);
+    (x - mean) / (var + 1e-5).sqrt()
+}
+
+impl ResMlp {
+    fn new(root: &nn::Path, dim: i64, width: i64, depth: usize, embedding: i64) -> Self {
+        let lin = |name: String, i, o| nn::linear(root / name, i, o, Default::default());
+        let widths: Vec<i64> = std::iter::once(dim + embedding)
+            .chain(std::iter::repeat_n(width, depth))
+            .chain(std::iter::once(dim))
+            .collect();
+        let mut stages = Vec::new();
+        for (i, w) in widths.windows(2).enumerate() {
+            let (before, after) = (w[0], w[1]);
+            // The last stage's names start with `out` (zeroed for residual priors).
+            let tag = if i + 2 == widths.len() {
+                "out".to_string()
+            } else {
+                format!("stage{i}")
+            };
+            if after != before {
+                stages.push(ResStage::Linear(lin(format!("{tag}_lin"), before, after)));
+            }
+            stages.push(ResStage::Block(
+                lin(format!("{tag}_res_a"), after, after),
+                lin(format!("{tag}_res_b"), after, after),
+            ));
+        }
+        ResMlp {
+            emb1: lin("temb1".into(), 32, 256),
+            emb2: lin("temb2".into(), 256, embedding),
+            stages,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
+        let freqs =
+            (Tensor::arange(16, (Kind::Float, t.device())) + 1.0) * std::f64::consts::PI;
+        let arg = t.unsqueeze(-1) * freqs.unsqueeze(0);
+        let e = Tensor::cat(&[arg.cos(), arg.sin()], -1);
+        let e = self.emb2.forward(&self.emb1.forward(&e).silu());
+        let mut h = Tensor::cat(&[x.shallow_clone(), e], -1);
+        for st in &self.stages {
+            h = match st {
+                ResStage::Linear(l) => l.forward(&h),
+                ResStage::Block(a, b) => &h + b.forward(&a.forward(&layer_norm(&h)).silu()),
+            };
+        }
+        h
+    }
+}
+
 enum Arch {
     Mlp(Mlp),
+    ResMlp(ResMlp),
     Unet(Box<Unet>),
 }
 
@@ -148,6 +248,9 @@ pub struct ScoreNetwork {
     /// Data were standardised as (x − shift)/scale before training.
     pub shift: f64,
     pub scale: f64,
+    /// Per state variable (component k ↦ k mod len) instead, when not empty.
+    pub var_shift: Vec<f64>,
+    pub var_scale: Vec<f64>,
     pub vs: nn::VarStore,
     arch: Arch,
 }
@@ -188,6 +291,11 @@ impl ScoreNetwork {
                     out: nn::linear(&root / "out", width, dim as i64, Default::default()),
                 })
             }
+            NetworkConfig::ResMlp {
+                width,
+                depth,
+                embedding,
+            } => Arch::ResMlp(ResMlp::new(&root, dim as i64, width, depth, embedding)),
             NetworkConfig::Unet {
                 height,
                 width,
@@ -219,6 +327,8 @@ impl ScoreNetwork {
             dim,
             shift: 0.0,
             scale: 1.0,
+            var_shift: Vec::new(),
+            var_scale: Vec::new(),
             vs,
             arch,
         })
@@ -228,10 +338,30 @@ impl ScoreNetwork {
         self.vs.device()
     }
 
+    /// The data shift of state variable `k` (the global one without per-variable scaling).
+    pub fn shift_at(&self, k: usize) -> f64 {
+        match self.var_shift.len() {
+            0 => self.shift,
+            l => self.var_shift[k % l],
+        }
+    }
+
+    /// The data scale of state variable `k`.
+    pub fn scale_at(&self, k: usize) -> f64 {
+        match self.var_scale.len() {
+            0 => self.scale,
+            l => self.var_scale[k % l],
+        }
+    }
+
     /// ε̂(x_t, t).   x: (B, d), t: (B) → (B, d)
     pub fn eps_hat(&self, x: &Tensor, t: &Tensor) -> Tensor {
+        if let Arch::ResMlp(r) = &self.arch {
+            return r.forward(x, t);
+        }
         let emb = time_embedding(t, self.cfg.time_features());
         match &self.arch {
+            Arch::ResMlp(_) => unreachable!("handled above"),
             Arch::Mlp(m) => {
                 let mut h = Tensor::cat(&[x.shallow_clone(), emb], -1);
                 for l in &m.layers {
@@ -382,7 +512,7 @@ impl ScoreNetwork {
 
     /// Provenance attributes stored with weights.
     pub fn attrs(&self) -> Vec<(String, String)> {
-        vec![
+        let mut a = vec![
             (
                 "network".into(),
                 toml::to_string(&self.cfg).unwrap_or_default(),
@@ -395,7 +525,13 @@ impl ScoreNetwork {
             ("data_shift".into(), format!("{:e}", self.shift)),
             ("data_scale".into(), format!("{:e}", self.scale)),
             ("genda_version".into(), env!("CARGO_PKG_VERSION").into()),
-        ]
+        ];
+        if !self.var_shift.is_empty() {
+            let join = |v: &[f64]| v.iter().map(|x| format!("{x:e}")).collect::<Vec<_>>().join(" ");
+            a.push(("data_shift_per_variable".into(), join(&self.var_shift)));
+            a.push(("data_scale_per_variable".into(), join(&self.var_scale)));
+        }
+        a
     }
 
     /// Copy of every parameter as named f32 arrays.
@@ -478,6 +614,25 @@ impl ScoreNetwork {
         net.scale = get("data_scale")?
             .parse()
             .map_err(|e| GendaError::Score(format!("{origin}: bad data_scale: {e}")))?;
+        let list = |k: &str| -> Result<Vec<f64>> {
+            match tf.attrs.get(k) {
+                None => Ok(Vec::new()),
+                Some(v) => v
+                    .split_whitespace()
+                    .map(|x| {
+                        x.parse::<f64>()
+                            .map_err(|e| GendaError::Score(format!("{origin}: bad {k}: {e}")))
+                    })
+                    .collect(),
+            }
+        };
+        net.var_shift = list("data_shift_per_variable")?;
+        net.var_scale = list("data_scale_per_variable")?;
+        if net.var_shift.len() != net.var_scale.len() {
+            return Err(GendaError::Score(format!(
+                "{origin}: data_shift_per_variable and data_scale_per_variable differ in length"
+            )));
+        }
         let arrays = tf
             .groups
             .get(group)
@@ -583,5 +738,43 @@ mod tests {
             .max()
             .double_value(&[]);
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    /// SDA's Lorenz-63 window network (window 5 of 3 variables, width 256, depth 5, embedding
+    /// 32) has SDA's parameter count: time embedding 32→256→32 (16 672), Linear(47, 256), five
+    /// residual blocks of 256, Linear(256, 15) and one residual block of 15 (691 215 in all);
+    /// the LayerNorm has no parameters; a zeroed `out` stage makes the output exactly 0.
+    #[test]
+    fn res_mlp_is_sdas_architecture() {
+        let cfg = NetworkConfig::ResMlp {
+            width: 256,
+            depth: 5,
+            embedding: 32,
+        };
+        let net = ScoreNetwork::new(cfg, ForwardProcess::default(), 15, Device::Cpu, 3).unwrap();
+        let count: i64 = net.parameters().iter().map(|(_, t)| t.numel() as i64).sum();
+        let block = |w: i64| 2 * (w * w + w);
+        let want = (32 * 256 + 256) + (256 * 32 + 32) + (47 * 256 + 256) + 5 * block(256)
+            + (256 * 15 + 15)
+            + block(15);
+        assert_eq!(count, want);
+        let x = Tensor::randn([4, 15], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0.1f32, 0.4, 0.7, 0.95]);
+        let y = net.eps_hat(&x, &t);
+        assert_eq!(y.size(), vec![4, 15]);
+        assert!(y.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        let _g = tch::no_grad_guard();
+        for (name, p) in net.parameters() {
+            if name.starts_with("out") {
+                let _ = p.shallow_clone().zero_();
+            }
+        }
+        let y0 = net.eps_hat(&x, &t);
+        assert_eq!(y0.abs().max().double_value(&[]), 0.0);
+        // zuko's LayerNorm: zero mean, unit unbiased variance over the last dimension.
+        let ln = layer_norm(&x);
+        let (v, m) = ln.var_mean_correction(&[-1i64][..], 1, false);
+        assert!(m.abs().max().double_value(&[]) < 1e-6);
+        assert!((v - 1.0).abs().max().double_value(&[]) < 1e-4);
     }
 }

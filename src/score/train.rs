@@ -45,6 +45,11 @@ pub struct DataConfig {
     /// Standardise data by their global mean and std before training.
     #[serde(default = "yes")]
     pub standardize: bool,
+    /// With `standardize`: each state variable by its own mean and std over the trajectory
+    /// (SDA's per-variable scaling), stored with the weights and applied by every method that
+    /// loads them.
+    #[serde(default)]
+    pub per_variable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -53,6 +58,8 @@ pub enum LrSchedule {
     Constant,
     #[default]
     Cosine,
+    /// lr·(1 − step/steps) after the warm-up, to 0 at the end (SDA's `linear`, per step).
+    Linear,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -64,6 +71,9 @@ pub struct TrainingConfig {
     pub lr: f64,
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// Decoupled weight decay (AdamW: p ← p − lr·wd·p before the Adam step; SDA 1e-3).
+    #[serde(default)]
+    pub weight_decay: f64,
     #[serde(default)]
     pub warmup: usize,
     /// EMA decay of the weights that are saved.
@@ -177,6 +187,12 @@ impl TrainConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return bad("training.lr", format!("must be positive, got {}", t.lr));
         }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return bad(
+                "training.weight_decay",
+                format!("must be >= 0, got {}", t.weight_decay),
+            );
+        }
         if !(0.0..1.0).contains(&t.ema) {
             return bad("training.ema", format!("must be in [0, 1), got {}", t.ema));
         }
@@ -208,6 +224,9 @@ pub struct Dataset {
     pub dim: usize,
     pub shift: f64,
     pub scale: f64,
+    /// Per state variable (empty: the global `shift`/`scale`).
+    pub var_shift: Vec<f64>,
+    pub var_scale: Vec<f64>,
 }
 
 impl Dataset {
@@ -239,7 +258,49 @@ impl Dataset {
             dim,
             shift,
             scale,
+            var_shift: Vec::new(),
+            var_scale: Vec::new(),
         })
+    }
+
+    /// `from_samples` with each of the `vars` state variables (component k of a sample is
+    /// variable k mod `vars`) standardised by its own mean and std.
+    pub fn from_samples_per_variable(
+        samples: Vec<f64>,
+        dim: usize,
+        vars: usize,
+        validation_fraction: f64,
+    ) -> Result<Self> {
+        if vars == 0 || dim % vars != 0 {
+            return Err(GendaError::Score(format!(
+                "per-variable standardisation: sample size {dim} is not a multiple of {vars} variables"
+            )));
+        }
+        let mut mean = vec![0.0; vars];
+        let mut count = vec![0usize; vars];
+        for (i, v) in samples.iter().enumerate() {
+            mean[i % vars] += v;
+            count[i % vars] += 1;
+        }
+        mean.iter_mut().zip(&count).for_each(|(m, &c)| *m /= c.max(1) as f64);
+        let mut var = vec![0.0; vars];
+        for (i, v) in samples.iter().enumerate() {
+            var[i % vars] += (v - mean[i % vars]).powi(2);
+        }
+        let sd: Vec<f64> = var
+            .iter()
+            .zip(&count)
+            .map(|(v, &c)| (v / c.max(1) as f64).sqrt().max(1e-12))
+            .collect();
+        let z: Vec<f64> = samples
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v - mean[i % vars]) / sd[i % vars])
+            .collect();
+        let mut ds = Self::from_samples(z, dim, validation_fraction, false)?;
+        ds.var_shift = mean;
+        ds.var_scale = sd;
+        Ok(ds)
     }
 
     /// Windows of `window` consecutive states of an HDF5 trajectory.
@@ -248,6 +309,17 @@ impl Dataset {
         window: usize,
         validation_fraction: f64,
         standardize: bool,
+    ) -> Result<Self> {
+        Self::from_trajectory_with(path, window, validation_fraction, standardize, false)
+    }
+
+    /// `from_trajectory`, standardised per state variable when `per_variable` (and `standardize`).
+    pub fn from_trajectory_with(
+        path: &Path,
+        window: usize,
+        validation_fraction: f64,
+        standardize: bool,
+        per_variable: bool,
     ) -> Result<Self> {
         let traj = read_trajectory(path)?;
         if traj.times < window {
@@ -270,6 +342,9 @@ impl Dataset {
                 path,
                 "dataset `trajectory` contains NaN/inf",
             ));
+        }
+        if standardize && per_variable {
+            return Self::from_samples_per_variable(samples, window * n, n, validation_fraction);
         }
         Self::from_samples(samples, window * n, validation_fraction, standardize)
     }
@@ -328,6 +403,10 @@ impl Trainer {
             LrSchedule::Cosine => {
                 let p = (step - c.warmup) as f64 / (c.steps.saturating_sub(c.warmup)).max(1) as f64;
                 c.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()))
+            }
+            LrSchedule::Linear => {
+                let p = (step - c.warmup) as f64 / (c.steps.saturating_sub(c.warmup)).max(1) as f64;
+                c.lr * (1.0 - p.min(1.0))
             }
         }
     }
@@ -452,7 +531,8 @@ impl Trainer {
             v.shallow_clone()
                 .copy_(&(v * BETA2 + g.square() * (1.0 - BETA2)));
             let upd = (m / c1) / ((v / c2).sqrt() + ADAM_EPS) * lr;
-            p.shallow_clone().copy_(&(p - upd));
+            let decay = 1.0 - lr * self.cfg.weight_decay;
+            p.shallow_clone().copy_(&(p * decay - upd));
             let e = &self.ema[i].1;
             e.shallow_clone()
                 .copy_(&(e * self.cfg.ema + p * (1.0 - self.cfg.ema)));
@@ -571,11 +651,12 @@ pub fn run_training(
     resume: Option<&Path>,
     progress: bool,
 ) -> Result<(f64, f64)> {
-    let data = Dataset::from_trajectory(
+    let data = Dataset::from_trajectory_with(
         &cfg.data.path,
         cfg.data.window,
         cfg.data.validation_fraction,
         cfg.data.standardize,
+        cfg.data.per_variable,
     )?;
     // One GPU per rank: MPI rank → local device index (ranks on a node share its GPUs).
     let device = super::select_local_device(cfg.training.device)?;
@@ -588,6 +669,8 @@ pub fn run_training(
     )?;
     net.shift = data.shift;
     net.scale = data.scale;
+    net.var_shift = data.var_shift.clone();
+    net.var_scale = data.var_scale.clone();
     let mut trainer = Trainer::new(net, cfg.training.clone());
     if let Some(ckpt) = resume {
         trainer.load_checkpoint(ckpt)?;
@@ -663,6 +746,7 @@ mod tests {
             batch,
             lr: 2e-3,
             lr_schedule: LrSchedule::Cosine,
+            weight_decay: 0.0,
             warmup: 50,
             ema: 0.99,
             seed: 3,
@@ -988,5 +1072,51 @@ mod tests {
         let ds = Dataset::from_samples(vec![0.1, 0.2, 0.3, 0.5, -0.1, 0.0], 2, 0.0, false).unwrap();
         let err = tr_vp.step(&ds, &SerialComm).unwrap_err();
         assert!(err.to_string().contains("interpolant"), "{err}");
+    }
+
+    /// Per-variable standardisation: each variable of a window sample gets its own mean and
+    /// std (window positions pooled), the network file keeps them, and a loaded network applies
+    /// them per state variable; the linear schedule ends at lr/steps.
+    #[test]
+    fn per_variable_standardisation_and_linear_schedule() {
+        // Windows of 2 states of 2 variables: variable 0 ~ 10 + 2 u, variable 1 ~ -3 + 0.5 v.
+        let mut samples = Vec::new();
+        for i in 0..400 {
+            let (u, v) = (((i * 37) % 101) as f64 / 50.0 - 1.0, ((i * 53) % 97) as f64 / 48.0 - 1.0);
+            samples.extend_from_slice(&[10.0 + 2.0 * u, -3.0 + 0.5 * v, 10.0 + 2.0 * v, -3.0 + 0.5 * u]);
+        }
+        let ds = Dataset::from_samples_per_variable(samples, 4, 2, 0.0).unwrap();
+        assert!((ds.var_shift[0] - 10.0).abs() < 0.1 && (ds.var_shift[1] + 3.0).abs() < 0.05);
+        assert!(ds.var_scale[0] / ds.var_scale[1] > 3.5 && ds.var_scale[0] / ds.var_scale[1] < 4.5);
+        for k in 0..4 {
+            let col: Vec<f64> = ds.train.iter().skip(k).step_by(4).cloned().collect();
+            let m = col.iter().sum::<f64>() / col.len() as f64;
+            assert!(m.abs() < 0.1, "component {k} mean {m}");
+        }
+        assert!(Dataset::from_samples_per_variable(vec![0.0; 12], 3, 2, 0.0).is_err());
+        let mut net =
+            ScoreNetwork::new(mlp(8), ForwardProcess::default(), 4, Device::Cpu, 1).unwrap();
+        net.var_shift = ds.var_shift.clone();
+        net.var_scale = ds.var_scale.clone();
+        let tf = TensorFile {
+            groups: [("params".to_string(), ScoreNetwork::export(&net.parameters()))]
+                .into_iter()
+                .collect(),
+            attrs: net.attrs().into_iter().collect(),
+        };
+        let back = ScoreNetwork::from_tensor_file(&tf, "params", DeviceChoice::Cpu, "t").unwrap();
+        assert_eq!(back.var_shift, net.var_shift);
+        assert_eq!(back.var_scale, net.var_scale);
+        assert_eq!(back.shift_at(3), net.var_shift[1]);
+        // Linear schedule: lr at the last step is lr/steps; weight decay shrinks an idle weight.
+        let mut c = cfg(100, 8);
+        c.lr_schedule = LrSchedule::Linear;
+        c.warmup = 0;
+        let tr = Trainer::new(
+            ScoreNetwork::new(mlp(8), ForwardProcess::default(), 4, Device::Cpu, 1).unwrap(),
+            c,
+        );
+        assert!((tr.lr_at(0) - 2e-3).abs() < 1e-15);
+        assert!((tr.lr_at(99) - 2e-3 * 0.01).abs() < 1e-12);
     }
 }
