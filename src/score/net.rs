@@ -217,8 +217,7 @@ impl ResMlp {
     }
 
     fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
-        let freqs =
-            (Tensor::arange(16, (Kind::Float, t.device())) + 1.0) * std::f64::consts::PI;
+        let freqs = (Tensor::arange(16, (Kind::Float, t.device())) + 1.0) * std::f64::consts::PI;
         let arg = t.unsqueeze(-1) * freqs.unsqueeze(0);
         let e = Tensor::cat(&[arg.cos(), arg.sin()], -1);
         let e = self.emb2.forward(&self.emb1.forward(&e).silu());
@@ -527,7 +526,12 @@ impl ScoreNetwork {
             ("genda_version".into(), env!("CARGO_PKG_VERSION").into()),
         ];
         if !self.var_shift.is_empty() {
-            let join = |v: &[f64]| v.iter().map(|x| format!("{x:e}")).collect::<Vec<_>>().join(" ");
+            let join = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:e}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             a.push(("data_shift_per_variable".into(), join(&self.var_shift)));
             a.push(("data_scale_per_variable".into(), join(&self.var_scale)));
         }
@@ -754,7 +758,10 @@ mod tests {
         let net = ScoreNetwork::new(cfg, ForwardProcess::default(), 15, Device::Cpu, 3).unwrap();
         let count: i64 = net.parameters().iter().map(|(_, t)| t.numel() as i64).sum();
         let block = |w: i64| 2 * (w * w + w);
-        let want = (32 * 256 + 256) + (256 * 32 + 32) + (47 * 256 + 256) + 5 * block(256)
+        let want = (32 * 256 + 256)
+            + (256 * 32 + 32)
+            + (47 * 256 + 256)
+            + 5 * block(256)
             + (256 * 15 + 15)
             + block(15);
         assert_eq!(count, want);

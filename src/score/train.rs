@@ -282,7 +282,9 @@ impl Dataset {
             mean[i % vars] += v;
             count[i % vars] += 1;
         }
-        mean.iter_mut().zip(&count).for_each(|(m, &c)| *m /= c.max(1) as f64);
+        mean.iter_mut()
+            .zip(&count)
+            .for_each(|(m, &c)| *m /= c.max(1) as f64);
         let mut var = vec![0.0; vars];
         for (i, v) in samples.iter().enumerate() {
             var[i % vars] += (v - mean[i % vars]).powi(2);
@@ -1082,8 +1084,16 @@ mod tests {
         // Windows of 2 states of 2 variables: variable 0 ~ 10 + 2 u, variable 1 ~ -3 + 0.5 v.
         let mut samples = Vec::new();
         for i in 0..400 {
-            let (u, v) = (((i * 37) % 101) as f64 / 50.0 - 1.0, ((i * 53) % 97) as f64 / 48.0 - 1.0);
-            samples.extend_from_slice(&[10.0 + 2.0 * u, -3.0 + 0.5 * v, 10.0 + 2.0 * v, -3.0 + 0.5 * u]);
+            let (u, v) = (
+                ((i * 37) % 101) as f64 / 50.0 - 1.0,
+                ((i * 53) % 97) as f64 / 48.0 - 1.0,
+            );
+            samples.extend_from_slice(&[
+                10.0 + 2.0 * u,
+                -3.0 + 0.5 * v,
+                10.0 + 2.0 * v,
+                -3.0 + 0.5 * u,
+            ]);
         }
         let ds = Dataset::from_samples_per_variable(samples, 4, 2, 0.0).unwrap();
         assert!((ds.var_shift[0] - 10.0).abs() < 0.1 && (ds.var_shift[1] + 3.0).abs() < 0.05);
@@ -1099,9 +1109,12 @@ mod tests {
         net.var_shift = ds.var_shift.clone();
         net.var_scale = ds.var_scale.clone();
         let tf = TensorFile {
-            groups: [("params".to_string(), ScoreNetwork::export(&net.parameters()))]
-                .into_iter()
-                .collect(),
+            groups: [(
+                "params".to_string(),
+                ScoreNetwork::export(&net.parameters()),
+            )]
+            .into_iter()
+            .collect(),
             attrs: net.attrs().into_iter().collect(),
         };
         let back = ScoreNetwork::from_tensor_file(&tf, "params", DeviceChoice::Cpu, "t").unwrap();
