@@ -76,6 +76,10 @@ pub struct OmegaConfig {
     pub t_start: f64,
     #[serde(default = "d_tmin")]
     pub t_min: f64,
+    /// Where the residual network trains and runs: "auto" (this rank's GPU when libtorch sees
+    /// one, else the CPU), "cpu" or "cuda".
+    #[serde(default)]
+    pub device: crate::score::DeviceChoice,
 }
 
 fn one() -> f64 {
@@ -461,13 +465,14 @@ impl Omega {
             }
         }
         if self.residual.as_ref().is_none_or(|r| r.dim != n) {
-            self.residual = Some(ResidualScore::new(
+            self.residual = Some(ResidualScore::on_device(
                 self.cfg.residual_hidden,
                 self.cfg.residual_layers,
                 n,
                 proc_,
                 self.cfg.residual_lr,
                 input.seed,
+                crate::score::select_local_device(self.cfg.device)?,
             )?);
         }
         let residual = self.residual.as_mut().expect("just built");

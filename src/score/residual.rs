@@ -38,8 +38,25 @@ impl ResidualScore {
         lr: f64,
         seed: u64,
     ) -> Result<Self> {
-        let (net, opt) =
-            ScoreNetwork::cpu_mlp_with_adam(hidden, layers, 8, dim, process, lr, seed)?;
+        Self::on_device(hidden, layers, dim, process, lr, seed, tch::Device::Cpu)
+    }
+
+    /// `new` on `device` (the rank's GPU or the CPU; the same initial weights on either).
+    pub fn on_device(
+        hidden: i64,
+        layers: usize,
+        dim: usize,
+        process: ForwardProcess,
+        lr: f64,
+        seed: u64,
+        device: tch::Device,
+    ) -> Result<Self> {
+        let cfg = super::NetworkConfig::Mlp {
+            hidden,
+            layers,
+            time_features: 8,
+        };
+        let (net, opt) = ScoreNetwork::with_adam(cfg, dim, process, lr, seed, device)?;
         // Start from r = 0: the baseline alone until the data say otherwise.
         {
             let _g = tch::no_grad_guard();
@@ -116,9 +133,10 @@ impl ResidualScore {
                 ts[l * per_level..(l + 1) * per_level].fill(t as f32);
             }
             let shape = [b as i64, d as i64];
-            let xt_t = Tensor::from_slice(&xs).reshape(shape);
-            let tg = Tensor::from_slice(&target).reshape(shape);
-            let tt = Tensor::from_slice(&ts);
+            let dev = self.net.device();
+            let xt_t = Tensor::from_slice(&xs).reshape(shape).to(dev);
+            let tg = Tensor::from_slice(&target).reshape(shape).to(dev);
+            let tt = Tensor::from_slice(&ts).to(dev);
             let loss = (self.net.eps_hat(&xt_t, &tt) - tg)
                 .square()
                 .mean(Kind::Float);
