@@ -460,7 +460,7 @@ pub fn initial_ensemble(cfg: &Config, range: std::ops::Range<usize>) -> Result<A
 /// What a checkpoint holds besides the ensemble, truth and RMSE/spread series: the filter's
 /// own state and the accumulators of the distributional and hidden-variable scores.
 struct CheckpointState {
-    filter: Vec<f64>,
+    filter: crate::state::SavedState,
     /// [Σ CRPS, scored cycles, rank-histogram counts…] (empty without distributional scores).
     scores: Vec<f64>,
     hidden: Vec<f64>,
@@ -1253,7 +1253,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             );
         }
         filter
-            .restore_state(&ck.filter_state)
+            .restore_state(ck.filter_state.clone())
             .map_err(|e| GendaError::file(path, e.to_string()))?;
         if scores_on {
             if ck.scores.len() != members + 3 {
@@ -1689,7 +1689,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     cfg.filter.inflation(),
                     &config_hash,
                     CheckpointState {
-                        filter: filter.save_state(),
+                        filter: filter.save_state()?,
                         scores: if scores_on {
                             [crps_mean.0, crps_mean.1 as f64]
                                 .into_iter()

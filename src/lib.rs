@@ -19,6 +19,7 @@ pub mod posterior;
 pub mod rng;
 pub mod score;
 pub mod sda_twin;
+pub mod state;
 pub mod sweep;
 
 pub use error::{GendaError, Result};

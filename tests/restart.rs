@@ -317,3 +317,398 @@ fn restart_keeps_particle_weights_and_distributional_scores() {
         }
     }
 }
+
+/// One method's restart case: a small variant of a config in `configs/`.
+struct Case {
+    name: &'static str,
+    config: std::path::PathBuf,
+    sets: Vec<String>,
+    /// Checkpoint every this many cycles; the run is killed at cycle `kill_at`.
+    every: usize,
+    kill_at: usize,
+    /// Restart on this many ranks (with `--domains` when given).
+    ranks: usize,
+    domains: Option<usize>,
+}
+
+fn sets(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// `genda run` with the case's overrides, output `out`, extra arguments and environment.
+fn run_case(
+    c: &Case,
+    out: &Path,
+    extra: &[&str],
+    env: Option<(&str, &str)>,
+    ranks: usize,
+) -> std::process::Output {
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        c.config.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ];
+    for s in &c.sets {
+        args.push("--set".into());
+        args.push(s.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if ranks > 1 {
+        return mpirun(ranks, &args);
+    }
+    let mut cmd = Command::new(genda_bin());
+    cmd.args(&args)
+        .env("RUST_LOG", "warn")
+        .env("OMP_NUM_THREADS", "1");
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    spawn_locked(&mut cmd).wait_with_output().unwrap()
+}
+
+/// Issue 20: every method that has a config in `configs/` (small variants), killed by SIGKILL
+/// between two checkpoints and restarted from the last one — on another rank count where the
+/// method allows it — ends with every variable and every attribute of the uninterrupted run,
+/// bit for bit: the ensemble (saved), CRPS and rank histogram, hidden-variable scores, and
+/// the filter's own state (networks and their optimiser moments, Ω's per-member moments, SDA's
+/// window of observations, particle weights).
+#[test]
+fn every_method_restarts_after_sigkill_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = |base: &str, edits: &[(&str, &str)]| -> std::path::PathBuf {
+        let name = format!("{}.toml", base.replace(['/', '.'], "_"));
+        config_variant(d, base, &name, edits)
+    };
+    let scores = [
+        "output.distributional_scores=true",
+        "output.save_ensemble=true",
+    ];
+    let with = |v: &[&str]| -> Vec<String> {
+        let mut s = sets(&scores);
+        s.extend(sets(v));
+        s
+    };
+    let masf_small = [
+        "experiment.cycles=12",
+        "experiment.burn_in=2",
+        "filter.hidden=32",
+        "filter.layers=2",
+        "filter.steps=20",
+    ];
+    // A small interpolant prior for DAISI and a window network for SDA.
+    let l63 = cfg(
+        "configs/l63_sakov2012.toml",
+        &[("cycles = 4000", "cycles = 300")],
+    );
+    let o = genda(&[
+        "truth",
+        l63.to_str().unwrap(),
+        "-o",
+        d.join("l63.nc").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let interp = d.join("interp.h5");
+    // (every occurrence: the header comment names the paths too)
+    let mut text_cfg =
+        std::fs::read_to_string(repo_file("configs/train_l63_interpolant.toml")).unwrap();
+    for (from, to) in [
+        (
+            "output/l63_sakov2012.truth.h5",
+            d.join("l63.h5").display().to_string(),
+        ),
+        ("hidden = 128", "hidden = 16".into()),
+        ("steps = 3000", "steps = 50".into()),
+        ("validate_every = 250", "validate_every = 25".into()),
+        ("output/l63_interpolant.h5", interp.display().to_string()),
+        (
+            "output/l63_interpolant.ckpt.h5",
+            d.join("interp.ckpt.h5").display().to_string(),
+        ),
+    ] {
+        text_cfg = text_cfg.replace(from, &to);
+    }
+    let train = d.join("train_interp.toml");
+    std::fs::write(&train, text_cfg).unwrap();
+    let o = genda(&["train", train.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let window = train_sda_window(d, 2, 2000, 50);
+    let cases = vec![
+        Case {
+            name: "etkf",
+            config: cfg("configs/l96_sakov2008.toml", &[]),
+            sets: sets(&[
+                "experiment.cycles=30",
+                "experiment.burn_in=5",
+                "output.distributional_scores=true",
+            ]),
+            every: 10,
+            kill_at: 15,
+            ranks: 2,
+            domains: Some(2),
+        },
+        Case {
+            name: "enkf",
+            config: cfg("configs/l63_sakov2012_enkf.toml", &[]),
+            sets: with(&["experiment.cycles=30", "experiment.burn_in=5"]),
+            every: 10,
+            kill_at: 25,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "letkf",
+            config: cfg("configs/l96_sakov2008_letkf.toml", &[]),
+            sets: sets(&[
+                "experiment.cycles=30",
+                "experiment.burn_in=5",
+                "output.distributional_scores=true",
+            ]),
+            every: 10,
+            kill_at: 15,
+            ranks: 2,
+            domains: Some(2),
+        },
+        Case {
+            name: "ensf",
+            config: cfg("configs/l96_ensf.toml", &[]),
+            sets: with(&[
+                "experiment.cycles=20",
+                "experiment.burn_in=2",
+                "filter.steps=20",
+            ]),
+            every: 8,
+            kill_at: 12,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "pf",
+            config: cfg("configs/dapper/l63_sakov2012_pf.toml", &[]),
+            sets: with(&["experiment.cycles=60", "experiment.burn_in=5"]),
+            every: 20,
+            kill_at: 30,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "kde_diffusion",
+            config: cfg("configs/l63_arctan_kde.toml", &[]),
+            sets: with(&[
+                "experiment.cycles=20",
+                "experiment.burn_in=2",
+                "filter.steps=20",
+            ]),
+            every: 8,
+            kill_at: 12,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "omega",
+            config: cfg("configs/omega_spekf.toml", &[]),
+            sets: with(&[
+                "experiment.cycles=16",
+                "experiment.burn_in=2",
+                "experiment.spinup_steps=200",
+                "filter.members=16",
+                "filter.residual_steps=5",
+            ]),
+            every: 6,
+            kill_at: 10,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "masf (genda bridge)",
+            config: cfg("configs/masf_l63_gap100.toml", &[]),
+            sets: with(
+                &[
+                    &masf_small[..],
+                    &["filter.pretrain_steps=200", "filter.train_steps=20"],
+                ]
+                .concat(),
+            ),
+            every: 4,
+            kill_at: 7,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "sf (genda vp)",
+            config: cfg(
+                "configs/masf_l63_gap100.toml",
+                &[
+                    ("method = \"masf\"", "method = \"sf\""),
+                    ("sampler = \"bridge\"", "process = \"vp\""),
+                ],
+            ),
+            sets: with(
+                &[
+                    &masf_small[..],
+                    &["filter.pretrain_steps=200", "filter.train_steps=20"],
+                ]
+                .concat(),
+            ),
+            every: 4,
+            kill_at: 7,
+            ranks: 1,
+            domains: None,
+        },
+        Case {
+            name: "masf (reference)",
+            config: cfg(
+                "configs/masf_l63_gap100_reference.toml",
+                &[(
+                    "pretrain_data = \"output/masf_l63_climatology.truth.h5\"",
+                    "",
+                )],
+            ),
+            sets: with(
+                &[
+                    &masf_small[..],
+                    &["filter.pretrain_epochs=20", "filter.train_epochs=5"],
+                ]
+                .concat(),
+            ),
+            every: 4,
+            kill_at: 7,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "sf (reference)",
+            config: cfg(
+                "configs/masf_l63_gap100_reference.toml",
+                &[
+                    (
+                        "pretrain_data = \"output/masf_l63_climatology.truth.h5\"",
+                        "",
+                    ),
+                    ("method = \"masf\"", "method = \"sf\""),
+                ],
+            ),
+            sets: with(
+                &[
+                    &masf_small[..],
+                    &["filter.pretrain_epochs=20", "filter.train_epochs=5"],
+                ]
+                .concat(),
+            ),
+            every: 4,
+            kill_at: 7,
+            ranks: 1,
+            domains: None,
+        },
+        Case {
+            name: "daisi",
+            config: cfg(
+                "configs/daisi_l63.toml",
+                &[("output/l63_interpolant.h5", interp.to_str().unwrap())],
+            ),
+            sets: with(&[
+                "experiment.cycles=12",
+                "experiment.burn_in=2",
+                "filter.steps=10",
+            ]),
+            every: 4,
+            kill_at: 7,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "sda",
+            config: cfg(
+                "configs/sda_l63_smooth_hi.toml",
+                &[
+                    (
+                        "weights = \"output/sda_l63_k2.h5\"",
+                        &format!("weights = {window:?}"),
+                    ),
+                    ("cycles = 65", "cycles = 12\nburn_in = 2"),
+                    ("members = 256", "members = 8"),
+                    ("reference_particles = 16384", "reference_particles = 0"),
+                    ("gamma = 3e-2", "gamma = 0.1\nwindow_cycles = 6"),
+                    (
+                        "operator = \"sparse\"   # x only",
+                        "operator = \"identity\"",
+                    ),
+                    ("stride = 3", ""),
+                ],
+            ),
+            sets: with(&["filter.steps=16"]),
+            every: 4,
+            kill_at: 10,
+            ranks: 2,
+            domains: None,
+        },
+        Case {
+            name: "none",
+            config: cfg(
+                "configs/l63_sakov2012_enkf.toml",
+                &[
+                    ("method = \"enkf\"", "method = \"none\""),
+                    ("inflation = 1.04", ""),
+                ],
+            ),
+            sets: with(&["experiment.cycles=30", "experiment.burn_in=5"]),
+            every: 10,
+            kill_at: 15,
+            ranks: 2,
+            domains: None,
+        },
+    ];
+    for c in &cases {
+        let tag = c.name.replace([' ', '(', ')'], "_");
+        let (out, full) = (
+            d.join(format!("{tag}.nc")),
+            d.join(format!("{tag}.full.nc")),
+        );
+        // Uninterrupted, with the same checkpoints (the output path and the checkpoint cadence
+        // are the same in every run: they are part of the stored config).
+        let every = c.every.to_string();
+        let o = run_case(c, &out, &["--checkpoint-every", &every], None, 1);
+        assert!(o.status.success(), "{}: {}", c.name, text(&o));
+        std::fs::rename(&out, &full).unwrap();
+        // Killed between checkpoints.
+        let fault = format!("0:{}:kill", c.kill_at);
+        let o = run_case(
+            c,
+            &out,
+            &["--checkpoint-every", &every],
+            Some(("GENDA_INJECT_FAULT", &fault)),
+            1,
+        );
+        assert!(
+            !o.status.success(),
+            "{}: the run was not killed: {}",
+            c.name,
+            text(&o)
+        );
+        assert!(!out.exists(), "{}: a killed run left its output", c.name);
+        let ckpt = d.join(format!("{tag}.ckpt.h5"));
+        assert!(
+            ckpt.exists(),
+            "{}: no checkpoint {}",
+            c.name,
+            ckpt.display()
+        );
+        // Restarted, on another layout where the method allows it.
+        let ck = ckpt.display().to_string();
+        let mut extra: Vec<&str> = vec!["--checkpoint-every", &every, "--restart", &ck];
+        let dom = c.domains.map(|k| k.to_string());
+        if let Some(k) = &dom {
+            extra.extend(["--domains", k]);
+        }
+        let o = run_case(c, &out, &extra, None, c.ranks);
+        assert!(o.status.success(), "{}: restart: {}", c.name, text(&o));
+        assert_same_contents(&full, &out, c.name);
+        eprintln!(
+            "{}: restart on {} rank(s) = uninterrupted run, bit for bit",
+            c.name, c.ranks
+        );
+    }
+}

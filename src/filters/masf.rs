@@ -54,6 +54,7 @@ use crate::score::masf_ref::{
     REF_EPS,
 };
 use crate::score::net::NetworkConfig;
+use crate::state::SavedState;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -806,6 +807,57 @@ fn standardisation(data: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
 impl Filter for Masf {
     fn name(&self) -> &'static str {
         self.method()
+    }
+
+    /// The prior network with its optimiser moments, and the fixed standardisation.
+    fn save_state(&self) -> Result<SavedState> {
+        let mut s = SavedState::new();
+        let Some(net) = &self.net else {
+            return Ok(s);
+        };
+        s.put_scalar("dim", net.dim as f64);
+        s.nest("prior", net.save_state()?);
+        if let Some((m, sd)) = &self.fixed {
+            s.put("fixed.mean", m.clone());
+            s.put("fixed.sd", sd.clone());
+        }
+        if let Some(norm) = &self.norm {
+            s.put("norm.u", norm.u.clone());
+            s.put("norm.s", norm.s.clone());
+        }
+        Ok(s)
+    }
+
+    fn restore_state(&mut self, mut s: SavedState) -> Result<()> {
+        if s.is_empty() {
+            return Ok(());
+        }
+        let method = self.method();
+        let dim = s.take_usize("dim")?;
+        let optim = if self.variant.is_reference() {
+            self.cfg.reference_settings(method).optim
+        } else {
+            OptimSettings::adam(self.cfg.lr(method))
+        };
+        let device = crate::score::select_local_device(self.cfg.device)?;
+        // The initial weights are overwritten by the saved ones.
+        let mut net = DiagScore::on_device(self.architecture(), dim, optim.lr, 0, device)?;
+        net.restore_state(s.take_nested("prior"), optim)?;
+        self.net = Some(net);
+        self.fixed = if s.has("fixed.mean") {
+            Some((s.take_len("fixed.mean", dim)?, s.take_len("fixed.sd", dim)?))
+        } else {
+            None
+        };
+        self.norm = if s.has("norm.u") {
+            Some(ChannelNorm::per_variable(
+                s.take_len("norm.u", dim)?,
+                s.take_len("norm.s", dim)?,
+            ))
+        } else {
+            None
+        };
+        s.finish(method)
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {

@@ -44,6 +44,7 @@ use crate::error::{GendaError, Result};
 use crate::models::Model;
 use crate::obs::ObsOperator;
 use crate::parallel::{Reducer, SerialReducer};
+use crate::state::SavedState;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -231,25 +232,16 @@ pub trait Filter: Send {
     fn analysis_sample(&self) -> Option<(ndarray::ArrayView2<'_, f64>, &[f64])> {
         None
     }
-    /// The method's own state that a restart needs besides the ensemble (particle weights, …),
-    /// as numbers; empty for stateless methods. Stored in the checkpoint.
-    fn save_state(&self) -> Vec<f64> {
-        Vec::new()
+    /// The method's own state that a restart needs besides the ensemble (particle weights,
+    /// networks with their optimiser moments, observation histories, per-member moments), as
+    /// named arrays of numbers; empty for stateless methods. Stored in the checkpoint.
+    fn save_state(&self) -> Result<SavedState> {
+        Ok(SavedState::new())
     }
-    /// Restore what `save_state` returned (from a checkpoint of the same config).
-    fn restore_state(&mut self, state: &[f64]) -> Result<()> {
-        if state.is_empty() {
-            Ok(())
-        } else {
-            Err(GendaError::invalid(
-                "checkpoint",
-                format!(
-                    "holds {} values of filter state, but {} keeps none",
-                    state.len(),
-                    self.name()
-                ),
-            ))
-        }
+    /// Restore what `save_state` returned (from a checkpoint of the same config); after it the
+    /// next analysis is the one the uninterrupted run makes, bit for bit.
+    fn restore_state(&mut self, state: SavedState) -> Result<()> {
+        state.finish(self.name())
     }
 }
 

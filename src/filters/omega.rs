@@ -35,6 +35,7 @@ use crate::score::mixture::diag_mixture_score_tiled;
 use crate::score::residual::ResidualScore;
 use crate::score::sampler::{sample, SamplerConfig, SamplerKind};
 use crate::score::ForwardProcess;
+use crate::state::SavedState;
 use nalgebra::{DMatrix, DVector};
 use ndarray::{s, Array2, ArrayView2};
 use rand::Rng;
@@ -195,6 +196,72 @@ impl Filter for Omega {
 
     fn needs_forecast_path(&self) -> bool {
         true
+    }
+
+    /// Each member's moments of v given its u path, and the residual network with its
+    /// optimiser moments and step count.
+    fn save_state(&self) -> Result<SavedState> {
+        let mut s = SavedState::new();
+        if let Some((mean, _)) = self.moments.first() {
+            s.put_scalar("members", self.moments.len() as f64);
+            s.put_scalar("hidden_dim", mean.len() as f64);
+            s.put(
+                "moments.mean",
+                self.moments
+                    .iter()
+                    .flat_map(|(m, _)| m.iter().copied())
+                    .collect(),
+            );
+            s.put(
+                "moments.cov",
+                self.moments
+                    .iter()
+                    .flat_map(|(_, c)| c.iter().copied())
+                    .collect(),
+            );
+        }
+        if let Some(r) = &self.residual {
+            s.put_scalar("residual.dim", r.dim as f64);
+            s.nest("residual", r.save()?);
+        }
+        Ok(s)
+    }
+
+    fn restore_state(&mut self, mut s: SavedState) -> Result<()> {
+        self.moments.clear();
+        if s.has("members") {
+            let (m, nv) = (s.take_usize("members")?, s.take_usize("hidden_dim")?);
+            let means = s.take_len("moments.mean", m * nv)?;
+            let covs = s.take_len("moments.cov", m * nv * nv)?;
+            self.moments = means
+                .chunks(nv.max(1))
+                .zip(covs.chunks((nv * nv).max(1)))
+                .take(m)
+                .map(|(a, c)| {
+                    (
+                        DVector::from_column_slice(a),
+                        DMatrix::from_column_slice(nv, nv, c),
+                    )
+                })
+                .collect();
+        }
+        self.residual = None;
+        if s.has("residual.dim") {
+            let dim = s.take_usize("residual.dim")?;
+            // The initial weights are overwritten by the saved ones.
+            let mut r = ResidualScore::on_device(
+                self.cfg.residual_hidden,
+                self.cfg.residual_layers,
+                dim,
+                process(),
+                self.cfg.residual_lr,
+                0,
+                crate::score::select_local_device(self.cfg.device)?,
+            )?;
+            r.restore(s.take_nested("residual"))?;
+            self.residual = Some(r);
+        }
+        s.finish("omega")
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {

@@ -26,6 +26,7 @@
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, stream, Purpose};
+use crate::state::SavedState;
 use ndarray::{Array2, ArrayView2};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -488,20 +489,15 @@ impl Filter for ParticleFilter {
         self.assessed.as_ref().map(|(e, w)| (e.view(), &w[..]))
     }
 
-    fn save_state(&self) -> Vec<f64> {
-        self.w.clone()
+    fn save_state(&self) -> Result<SavedState> {
+        let mut s = SavedState::new();
+        s.put("weights", self.w.clone());
+        Ok(s)
     }
 
-    fn restore_state(&mut self, state: &[f64]) -> Result<()> {
-        if state.len() != self.w.len() {
-            return Err(GendaError::Dimension {
-                what: "checkpoint: particle weights vs members".into(),
-                expected: self.w.len(),
-                got: state.len(),
-            });
-        }
-        self.w = state.to_vec();
-        Ok(())
+    fn restore_state(&mut self, mut state: SavedState) -> Result<()> {
+        self.w = state.take_len("weights", self.w.len())?;
+        state.finish("pf")
     }
 }
 

@@ -14,6 +14,7 @@ use crate::score::net::ScoreNetwork;
 use crate::score::process::ForwardProcess;
 use crate::score::sda::{SdaSampler, SdaSettings, TrajectoryObs};
 use crate::score::DeviceChoice;
+use crate::state::{to_usizes, usizes, SavedState};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -162,6 +163,32 @@ impl Filter for Sda {
     /// The path tells the filter how many model steps lie between observation times.
     fn needs_forecast_path(&self) -> bool {
         true
+    }
+
+    /// The observations of the window so far (the network is the weights file's, reloaded).
+    fn save_state(&self) -> Result<SavedState> {
+        let mut s = SavedState::new();
+        s.put_scalar("history.len", self.history.len() as f64);
+        for (j, (comp, y, r)) in self.history.iter().enumerate() {
+            s.put(format!("history.{j}.components"), usizes(comp));
+            s.put(format!("history.{j}.obs"), y.clone());
+            s.put(format!("history.{j}.error_var"), r.clone());
+        }
+        Ok(s)
+    }
+
+    fn restore_state(&mut self, mut s: SavedState) -> Result<()> {
+        self.history.clear();
+        if s.has("history.len") {
+            for j in 0..s.take_usize("history.len")? {
+                let c = s.take(&format!("history.{j}.components"))?;
+                let comp = to_usizes(&c, "history components")?;
+                let y = s.take_len(&format!("history.{j}.obs"), comp.len())?;
+                let r = s.take_len(&format!("history.{j}.error_var"), comp.len())?;
+                self.history.push_back((comp, y, r));
+            }
+        }
+        s.finish("sda")
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {

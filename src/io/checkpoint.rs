@@ -9,6 +9,7 @@
 //! written so far is kept beside it as a NetCDF snapshot named after the cycle.
 use super::PendingFile;
 use crate::error::{GendaError, Result};
+use crate::state::SavedState;
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
 
@@ -25,8 +26,10 @@ pub struct RunCheckpoint {
     /// Per-cycle (rmse_f, rmse_a, spread_f, spread_a), row-major (cycle, 4).
     pub series: Vec<f64>,
     pub inflation: f64,
-    /// The filter's own state (`Filter::save_state`: particle weights, …); may be empty.
-    pub filter_state: Vec<f64>,
+    /// The filter's own state (`Filter::save_state`: particle weights, networks and their
+    /// optimiser moments, histories, …), one dataset per part in the group `filter_state`; may
+    /// be empty.
+    pub filter_state: SavedState,
     /// Distributional-score accumulators [Σ CRPS, cycles, rank-histogram counts…]; may be empty.
     pub scores: Vec<f64>,
     /// Hidden-variable score accumulators; may be empty.
@@ -57,11 +60,20 @@ pub fn write_checkpoint(path: &Path, c: &RunCheckpoint) -> Result<()> {
         put("truth", &c.truth, vec![c.truth.len()])?;
         put("series", &c.series, vec![c.series.len() / 4, 4])?;
         // Optional pieces: absent when empty.
-        for (name, v) in [
-            ("filter_state", &c.filter_state),
-            ("scores", &c.scores),
-            ("hidden_scores", &c.hidden_scores),
-        ] {
+        if !c.filter_state.is_empty() {
+            let g = f
+                .create_group("filter_state")
+                .map_err(|e| h5err(path, "filter_state", e))?;
+            for (name, v) in c.filter_state.parts() {
+                let what = format!("filter_state/{name}");
+                g.new_dataset::<f64>()
+                    .shape(vec![v.len()])
+                    .create(name.as_str())
+                    .and_then(|ds| ds.write_raw(v))
+                    .map_err(|e| h5err(path, &what, e))?;
+            }
+        }
+        for (name, v) in [("scores", &c.scores), ("hidden_scores", &c.hidden_scores)] {
             if !v.is_empty() {
                 put(name, v, vec![v.len()])?;
             }
@@ -139,7 +151,25 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
         truth: d("truth")?,
         series: d("series")?,
         inflation: n("inflation")?,
-        filter_state: optional("filter_state")?,
+        filter_state: if f.link_exists("filter_state") {
+            let g = f
+                .group("filter_state")
+                .map_err(|e| h5err(path, "group `filter_state`", e))?;
+            let names = g
+                .member_names()
+                .map_err(|e| h5err(path, "group `filter_state`", e))?;
+            let mut parts = Vec::with_capacity(names.len());
+            for name in names {
+                let v = g
+                    .dataset(&name)
+                    .and_then(|ds| ds.read_raw())
+                    .map_err(|e| h5err(path, &format!("dataset `filter_state/{name}`"), e))?;
+                parts.push((name, v));
+            }
+            SavedState::from_parts(parts)
+        } else {
+            SavedState::new()
+        },
         scores: optional("scores")?,
         hidden_scores: optional("hidden_scores")?,
         config_hash: s("config_hash")?,

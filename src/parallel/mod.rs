@@ -222,13 +222,20 @@ fn install_abort_on_panic(rank: i32) {
 }
 
 /// Test hook: `GENDA_INJECT_FAULT=<rank>:<cycle>` makes that rank panic at that cycle of
-/// `genda run` (the failure test under mpirun; never set in production).
+/// `genda run` (the failure test under mpirun), `<rank>:<cycle>:kill` makes it send itself
+/// SIGKILL there (a crash no handler sees, at a known cycle: the restart tests). Never set in
+/// production.
 pub fn injected_fault(rank: usize, cycle: usize) {
     if let Ok(v) = std::env::var("GENDA_INJECT_FAULT") {
-        if let Some((r, c)) = v.split_once(':') {
-            if r.parse() == Ok(rank) && c.parse() == Ok(cycle) {
-                panic!("fault injected by GENDA_INJECT_FAULT={v}");
+        let mut it = v.split(':');
+        let (r, c, how) = (it.next(), it.next(), it.next());
+        if r.and_then(|r| r.parse().ok()) == Some(rank)
+            && c.and_then(|c| c.parse().ok()) == Some(cycle)
+        {
+            if how == Some("kill") {
+                let _ = signal_hook::low_level::raise(signal_hook::consts::SIGKILL);
             }
+            panic!("fault injected by GENDA_INJECT_FAULT={v}");
         }
     }
 }

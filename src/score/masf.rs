@@ -20,11 +20,13 @@
 //!
 //! `DiagScore` is the prior score network for such a process, trained by denoising score
 //! matching (ε-parametrisation per component: s_k = ε̂_k / Σ_k(t)^{1/2}) and fine-tuned in place.
+use super::adam::{restore_vars, save_vars, Adam};
 use super::net::{NetworkConfig, ScoreNetwork};
 use super::process::ForwardProcess;
 use crate::error::{GendaError, Result};
 use crate::io::{read_tensor_file, write_tensor_file, TensorFile};
 use crate::rng::{fill_standard_normal, stream, Purpose};
+use crate::state::SavedState;
 use rand::distributions::{Distribution, Uniform};
 use tch::nn;
 use tch::{Kind, Tensor};
@@ -163,13 +165,7 @@ fn d_betas() -> [f64; 2] {
     [0.9, 0.999]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OptimKind {
-    Adam,
-    /// Decoupled weight decay (torch.optim.AdamW).
-    Adamw,
-}
+pub use super::adam::OptimKind;
 
 impl OptimSettings {
     /// genda's: Adam, kept across cycles, no clipping.
@@ -195,25 +191,8 @@ impl OptimSettings {
             fresh_each_cycle: true,
         }
     }
-    fn build(&self, vs: &nn::VarStore) -> Result<nn::Optimizer> {
-        use tch::nn::OptimizerConfig;
-        let r = match self.kind {
-            OptimKind::Adam => nn::Adam {
-                beta1: self.betas[0],
-                beta2: self.betas[1],
-                wd: self.weight_decay,
-                ..Default::default()
-            }
-            .build(vs, self.lr),
-            OptimKind::Adamw => nn::AdamW {
-                beta1: self.betas[0],
-                beta2: self.betas[1],
-                wd: self.weight_decay,
-                ..Default::default()
-            }
-            .build(vs, self.lr),
-        };
-        r.map_err(|e| GendaError::Score(format!("optimiser: {e}")))
+    fn build(&self, vs: &nn::VarStore) -> Adam {
+        Adam::new(vs, self.kind, self.lr, self.betas, self.weight_decay)
     }
 }
 
@@ -252,7 +231,7 @@ pub struct Training {
 /// Prior score network for a `DiagProcess`, fine-tuned in place.
 pub struct DiagScore {
     net: ScoreNetwork,
-    opt: nn::Optimizer,
+    opt: Adam,
     optim: OptimSettings,
     pub dim: usize,
     pub steps_done: u64,
@@ -282,12 +261,12 @@ impl DiagScore {
         device: tch::Device,
     ) -> Result<Self> {
         // The process record is unused here (the diagonal process is passed to each call).
-        let (net, opt) =
-            ScoreNetwork::with_adam(cfg, dim, ForwardProcess::default(), lr, seed, device)?;
+        let net = ScoreNetwork::for_fine_tuning(cfg, dim, ForwardProcess::default(), seed, device)?;
+        let optim = OptimSettings::adam(lr);
         Ok(DiagScore {
+            opt: optim.build(&net.vs),
             net,
-            opt,
-            optim: OptimSettings::adam(lr),
+            optim,
             dim,
             steps_done: 0,
         })
@@ -371,9 +350,28 @@ impl DiagScore {
 
     /// Use the optimiser `o` from now on (a new one, zero moments).
     pub fn set_optimizer(&mut self, o: OptimSettings) -> Result<()> {
-        self.opt = o.build(&self.net.vs)?;
+        self.opt = o.build(&self.net.vs);
         self.optim = o;
         Ok(())
+    }
+
+    /// Weights, optimiser moments and the step count.
+    pub fn save_state(&self) -> Result<SavedState> {
+        let mut s = SavedState::new();
+        s.nest("net", save_vars(&self.net.vs)?);
+        s.nest("adam", self.opt.save()?);
+        s.put_scalar("steps_done", self.steps_done as f64);
+        Ok(s)
+    }
+
+    /// Restore what `save_state` wrote into a network built with the same settings; the optimiser
+    /// is one of `optim` with the saved moments.
+    pub fn restore_state(&mut self, mut s: SavedState, optim: OptimSettings) -> Result<()> {
+        restore_vars(&self.net.vs, s.take_nested("net"))?;
+        self.set_optimizer(optim)?;
+        self.opt.restore(s.take_nested("adam"))?;
+        self.steps_done = s.take_usize("steps_done")? as u64;
+        s.finish("the prior score")
     }
 
     /// The optimiser's settings.
@@ -508,10 +506,7 @@ impl DiagScore {
     /// One optimiser step on `loss` (gradient clipping as the settings say); its value, or an
     /// error naming `what` if it is not finite.
     fn adam_step(&mut self, loss: &Tensor, what: &str) -> Result<f64> {
-        match self.optim.clip_grad_norm {
-            Some(c) => self.opt.backward_step_clip_norm(loss, c),
-            None => self.opt.backward_step(loss),
-        }
+        self.opt.backward_step(loss, self.optim.clip_grad_norm);
         let v = loss.double_value(&[]);
         self.steps_done += 1;
         if !v.is_finite() {

@@ -6,6 +6,7 @@
 //!   layout-independent Gaussian-mixture score kernel of the training-free filters;
 //! - `net`: MLP and periodic U-Net score networks; `train`: DSM training (Adam, EMA, checkpoints,
 //!   MPI data parallel); device selection and libtorch facts for `genda doctor` here.
+pub mod adam;
 pub mod analytic;
 pub mod masf;
 pub mod masf_ref;

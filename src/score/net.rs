@@ -392,59 +392,24 @@ impl ScoreNetwork {
         out.iter_mut().for_each(|v| *v /= s);
     }
 
-    /// A small MLP on the CPU with its Adam optimiser, for the networks filters train and
-    /// fine-tune every cycle (Ω's residual, MASF/SF priors). Such networks run fastest on one
+    /// A network that a filter trains and fine-tunes every cycle (Ω's residual, MASF/SF
+    /// priors), on `device`, with the same initial weights on every device; its optimiser is a
+    /// checkpointable `score::adam::Adam`. On the CPU such small networks run fastest on one
     /// libtorch thread — the intra-op pool only adds wake-ups (30 ms vs 1 s per SPEKF cycle on a
     /// busy 2-core node) — so this sets libtorch's (process-wide) thread count to 1.
-    pub fn cpu_mlp_with_adam(
-        hidden: i64,
-        layers: usize,
-        time_features: i64,
-        dim: usize,
-        process: ForwardProcess,
-        lr: f64,
-        seed: u64,
-    ) -> Result<(Self, nn::Optimizer)> {
-        let cfg = NetworkConfig::Mlp {
-            hidden,
-            layers,
-            time_features,
-        };
-        Self::cpu_with_adam(cfg, dim, process, lr, seed)
-    }
-
-    /// `cpu_mlp_with_adam` for any architecture (a U-Net prior of a 2-D field).
-    pub fn cpu_with_adam(
+    pub fn for_fine_tuning(
         cfg: NetworkConfig,
         dim: usize,
         process: ForwardProcess,
-        lr: f64,
-        seed: u64,
-    ) -> Result<(Self, nn::Optimizer)> {
-        Self::with_adam(cfg, dim, process, lr, seed, Device::Cpu)
-    }
-
-    /// A network with its Adam optimiser on `device` (on the CPU with one libtorch thread, as
-    /// `cpu_mlp_with_adam` says; the same initial weights on every device).
-    pub fn with_adam(
-        cfg: NetworkConfig,
-        dim: usize,
-        process: ForwardProcess,
-        lr: f64,
         seed: u64,
         device: Device,
-    ) -> Result<(Self, nn::Optimizer)> {
-        use tch::nn::OptimizerConfig;
+    ) -> Result<Self> {
         if device == Device::Cpu {
             tch::set_num_threads(1);
         }
-        let net = ScoreNetwork::new(cfg, process, dim, Device::Cpu, seed)?;
-        let mut net = net;
+        let mut net = ScoreNetwork::new(cfg, process, dim, Device::Cpu, seed)?;
         net.vs.set_device(device);
-        let opt = nn::Adam::default()
-            .build(&net.vs, lr)
-            .map_err(|e| GendaError::Score(format!("optimiser: {e}")))?;
-        Ok((net, opt))
+        Ok(net)
     }
 
     /// ε̂(x, t) at the rows of `x` (M, d) in the standardised coordinates, written to `out`.

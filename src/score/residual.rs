@@ -10,12 +10,13 @@
 //! ensemble trajectories). Training draws t from the fixed noise levels the sampler uses, so the
 //! baseline is evaluated once per level for the rows drawn at it; the network is kept between
 //! calls and fine-tuned (warm start), as a per-cycle update.
+use super::adam::{restore_vars, save_vars, Adam, OptimKind};
 use super::net::ScoreNetwork;
 use super::process::ForwardProcess;
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, stream, Purpose};
+use crate::state::SavedState;
 use rand::distributions::{Distribution, Uniform};
-use tch::nn;
 use tch::{Kind, Tensor};
 
 /// Baseline score at rows `x` (B, d) for one noise level t, written to `out` (B, d).
@@ -23,7 +24,7 @@ pub type BaselineFn<'a> = dyn FnMut(&[f64], f64, &mut [f64]) -> Result<()> + 'a;
 
 pub struct ResidualScore {
     net: ScoreNetwork,
-    opt: nn::Optimizer,
+    opt: Adam,
     pub dim: usize,
     /// Adam steps taken so far (keys the random numbers of the next step).
     pub steps_done: u64,
@@ -56,7 +57,7 @@ impl ResidualScore {
             layers,
             time_features: 8,
         };
-        let (net, opt) = ScoreNetwork::with_adam(cfg, dim, process, lr, seed, device)?;
+        let net = ScoreNetwork::for_fine_tuning(cfg, dim, process, seed, device)?;
         // Start from r = 0: the baseline alone until the data say otherwise.
         {
             let _g = tch::no_grad_guard();
@@ -67,11 +68,29 @@ impl ResidualScore {
             }
         }
         Ok(ResidualScore {
+            // tch's `nn::Adam::default()`: betas (0.9, 0.999), no weight decay.
+            opt: Adam::new(&net.vs, OptimKind::Adam, lr, [0.9, 0.999], 0.0),
             net,
-            opt,
             dim,
             steps_done: 0,
         })
+    }
+
+    /// Weights, optimiser moments and the step count (which keys the next step's draws).
+    pub fn save(&self) -> Result<SavedState> {
+        let mut s = SavedState::new();
+        s.nest("net", save_vars(&self.net.vs)?);
+        s.nest("adam", self.opt.save()?);
+        s.put_scalar("steps_done", self.steps_done as f64);
+        Ok(s)
+    }
+
+    /// Restore what `save` wrote into a network built with the same settings.
+    pub fn restore(&mut self, mut s: SavedState) -> Result<()> {
+        restore_vars(&self.net.vs, s.take_nested("net"))?;
+        self.opt.restore(s.take_nested("adam"))?;
+        self.steps_done = s.take_usize("steps_done")? as u64;
+        s.finish("the residual score")
     }
 
     /// `steps` Adam steps on the samples `data` (rows of `dim`), `per_level` rows at each noise
@@ -140,7 +159,7 @@ impl ResidualScore {
             let loss = (self.net.eps_hat(&xt_t, &tt) - tg)
                 .square()
                 .mean(Kind::Float);
-            self.opt.backward_step(&loss);
+            self.opt.backward_step(&loss, None);
             last = loss.double_value(&[]);
             self.steps_done += 1;
             if !last.is_finite() {

@@ -210,3 +210,51 @@ pub const KOLMOGOROV_ISSUE8_TOY: [(&str, &str); 5] = [
     ("truth_grid = 256", "truth_grid = 32"),
     ("truth_substeps = 60", "truth_substeps = 4"),
 ];
+
+/// Everything a run file holds, for bit-for-bit comparisons: every variable's values (as f64
+/// bit patterns, so NaN compares equal to itself) and every global attribute but `history`
+/// (which names the rank count of the run that created the file); the stored config without
+/// its `parallel.domains` line (the layout, which a restart may change).
+pub fn nc_contents(path: &Path) -> Vec<(String, String)> {
+    let _g = nc_lock();
+    let f = netcdf::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut out = Vec::new();
+    for v in f.variables() {
+        let vals = v.get_values::<f64, _>(..).unwrap();
+        let bits: Vec<u64> = vals.iter().map(|x| x.to_bits()).collect();
+        out.push((format!("variable {}", v.name()), format!("{bits:?}")));
+    }
+    for a in f.attributes() {
+        let value = match (a.name(), a.value().unwrap()) {
+            ("history", _) => continue,
+            // The stored config, less the layout (`parallel.domains`), which may differ.
+            ("config", netcdf::AttributeValue::Str(c)) => c
+                .lines()
+                .filter(|l| !l.starts_with("domains ="))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            (_, v) => format!("{v:?}"),
+        };
+        out.push((format!("attribute {}", a.name()), value));
+    }
+    out
+}
+
+/// Assert that two run files hold the same variables and attributes, bit for bit.
+pub fn assert_same_contents(a: &Path, b: &Path, what: &str) {
+    let (x, y) = (nc_contents(a), nc_contents(b));
+    let names = |c: &[(String, String)]| c.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&x),
+        names(&y),
+        "{what}: the files hold different variables"
+    );
+    for ((n, p), (_, q)) in x.iter().zip(&y) {
+        assert!(
+            p == q,
+            "{what}: {n} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
