@@ -3,9 +3,10 @@
 //! Random numbers are counter-keyed by (seed, purpose, cycle, member), so the "RNG stream
 //! positions" are the cycle number itself; the observation cursor is the cycle as well. The
 //! checkpoint stores the full ensemble in member order (any rank count can restart from it), the
-//! true state, the per-cycle statistics (the metric accumulators are rebuilt from them), the
-//! accumulators of the distributional and hidden-variable scores, the filter's own state
-//! (particle weights, …), the inflation factor in use, a hash of the science config and the genda version. The run file
+//! true state, the assessor's accumulators (per-cycle statistics, distributional and
+//! hidden-variable score sums, phase times) and the filter's own state (particle weights,
+//! networks with their optimiser moments, histories), each a group of named datasets, the
+//! inflation factor in use, a hash of the science config and the genda version. The run file
 //! written so far is kept beside it as a NetCDF snapshot named after the cycle.
 use super::PendingFile;
 use crate::error::{GendaError, Result};
@@ -23,17 +24,14 @@ pub struct RunCheckpoint {
     pub ensemble: Vec<f64>,
     /// True state at `cycle` (the fine-grid truth's own state with `model.truth_grid`).
     pub truth: Vec<f64>,
-    /// Per-cycle (rmse_f, rmse_a, spread_f, spread_a), row-major (cycle, 4).
-    pub series: Vec<f64>,
     pub inflation: f64,
     /// The filter's own state (`Filter::save_state`: particle weights, networks and their
     /// optimiser moments, histories, …), one dataset per part in the group `filter_state`; may
     /// be empty.
     pub filter_state: SavedState,
-    /// Distributional-score accumulators [Σ CRPS, cycles, rank-histogram counts…]; may be empty.
-    pub scores: Vec<f64>,
-    /// Hidden-variable score accumulators; may be empty.
-    pub hidden_scores: Vec<f64>,
+    /// The assessor's accumulators (`experiment::Assessor::save`: the per-cycle series,
+    /// distributional and hidden-variable score sums, phase times), in the group `assessment`.
+    pub assessment: SavedState,
     pub config_hash: String,
     pub genda_version: String,
     /// File name (in the checkpoint's directory) of the run-file snapshot at `cycle`, if any.
@@ -58,24 +56,21 @@ pub fn write_checkpoint(path: &Path, c: &RunCheckpoint) -> Result<()> {
         };
         put("ensemble", &c.ensemble, vec![c.members, c.state_dim])?;
         put("truth", &c.truth, vec![c.truth.len()])?;
-        put("series", &c.series, vec![c.series.len() / 4, 4])?;
-        // Optional pieces: absent when empty.
-        if !c.filter_state.is_empty() {
-            let g = f
-                .create_group("filter_state")
-                .map_err(|e| h5err(path, "filter_state", e))?;
-            for (name, v) in c.filter_state.parts() {
-                let what = format!("filter_state/{name}");
+        for (group, state) in [
+            ("filter_state", &c.filter_state),
+            ("assessment", &c.assessment),
+        ] {
+            if state.is_empty() {
+                continue;
+            }
+            let g = f.create_group(group).map_err(|e| h5err(path, group, e))?;
+            for (name, v) in state.parts() {
+                let what = format!("{group}/{name}");
                 g.new_dataset::<f64>()
                     .shape(vec![v.len()])
                     .create(name.as_str())
                     .and_then(|ds| ds.write_raw(v))
                     .map_err(|e| h5err(path, &what, e))?;
-            }
-        }
-        for (name, v) in [("scores", &c.scores), ("hidden_scores", &c.hidden_scores)] {
-            if !v.is_empty() {
-                put(name, v, vec![v.len()])?;
             }
         }
         let nums: [(&str, f64); 4] = [
@@ -136,12 +131,26 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
             .and_then(|ds| ds.read_raw())
             .map_err(|e| h5err(path, &format!("dataset `{k}`"), e))
     };
-    let optional = |k: &str| -> Result<Vec<f64>> {
-        if f.link_exists(k) {
-            d(k)
-        } else {
-            Ok(Vec::new())
+    // A group of named datasets (absent: empty).
+    let group = |k: &str| -> Result<SavedState> {
+        if !f.link_exists(k) {
+            return Ok(SavedState::new());
         }
+        let g = f
+            .group(k)
+            .map_err(|e| h5err(path, &format!("group `{k}`"), e))?;
+        let names = g
+            .member_names()
+            .map_err(|e| h5err(path, &format!("group `{k}`"), e))?;
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            let v = g
+                .dataset(&name)
+                .and_then(|ds| ds.read_raw())
+                .map_err(|e| h5err(path, &format!("dataset `{k}/{name}`"), e))?;
+            parts.push((name, v));
+        }
+        Ok(SavedState::from_parts(parts))
     };
     let c = RunCheckpoint {
         cycle: n("cycle")? as usize,
@@ -149,29 +158,9 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
         state_dim: n("state_dim")? as usize,
         ensemble: d("ensemble")?,
         truth: d("truth")?,
-        series: d("series")?,
         inflation: n("inflation")?,
-        filter_state: if f.link_exists("filter_state") {
-            let g = f
-                .group("filter_state")
-                .map_err(|e| h5err(path, "group `filter_state`", e))?;
-            let names = g
-                .member_names()
-                .map_err(|e| h5err(path, "group `filter_state`", e))?;
-            let mut parts = Vec::with_capacity(names.len());
-            for name in names {
-                let v = g
-                    .dataset(&name)
-                    .and_then(|ds| ds.read_raw())
-                    .map_err(|e| h5err(path, &format!("dataset `filter_state/{name}`"), e))?;
-                parts.push((name, v));
-            }
-            SavedState::from_parts(parts)
-        } else {
-            SavedState::new()
-        },
-        scores: optional("scores")?,
-        hidden_scores: optional("hidden_scores")?,
+        filter_state: group("filter_state")?,
+        assessment: group("assessment")?,
         config_hash: s("config_hash")?,
         genda_version: s("genda_version")?,
         run_snapshot: Some(s("run_snapshot")?).filter(|v| !v.is_empty()),
@@ -179,7 +168,6 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
     if c.ensemble.len() != c.members * c.state_dim
         || c.truth.is_empty()
         || c.truth.len() % c.state_dim.max(1) != 0
-        || c.series.len() != 4 * c.cycle
     {
         return Err(GendaError::file(
             path,

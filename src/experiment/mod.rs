@@ -1,21 +1,26 @@
 //! The cycle (as DAPPER's `assimilate`): for each cycle, forecast → observe → analyse →
 //! metrics → output. The driver owns timing, metrics, output and the parallel bookkeeping; a
 //! `Filter` implements only the analysis.
+mod assess;
+
 use crate::config::Config;
 use crate::error::{GendaError, Result};
-use crate::filters::{ensemble_mean, AnalysisInput, ForecastPath, LocalDomain};
+use crate::filters::{AnalysisInput, ForecastPath, LocalDomain};
 use crate::io::{
     read_checkpoint, snapshot_path, write_checkpoint, write_trajectory, RunCheckpoint, RunMeta,
     RunWriter, Trajectory,
 };
-use crate::metrics::{CycleStats, TimeAverage};
+use crate::metrics::TimeAverage;
 use crate::models::{Model, Rk4Workspace, SlabStepper, TruthModel};
 use crate::obs::{LocalObs, ObsOperator};
 use crate::parallel::{
-    max_rss_bytes, Collectives, Decomposition, Layout, Reducer, SlabTranspose, TileReducer,
-    Topology,
+    max_rss_bytes, Collectives, Decomposition, Layout, SlabTranspose, TileReducer, Topology,
 };
 use crate::rng::{fill_standard_normal, Purpose};
+use crate::state::SavedState;
+pub use assess::{
+    Assessor, CycleAssessment, DistributionalScores, ForecastAssessment, HiddenScores, PhaseTimes,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, Array2, ArrayView2};
 use rayon::prelude::*;
@@ -183,42 +188,6 @@ impl TruthReplay {
     }
 }
 
-/// Wall-clock seconds spent in each phase of the cycle (on this rank).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PhaseTimes {
-    pub truth: f64,
-    pub forecast: f64,
-    pub communication: f64,
-    pub analysis: f64,
-    pub output: f64,
-}
-
-impl PhaseTimes {
-    pub fn table(&self, cycles: usize) -> String {
-        let total = self.truth + self.forecast + self.communication + self.analysis + self.output;
-        let mut s = format!(
-            "{:<14} {:>10} {:>14} {:>7}\n",
-            "phase", "total [s]", "per cycle [µs]", "share"
-        );
-        for (name, t) in [
-            ("truth+obs", self.truth),
-            ("forecast", self.forecast),
-            ("communication", self.communication),
-            ("analysis", self.analysis),
-            ("output", self.output),
-        ] {
-            s += &format!(
-                "{:<14} {:>10.3} {:>14.1} {:>6.1}%\n",
-                name,
-                t,
-                1e6 * t / cycles.max(1) as f64,
-                100.0 * t / total.max(1e-300)
-            );
-        }
-        s
-    }
-}
-
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -235,169 +204,6 @@ pub struct RunSummary {
     pub hidden: Option<HiddenScores>,
     /// With `[output] distributional_scores`.
     pub distributional: Option<DistributionalScores>,
-}
-
-/// Time-mean CRPS of the analysis ensemble and the rank histogram of the truth (N + 1 bins),
-/// over the cycles after the burn-in.
-#[derive(Debug, Clone)]
-pub struct DistributionalScores {
-    pub crps_analysis: f64,
-    pub rank_histogram: Vec<u64>,
-}
-
-/// Time-averaged scores (after the burn-in) of the hidden variables v of a conditionally
-/// Gaussian model [u; v]: the part Ω and the CG posterior are about.
-#[derive(Debug, Clone, Default)]
-pub struct HiddenScores {
-    pub observed_dim: usize,
-    pub rmse_forecast: f64,
-    pub rmse_analysis: f64,
-    pub spread_analysis: f64,
-    /// Mean ensemble CRPS over the hidden variables.
-    pub crps_analysis: f64,
-    /// |skewness| and |excess kurtosis| errors of the analysis members pooled over the scored
-    /// cycles against the truth's values over the same cycles, averaged over hidden variables:
-    /// a calibrated posterior reproduces the (non-Gaussian) climatological PDF.
-    pub skewness_error: f64,
-    pub kurtosis_error: f64,
-    pub cycles: usize,
-    /// Power sums Σx, Σx², Σx³, Σx⁴ and counts per hidden variable: analysis members, truth.
-    sums_an: Vec<[f64; 5]>,
-    sums_truth: Vec<[f64; 5]>,
-}
-
-/// (skewness, kurtosis) from power sums [n, Σx, Σx², Σx³, Σx⁴].
-fn moments_of(s: &[f64; 5]) -> (f64, f64) {
-    let n = s[0].max(1.0);
-    let m = s[1] / n;
-    let v = (s[2] / n - m * m).max(1e-300);
-    let m3 = s[3] / n - 3.0 * m * s[2] / n + 2.0 * m.powi(3);
-    let m4 = s[4] / n - 4.0 * m * s[3] / n + 6.0 * m * m * s[2] / n - 3.0 * m.powi(4);
-    (m3 / v.powf(1.5), m4 / (v * v))
-}
-
-fn add_power(s: &mut [f64; 5], x: f64) {
-    let x2 = x * x;
-    s[0] += 1.0;
-    s[1] += x;
-    s[2] += x2;
-    s[3] += x2 * x;
-    s[4] += x2 * x2;
-}
-
-impl HiddenScores {
-    fn push(&mut self, fc: &Array2<f64>, an: &Array2<f64>, truth: &[f64]) {
-        let nu = self.observed_dim;
-        let nv = (truth.len() - nu) as f64;
-        let fm = ensemble_mean(fc);
-        let am = ensemble_mean(an);
-        let mut col = vec![0.0; an.nrows()];
-        let (mut ef, mut ea, mut var, mut cr) = (0.0, 0.0, 0.0, 0.0);
-        for i in nu..truth.len() {
-            ef += (fm[i] - truth[i]).powi(2);
-            ea += (am[i] - truth[i]).powi(2);
-            for (c, v) in col.iter_mut().zip(an.column(i)) {
-                *c = *v;
-            }
-            var += col.iter().map(|v| (v - am[i]).powi(2)).sum::<f64>() / (col.len() - 1) as f64;
-            cr += crate::metrics::crps(&col, truth[i]);
-            let k = i - nu;
-            if self.sums_an.len() <= k {
-                self.sums_an.resize(k + 1, [0.0; 5]);
-                self.sums_truth.resize(k + 1, [0.0; 5]);
-            }
-            col.iter().for_each(|&v| add_power(&mut self.sums_an[k], v));
-            add_power(&mut self.sums_truth[k], truth[i]);
-        }
-        self.rmse_forecast += (ef / nv).sqrt();
-        self.rmse_analysis += (ea / nv).sqrt();
-        self.spread_analysis += (var / nv).sqrt();
-        self.crps_analysis += cr / nv;
-        self.cycles += 1;
-    }
-
-    /// The accumulators as numbers (for checkpoints): [rmse_f, rmse_a, spread_a, crps_a, cycles,
-    /// then 5 power sums of the analysis members and 5 of the truth per hidden variable].
-    fn save(&self) -> Vec<f64> {
-        let mut v = vec![
-            self.rmse_forecast,
-            self.rmse_analysis,
-            self.spread_analysis,
-            self.crps_analysis,
-            self.cycles as f64,
-        ];
-        for (a, t) in self.sums_an.iter().zip(&self.sums_truth) {
-            v.extend_from_slice(a);
-            v.extend_from_slice(t);
-        }
-        v
-    }
-
-    fn restore(&mut self, v: &[f64]) -> Result<()> {
-        if v.len() < 5 || (v.len() - 5) % 10 != 0 {
-            return Err(GendaError::invalid(
-                "checkpoint",
-                format!("hidden-variable scores have {} values", v.len()),
-            ));
-        }
-        self.rmse_forecast = v[0];
-        self.rmse_analysis = v[1];
-        self.spread_analysis = v[2];
-        self.crps_analysis = v[3];
-        self.cycles = v[4] as usize;
-        self.sums_an.clear();
-        self.sums_truth.clear();
-        for c in v[5..].chunks(10) {
-            self.sums_an.push(c[..5].try_into().expect("5 sums"));
-            self.sums_truth.push(c[5..].try_into().expect("5 sums"));
-        }
-        Ok(())
-    }
-
-    fn mean(&self) -> HiddenScores {
-        let k = self.cycles.max(1) as f64;
-        HiddenScores {
-            observed_dim: self.observed_dim,
-            rmse_forecast: self.rmse_forecast / k,
-            rmse_analysis: self.rmse_analysis / k,
-            spread_analysis: self.spread_analysis / k,
-            crps_analysis: self.crps_analysis / k,
-            skewness_error: self.moment_error(0),
-            kurtosis_error: self.moment_error(1),
-            cycles: self.cycles,
-            sums_an: Vec::new(),
-            sums_truth: Vec::new(),
-        }
-    }
-
-    fn moment_error(&self, which: usize) -> f64 {
-        let nv = self.sums_an.len().max(1) as f64;
-        self.sums_an
-            .iter()
-            .zip(&self.sums_truth)
-            .map(|(a, t)| {
-                let (ma, mt) = (moments_of(a), moments_of(t));
-                if which == 0 {
-                    (ma.0 - mt.0).abs()
-                } else {
-                    (ma.1 - mt.1).abs()
-                }
-            })
-            .sum::<f64>()
-            / nv
-    }
-
-    /// Global attributes of the run file.
-    pub fn attributes(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("rmse_forecast_hidden_time_mean", self.rmse_forecast),
-            ("rmse_analysis_hidden_time_mean", self.rmse_analysis),
-            ("spread_analysis_hidden_time_mean", self.spread_analysis),
-            ("crps_analysis_hidden_time_mean", self.crps_analysis),
-            ("skewness_error_hidden", self.skewness_error),
-            ("kurtosis_error_hidden", self.kurtosis_error),
-        ]
-    }
 }
 
 /// Options that are not part of the science config.
@@ -453,26 +259,22 @@ pub fn initial_ensemble(cfg: &Config, range: std::ops::Range<usize>) -> Result<A
     Ok(ens)
 }
 
+/// What a checkpoint holds besides the ensemble and the truth: the filter's own state and the
+/// assessor's accumulators.
+struct CheckpointState {
+    filter: SavedState,
+    assessment: SavedState,
+}
+
 /// Write checkpoint `path` after `cycle` (root rank): the run-file snapshot first, named by
 /// cycle, then the checkpoint that points at it, then remove the previous snapshot — so a crash at
 /// any moment leaves the previous checkpoint usable.
-#[allow(clippy::too_many_arguments)]
-/// What a checkpoint holds besides the ensemble, truth and RMSE/spread series: the filter's
-/// own state and the accumulators of the distributional and hidden-variable scores.
-struct CheckpointState {
-    filter: crate::state::SavedState,
-    /// [Σ CRPS, scored cycles, rank-histogram counts…] (empty without distributional scores).
-    scores: Vec<f64>,
-    hidden: Vec<f64>,
-}
-
 #[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     path: &Path,
     cycle: usize,
     ens: &Array2<f64>,
     truth: &[f64],
-    avg: &TimeAverage,
     inflation: f64,
     config_hash: &str,
     state: CheckpointState,
@@ -487,18 +289,6 @@ fn save_checkpoint(
         }
         None => None,
     };
-    let series: Vec<f64> = avg
-        .series
-        .iter()
-        .flat_map(|s| {
-            [
-                s.rmse_forecast,
-                s.rmse_analysis,
-                s.spread_forecast,
-                s.spread_analysis,
-            ]
-        })
-        .collect();
     let ens = ens.as_standard_layout();
     write_checkpoint(
         path,
@@ -508,11 +298,9 @@ fn save_checkpoint(
             state_dim: ens.ncols(),
             ensemble: ens.as_slice().expect("standard layout").to_vec(),
             truth: truth.to_vec(),
-            series,
             inflation,
             filter_state: state.filter,
-            scores: state.scores,
-            hidden_scores: state.hidden,
+            assessment: state.assessment,
             config_hash: config_hash.to_string(),
             genda_version: env!("CARGO_PKG_VERSION").to_string(),
             run_snapshot: snap
@@ -714,98 +502,6 @@ pub(crate) fn observe(lobs: &LocalObs, x: &[f64], seed: u64, cycle: usize, out: 
     for ((y, z), r) in out.iter_mut().zip(&z).zip(&lobs.error_var) {
         *y += r.sqrt() * z;
     }
-}
-
-/// Per-tile sums of squared mean error and member deviations: (Σ(x̄−x)², Σ_m Σ(x_m−x̄)²).
-fn tile_error_sums(
-    ens: &Array2<f64>,
-    truth: &[f64],
-    tiles: &[Range<usize>],
-) -> (Vec<f64>, Vec<f64>) {
-    let mean = ensemble_mean(ens);
-    let mut err = Vec::with_capacity(tiles.len());
-    let mut dev = Vec::with_capacity(tiles.len());
-    for t in tiles {
-        err.push(t.clone().map(|i| (mean[i] - truth[i]).powi(2)).sum());
-        dev.push(
-            ens.rows()
-                .into_iter()
-                .map(|r| t.clone().map(|i| (r[i] - mean[i]).powi(2)).sum::<f64>())
-                .sum(),
-        );
-    }
-    (err, dev)
-}
-
-/// `tile_error_sums` of a weighted sample (DAPPER's `stats.assess(…, w=w)`): the mean is
-/// Σ w_m x_m and the deviation sums are ub · Σ_m w_m (x_m − x̄)² with DAPPER's
-/// ub = 1/(1 − Σw²) (1 for degenerate weights), so that spread² = Σ dev / n.
-fn tile_error_sums_weighted(
-    ens: ArrayView2<f64>,
-    w: &[f64],
-    truth: &[f64],
-    tiles: &[Range<usize>],
-) -> (Vec<f64>, Vec<f64>) {
-    let mean = weighted_mean(ens, w);
-    let ub = crate::filters::unbias_var(w, true);
-    let mut err = Vec::with_capacity(tiles.len());
-    let mut dev = Vec::with_capacity(tiles.len());
-    for t in tiles {
-        err.push(t.clone().map(|i| (mean[i] - truth[i]).powi(2)).sum());
-        dev.push(
-            ub * ens
-                .rows()
-                .into_iter()
-                .zip(w)
-                .map(|(r, wm)| wm * t.clone().map(|i| (r[i] - mean[i]).powi(2)).sum::<f64>())
-                .sum::<f64>(),
-        );
-    }
-    (err, dev)
-}
-
-/// Σ_m w_m x_m over the rows of `ens`.
-fn weighted_mean(ens: ArrayView2<f64>, w: &[f64]) -> ndarray::Array1<f64> {
-    let mut m = ndarray::Array1::zeros(ens.ncols());
-    for (r, wm) in ens.rows().into_iter().zip(w) {
-        m.scaled_add(*wm, &r);
-    }
-    m
-}
-
-/// Per owned tile: the CRPS sum of the analysis ensemble over the tile's variables, then the
-/// N + 1 rank-histogram counts of the truth (as f64, exact), for the tile-ordered reducer.
-fn tile_distributional_partials(
-    ens: &Array2<f64>,
-    weighted: Option<(ArrayView2<f64>, &[f64])>,
-    truth: &[f64],
-    tiles: &[Range<usize>],
-) -> Vec<f64> {
-    let n_mem = ens.nrows();
-    let mut out = Vec::with_capacity(tiles.len() * (n_mem + 2));
-    let mut col = vec![0.0; n_mem];
-    for t in tiles {
-        let mut crps_sum = 0.0;
-        for i in t.clone() {
-            // A weighted analysis sample (the particle filter) has the weighted CRPS.
-            let (src, w) = match &weighted {
-                Some((e, w)) => (e.column(i), Some(*w)),
-                None => (ens.column(i), None),
-            };
-            for (c, v) in col.iter_mut().zip(src) {
-                *c = *v;
-            }
-            crps_sum += match w {
-                Some(w) => crate::metrics::crps_weighted(&col, w, truth[i]),
-                None => crate::metrics::crps(&col, truth[i]),
-            };
-        }
-        let mut hist = vec![0u64; n_mem + 1];
-        crate::metrics::rank_histogram(ens.slice(s![.., t.clone()]), &truth[t.clone()], &mut hist);
-        out.push(crps_sum);
-        out.extend(hist.iter().map(|&c| c as f64));
-    }
-    out
 }
 
 /// Check that every rank's array is finite; all ranks fail together.
@@ -1186,20 +882,19 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let ckpt_path = cfg.checkpoint_path();
 
     // Restart: this rank's members and columns, truth, statistics, and the run file so far.
-    let mut avg = TimeAverage::new(cfg.experiment.burn_in);
-    // CRPS time mean and rank histogram after the burn-in ([output] distributional_scores).
-    let scores_on = cfg.output.distributional_scores;
-    let mut crps_mean = (0.0, 0usize);
-    let mut rank_hist = vec![0.0f64; members + 1];
     // Hidden-variable scores of conditionally Gaussian models (never domain-decomposed, so the
-    // whole state is local), over the cycles after the burn-in run by this process.
-    let mut hidden = model
-        .conditional_gaussian()
-        .filter(|_| whole)
-        .map(|cg| HiddenScores {
-            observed_dim: cg.observed_dim(),
-            ..Default::default()
-        });
+    // whole state is local).
+    let scores_on = cfg.output.distributional_scores;
+    let mut assess = Assessor::new(
+        n,
+        members,
+        cfg.experiment.burn_in,
+        scores_on,
+        model
+            .conditional_gaussian()
+            .filter(|_| whole)
+            .map(|cg| cg.observed_dim()),
+    );
     let mut start = 1;
     let mut snapshot: Option<PathBuf> = None;
     if let Some(path) = &opts.restart {
@@ -1241,31 +936,12 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             }
             None => truth.copy_from_slice(&ck.truth[own.clone()]),
         }
-        for (k, v) in ck.series.chunks(4).enumerate() {
-            avg.push(
-                k + 1,
-                CycleStats {
-                    rmse_forecast: v[0],
-                    rmse_analysis: v[1],
-                    spread_forecast: v[2],
-                    spread_analysis: v[3],
-                },
-            );
-        }
+        assess
+            .restore(ck.assessment.clone(), ck.cycle)
+            .map_err(|e| GendaError::file(path, e.to_string()))?;
         filter
             .restore_state(ck.filter_state.clone())
             .map_err(|e| GendaError::file(path, e.to_string()))?;
-        if scores_on {
-            if ck.scores.len() != members + 3 {
-                return Err(GendaError::file(path, format!("checkpoint has {} distributional-score values, the run needs {} (was it written without output.distributional_scores?)", ck.scores.len(), members + 3)));
-            }
-            crps_mean = (ck.scores[0], ck.scores[1] as usize);
-            rank_hist.copy_from_slice(&ck.scores[2..]);
-        }
-        if let Some(h) = hidden.as_mut() {
-            h.restore(&ck.hidden_scores)
-                .map_err(|e| GendaError::file(path, e.to_string()))?;
-        }
         start = ck.cycle + 1;
         if opts.write_output {
             let name = ck.run_snapshot.clone().ok_or_else(|| GendaError::file(path, "checkpoint has no run-file snapshot (written with --no-output); restart with --no-output"))?;
@@ -1337,7 +1013,6 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         .progress_chars("=> "),
     );
 
-    let mut times = PhaseTimes::default();
     let mut obs = vec![0.0; lobs.global.len()];
     let mut ens = Array2::<f64>::zeros((members, len));
     let member_counts = lay.members.counts(len);
@@ -1400,8 +1075,8 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 &mut obs,
             );
         }
-        times.truth += t.elapsed().as_secs_f64() - c_truth;
-        times.communication += c_truth;
+        assess.times.truth += t.elapsed().as_secs_f64() - c_truth;
+        assess.times.communication += c_truth;
 
         let t = Instant::now();
         crate::parallel::injected_fault(comm.rank(), cycle);
@@ -1454,8 +1129,8 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 first_step + skip as u64,
             )?
         };
-        times.forecast += t.elapsed().as_secs_f64() - c_fc;
-        times.communication += c_fc;
+        assess.times.forecast += t.elapsed().as_secs_f64() - c_fc;
+        assess.times.communication += c_fc;
 
         let t = Instant::now();
         ecomm.all_gather_rows(
@@ -1481,24 +1156,14 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         } else {
             None
         };
-        times.communication += t.elapsed().as_secs_f64();
+        assess.times.communication += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
         // A weighted ensemble (the particle filter between resamplings) is assessed with its
         // weights, as DAPPER does; the others with equal weights.
         let f_weights = filter.weights().map(<[f64]>::to_vec);
-        let (f_err, f_dev, fmean) = match &f_weights {
-            Some(wt) => {
-                let (e, d) = tile_error_sums_weighted(ens.view(), wt, &truth, &tiles_own);
-                (e, d, weighted_mean(ens.view(), wt))
-            }
-            None => {
-                let (e, d) = tile_error_sums(&ens, &truth, &tiles_own);
-                (e, d, ensemble_mean(&ens))
-            }
-        };
-        let scored = cycle > cfg.experiment.burn_in;
-        let forecast_copy = if save_ensemble || (hidden.is_some() && scored) {
+        let fc = assess.forecast(&ens, f_weights.as_deref(), &truth, &tiles_own);
+        let forecast_copy = if save_ensemble || assess.needs_forecast_copy(cycle) {
             Some(ens.clone())
         } else {
             None
@@ -1541,55 +1206,21 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         let a_sample = filter
             .analysis_sample()
             .or_else(|| filter.weights().map(|wt| (ens.view(), wt)));
-        let a_weighted = a_sample.is_some();
-        let (a_err, a_dev, amean) = match a_sample {
-            Some((e, wt)) => {
-                let (er, d) = tile_error_sums_weighted(e, wt, &truth, &tiles_own);
-                (er, d, weighted_mean(e, wt))
-            }
-            None => {
-                let (er, d) = tile_error_sums(&ens, &truth, &tiles_own);
-                (er, d, ensemble_mean(&ens))
-            }
-        };
-        let mut partials = Vec::with_capacity(4 * tiles_own.len());
-        for k in 0..tiles_own.len() {
-            partials.extend([f_err[k], f_dev[k], a_err[k], a_dev[k]]);
-        }
-        let sums = reducer.sum_tiles(&partials, 4)?;
-        let nm1 = ((members - 1) * n) as f64;
-        let spread = |dev: f64, weighted: bool| {
-            if weighted {
-                (dev / n as f64).sqrt()
-            } else {
-                (dev / nm1).sqrt()
-            }
-        };
-        let stats = CycleStats {
-            rmse_forecast: (sums[0] / n as f64).sqrt(),
-            spread_forecast: spread(sums[1], f_weights.is_some()),
-            rmse_analysis: (sums[2] / n as f64).sqrt(),
-            spread_analysis: spread(sums[3], a_weighted),
-        };
-        let crps_cycle = if scores_on {
-            let parts = tile_distributional_partials(&ens, a_sample, &truth, &tiles_own);
-            let sums = reducer.sum_tiles(&parts, members + 2)?;
-            let c = sums[0] / n as f64;
-            if scored {
-                crps_mean = (crps_mean.0 + c, crps_mean.1 + 1);
-                for (h, v) in rank_hist.iter_mut().zip(&sums[1..]) {
-                    *h += v;
-                }
-            }
-            Some(c)
-        } else {
-            None
-        };
-        if let (Some(h), Some(fc), true) = (hidden.as_mut(), forecast_copy.as_ref(), scored) {
-            h.push(fc, &ens, &truth);
-        }
-        times.analysis += t.elapsed().as_secs_f64();
-        avg.push(cycle, stats);
+        let CycleAssessment {
+            stats,
+            crps: crps_cycle,
+            analysis_mean: amean,
+        } = assess.analysis(
+            cycle,
+            &fc,
+            &ens,
+            a_sample,
+            &truth,
+            &tiles_own,
+            &reducer,
+            forecast_copy.as_ref(),
+        )?;
+        assess.times.analysis += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
         if gather_output {
@@ -1600,7 +1231,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             dcomm.gather_rows_to_root(&obs[own_obs.clone()], &obs_counts, &mut g_obs)?;
             let mut g_f = root_buf(n);
             dcomm.gather_rows_to_root(
-                fmean.as_slice().expect("contiguous"),
+                fc.mean.as_slice().expect("contiguous"),
                 &slab_counts,
                 &mut g_f,
             )?;
@@ -1631,7 +1262,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         } else if opts.write_output {
             on_root(comm, || Ok(()))?;
         }
-        times.output += t.elapsed().as_secs_f64();
+        assess.times.output += t.elapsed().as_secs_f64();
 
         local.assign(&ens.slice(s![mine.clone(), ..]));
 
@@ -1685,26 +1316,17 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                     cycle,
                     &g_ens,
                     &g_truth,
-                    &avg,
                     cfg.filter.inflation(),
                     &config_hash,
                     CheckpointState {
                         filter: filter.save_state()?,
-                        scores: if scores_on {
-                            [crps_mean.0, crps_mean.1 as f64]
-                                .into_iter()
-                                .chain(rank_hist.iter().copied())
-                                .collect()
-                        } else {
-                            Vec::new()
-                        },
-                        hidden: hidden.as_ref().map(|h| h.save()).unwrap_or_default(),
+                        assessment: assess.save(),
                     },
                     writer.as_mut(),
                     &mut snapshot,
                 )
             })?;
-            times.output += t.elapsed().as_secs_f64();
+            assess.times.output += t.elapsed().as_secs_f64();
             if stop {
                 bar.abandon();
                 return Err(GendaError::Stopped {
@@ -1715,29 +1337,27 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         }
         bar.inc(1);
         if cycle % 100 == 0 {
-            bar.set_message(format!("rmse.a {:.3}", avg.mean().rmse_analysis));
+            bar.set_message(format!(
+                "rmse.a {:.3}",
+                assess.average().mean().rmse_analysis
+            ));
         }
     }
     bar.finish_and_clear();
 
     let t = Instant::now();
     let output = if let Some(wr) = writer.take() {
-        let mut extra = hidden
-            .as_ref()
-            .map(|h| h.mean().attributes())
-            .unwrap_or_default();
-        if scores_on && crps_mean.1 > 0 {
-            extra.push(("crps_analysis_time_mean", crps_mean.0 / crps_mean.1 as f64));
-        }
-        let hist = scores_on.then_some(&rank_hist[..]);
-        on_root(comm, || wr.finish_with(Some(&avg), &extra, hist))?
+        let (extra, hist) = assess.file_extras();
+        on_root(comm, || {
+            wr.finish_with(Some(assess.average()), &extra, hist)
+        })?
     } else if opts.write_output {
         on_root(comm, || Ok(PathBuf::new()))?;
         None
     } else {
         None
     };
-    times.output += t.elapsed().as_secs_f64();
+    assess.times.output += t.elapsed().as_secs_f64();
     // Peak memory of every rank.
     let mut rss = vec![0.0; comm.size()];
     comm.all_gather_rows(
@@ -1746,18 +1366,15 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         &mut rss,
     )?;
     Ok(RunSummary {
-        averages: avg,
-        times,
+        times: assess.times,
+        hidden: assess.hidden(),
+        distributional: assess.distributional(),
+        averages: assess.into_average(),
         output,
         ranks: comm.size(),
         groups: lay.groups,
         domains: lay.domains,
         max_rss_per_rank: rss.into_iter().map(|v| v as u64).collect(),
-        hidden: hidden.map(|h| h.mean()),
-        distributional: scores_on.then(|| DistributionalScores {
-            crps_analysis: crps_mean.0 / crps_mean.1.max(1) as f64,
-            rank_histogram: rank_hist.iter().map(|&v| v as u64).collect(),
-        }),
     })
 }
 
