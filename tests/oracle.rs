@@ -309,7 +309,12 @@ fn particle_filter_equals_dappers_partfilt() {
         let h = PointObs::new(n, idx, arctan);
         let input = AnalysisInput::whole(&y, &h, &rv, cycle, seed);
         let mut pf = ParticleFilter::new(cfg);
-        pf.restore_state(&w0).unwrap();
+        // Start from the given (carried) weights, as a restart does.
+        pf.restore_state(genda::state::SavedState::from_parts(vec![(
+            "weights".into(),
+            w0.clone(),
+        )]))
+        .unwrap();
         pf.analyse(&mut ens, &input).unwrap();
         h5.arr("analysis", ens.as_slice().unwrap(), &[n_mem, n]);
         h5.arr("weights", pf.weights().unwrap(), &[n_mem]);
