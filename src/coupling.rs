@@ -126,6 +126,7 @@ pub fn run_coupled(cfg: &Config, write_initial: bool) -> Result<usize> {
         let f_innov = rms_innovation(&h, fmean.as_slice().expect("contiguous"), &obs);
         let input = AnalysisInput::whole(&obs, &h, &r_var, cycle, cfg.experiment.seed);
         filter.analyse(&mut ens, &input)?;
+        crate::filters::write_outputs(filter.take_outputs())?;
         if ens.iter().any(|v| !v.is_finite()) {
             return Err(GendaError::Diverged {
                 cycle,

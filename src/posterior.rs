@@ -487,6 +487,7 @@ pub fn run_posterior(cfg: &Config) -> Result<PosteriorReport> {
                 let input = AnalysisInput::whole(&y, h, &r, 1, seed);
                 match filter.analyse(&mut ens, &input) {
                     Ok(()) if ens.iter().all(|v| v.is_finite()) => {
+                        crate::filters::write_outputs(filter.take_outputs())?;
                         if let Some(w) = filter.weights() {
                             if w.iter().any(|&v| (v - w[0]).abs() > 0.0) {
                                 let idx = systematic(w, nm, 0.5);

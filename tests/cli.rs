@@ -1033,7 +1033,7 @@ fn masf_offline_prior_is_trained_once_and_reused() {
     };
     let (t1, a1) = run("1.nc");
     assert!(
-        t1.contains("pre-trained and saved") && prior.exists(),
+        t1.contains("the pre-trained prior network saved to") && prior.exists(),
         "{t1}"
     );
     let (t2, a2) = run("2.nc");

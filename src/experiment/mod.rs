@@ -1199,6 +1199,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 },
             });
         }
+        // Files the analysis produced (MASF's pre-trained prior): one rank writes them, now
+        // that every rank's analysis succeeded.
+        let outputs = filter.take_outputs();
+        on_root(comm, || crate::filters::write_outputs(outputs))?;
         if let Some(e) = ens_halo.take() {
             ens.assign(&e.slice(s![.., w..w + len]));
         }

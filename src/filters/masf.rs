@@ -43,7 +43,7 @@
 //! anomalies as EnKF's does (default 1: L63 behaviour unchanged).
 use super::core::inflate;
 use super::letkf::{gaspari_cohn, Geometry, GC_HALF_WIDTH_PER_RADIUS};
-use super::{AnalysisInput, Filter};
+use super::{AnalysisInput, FileOutput, Filter};
 use crate::error::{GendaError, Result};
 use crate::score::masf::{
     fit_gaussian, reverse_sample, sampler_grid, Batches, DiagProcess, DiagScore, Guidance,
@@ -541,6 +541,18 @@ pub struct Masf {
     norm: Option<ChannelNorm>,
     /// Last training loss (diagnostic).
     pub last_loss: f64,
+    /// The pre-trained prior for `prior_weights`, for the driver to write.
+    outputs: Vec<FileOutput>,
+}
+
+/// The pre-trained prior network as a file for the driver to write.
+fn prior_output(method: &str, path: &std::path::Path, tf: crate::io::TensorFile) -> FileOutput {
+    let p = path.to_path_buf();
+    FileOutput {
+        path: p.clone(),
+        what: format!("{method}: the pre-trained prior network"),
+        write: Box::new(move || crate::io::write_tensor_file(&p, &tf)),
+    }
 }
 
 impl Masf {
@@ -555,6 +567,7 @@ impl Masf {
             fixed: None,
             norm: None,
             last_loss: f64::NAN,
+            outputs: Vec::new(),
         }
     }
 
@@ -693,11 +706,8 @@ impl Masf {
                 self.last_loss =
                     net.fit_phase(noising, &data, &rs.pretrain, input.seed, input.seed)?;
                 if let Some(p) = &self.cfg.prior_weights {
-                    net.save(p, &fingerprint)?;
-                    log::info!(
-                        "{method}: prior network pre-trained and saved to {}",
-                        p.display()
-                    );
+                    self.outputs
+                        .push(prior_output(method, p, net.weights_file(&fingerprint)));
                 }
             }
             self.net = Some(net);
@@ -807,6 +817,10 @@ fn standardisation(data: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
 impl Filter for Masf {
     fn name(&self) -> &'static str {
         self.method()
+    }
+
+    fn take_outputs(&mut self) -> Vec<FileOutput> {
+        std::mem::take(&mut self.outputs)
     }
 
     /// The prior network with its optimiser moments, and the fixed standardisation.
@@ -1001,11 +1015,8 @@ impl Masf {
             } else {
                 self.last_loss = fit(&mut net, &data, pretrain_steps, input.seed)?;
                 if let Some(p) = &self.cfg.prior_weights {
-                    net.save(p, &fingerprint)?;
-                    log::info!(
-                        "{method}: prior network pre-trained and saved to {}",
-                        p.display()
-                    );
+                    self.outputs
+                        .push(prior_output(method, p, net.weights_file(&fingerprint)));
                 }
             }
             self.net = Some(net);

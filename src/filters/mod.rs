@@ -48,6 +48,7 @@ use crate::state::SavedState;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
+use std::path::PathBuf;
 
 /// The part of a periodic 1-D state index space a filter works on: local column k is global
 /// index `(ext_start + k) mod n_global`. Columns `own` are this domain's; the others are a halo
@@ -193,6 +194,26 @@ pub fn selected_components(h: &dyn ObsOperator) -> Option<Vec<usize>> {
     .then_some(locs)
 }
 
+/// A file a method wants written — MASF/SF's pre-trained prior (`prior_weights`) — as data and
+/// the function that writes it (temporary name, then rename). A method never writes files
+/// itself: the driver writes these on one rank, after every rank's analysis succeeded, so that
+/// ranks running the same analysis (member groups) do not race on one path.
+pub struct FileOutput {
+    pub path: PathBuf,
+    /// What the file is, for the log ("masf: the pre-trained prior network").
+    pub what: String,
+    pub write: Box<dyn FnOnce() -> Result<()> + Send>,
+}
+
+/// Write `outputs` (on the rank that writes files).
+pub fn write_outputs(outputs: Vec<FileOutput>) -> Result<()> {
+    for o in outputs {
+        (o.write)()?;
+        log::info!("{} saved to {}", o.what, o.path.display());
+    }
+    Ok(())
+}
+
 /// One analysis method.
 pub trait Filter: Send {
     fn name(&self) -> &'static str;
@@ -231,6 +252,10 @@ pub trait Filter: Send {
     /// (members, local columns) and the weights.
     fn analysis_sample(&self) -> Option<(ndarray::ArrayView2<'_, f64>, &[f64])> {
         None
+    }
+    /// Files the last analysis produced for the driver to write (`FileOutput`); taken once.
+    fn take_outputs(&mut self) -> Vec<FileOutput> {
+        Vec::new()
     }
     /// The method's own state that a restart needs besides the ensemble (particle weights,
     /// networks with their optimiser moments, observation histories, per-member moments), as

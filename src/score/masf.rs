@@ -569,11 +569,16 @@ impl DiagScore {
     /// Write the network's parameters to `path` (HDF5, temp file then rename) with the
     /// `fingerprint` of what it was trained for.
     pub fn save(&self, path: &std::path::Path, fingerprint: &str) -> Result<()> {
+        write_tensor_file(path, &self.weights_file(fingerprint))
+    }
+
+    /// What `save` writes, as data (to be written later, on one rank).
+    pub fn weights_file(&self, fingerprint: &str) -> TensorFile {
         let mut attrs: std::collections::BTreeMap<String, String> =
             self.net.attrs().into_iter().collect();
         attrs.insert("masf_prior".into(), fingerprint.into());
         attrs.insert("steps_done".into(), self.steps_done.to_string());
-        let tf = TensorFile {
+        TensorFile {
             groups: [(
                 "params".to_string(),
                 ScoreNetwork::export(&self.net.parameters()),
@@ -581,8 +586,7 @@ impl DiagScore {
             .into_iter()
             .collect(),
             attrs,
-        };
-        write_tensor_file(path, &tf)
+        }
     }
 
     /// Load parameters saved by `save`, refusing a file trained for another fingerprint.
