@@ -1300,3 +1300,38 @@ fn posterior_check_puts_the_etkf_at_the_floor_on_a_gaussian_case() {
         "[posterior]",
     );
 }
+
+/// Weight and training-data files named in a config are opened and checked when the filter is
+/// built, before any model step: with a spin-up of 10^10 steps (minutes), a missing DAISI or SDA
+/// network and a missing MASF pre-training set are each one clear error within seconds.
+#[test]
+fn files_a_method_reads_are_checked_before_the_spinup() {
+    let dir = tempfile::tempdir().unwrap();
+    for (base, msg) in [
+        ("configs/daisi_l63.toml", "output/l63_interpolant.h5"),
+        ("configs/sda_l63_gap100.toml", "output/sda_l63_gap100_k4.h5"),
+        (
+            "configs/masf_l63_gap100_reference.toml",
+            "output/masf_l63_climatology.truth.h5",
+        ),
+    ] {
+        let missing = dir.path().join("missing").join(msg);
+        let to = missing.to_str().unwrap();
+        let cfg = config_variant(dir.path(), base, "c.toml", &[(msg, to)]);
+        let out = dir.path().join("c.nc");
+        let t0 = std::time::Instant::now();
+        let o = genda(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--set",
+            "experiment.spinup_steps=10000000000",
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(to), "{base}: {t}");
+        assert!(t0.elapsed().as_secs() < 30, "{base}: {:?}", t0.elapsed());
+        assert!(!out.exists());
+    }
+}

@@ -585,11 +585,9 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
         }
         None => 0,
     };
-    let fhalo = if domains > 1 {
-        cfg.filter.build().halo(n)
-    } else {
-        0
-    };
+    // What the method needs, in one place (`filters::Needs`).
+    let needs = cfg.filter.build().needs(n);
+    let fhalo = if domains > 1 { needs.halo } else { 0 };
     let tile = cfg
         .parallel
         .tile_size
@@ -606,27 +604,26 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
             ));
         }
     }
-    if matches!(cfg.filter, crate::filters::FilterConfig::Omega(_)) {
+    if needs.conditional_gaussian {
         crate::filters::cg::cg_structure(model.as_ref())?;
     }
-    let f = cfg.filter.build();
-    if domains > 1 && f.needs_forecast_path() {
+    if let (true, Some(why)) = (domains > 1, needs.whole_state) {
         return Err(GendaError::invalid(
             "parallel.domains",
             format!(
-                "{} follows every member's whole state through the forecast and runs on one domain; use domains = 1 (members still split over ranks)",
+                "{} needs the whole state on one rank ({why}); use domains = 1 (members still split over ranks)",
                 cfg.filter.name()
             ),
         ));
     }
-    if domains > 1 && f.needs_whole_state() {
-        return Err(GendaError::invalid(
-            "parallel.domains",
-            format!(
-                "{} needs the whole state on one rank (its jitter uses the full covariance); use domains = 1 (members still split over ranks)",
-                cfg.filter.name()
-            ),
-        ));
+    if let Some(why) = needs.component_selection {
+        let h = cfg.observations.build_local(n, 0, n).op;
+        if crate::filters::selected_components(&h).is_none() {
+            return Err(GendaError::invalid(
+                "observations.operator",
+                format!("{}: {why}", cfg.filter.name()),
+            ));
+        }
     }
     if domains > 1 && cfg.output.save_ensemble {
         return Err(GendaError::invalid(
@@ -719,8 +716,11 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let mine = lay.my_members();
     let reducer = TileReducer::new(dcomm, &dec);
     let mut filter = cfg.filter.build();
+    // Weights and training data are opened and checked now, before any model step.
+    filter.prepare(n)?;
+    let needs = filter.needs(n);
     let whole = dec.domains == 1;
-    let w = if whole { 0 } else { filter.halo(n) };
+    let w = if whole { 0 } else { needs.halo };
     let tiles_own: Vec<Range<usize>> = dec
         .domain_tiles(lay.domain)
         .map(|t| (t * dec.tile - own.start)..((t + 1) * dec.tile - own.start))
@@ -1016,7 +1016,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let mut obs = vec![0.0; lobs.global.len()];
     let mut ens = Array2::<f64>::zeros((members, len));
     let member_counts = lay.members.counts(len);
-    let want_path = filter.needs_forecast_path();
+    let want_path = needs.forecast_path;
     let forecast_clip = filter.forecast_clip();
     if want_path && cfg.experiment.ensemble_start_step > 0 {
         return Err(GendaError::invalid(

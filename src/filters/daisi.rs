@@ -21,7 +21,7 @@
 //! The samples at t_min are the analysis ensemble (no final denoising step, so the round trip
 //! inversion → unguided sampling reproduces the members). Noise for member i at sampling step k
 //! of cycle c comes from the stream keyed by (seed, Sampling, c·2²⁴ + k, i).
-use super::{AnalysisInput, Filter};
+use super::{AnalysisInput, Filter, Needs};
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, Purpose};
 use crate::score::{DeviceChoice, ForwardProcess, ScoreNetwork};
@@ -484,6 +484,20 @@ impl Daisi {
 impl Filter for Daisi {
     fn name(&self) -> &'static str {
         "daisi"
+    }
+
+    fn needs(&self, _n_global: usize) -> Needs {
+        Needs {
+            whole_state: Some("its prior network sees all variables"),
+            ..Needs::default()
+        }
+    }
+
+    fn prepare(&mut self, n: usize) -> Result<()> {
+        if self.prior.is_none() {
+            self.prior = Some(self.load(n)?);
+        }
+        Ok(())
     }
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {

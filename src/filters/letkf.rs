@@ -8,7 +8,7 @@
 //! (and so the observations) of `halo()` columns on each side, so every point sees exactly the
 //! observations it would see on one rank, visited in the same order: bit-identical results.
 use super::core::{ensemble_mean, inflate};
-use super::{AnalysisInput, Filter};
+use super::{AnalysisInput, Filter, Needs};
 use crate::error::{GendaError, Result};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use ndarray::{Array1, Array2, Axis};
@@ -247,11 +247,7 @@ fn point_update_obs_space(
     Some((shift, ta))
 }
 
-impl Filter for Letkf {
-    fn name(&self) -> &'static str {
-        "letkf"
-    }
-
+impl Letkf {
     /// The taper's support: 2c grid points each side on a ring or line; on the torus (row-major
     /// grid split in row slabs) 2c whole rows, as state indices.
     fn halo(&self, n_global: usize) -> usize {
@@ -261,6 +257,19 @@ impl Filter for Letkf {
             reach.min(side / 2) * side
         } else {
             reach
+        }
+    }
+}
+
+impl Filter for Letkf {
+    fn name(&self) -> &'static str {
+        "letkf"
+    }
+
+    fn needs(&self, n_global: usize) -> Needs {
+        Needs {
+            halo: self.halo(n_global),
+            ..Needs::default()
         }
     }
 

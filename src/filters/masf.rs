@@ -43,7 +43,7 @@
 //! anomalies as EnKF's does (default 1: L63 behaviour unchanged).
 use super::core::inflate;
 use super::letkf::{gaspari_cohn, Geometry, GC_HALF_WIDTH_PER_RADIUS};
-use super::{AnalysisInput, FileOutput, Filter};
+use super::{AnalysisInput, FileOutput, Filter, Needs};
 use crate::error::{GendaError, Result};
 use crate::score::masf::{
     fit_gaussian, reverse_sample, sampler_grid, Batches, DiagProcess, DiagScore, Guidance,
@@ -543,6 +543,9 @@ pub struct Masf {
     pub last_loss: f64,
     /// The pre-trained prior for `prior_weights`, for the driver to write.
     outputs: Vec<FileOutput>,
+    /// The rows of `pretrain_data` (raw), read by `prepare` or at the first analysis and
+    /// dropped once the prior is trained.
+    pretrain: Option<Vec<f64>>,
 }
 
 /// The pre-trained prior network as a file for the driver to write.
@@ -568,12 +571,30 @@ impl Masf {
             norm: None,
             last_loss: f64::NAN,
             outputs: Vec::new(),
+            pretrain: None,
         }
     }
 
     /// The algorithm this filter runs.
     pub fn variant(&self) -> Variant {
         self.variant
+    }
+
+    /// Read `pretrain_data` (once) and check its state size against `n`.
+    fn load_pretrain(&mut self, n: usize) -> Result<()> {
+        let method = self.method();
+        if let (Some(p), None) = (&self.cfg.pretrain_data, &self.pretrain) {
+            let traj = crate::io::read_trajectory(p)?;
+            if traj.state_dim != n {
+                return Err(GendaError::Dimension {
+                    what: format!("{method}: pretrain_data {} state size", p.display()),
+                    expected: n,
+                    got: traj.state_dim,
+                });
+            }
+            self.pretrain = Some(traj.data);
+        }
+        Ok(())
     }
 
     /// The localisation taper ρ(i, j) of the Gaussian prior's covariance (state of `n`).
@@ -649,20 +670,12 @@ impl Masf {
         }
         let first = self.net.is_none();
         let fc: Vec<f64> = ens.iter().cloned().collect();
-        // Pre-training rows (raw), read once at the first cycle.
-        let pre: Option<Vec<f64>> = match (&self.cfg.pretrain_data, first) {
-            (Some(p), true) => {
-                let traj = crate::io::read_trajectory(p)?;
-                if traj.state_dim != n {
-                    return Err(GendaError::Dimension {
-                        what: format!("{method}: pretrain_data {} state size", p.display()),
-                        expected: n,
-                        got: traj.state_dim,
-                    });
-                }
-                Some(traj.data)
-            }
-            _ => None,
+        // Pre-training rows (raw), used at the first cycle only.
+        let pre: Option<Vec<f64>> = if first {
+            self.load_pretrain(n)?;
+            self.pretrain.take()
+        } else {
+            None
         };
         if first {
             let stats_from = pre.as_deref().unwrap_or(&fc);
@@ -819,6 +832,22 @@ impl Filter for Masf {
         self.method()
     }
 
+    /// Read and check `pretrain_data` now (the prior is trained at the first analysis).
+    fn prepare(&mut self, n: usize) -> Result<()> {
+        if self.net.is_none() {
+            self.load_pretrain(n)?;
+        }
+        Ok(())
+    }
+
+    fn needs(&self, _n_global: usize) -> Needs {
+        Needs {
+            whole_state: Some("it learns a score of the whole state"),
+            component_selection: Some("the exact likelihood score of the measurement-aware process needs a linear measurement that selects state components (operator = \"sparse\" or \"identity\"); for nonlinear operators use ensf or kde_diffusion"),
+            ..Needs::default()
+        }
+    }
+
     fn take_outputs(&mut self) -> Vec<FileOutput> {
         std::mem::take(&mut self.outputs)
     }
@@ -848,6 +877,7 @@ impl Filter for Masf {
         }
         let method = self.method();
         let dim = s.take_usize("dim")?;
+        self.pretrain = None;
         let optim = if self.variant.is_reference() {
             self.cfg.reference_settings(method).optim
         } else {
@@ -905,18 +935,14 @@ impl Masf {
         let steps = self.cfg.steps(method);
         let n = ens.ncols();
         let first = self.net.is_none();
-        if first {
-            if let Some(p) = &self.cfg.pretrain_data {
-                let traj = crate::io::read_trajectory(p)?;
-                if traj.state_dim != n {
-                    return Err(GendaError::Dimension {
-                        what: format!("{method}: pretrain_data {} state size", p.display()),
-                        expected: n,
-                        got: traj.state_dim,
-                    });
-                }
-                self.fixed = Some(standardisation(&traj.data, n));
-            }
+        let pre: Option<Vec<f64>> = if first {
+            self.load_pretrain(n)?;
+            self.pretrain.take()
+        } else {
+            None
+        };
+        if let Some(rows) = &pre {
+            self.fixed = Some(standardisation(rows, n));
         }
         let fc: Vec<f64> = ens.iter().cloned().collect();
         let (mean, sd) = match &self.fixed {
@@ -997,16 +1023,13 @@ impl Masf {
                 )
             };
             let cached = self.cfg.prior_weights.as_ref().filter(|p| p.exists());
-            let data: Vec<f64> = match &self.cfg.pretrain_data {
+            let data: Vec<f64> = match &pre {
                 _ if cached.is_some() => Vec::new(),
-                Some(p) => {
-                    let traj = crate::io::read_trajectory(p)?;
-                    traj.data
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| (v - mean[i % n]) / sd[i % n])
-                        .collect()
-                }
+                Some(rows) => rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v - mean[i % n]) / sd[i % n])
+                    .collect(),
                 None => z.clone(),
             };
             if let Some(p) = cached {

@@ -214,23 +214,37 @@ pub fn write_outputs(outputs: Vec<FileOutput>) -> Result<()> {
     Ok(())
 }
 
+/// What a method needs from the layout, the model and the observations: the one layout check
+/// (`experiment::check_layout`) reads it, so the driver never asks which method it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// State columns on each side of a domain the method reads (localisation reach); the
+    /// driver supplies them as a halo. 0 for methods that only need tile sums.
+    pub halo: usize,
+    /// Every model step of each member's forecast (`AnalysisInput::forecast`); such methods
+    /// work on the whole state.
+    pub forecast_path: bool,
+    /// The whole state on one rank, and why (refuses `parallel.domains` > 1).
+    pub whole_state: Option<&'static str>,
+    /// A conditionally Gaussian model [u; v] (Ω).
+    pub conditional_gaussian: bool,
+    /// A linear observation operator that selects state components (y = x[locations]), with
+    /// the sentence that says so to the user.
+    pub component_selection: Option<&'static str>,
+}
+
 /// One analysis method.
 pub trait Filter: Send {
     fn name(&self) -> &'static str;
-    /// State columns on each side of a domain this method reads (localisation reach); the
-    /// driver supplies them as a halo. 0 for methods that only need tile sums.
-    fn halo(&self, _n_global: usize) -> usize {
-        0
+    /// What the method needs from the layout, the model and the observations (`Needs`), for
+    /// a state of `n_global`; nothing by default (tile sums on any layout).
+    fn needs(&self, _n_global: usize) -> Needs {
+        Needs::default()
     }
-    /// The method needs every model step of each member's forecast (`AnalysisInput::forecast`);
-    /// such methods work on the whole state (one domain).
-    fn needs_forecast_path(&self) -> bool {
-        false
-    }
-    /// The method needs the whole state on one rank (one domain), e.g. the particle filter's
-    /// full-covariance jitter; the layout check refuses `parallel.domains` > 1 for it.
-    fn needs_whole_state(&self) -> bool {
-        self.needs_forecast_path()
+    /// Open and check the files the method reads (weights, training data) for a state of `n`,
+    /// before any model step: a wrong file is an error at the start, not after the spin-up.
+    fn prepare(&mut self, _n: usize) -> Result<()> {
+        Ok(())
     }
     /// Clip the forecast members to ±c after every model step (EnSF's published code); the
     /// driver applies it to the members, never to the truth.

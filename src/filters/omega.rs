@@ -25,7 +25,7 @@
 //! Works in coordinates standardised by the forecast ensemble; needs the whole state (one
 //! domain). Members keep the moments of the component they were drawn from.
 use super::particle::systematic_resample;
-use super::{AnalysisInput, Filter};
+use super::{AnalysisInput, Filter, Needs};
 use crate::error::{GendaError, Result};
 use crate::filters::cg::CgStep;
 use crate::models::Model;
@@ -194,8 +194,14 @@ impl Filter for Omega {
         "omega"
     }
 
-    fn needs_forecast_path(&self) -> bool {
-        true
+    fn needs(&self, _n_global: usize) -> Needs {
+        Needs {
+            forecast_path: true,
+            whole_state: Some("it follows every member's conditional-Gaussian path"),
+            conditional_gaussian: true,
+            component_selection: Some("omega observes the conditionally Gaussian model's observed variables directly: use operator = \"sparse\" or \"identity\" on its observed components (u)"),
+            ..Needs::default()
+        }
     }
 
     /// Each member's moments of v given its u path, and the residual network with its

@@ -23,7 +23,7 @@
 //! jitter of resampled particle m by (seed, Jitter, cycle, m), so the analysis is the same on
 //! any rank count. `pf_analysis` takes the draws as arguments (the oracle test feeds it the same
 //! numbers as its NumPy port of DAPPER).
-use super::{AnalysisInput, Filter};
+use super::{AnalysisInput, Filter, Needs};
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, stream, Purpose};
 use crate::state::SavedState;
@@ -480,8 +480,11 @@ impl Filter for ParticleFilter {
         Some(&self.w)
     }
 
-    fn needs_whole_state(&self) -> bool {
-        true
+    fn needs(&self, _n_global: usize) -> Needs {
+        Needs {
+            whole_state: Some("its jitter uses the full covariance"),
+            ..Needs::default()
+        }
     }
 
     fn analysis_sample(&self) -> Option<(ndarray::ArrayView2<'_, f64>, &[f64])> {

@@ -8,7 +8,7 @@
 //! and Σ_y can change without retraining. The same sampler smooths a whole window in
 //! `genda smooth` (`crate::sda_twin`). Linear measurements that select state components only;
 //! one domain (the network sees the whole state).
-use super::{AnalysisInput, Filter};
+use super::{AnalysisInput, Filter, Needs};
 use crate::error::{GendaError, Result};
 use crate::score::net::ScoreNetwork;
 use crate::score::process::ForwardProcess;
@@ -161,8 +161,19 @@ impl Filter for Sda {
     }
 
     /// The path tells the filter how many model steps lie between observation times.
-    fn needs_forecast_path(&self) -> bool {
-        true
+    fn prepare(&mut self, n: usize) -> Result<()> {
+        if self.net.is_none() {
+            self.net = Some(self.cfg.load(n)?);
+        }
+        Ok(())
+    }
+
+    fn needs(&self, _n_global: usize) -> Needs {
+        Needs {
+            forecast_path: true,
+            whole_state: Some("its window network sees the whole state"),
+            ..Needs::default()
+        }
     }
 
     /// The observations of the window so far (the network is the weights file's, reloaded).
