@@ -2,10 +2,11 @@
 //! metrics → output. The driver owns timing, metrics, output and the parallel bookkeeping; a
 //! `Filter` implements only the analysis.
 mod assess;
+mod truth;
 
 use crate::config::Config;
 use crate::error::{GendaError, Result};
-use crate::filters::{AnalysisInput, ForecastPath, LocalDomain};
+use crate::filters::{AnalysisInput, Filter, ForecastPath, LocalDomain};
 use crate::io::{
     read_checkpoint, snapshot_path, write_checkpoint, write_trajectory, RunCheckpoint, RunMeta,
     RunWriter, Trajectory,
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use truth::Truth;
 
 /// Variable-steps per forecast below which threads cost more than they save.
 const PARALLEL_FORECAST_MIN_WORK: usize = 20_000;
@@ -586,7 +588,8 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
         None => 0,
     };
     // What the method needs, in one place (`filters::Needs`).
-    let needs = cfg.filter.build().needs(n);
+    let f = cfg.filter.build();
+    let needs = f.needs(n);
     let fhalo = if domains > 1 { needs.halo } else { 0 };
     let tile = cfg
         .parallel
@@ -606,6 +609,18 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
     }
     if needs.conditional_gaussian {
         crate::filters::cg::cg_structure(model.as_ref())?;
+    }
+    if needs.forecast_path && cfg.experiment.ensemble_start_step > 0 {
+        return Err(GendaError::invalid(
+            "experiment.ensemble_start_step",
+            "is not supported by a method that needs the forecast path",
+        ));
+    }
+    if needs.forecast_path && f.forecast_clip().is_some() {
+        return Err(GendaError::invalid(
+            "filter.forecast_clip",
+            "is not supported by a method that needs the forecast path",
+        ));
     }
     if let (true, Some(why)) = (domains > 1, needs.whole_state) {
         return Err(GendaError::invalid(
@@ -695,6 +710,249 @@ pub fn bench_model(
     })
 }
 
+/// Read checkpoint `path` and check that this run can continue from it: same genda version,
+/// same science config, members and state size, and a cycle before the run's end.
+fn read_checkpoint_for(
+    path: &Path,
+    config_hash: &str,
+    members: usize,
+    n: usize,
+    cycles: usize,
+) -> Result<RunCheckpoint> {
+    let ck = read_checkpoint(path)?;
+    if ck.genda_version != env!("CARGO_PKG_VERSION") {
+        return Err(GendaError::file(
+            path,
+            format!(
+                "checkpoint written by genda {}, this is {}",
+                ck.genda_version,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
+    }
+    if ck.config_hash != config_hash || ck.members != members || ck.state_dim != n {
+        return Err(GendaError::file(path, "checkpoint belongs to another config (science settings differ); restart with the config it was written for"));
+    }
+    if ck.cycle >= cycles {
+        return Err(GendaError::file(
+            path,
+            format!(
+                "checkpoint is at cycle {}, the run has only {cycles}",
+                ck.cycle
+            ),
+        ));
+    }
+    Ok(ck)
+}
+
+/// The run file on the root (`None` elsewhere and without output): a new one, or the
+/// checkpoint's snapshot `resume` continued.
+fn open_writer(
+    cfg: &Config,
+    comm: &dyn Collectives,
+    model: &dyn Model,
+    filter: &dyn Filter,
+    resume: Option<&Path>,
+    write_output: bool,
+) -> Result<Option<RunWriter>> {
+    if !write_output {
+        return Ok(None);
+    }
+    if let Some(snap) = resume {
+        return on_root(comm, || RunWriter::resume(&cfg.output.path, snap));
+    }
+    let n = model.dim();
+    on_root(comm, || {
+        RunWriter::create(
+            &cfg.output.path,
+            &RunMeta {
+                name: &cfg.experiment.name,
+                model: model.name(),
+                method: Some(filter.name()),
+                members: cfg.filter.members(),
+                state_dim: n,
+                obs_locations: &cfg.observations.locations(n),
+                obs_operator: &format!("{:?}", cfg.observations.operator).to_lowercase(),
+                cycles: cfg.experiment.cycles,
+                cycle_dt: cfg.observations.obs_every as f64 * model.dt(),
+                burn_in: cfg.experiment.burn_in,
+                save_ensemble: cfg.output.save_ensemble,
+                config_toml: &cfg.to_toml(),
+                ranks: comm.size(),
+                grid_side: model.grid_side(),
+                distributional_scores: cfg.output.distributional_scores,
+                weighted: filter.weights().is_some(),
+            },
+        )
+    })
+}
+
+/// The cycle progress bar (hidden unless `show`).
+fn progress_bar(show: bool, cycles: usize) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(cycles as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} cycle {pos}/{len} [{bar:40}] {elapsed_precise} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Gathers of whole-state vectors to the root of a domain communicator (group 0's, whose root
+/// is world rank 0): the per-cycle output and the checkpoint. Only the root holds the result.
+struct RootGather {
+    /// Columns of each domain.
+    slab_counts: Vec<usize>,
+}
+
+impl RootGather {
+    /// This rank's `part` of a vector split by domain as `counts` (the columns by default).
+    fn to_root(
+        &self,
+        dcomm: &dyn Collectives,
+        part: &[f64],
+        counts: Option<&[usize]>,
+    ) -> Result<Vec<f64>> {
+        let counts = counts.unwrap_or(&self.slab_counts);
+        let total = if dcomm.is_root() {
+            counts.iter().sum()
+        } else {
+            0
+        };
+        let mut g = vec![0.0; total];
+        dcomm.gather_rows_to_root(part, counts, &mut g)?;
+        Ok(g)
+    }
+
+    /// The global ensemble (members, n) in member order from every domain's slab `ens`
+    /// (members, owned columns): a checkpoint restartable on any layout.
+    fn ensemble_to_root(
+        &self,
+        dcomm: &dyn Collectives,
+        dec: &Decomposition,
+        ens: &Array2<f64>,
+    ) -> Result<Array2<f64>> {
+        let members = ens.nrows();
+        let counts: Vec<usize> = self.slab_counts.iter().map(|c| c * members).collect();
+        let slabs = self.to_root(dcomm, ens.as_slice().expect("contiguous"), Some(&counts))?;
+        if !dcomm.is_root() {
+            return Ok(Array2::zeros((0, 0)));
+        }
+        let n: usize = self.slab_counts.iter().sum();
+        let mut g = Array2::<f64>::zeros((members, n));
+        let mut off = 0;
+        for d in 0..dec.domains {
+            let r = dec.domain_range(d);
+            let blk =
+                ArrayView2::from_shape((members, r.len()), &slabs[off..off + members * r.len()])
+                    .expect("slab shape");
+            g.slice_mut(s![.., r.clone()]).assign(&blk);
+            off += members * r.len();
+        }
+        Ok(g)
+    }
+}
+
+/// Stability at the start (CFL of the 2-D models), on the truth slab and every local member;
+/// every rank agrees. A decomposed 2-D field is gathered over the domain communicator for the
+/// check (once); every rank of it sees the same fields, so all take the same branches.
+fn check_start_stability(
+    model: &dyn Model,
+    dec: &Decomposition,
+    dcomm: &dyn Collectives,
+    comm: &dyn Collectives,
+    truth: &[f64],
+    members: &Array2<f64>,
+) -> Result<()> {
+    let (n, len) = (model.dim(), truth.len());
+    let counts = dec.slab_counts(1);
+    let mut full = vec![0.0; if len == n { 0 } else { n }];
+    let whole_field = |part: &[f64], full: &mut Vec<f64>| -> Result<bool> {
+        if len == n {
+            return Ok(true);
+        }
+        if model.grid_side().is_none() {
+            return Ok(false);
+        }
+        dcomm.all_gather_rows(part, &counts, full)?;
+        Ok(true)
+    };
+    let check = |part: &[f64], full: &mut Vec<f64>| -> Result<Option<String>> {
+        Ok(if !whole_field(part, full)? {
+            None
+        } else if len == n {
+            model.stability_problem(part)
+        } else {
+            model.stability_problem(full)
+        })
+    };
+    let mut problem = check(truth, &mut full)?;
+    if problem.is_none() && (len == n || model.grid_side().is_some()) {
+        for row in members.rows() {
+            problem = check(row.as_slice().expect("contiguous"), &mut full)?;
+            if problem.is_some() {
+                break;
+            }
+        }
+    }
+    let ok = comm.all_ok(problem.is_none());
+    if let Some(msg) = problem {
+        return Err(GendaError::invalid("model.dt", msg));
+    }
+    if !ok {
+        return Err(GendaError::Quiet);
+    }
+    Ok(())
+}
+
+/// One cycle's forecast of this rank's members `x` (members, owned columns): model steps
+/// `from..to` of the cycle, whose first step has the global id `first_step`. Step by step,
+/// keeping each state, when the method wants the path (the same arithmetic and noise keys as
+/// one call); with the members clipped to ±c after every step (EnSF's published code) when
+/// `clip` says so. Returns the seconds spent in halo exchanges.
+#[allow(clippy::too_many_arguments)]
+fn forecast_members(
+    prop: &mut Propagator,
+    model: &dyn Model,
+    x: &mut Array2<f64>,
+    (from, to): (usize, usize),
+    first_step: u64,
+    comm: &dyn Collectives,
+    key: &NoiseKey,
+    clip: Option<f64>,
+    path: Option<&mut Vec<Array2<f64>>>,
+) -> Result<f64> {
+    if let Some(path) = path {
+        path.clear();
+        path.push(x.clone());
+        let mut c = 0.0;
+        for s in from..to {
+            let xs = x.as_slice_mut().expect("local ensemble is contiguous");
+            c += prop.advance(model, xs, 1, comm, key, first_step + s as u64)?;
+            path.push(x.clone());
+        }
+        return Ok(c);
+    }
+    let xs = x.as_slice_mut().expect("local ensemble is contiguous");
+    match clip {
+        Some(clip) => {
+            let mut c = 0.0;
+            for s in from..to {
+                c += prop.advance(model, xs, 1, comm, key, first_step + s as u64)?;
+                xs.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
+            }
+            Ok(c)
+        }
+        None => prop.advance(model, xs, to - from, comm, key, first_step + from as u64),
+    }
+}
+
 /// A twin experiment: truth, observations, ensemble forecasts and analyses for every cycle.
 ///
 /// Each rank holds its member group's members on its domain (a slab of whole tiles). Forecasts
@@ -770,94 +1028,12 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         dec.tile
     );
 
-    // Truth and ensemble slabs, drawn from streams keyed by global index.
-    let mut truth = cfg.initial.draw_truth_slab(n, seed, own.clone())?;
-    // A replayed truth (experiment.truth_file): the rows of the cycles, read once.
-    let replay = match &cfg.experiment.truth_file {
-        Some(p) => Some(TruthReplay::open(
-            p,
-            n,
-            obs_every as f64 * model.dt(),
-            cycles,
-        )?),
-        None => None,
-    };
-    // A finer-grid truth (model.truth_grid, one domain, not replayed): its own state, seen
-    // through block means; `truth` then holds those means.
-    let mut fine = {
-        if replay.is_none() && cfg.model.has_fine_truth() {
-            let tm = cfg.model.build_truth();
-            let x = cfg.initial.draw_truth(tm.dim(), seed)?;
-            if let Some(problem) = tm.model.stability_problem(&x) {
-                return Err(GendaError::invalid("model.dt", format!("truth: {problem}")));
-            }
-            tm.coarsen(&x, &mut truth);
-            let prop = Propagator::new(tm.model.as_ref(), 1, tm.dim());
-            Some((tm, x, prop))
-        } else {
-            None
-        }
-    };
-    // Stability at the start (CFL of the 2-D models), on the truth and every local member.
-    {
-        // A decomposed 2-D field is gathered over the domain communicator for the check (once);
-        // every rank of it sees the same fields, so all take the same branches.
-        let counts = dec.slab_counts(1);
-        let mut full = vec![0.0; if len == n { 0 } else { n }];
-        let whole_field = |part: &[f64], full: &mut Vec<f64>| -> Result<bool> {
-            if len == n {
-                return Ok(true);
-            }
-            if model.grid_side().is_none() {
-                return Ok(false);
-            }
-            dcomm.all_gather_rows(part, &counts, full)?;
-            Ok(true)
-        };
-        let check = |part: &[f64], full: &mut Vec<f64>| -> Result<Option<String>> {
-            Ok(if !whole_field(part, full)? {
-                None
-            } else if len == n {
-                model.stability_problem(part)
-            } else {
-                model.stability_problem(full)
-            })
-        };
-        let mut problem = check(&truth, &mut full)?;
-        if problem.is_none() && (len == n || model.grid_side().is_some()) {
-            for row in local_init_preview(cfg, &mine, &own)?.rows() {
-                problem = check(row.as_slice().expect("contiguous"), &mut full)?;
-                if problem.is_some() {
-                    break;
-                }
-            }
-        }
-        let ok = comm.all_ok(problem.is_none());
-        if let Some(msg) = problem {
-            return Err(GendaError::invalid("model.dt", msg));
-        }
-        if !ok {
-            return Err(GendaError::Quiet);
-        }
-    }
-    let mut truth_prop = Propagator::new(model.as_ref(), 1, len);
-    let truth_key = NoiseKey {
-        seed,
-        rows: vec![TRUTH_STREAM],
-        offset: own.start,
-    };
-    let spinup = cfg.experiment.spinup_steps;
-    match fine.as_mut() {
-        _ if replay.is_some() => {}
-        Some((tm, x, prop)) => {
-            prop.advance(tm.model.as_ref(), x, spinup, dcomm, &truth_key, 0)?;
-            tm.coarsen(x, &mut truth);
-        }
-        None => {
-            truth_prop.advance(model.as_ref(), &mut truth, spinup, dcomm, &truth_key, 0)?;
-        }
-    }
+    // The truth slab (simulated, fine-grid or replayed), drawn from streams keyed by global index.
+    let mut truth = Truth::new(cfg, model.as_ref(), own.clone())?;
     let mut local = local_init_preview(cfg, &mine, &own)?;
+    check_start_stability(model.as_ref(), &dec, dcomm, comm, &truth.slab, &local)?;
+    let spinup = cfg.experiment.spinup_steps;
+    truth.spin_up(model.as_ref(), dcomm)?;
 
     let mut prop = Propagator::new(model.as_ref(), mine.len(), len);
     let member_key = NoiseKey {
@@ -877,7 +1053,6 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         )?;
     }
 
-    let config_toml = cfg.to_toml();
     let config_hash = cfg.science_hash();
     let ckpt_path = cfg.checkpoint_path();
 
@@ -898,44 +1073,13 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let mut start = 1;
     let mut snapshot: Option<PathBuf> = None;
     if let Some(path) = &opts.restart {
-        let ck = read_checkpoint(path)?;
-        if ck.genda_version != env!("CARGO_PKG_VERSION") {
-            return Err(GendaError::file(
-                path,
-                format!(
-                    "checkpoint written by genda {}, this is {}",
-                    ck.genda_version,
-                    env!("CARGO_PKG_VERSION")
-                ),
-            ));
-        }
-        if ck.config_hash != config_hash || ck.members != members || ck.state_dim != n {
-            return Err(GendaError::file(path, "checkpoint belongs to another config (science settings differ); restart with the config it was written for"));
-        }
-        if ck.cycle >= cycles {
-            return Err(GendaError::file(
-                path,
-                format!(
-                    "checkpoint is at cycle {}, the run has only {cycles}",
-                    ck.cycle
-                ),
-            ));
-        }
+        let ck = read_checkpoint_for(path, &config_hash, members, n, cycles)?;
         for (mut row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
             row.as_slice_mut()
                 .expect("contiguous")
                 .copy_from_slice(&ck.ensemble[m * n + own.start..m * n + own.end]);
         }
-        match fine.as_mut() {
-            Some((tm, x, _)) => {
-                if ck.truth.len() != x.len() {
-                    return Err(GendaError::file(path, format!("checkpoint truth has {} values, the {}-value fine-grid truth (model.truth_grid) needs {}", ck.truth.len(), n, x.len())));
-                }
-                x.copy_from_slice(&ck.truth);
-                tm.coarsen(x, &mut truth);
-            }
-            None => truth.copy_from_slice(&ck.truth[own.clone()]),
-        }
+        truth.restore(&ck.truth, n, path)?;
         assess
             .restore(ck.assessment.clone(), ck.cycle)
             .map_err(|e| GendaError::file(path, e.to_string()))?;
@@ -954,35 +1098,14 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         );
     }
 
-    let mut writer = if let (true, Some(snap)) = (opts.write_output, snapshot.clone()) {
-        on_root(comm, || RunWriter::resume(&cfg.output.path, &snap))?
-    } else if opts.write_output {
-        on_root(comm, || {
-            RunWriter::create(
-                &cfg.output.path,
-                &RunMeta {
-                    name: &cfg.experiment.name,
-                    model: model.name(),
-                    method: Some(filter.name()),
-                    members,
-                    state_dim: n,
-                    obs_locations: &cfg.observations.locations(n),
-                    obs_operator: &format!("{:?}", cfg.observations.operator).to_lowercase(),
-                    cycles,
-                    cycle_dt: obs_every as f64 * model.dt(),
-                    burn_in: cfg.experiment.burn_in,
-                    save_ensemble,
-                    config_toml: &config_toml,
-                    ranks: comm.size(),
-                    grid_side: model.grid_side(),
-                    distributional_scores: cfg.output.distributional_scores,
-                    weighted: filter.weights().is_some(),
-                },
-            )
-        })?
-    } else {
-        None
-    };
+    let mut writer = open_writer(
+        cfg,
+        comm,
+        model.as_ref(),
+        filter.as_ref(),
+        snapshot.as_deref(),
+        opts.write_output,
+    )?;
     // Output is gathered over group 0's domain communicator; world rank 0 is its rank 0.
     let gather_output = opts.write_output && lay.group == 0;
     let slab_counts = dec.slab_counts(1);
@@ -992,44 +1115,17 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         dcomm.all_gather_rows(&mine_c, &vec![1; dec.domains], &mut all)?;
         all.iter().map(|v| *v as usize).collect()
     };
-    let root_buf = |k: usize| {
-        if comm.is_root() {
-            vec![0.0; k]
-        } else {
-            Vec::new()
-        }
+    let gather = RootGather {
+        slab_counts: slab_counts.clone(),
     };
 
-    let bar = if opts.progress && comm.is_root() {
-        ProgressBar::new(cycles as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} cycle {pos}/{len} [{bar:40}] {elapsed_precise} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = progress_bar(opts.progress && comm.is_root(), cycles);
 
     let mut obs = vec![0.0; lobs.global.len()];
     let mut ens = Array2::<f64>::zeros((members, len));
     let member_counts = lay.members.counts(len);
     let want_path = needs.forecast_path;
     let forecast_clip = filter.forecast_clip();
-    if want_path && cfg.experiment.ensemble_start_step > 0 {
-        return Err(GendaError::invalid(
-            "experiment.ensemble_start_step",
-            "is not supported by a method that needs the forecast path",
-        ));
-    }
-    if want_path && forecast_clip.is_some() {
-        return Err(GendaError::invalid(
-            "filter.forecast_clip",
-            "is not supported by a method that needs the forecast path",
-        ));
-    }
     let mut path_local: Vec<Array2<f64>> = Vec::new();
     let mut path_all: Vec<Array2<f64>> = Vec::new();
     bar.set_position(start as u64 - 1);
@@ -1037,44 +1133,8 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     for cycle in start..=cycles {
         let t = Instant::now();
         let first_step = (spinup + (cycle - 1) * obs_every) as u64;
-        let c_truth = match fine.as_mut() {
-            _ if replay.is_some() => {
-                let r = replay.as_ref().expect("checked");
-                truth.copy_from_slice(&r.state(cycle)[own.clone()]);
-                0.0
-            }
-            Some((tm, x, prop)) => {
-                let c = prop.advance(
-                    tm.model.as_ref(),
-                    x,
-                    obs_every,
-                    dcomm,
-                    &truth_key,
-                    first_step,
-                )?;
-                tm.coarsen(x, &mut truth);
-                c
-            }
-            None => truth_prop.advance(
-                model.as_ref(),
-                &mut truth,
-                obs_every,
-                dcomm,
-                &truth_key,
-                first_step,
-            )?,
-        };
-        {
-            let tv = Array2::from_shape_vec((1, len), truth.clone()).expect("one row");
-            let ext = if w > 0 { with_halo(&tv, w, dcomm)? } else { tv };
-            observe(
-                &lobs,
-                ext.as_slice().expect("one row"),
-                seed,
-                cycle,
-                &mut obs,
-            );
-        }
+        let c_truth = truth.advance(model.as_ref(), cycle, dcomm)?;
+        truth.observe(&lobs, w, dcomm, seed, cycle, &mut obs)?;
         assess.times.truth += t.elapsed().as_secs_f64() - c_truth;
         assess.times.communication += c_truth;
 
@@ -1086,49 +1146,17 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         } else {
             0
         };
-        let c_fc = if want_path {
-            // Step by step, keeping each state (the same arithmetic and noise keys as one call).
-            path_local.clear();
-            path_local.push(local.clone());
-            let mut c = 0.0;
-            for s in 0..obs_every {
-                c += prop.advance(
-                    model.as_ref(),
-                    local.as_slice_mut().expect("local ensemble is contiguous"),
-                    1,
-                    dcomm,
-                    &member_key,
-                    first_step + s as u64,
-                )?;
-                path_local.push(local.clone());
-            }
-            c
-        } else if let Some(clip) = forecast_clip {
-            // Step by step, the members clipped after each step (EnSF's published code).
-            let mut c = 0.0;
-            let x = local.as_slice_mut().expect("local ensemble is contiguous");
-            for s in skip..obs_every {
-                c += prop.advance(
-                    model.as_ref(),
-                    x,
-                    1,
-                    dcomm,
-                    &member_key,
-                    first_step + s as u64,
-                )?;
-                x.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
-            }
-            c
-        } else {
-            prop.advance(
-                model.as_ref(),
-                local.as_slice_mut().expect("local ensemble is contiguous"),
-                obs_every - skip,
-                dcomm,
-                &member_key,
-                first_step + skip as u64,
-            )?
-        };
+        let c_fc = forecast_members(
+            &mut prop,
+            model.as_ref(),
+            &mut local,
+            (skip, obs_every),
+            first_step,
+            dcomm,
+            &member_key,
+            forecast_clip,
+            want_path.then_some(&mut path_local),
+        )?;
         assess.times.forecast += t.elapsed().as_secs_f64() - c_fc;
         assess.times.communication += c_fc;
 
@@ -1162,7 +1190,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         // A weighted ensemble (the particle filter between resamplings) is assessed with its
         // weights, as DAPPER does; the others with equal weights.
         let f_weights = filter.weights().map(<[f64]>::to_vec);
-        let fc = assess.forecast(&ens, f_weights.as_deref(), &truth, &tiles_own);
+        let fc = assess.forecast(&ens, f_weights.as_deref(), &truth.slab, &tiles_own);
         let forecast_copy = if save_ensemble || assess.needs_forecast_copy(cycle) {
             Some(ens.clone())
         } else {
@@ -1219,7 +1247,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             &fc,
             &ens,
             a_sample,
-            &truth,
+            &truth.slab,
             &tiles_own,
             &reducer,
             forecast_copy.as_ref(),
@@ -1229,22 +1257,10 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         let t = Instant::now();
         if gather_output {
             // One global vector at a time on the root: truth, owned observations, means.
-            let mut g_truth = root_buf(n);
-            dcomm.gather_rows_to_root(&truth, &slab_counts, &mut g_truth)?;
-            let mut g_obs = root_buf(p_total);
-            dcomm.gather_rows_to_root(&obs[own_obs.clone()], &obs_counts, &mut g_obs)?;
-            let mut g_f = root_buf(n);
-            dcomm.gather_rows_to_root(
-                fc.mean.as_slice().expect("contiguous"),
-                &slab_counts,
-                &mut g_f,
-            )?;
-            let mut g_a = root_buf(n);
-            dcomm.gather_rows_to_root(
-                amean.as_slice().expect("contiguous"),
-                &slab_counts,
-                &mut g_a,
-            )?;
+            let g_truth = gather.to_root(dcomm, &truth.slab, None)?;
+            let g_obs = gather.to_root(dcomm, &obs[own_obs.clone()], Some(&obs_counts))?;
+            let g_f = gather.to_root(dcomm, fc.mean.as_slice().expect("contiguous"), None)?;
+            let g_a = gather.to_root(dcomm, amean.as_slice().expect("contiguous"), None)?;
             let res = match writer.as_mut() {
                 Some(wr) => {
                     let empty = Array2::zeros((0, 0));
@@ -1283,34 +1299,11 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             // The checkpoint holds the global ensemble in member order (restartable on any
             // layout): gathered to the root over group 0's domain communicator.
             let (g_ens, g_truth) = if lay.group == 0 {
-                let mut slabs = root_buf(members * n);
-                dcomm.gather_rows_to_root(
-                    ens.as_slice().expect("contiguous"),
-                    &dec.slab_counts(members),
-                    &mut slabs,
-                )?;
-                let mut g_truth = root_buf(n);
-                dcomm.gather_rows_to_root(&truth, &slab_counts, &mut g_truth)?;
-                if let (Some((_, x, _)), true) = (&fine, comm.is_root()) {
-                    // One domain: the root holds the whole fine truth, which restarts need.
-                    g_truth = x.clone();
-                }
-                let mut g =
-                    Array2::<f64>::zeros(if comm.is_root() { (members, n) } else { (0, 0) });
-                if comm.is_root() {
-                    let mut off = 0;
-                    for d in 0..dec.domains {
-                        let r = dec.domain_range(d);
-                        let blk = ArrayView2::from_shape(
-                            (members, r.len()),
-                            &slabs[off..off + members * r.len()],
-                        )
-                        .expect("slab shape");
-                        g.slice_mut(s![.., r.clone()]).assign(&blk);
-                        off += members * r.len();
-                    }
-                }
-                (g, g_truth)
+                let g_truth = gather.to_root(dcomm, &truth.slab, None)?;
+                (
+                    gather.ensemble_to_root(dcomm, &dec, &ens)?,
+                    truth.checkpoint_values(g_truth, comm.is_root()),
+                )
             } else {
                 (Array2::zeros((0, 0)), Vec::new())
             };

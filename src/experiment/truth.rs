@@ -1,0 +1,173 @@
+//! The truth of a twin run on this rank's columns: simulated with the members' model, simulated
+//! on a finer grid and seen through its block means (`model.truth_grid`), or replayed from an
+//! HDF5 trajectory (`experiment.truth_file`); and its observations. Every random number is keyed
+//! by global index (truth stream, step; observation noise by cycle and observation index), so
+//! the truth and the observations are the same numbers on any layout.
+use super::{observe, with_halo, NoiseKey, Propagator, TruthReplay, TRUTH_STREAM};
+use crate::config::Config;
+use crate::error::{GendaError, Result};
+use crate::models::{Model, TruthModel};
+use crate::obs::LocalObs;
+use crate::parallel::Collectives;
+use ndarray::Array2;
+use std::ops::Range;
+use std::path::Path;
+
+enum Source {
+    /// The members' model on this rank's columns.
+    Simulated,
+    /// A finer grid (one domain): its own state, stepped by its own propagator.
+    Fine {
+        model: TruthModel,
+        state: Vec<f64>,
+        prop: Propagator,
+    },
+    /// The rows of a trajectory file at the cycles.
+    Replayed(TruthReplay),
+}
+
+pub(super) struct Truth {
+    /// The truth on this rank's columns of the members' grid.
+    pub slab: Vec<f64>,
+    source: Source,
+    prop: Propagator,
+    key: NoiseKey,
+    own: Range<usize>,
+    obs_every: usize,
+    spinup: usize,
+}
+
+impl Truth {
+    /// Draw x₀ on the columns `own` (and the fine-grid state, if any) or open the replayed file.
+    pub fn new(cfg: &Config, model: &dyn Model, own: Range<usize>) -> Result<Self> {
+        let n = model.dim();
+        let (seed, obs_every) = (cfg.experiment.seed, cfg.observations.obs_every);
+        let mut slab = cfg.initial.draw_truth_slab(n, seed, own.clone())?;
+        let source = if let Some(p) = &cfg.experiment.truth_file {
+            let cycle_dt = obs_every as f64 * model.dt();
+            Source::Replayed(TruthReplay::open(p, n, cycle_dt, cfg.experiment.cycles)?)
+        } else if cfg.model.has_fine_truth() {
+            let tm = cfg.model.build_truth();
+            let x = cfg.initial.draw_truth(tm.dim(), seed)?;
+            if let Some(problem) = tm.model.stability_problem(&x) {
+                return Err(GendaError::invalid("model.dt", format!("truth: {problem}")));
+            }
+            tm.coarsen(&x, &mut slab);
+            let prop = Propagator::new(tm.model.as_ref(), 1, tm.dim());
+            Source::Fine {
+                model: tm,
+                state: x,
+                prop,
+            }
+        } else {
+            Source::Simulated
+        };
+        Ok(Truth {
+            prop: Propagator::new(model, 1, own.len()),
+            key: NoiseKey {
+                seed,
+                rows: vec![TRUTH_STREAM],
+                offset: own.start,
+            },
+            slab,
+            source,
+            own,
+            obs_every,
+            spinup: cfg.experiment.spinup_steps,
+        })
+    }
+
+    /// The `experiment.spinup_steps` before the first cycle (nothing for a replayed truth).
+    pub fn spin_up(&mut self, model: &dyn Model, comm: &dyn Collectives) -> Result<()> {
+        let steps = self.spinup;
+        match &mut self.source {
+            Source::Replayed(_) => {}
+            Source::Fine {
+                model: tm,
+                state,
+                prop,
+            } => {
+                prop.advance(tm.model.as_ref(), state, steps, comm, &self.key, 0)?;
+                tm.coarsen(state, &mut self.slab);
+            }
+            Source::Simulated => {
+                self.prop
+                    .advance(model, &mut self.slab, steps, comm, &self.key, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Advance to the observation time of `cycle`; returns the seconds spent in halo exchanges.
+    pub fn advance(
+        &mut self,
+        model: &dyn Model,
+        cycle: usize,
+        comm: &dyn Collectives,
+    ) -> Result<f64> {
+        let first_step = (self.spinup + (cycle - 1) * self.obs_every) as u64;
+        let steps = self.obs_every;
+        Ok(match &mut self.source {
+            Source::Replayed(r) => {
+                self.slab.copy_from_slice(&r.state(cycle)[self.own.clone()]);
+                0.0
+            }
+            Source::Fine {
+                model: tm,
+                state,
+                prop,
+            } => {
+                let c =
+                    prop.advance(tm.model.as_ref(), state, steps, comm, &self.key, first_step)?;
+                tm.coarsen(state, &mut self.slab);
+                c
+            }
+            Source::Simulated => {
+                self.prop
+                    .advance(model, &mut self.slab, steps, comm, &self.key, first_step)?
+            }
+        })
+    }
+
+    /// The observations of `cycle` located in the analysed columns (halo `w` included).
+    pub fn observe(
+        &self,
+        lobs: &LocalObs,
+        w: usize,
+        comm: &dyn Collectives,
+        seed: u64,
+        cycle: usize,
+        out: &mut [f64],
+    ) -> Result<()> {
+        let tv = Array2::from_shape_vec((1, self.slab.len()), self.slab.clone()).expect("one row");
+        let ext = if w > 0 { with_halo(&tv, w, comm)? } else { tv };
+        observe(lobs, ext.as_slice().expect("one row"), seed, cycle, out);
+        Ok(())
+    }
+
+    /// What a checkpoint stores on the root: the fine-grid state when there is one (a restart
+    /// needs it; one domain, so the root holds it whole), else the `gathered` global truth.
+    pub fn checkpoint_values(&self, gathered: Vec<f64>, root: bool) -> Vec<f64> {
+        match (&self.source, root) {
+            (Source::Fine { state, .. }, true) => state.clone(),
+            _ => gathered,
+        }
+    }
+
+    /// Continue from a checkpoint's truth values (`checkpoint_values`) of checkpoint `path`.
+    pub fn restore(&mut self, saved: &[f64], n: usize, path: &Path) -> Result<()> {
+        match &mut self.source {
+            Source::Fine {
+                model: tm, state, ..
+            } => {
+                if saved.len() != state.len() {
+                    return Err(GendaError::file(path, format!("checkpoint truth has {} values, the {}-value fine-grid truth (model.truth_grid) needs {}", saved.len(), n, state.len())));
+                }
+                state.copy_from_slice(saved);
+                tm.coarsen(state, &mut self.slab);
+            }
+            _ => self.slab.copy_from_slice(&saved[self.own.clone()]),
+        }
+        Ok(())
+    }
+}
