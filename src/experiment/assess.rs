@@ -590,6 +590,17 @@ impl Assessor {
     }
 }
 
+/// Peak resident memory (VmHWM) of every rank, bytes (0 where the OS does not report it).
+pub fn max_rss_per_rank(comm: &dyn crate::parallel::Collectives) -> Result<Vec<u64>> {
+    let mut rss = vec![0.0; comm.size()];
+    comm.all_gather_rows(
+        &[crate::parallel::max_rss_bytes().unwrap_or(0) as f64],
+        &vec![1; comm.size()],
+        &mut rss,
+    )?;
+    Ok(rss.into_iter().map(|v| v as u64).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

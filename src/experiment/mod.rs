@@ -14,9 +14,7 @@ use crate::io::{
 use crate::metrics::TimeAverage;
 use crate::models::{Model, Rk4Workspace, SlabStepper, TruthModel};
 use crate::obs::{LocalObs, ObsOperator};
-use crate::parallel::{
-    max_rss_bytes, Collectives, Decomposition, Layout, SlabTranspose, TileReducer, Topology,
-};
+use crate::parallel::{Collectives, Decomposition, Layout, SlabTranspose, TileReducer, Topology};
 use crate::rng::{fill_standard_normal, Purpose};
 use crate::state::SavedState;
 pub use assess::{
@@ -804,6 +802,133 @@ fn progress_bar(show: bool, cycles: usize) -> ProgressBar {
     bar
 }
 
+/// Every rank agrees on the outcome of the analysis `res` of `cycle`: a failed linear algebra
+/// is a divergence; a failure elsewhere ends every rank with a pointer to that rank's error.
+fn agree_on_analysis(comm: &dyn Collectives, res: Result<()>, cycle: usize) -> Result<()> {
+    if comm.all_ok(res.is_ok()) {
+        return Ok(());
+    }
+    Err(match res {
+        Err(GendaError::LinAlg(msg)) => GendaError::Diverged {
+            cycle,
+            what: format!("analysis failed ({msg})"),
+        },
+        Err(other) => other,
+        Ok(()) => GendaError::Diverged {
+            cycle,
+            what: "the analysis failed on another rank (see its error)".into(),
+        },
+    })
+}
+
+/// The members of this domain from every group, in member order: `local` (this group's
+/// members) into `all` (members, owned columns).
+fn gather_members(
+    ecomm: &dyn Collectives,
+    counts: &[usize],
+    local: &Array2<f64>,
+    all: &mut Array2<f64>,
+) -> Result<()> {
+    ecomm.all_gather_rows(
+        local.as_slice().expect("contiguous"),
+        counts,
+        all.as_slice_mut().expect("contiguous"),
+    )
+}
+
+/// Cycle `cycle`'s record of the run file (root): the whole truth, observations, forecast and
+/// analysis means `[truth, obs, forecast mean, analysis mean]`, the statistics, the ensembles
+/// (forecast, analysis) with `save_ensemble`, the particle weights (forecast, analysis) and the
+/// CRPS where the run has them.
+fn write_cycle(
+    wr: &mut RunWriter,
+    cycle: usize,
+    [truth, obs, fmean, amean]: [&[f64]; 4],
+    stats: &crate::metrics::CycleStats,
+    (forecast, analysis): (Option<&Array2<f64>>, &Array2<f64>),
+    weights: (Option<&[f64]>, Option<&[f64]>),
+    crps: Option<f64>,
+) -> Result<()> {
+    let empty = Array2::zeros((0, 0));
+    let k = cycle - 1;
+    wr.write_truth(k, truth, obs)?;
+    wr.write_filter(k, fmean, amean, stats, forecast.unwrap_or(&empty), analysis)?;
+    if let (Some(fw), Some(aw)) = weights {
+        wr.write_weights(k, fw, aw)?;
+    }
+    match crps {
+        Some(c) => wr.write_crps(k, c),
+        None => Ok(()),
+    }
+}
+
+/// Whether any rank got SIGTERM/SIGUSR1 (Slurm's notice before the wall time): then every rank
+/// checkpoints after this cycle and stops.
+fn stop_requested(opts: &RunOptions, comm: &dyn Collectives) -> bool {
+    let signalled = opts
+        .stop
+        .as_ref()
+        .map(|f| f.load(Ordering::Relaxed))
+        .unwrap_or(false);
+    opts.stop.is_some() && !comm.all_ok(!signalled)
+}
+
+/// This domain's owned tiles (columns relative to its first owned column) and the columns the
+/// filter analyses: the owned ones with a halo of `w` on each side.
+fn analysis_domain(
+    dec: &Decomposition,
+    domain: usize,
+    w: usize,
+) -> (Vec<Range<usize>>, LocalDomain) {
+    let n = dec.n;
+    let own = dec.domain_range(domain);
+    let tiles: Vec<Range<usize>> = dec
+        .domain_tiles(domain)
+        .map(|t| (t * dec.tile - own.start)..((t + 1) * dec.tile - own.start))
+        .collect();
+    let local = LocalDomain {
+        n_global: n,
+        ext_start: (own.start + n - w) % n,
+        own: w..w + own.len(),
+        tiles: tiles.iter().map(|t| (t.start + w)..(t.end + w)).collect(),
+        whole: dec.domains == 1,
+    };
+    (tiles, local)
+}
+
+/// One line on what runs where (info on the root, debug elsewhere).
+fn log_layout(
+    cfg: &Config,
+    model: &dyn Model,
+    comm: &dyn Collectives,
+    lay: &Layout,
+    dec: &Decomposition,
+) {
+    let n = model.dim();
+    let level = if comm.is_root() {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
+    let len = dec.domain_range(lay.domain).len();
+    log::log!(level,
+        "{}: {} (n = {n}), {} with {} members, {} obs every {} steps, {} cycles; {} rank(s) = {} member group(s) × {} domain(s) of {}..{} tiles of {}",
+        cfg.experiment.name,
+        model.name(),
+        cfg.filter.name(),
+        cfg.filter.members(),
+        cfg.observations.locations(n).len(),
+        cfg.observations.obs_every,
+        cfg.experiment.cycles,
+        comm.size(),
+        lay.groups,
+        lay.domains,
+        dec.min_domain_len(),
+        len.max(dec.min_domain_len()),
+        dec.tile
+    );
+}
+
 /// Gathers of whole-state vectors to the root of a domain communicator (group 0's, whose root
 /// is world rank 0): the per-cycle output and the checkpoint. Only the root holds the result.
 struct RootGather {
@@ -828,6 +953,23 @@ impl RootGather {
         let mut g = vec![0.0; total];
         dcomm.gather_rows_to_root(part, counts, &mut g)?;
         Ok(g)
+    }
+
+    /// What a checkpoint holds of the ensemble and the truth (root; gathered over group 0's
+    /// domain communicator): the global ensemble in member order, restartable on any layout,
+    /// and the truth's checkpoint values.
+    fn checkpoint(
+        &self,
+        dcomm: &dyn Collectives,
+        dec: &Decomposition,
+        ens: &Array2<f64>,
+        truth: &Truth,
+    ) -> Result<(Array2<f64>, Vec<f64>)> {
+        let g_truth = self.to_root(dcomm, &truth.slab, None)?;
+        Ok((
+            self.ensemble_to_root(dcomm, dec, ens)?,
+            truth.checkpoint_values(g_truth, dcomm.is_root()),
+        ))
     }
 
     /// The global ensemble (members, n) in member order from every domain's slab `ens`
@@ -979,20 +1121,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let needs = filter.needs(n);
     let whole = dec.domains == 1;
     let w = if whole { 0 } else { needs.halo };
-    let tiles_own: Vec<Range<usize>> = dec
-        .domain_tiles(lay.domain)
-        .map(|t| (t * dec.tile - own.start)..((t + 1) * dec.tile - own.start))
-        .collect();
-    let domain = LocalDomain {
-        n_global: n,
-        ext_start: (own.start + n - w) % n,
-        own: w..w + len,
-        tiles: tiles_own
-            .iter()
-            .map(|t| (t.start + w)..(t.end + w))
-            .collect(),
-        whole,
-    };
+    let (tiles_own, domain) = analysis_domain(&dec, lay.domain, w);
     // Observations of the analysed columns (owned + halo) and of the owned columns alone.
     let lobs = cfg
         .observations
@@ -1008,25 +1137,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         cfg.observations.obs_every,
     );
     let save_ensemble = cfg.output.save_ensemble;
-    let p_total = cfg.observations.locations(n).len();
-    let info = if comm.is_root() {
-        log::Level::Info
-    } else {
-        log::Level::Debug
-    };
-    log::log!(info,
-        "{}: {} (n = {n}), {} with {members} members, {} obs every {obs_every} steps, {cycles} cycles; {} rank(s) = {} member group(s) × {} domain(s) of {}..{} tiles of {}",
-        cfg.experiment.name,
-        model.name(),
-        cfg.filter.name(),
-        p_total,
-        comm.size(),
-        lay.groups,
-        lay.domains,
-        dec.min_domain_len(),
-        len.max(dec.min_domain_len()),
-        dec.tile
-    );
+    log_layout(cfg, model.as_ref(), comm, lay, &dec);
 
     // The truth slab (simulated, fine-grid or replayed), drawn from streams keyed by global index.
     let mut truth = Truth::new(cfg, model.as_ref(), own.clone())?;
@@ -1080,15 +1191,12 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
                 .copy_from_slice(&ck.ensemble[m * n + own.start..m * n + own.end]);
         }
         truth.restore(&ck.truth, n, path)?;
-        assess
-            .restore(ck.assessment.clone(), ck.cycle)
-            .map_err(|e| GendaError::file(path, e.to_string()))?;
-        filter
-            .restore_state(ck.filter_state.clone())
-            .map_err(|e| GendaError::file(path, e.to_string()))?;
+        let in_file = |e: GendaError| GendaError::file(path, e.to_string());
+        assess.restore(ck.assessment, ck.cycle).map_err(in_file)?;
+        filter.restore_state(ck.filter_state).map_err(in_file)?;
         start = ck.cycle + 1;
         if opts.write_output {
-            let name = ck.run_snapshot.clone().ok_or_else(|| GendaError::file(path, "checkpoint has no run-file snapshot (written with --no-output); restart with --no-output"))?;
+            let name = ck.run_snapshot.ok_or_else(|| GendaError::file(path, "checkpoint has no run-file snapshot (written with --no-output); restart with --no-output"))?;
             snapshot = Some(path.with_file_name(name));
         }
         log::info!(
@@ -1161,20 +1269,12 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         assess.times.communication += c_fc;
 
         let t = Instant::now();
-        ecomm.all_gather_rows(
-            local.as_slice().expect("contiguous"),
-            &member_counts,
-            ens.as_slice_mut().expect("contiguous"),
-        )?;
+        gather_members(ecomm, &member_counts, &local, &mut ens)?;
         all_finite(comm, &ens, cycle, "forecast ensemble")?;
         if want_path {
             path_all.resize_with(path_local.len(), || Array2::zeros((members, len)));
             for (p, l) in path_all.iter_mut().zip(&path_local) {
-                ecomm.all_gather_rows(
-                    l.as_slice().expect("contiguous"),
-                    &member_counts,
-                    p.as_slice_mut().expect("contiguous"),
-                )?;
+                gather_members(ecomm, &member_counts, l, p)?;
             }
         }
         // Localised methods analyse the ensemble with a halo of neighbouring columns; the
@@ -1214,19 +1314,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             Some(e) => filter.analyse(e, &input),
             None => filter.analyse(&mut ens, &input),
         };
-        if !comm.all_ok(res.is_ok()) {
-            return Err(match res {
-                Err(GendaError::LinAlg(msg)) => GendaError::Diverged {
-                    cycle,
-                    what: format!("analysis failed ({msg})"),
-                },
-                Err(other) => other,
-                Ok(()) => GendaError::Diverged {
-                    cycle,
-                    what: "the analysis failed on another rank (see its error)".into(),
-                },
-            });
-        }
+        agree_on_analysis(comm, res, cycle)?;
         // Files the analysis produced (MASF's pre-trained prior): one rank writes them, now
         // that every rank's analysis succeeded.
         let outputs = filter.take_outputs();
@@ -1262,20 +1350,15 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
             let g_f = gather.to_root(dcomm, fc.mean.as_slice().expect("contiguous"), None)?;
             let g_a = gather.to_root(dcomm, amean.as_slice().expect("contiguous"), None)?;
             let res = match writer.as_mut() {
-                Some(wr) => {
-                    let empty = Array2::zeros((0, 0));
-                    let f = forecast_copy.as_ref().unwrap_or(&empty);
-                    wr.write_truth(cycle - 1, &g_truth, &g_obs)
-                        .and_then(|_| wr.write_filter(cycle - 1, &g_f, &g_a, &stats, f, &ens))
-                        .and_then(|_| match (&f_weights, filter.weights()) {
-                            (Some(fw), Some(aw)) => wr.write_weights(cycle - 1, fw, aw),
-                            _ => Ok(()),
-                        })
-                        .and_then(|_| match crps_cycle {
-                            Some(c) => wr.write_crps(cycle - 1, c),
-                            None => Ok(()),
-                        })
-                }
+                Some(wr) => write_cycle(
+                    wr,
+                    cycle,
+                    [&g_truth, &g_obs, &g_f, &g_a],
+                    &stats,
+                    (forecast_copy.as_ref(), &ens),
+                    (f_weights.as_deref(), filter.weights()),
+                    crps_cycle,
+                ),
                 None => Ok(()),
             };
             on_root(comm, || res)?;
@@ -1288,22 +1371,11 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
 
         // Checkpoint every `every` cycles, and when any rank got SIGTERM/SIGUSR1 (Slurm's notice
         // before the wall time): then write one and stop.
-        let signalled = opts
-            .stop
-            .as_ref()
-            .map(|f| f.load(Ordering::Relaxed))
-            .unwrap_or(false);
-        let stop = opts.stop.is_some() && !comm.all_ok(!signalled);
+        let stop = stop_requested(opts, comm);
         if stop || (ck_every > 0 && cycle % ck_every == 0 && cycle < cycles) {
             let t = Instant::now();
-            // The checkpoint holds the global ensemble in member order (restartable on any
-            // layout): gathered to the root over group 0's domain communicator.
             let (g_ens, g_truth) = if lay.group == 0 {
-                let g_truth = gather.to_root(dcomm, &truth.slab, None)?;
-                (
-                    gather.ensemble_to_root(dcomm, &dec, &ens)?,
-                    truth.checkpoint_values(g_truth, comm.is_root()),
-                )
+                gather.checkpoint(dcomm, &dec, &ens, &truth)?
             } else {
                 (Array2::zeros((0, 0)), Vec::new())
             };
@@ -1355,13 +1427,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         None
     };
     assess.times.output += t.elapsed().as_secs_f64();
-    // Peak memory of every rank.
-    let mut rss = vec![0.0; comm.size()];
-    comm.all_gather_rows(
-        &[max_rss_bytes().unwrap_or(0) as f64],
-        &vec![1; comm.size()],
-        &mut rss,
-    )?;
+    let max_rss_per_rank = assess::max_rss_per_rank(comm)?;
     Ok(RunSummary {
         times: assess.times,
         hidden: assess.hidden(),
@@ -1371,7 +1437,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
         ranks: comm.size(),
         groups: lay.groups,
         domains: lay.domains,
-        max_rss_per_rank: rss.into_iter().map(|v| v as u64).collect(),
+        max_rss_per_rank,
     })
 }
 
