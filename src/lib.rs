@@ -21,5 +21,6 @@ pub mod score;
 pub mod sda_twin;
 pub mod state;
 pub mod sweep;
+pub mod values;
 
 pub use error::{GendaError, Result};

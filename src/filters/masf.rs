@@ -783,7 +783,7 @@ impl Masf {
 
     /// What a reference variant's cached network was trained for.
     fn reference_fingerprint(&self, process: &RefProcess, rs: &ReferenceSettings) -> String {
-        let h = crate::config::fnv1a(
+        let h = crate::values::fnv1a(
             process
                 .mask
                 .iter()
@@ -1002,7 +1002,7 @@ impl Masf {
             };
             // What the offline network is trained for: the cache refuses anything else.
             let fingerprint = {
-                let h = crate::config::fnv1a(
+                let h = crate::values::fnv1a(
                     process
                         .h
                         .iter()

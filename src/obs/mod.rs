@@ -1,6 +1,6 @@
 //! Observation operators y = h(x) + ε, ε ~ N(0, R) with diagonal R.
-use crate::config::ScalarOrVec;
 use crate::error::{GendaError, Result};
+use crate::values::ScalarOrVec;
 use serde::{Deserialize, Serialize};
 
 /// An observation operator on the global state.
