@@ -73,7 +73,7 @@ impl SavedState {
     pub fn take(&mut self, name: &str) -> Result<Vec<f64>> {
         match self.parts.iter().position(|(n, _)| n == name) {
             Some(i) => Ok(self.parts.remove(i).1),
-            None => Err(bad(format!("filter state has no `{name}`"))),
+            None => Err(bad(format!("has no `{name}`"))),
         }
     }
 
@@ -82,7 +82,7 @@ impl SavedState {
         let v = self.take(name)?;
         if v.len() != len {
             return Err(bad(format!(
-                "filter state `{name}` has {} values, this run needs {len}",
+                "`{name}` has {} values, this run needs {len}",
                 v.len()
             )));
         }
@@ -99,7 +99,7 @@ impl SavedState {
         if v >= 0.0 && v.fract() == 0.0 && v < 9.0e15 {
             Ok(v as usize)
         } else {
-            Err(bad(format!("filter state `{name}` = {v} is not a count")))
+            Err(bad(format!("`{name}` = {v} is not a count")))
         }
     }
 
@@ -110,7 +110,7 @@ impl SavedState {
         } else {
             let names: Vec<&str> = self.parts.iter().map(|(n, _)| n.as_str()).take(4).collect();
             Err(bad(format!(
-                "holds {} part(s) of filter state that {who} does not keep ({}{})",
+                "holds {} part(s) of state that {who} does not keep ({}{})",
                 self.parts.len(),
                 names.join(", "),
                 if self.parts.len() > 4 { ", …" } else { "" }

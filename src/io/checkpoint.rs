@@ -152,6 +152,12 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
         }
         Ok(SavedState::from_parts(parts))
     };
+    if !f.link_exists("assessment") {
+        return Err(GendaError::file(
+            path,
+            "checkpoint has no `assessment` group: it was written by an earlier genda build (before the statistics moved into the assessor); rerun from the start",
+        ));
+    }
     let c = RunCheckpoint {
         cycle: n("cycle")? as usize,
         members: n("members")? as usize,
