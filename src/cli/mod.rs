@@ -505,40 +505,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 scaling::write_timing(&path, &cfg, &summary, wall)?;
             }
             if comm.is_root() {
-                println!(
-                    "{}: {} with {} members on {} rank(s) = {} member group(s) x {} domain(s)",
-                    cfg.experiment.name,
-                    cfg.filter.name(),
-                    cfg.filter.members(),
-                    summary.ranks,
-                    summary.groups,
-                    summary.domains
-                );
-                let rss: Vec<String> = summary
-                    .max_rss_per_rank
-                    .iter()
-                    .map(|b| format!("{:.0}", *b as f64 / 1048576.0))
-                    .collect();
-                println!("max RSS per rank [MiB]: {}", rss.join(" "));
-                println!("{}", summary.averages.table());
-                if let Some(d) = &summary.distributional {
-                    println!(
-                        "analysis CRPS {:.4}; rank histogram (members below the truth, 0..={}): {:?}",
-                        d.crps_analysis,
-                        d.rank_histogram.len() - 1,
-                        d.rank_histogram
-                    );
-                }
-                if let Some(h) = &summary.hidden {
-                    println!(
-                        "hidden variables (index {} on, {} cycles): rmse.f {:.4}, rmse.a {:.4}, spread.a {:.4}, crps.a {:.4}, |skewness error| {:.3}, |kurtosis error| {:.3}",
-                        h.observed_dim, h.cycles, h.rmse_forecast, h.rmse_analysis, h.spread_analysis, h.crps_analysis, h.skewness_error, h.kurtosis_error
-                    );
-                }
-                println!("{}", summary.times.table(cfg.experiment.cycles));
-                if let Some(p) = summary.output {
-                    println!("wrote {}", p.display());
-                }
+                print_run_summary(&cfg, &summary);
             }
             Ok(())
         }
@@ -585,29 +552,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
             let out = output.unwrap_or_else(|| cfg.output.path.clone());
             let r = crate::sda_twin::run_smooth(&cfg, (!no_output).then_some(out.as_path()))?;
-            println!(
-                "sda smoother: {} states (network window {}), {} samples, {} observations",
-                r.states, r.window, r.samples, r.observations
-            );
-            let row = |name: &str, s: &crate::sda_twin::SampleScores| {
-                println!(
-                    "{name:<10} log p(y|x) {:>10.3}  log p(x) {:>10}  rmse {:.4}  spread {:.4}",
-                    s.log_likelihood,
-                    s.log_prior.map_or("-".into(), |v| format!("{v:.3}")),
-                    s.rmse,
-                    s.spread
-                )
-            };
-            row("sda", &r.sda);
-            if let Some(rf) = &r.reference {
-                row("reference", rf);
-            }
-            if let Some((a, b)) = r.w1 {
-                println!("w1 sda-reference {a:.4}  reference-reference {b:.4}");
-            }
-            if let Some(p) = r.output {
-                println!("wrote {}", p.display());
-            }
+            print_smooth(&r);
             Ok(())
         }
         Command::Posterior {
@@ -667,60 +612,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 }
             })?;
             if comm.is_root() {
-                let pct = |t: f64| 100.0 * t / b.per_step_s;
-                let side = (b.state_dim as f64).sqrt().round() as usize;
-                let size = if side * side == b.state_dim {
-                    format!("{side}²")
-                } else {
-                    b.state_dim.to_string()
-                };
-                println!(
-                    "{} {size}, {} member(s), {} rank(s): {:.3} ms per step ({} steps); communication {:.1} %",
-                    b.model,
-                    b.members,
-                    b.ranks,
-                    b.per_step_s * 1e3,
-                    b.steps,
-                    pct(b.comm_per_step_s)
-                );
-                for (k, t) in &b.kernels_per_step_s {
-                    println!("  {k}: {:.3} ms per step ({:.1} %)", t * 1e3, pct(*t));
-                }
-                if let Some(path) = csv {
-                    use std::io::Write;
-                    let new = !path.exists();
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)?;
-                    if new {
-                        let ks: String = b
-                            .kernels_per_step_s
-                            .iter()
-                            .map(|k| format!(",{}_s", k.0))
-                            .collect();
-                        writeln!(
-                            f,
-                            "model,state_dim,ranks,members,steps,per_step_s,comm_s{ks}"
-                        )?;
-                    }
-                    let ks: String = b
-                        .kernels_per_step_s
-                        .iter()
-                        .map(|k| format!(",{:.6e}", k.1))
-                        .collect();
-                    writeln!(
-                        f,
-                        "{},{},{},{},{},{:.6e},{:.6e}{ks}",
-                        b.model,
-                        b.state_dim,
-                        b.ranks,
-                        b.members,
-                        b.steps,
-                        b.per_step_s,
-                        b.comm_per_step_s
-                    )?;
-                }
+                print_bench(&b, csv.as_deref())?;
             }
             Ok(())
         }
@@ -754,34 +646,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             variables,
             x,
             metric,
-        } => {
-            if crate::io::plot_scaling::is_scaling_csv(&file) {
-                let (pts, strong) = crate::io::plot_scaling::read_scaling_csv(&file)?;
-                let png = output.unwrap_or_else(|| file.with_extension("png"));
-                let p = crate::io::plot_scaling::plot_scaling(&png, &pts, strong)?;
-                println!("wrote {}", p.display());
-                return Ok(());
-            }
-            if let Some(csv) = crate::io::plot_sweep::sweep_results(&file) {
-                for p in crate::io::plot_sweep::plot_sweep(
-                    &csv,
-                    output.as_deref(),
-                    x.as_deref(),
-                    &metric,
-                )? {
-                    println!("wrote {}", p.display());
-                }
-                return Ok(());
-            }
-            let png = crate::io::plot::plot_run(&file, output.as_deref(), variables)?;
-            println!("wrote {}", png.display());
-            // 2-D models: maps of truth / analysis / error and their spectra as well.
-            let fields_png = output.as_deref().map(|p| p.with_extension("fields.png"));
-            if let Some(p) = crate::io::plot::plot_fields(&file, fields_png.as_deref())? {
-                println!("wrote {}", p.display());
-            }
-            Ok(())
-        }
+        } => plot_command(&file, output.as_deref(), variables, x.as_deref(), &metric),
         Command::Check { config } => {
             let cfg = load(&config, &sets)?;
             println!(
@@ -800,4 +665,154 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `genda run` prints on the root: the layout, RSS, the time-mean table, distributional
+/// and hidden-variable scores, the phase times and the file written.
+fn print_run_summary(cfg: &crate::config::Config, summary: &crate::experiment::RunSummary) {
+    println!(
+        "{}: {} with {} members on {} rank(s) = {} member group(s) x {} domain(s)",
+        cfg.experiment.name,
+        cfg.filter.name(),
+        cfg.filter.members(),
+        summary.ranks,
+        summary.groups,
+        summary.domains
+    );
+    let rss: Vec<String> = summary
+        .max_rss_per_rank
+        .iter()
+        .map(|b| format!("{:.0}", *b as f64 / 1048576.0))
+        .collect();
+    println!("max RSS per rank [MiB]: {}", rss.join(" "));
+    println!("{}", summary.averages.table());
+    if let Some(d) = &summary.distributional {
+        println!(
+            "analysis CRPS {:.4}; rank histogram (members below the truth, 0..={}): {:?}",
+            d.crps_analysis,
+            d.rank_histogram.len() - 1,
+            d.rank_histogram
+        );
+    }
+    if let Some(h) = &summary.hidden {
+        println!(
+            "hidden variables (index {} on, {} cycles): rmse.f {:.4}, rmse.a {:.4}, spread.a {:.4}, crps.a {:.4}, |skewness error| {:.3}, |kurtosis error| {:.3}",
+            h.observed_dim, h.cycles, h.rmse_forecast, h.rmse_analysis, h.spread_analysis, h.crps_analysis, h.skewness_error, h.kurtosis_error
+        );
+    }
+    println!("{}", summary.times.table(cfg.experiment.cycles));
+    if let Some(p) = &summary.output {
+        println!("wrote {}", p.display());
+    }
+}
+
+/// What `genda smooth` prints: the SDA and reference scores and the file written.
+fn print_smooth(r: &crate::sda_twin::SmoothReport) {
+    println!(
+        "sda smoother: {} states (network window {}), {} samples, {} observations",
+        r.states, r.window, r.samples, r.observations
+    );
+    let row = |name: &str, s: &crate::sda_twin::SampleScores| {
+        println!(
+            "{name:<10} log p(y|x) {:>10.3}  log p(x) {:>10}  rmse {:.4}  spread {:.4}",
+            s.log_likelihood,
+            s.log_prior.map_or("-".into(), |v| format!("{v:.3}")),
+            s.rmse,
+            s.spread
+        )
+    };
+    row("sda", &r.sda);
+    if let Some(rf) = &r.reference {
+        row("reference", rf);
+    }
+    if let Some((a, b)) = r.w1 {
+        println!("w1 sda-reference {a:.4}  reference-reference {b:.4}");
+    }
+    if let Some(p) = &r.output {
+        println!("wrote {}", p.display());
+    }
+}
+
+/// What `genda bench` prints on the root, and its CSV row (a header for a new file).
+fn print_bench(b: &crate::experiment::ModelBench, csv: Option<&std::path::Path>) -> Result<()> {
+    let pct = |t: f64| 100.0 * t / b.per_step_s;
+    let side = (b.state_dim as f64).sqrt().round() as usize;
+    let size = if side * side == b.state_dim {
+        format!("{side}²")
+    } else {
+        b.state_dim.to_string()
+    };
+    println!(
+        "{} {size}, {} member(s), {} rank(s): {:.3} ms per step ({} steps); communication {:.1} %",
+        b.model,
+        b.members,
+        b.ranks,
+        b.per_step_s * 1e3,
+        b.steps,
+        pct(b.comm_per_step_s)
+    );
+    for (k, t) in &b.kernels_per_step_s {
+        println!("  {k}: {:.3} ms per step ({:.1} %)", t * 1e3, pct(*t));
+    }
+    if let Some(path) = csv {
+        use std::io::Write;
+        let new = !path.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        if new {
+            let ks: String = b
+                .kernels_per_step_s
+                .iter()
+                .map(|k| format!(",{}_s", k.0))
+                .collect();
+            writeln!(
+                f,
+                "model,state_dim,ranks,members,steps,per_step_s,comm_s{ks}"
+            )?;
+        }
+        let ks: String = b
+            .kernels_per_step_s
+            .iter()
+            .map(|k| format!(",{:.6e}", k.1))
+            .collect();
+        writeln!(
+            f,
+            "{},{},{},{},{},{:.6e},{:.6e}{ks}",
+            b.model, b.state_dim, b.ranks, b.members, b.steps, b.per_step_s, b.comm_per_step_s
+        )?;
+    }
+    Ok(())
+}
+
+/// `genda plot`: a scaling CSV, a sweep's results, or a run file (and its 2-D field maps).
+fn plot_command(
+    file: &std::path::Path,
+    output: Option<&std::path::Path>,
+    variables: usize,
+    x: Option<&str>,
+    metric: &str,
+) -> Result<()> {
+    if crate::io::plot_scaling::is_scaling_csv(file) {
+        let (pts, strong) = crate::io::plot_scaling::read_scaling_csv(file)?;
+        let png = output.map_or_else(|| file.with_extension("png"), |p| p.to_path_buf());
+        let p = crate::io::plot_scaling::plot_scaling(&png, &pts, strong)?;
+        println!("wrote {}", p.display());
+        return Ok(());
+    }
+    if let Some(csv) = crate::io::plot_sweep::sweep_results(file) {
+        for p in crate::io::plot_sweep::plot_sweep(&csv, output, x, metric)? {
+            println!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
+    let png = crate::io::plot::plot_run(file, output, variables)?;
+    println!("wrote {}", png.display());
+    // 2-D models: maps of truth / analysis / error and their spectra as well.
+    let fields_png = output.map(|p| p.with_extension("fields.png"));
+    if let Some(p) = crate::io::plot::plot_fields(file, fields_png.as_deref())? {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
 }
