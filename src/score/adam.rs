@@ -214,6 +214,31 @@ pub fn from_f64(v: &[f64], like: &Tensor, what: &str) -> Result<Tensor> {
         .to(like.device()))
 }
 
+/// A network being trained, as a checkpoint needs it: its weights (`net.`), the optimiser's
+/// moments (`adam.`) and the step count that keys the next step's draws.
+pub fn save_training(vs: &nn::VarStore, opt: &Adam, steps_done: u64) -> Result<SavedState> {
+    let mut s = SavedState::new();
+    s.nest("net", save_vars(vs)?);
+    s.nest("adam", opt.save()?);
+    s.put_scalar("steps_done", steps_done as f64);
+    Ok(s)
+}
+
+/// Restore what `save_training` wrote into `vs` and `opt` (built with the same settings);
+/// returns the step count. `who` names the network in errors.
+pub fn restore_training(
+    vs: &nn::VarStore,
+    opt: &mut Adam,
+    mut s: SavedState,
+    who: &str,
+) -> Result<u64> {
+    restore_vars(vs, s.take_nested("net"))?;
+    opt.restore(s.take_nested("adam"))?;
+    let steps = s.take_usize("steps_done")? as u64;
+    s.finish(who)?;
+    Ok(steps)
+}
+
 /// Every variable of `vs` (sorted by name) into `net.<name>`.
 pub fn save_vars(vs: &nn::VarStore) -> Result<SavedState> {
     let mut s = SavedState::new();

@@ -20,7 +20,7 @@
 //!
 //! `DiagScore` is the prior score network for such a process, trained by denoising score
 //! matching (ε-parametrisation per component: s_k = ε̂_k / Σ_k(t)^{1/2}) and fine-tuned in place.
-use super::adam::{restore_vars, save_vars, Adam};
+use super::adam::{restore_training, save_training, Adam};
 use super::net::{NetworkConfig, ScoreNetwork};
 use super::process::ForwardProcess;
 use crate::error::{GendaError, Result};
@@ -357,21 +357,15 @@ impl DiagScore {
 
     /// Weights, optimiser moments and the step count.
     pub fn save_state(&self) -> Result<SavedState> {
-        let mut s = SavedState::new();
-        s.nest("net", save_vars(&self.net.vs)?);
-        s.nest("adam", self.opt.save()?);
-        s.put_scalar("steps_done", self.steps_done as f64);
-        Ok(s)
+        save_training(&self.net.vs, &self.opt, self.steps_done)
     }
 
     /// Restore what `save_state` wrote into a network built with the same settings; the optimiser
     /// is one of `optim` with the saved moments.
-    pub fn restore_state(&mut self, mut s: SavedState, optim: OptimSettings) -> Result<()> {
-        restore_vars(&self.net.vs, s.take_nested("net"))?;
+    pub fn restore_state(&mut self, s: SavedState, optim: OptimSettings) -> Result<()> {
         self.set_optimizer(optim)?;
-        self.opt.restore(s.take_nested("adam"))?;
-        self.steps_done = s.take_usize("steps_done")? as u64;
-        s.finish("the prior score")
+        self.steps_done = restore_training(&self.net.vs, &mut self.opt, s, "the prior score")?;
+        Ok(())
     }
 
     /// The optimiser's settings.

@@ -10,7 +10,7 @@
 //! ensemble trajectories). Training draws t from the fixed noise levels the sampler uses, so the
 //! baseline is evaluated once per level for the rows drawn at it; the network is kept between
 //! calls and fine-tuned (warm start), as a per-cycle update.
-use super::adam::{restore_vars, save_vars, Adam, OptimKind};
+use super::adam::{restore_training, save_training, Adam, OptimKind};
 use super::net::ScoreNetwork;
 use super::process::ForwardProcess;
 use crate::error::{GendaError, Result};
@@ -78,19 +78,13 @@ impl ResidualScore {
 
     /// Weights, optimiser moments and the step count (which keys the next step's draws).
     pub fn save(&self) -> Result<SavedState> {
-        let mut s = SavedState::new();
-        s.nest("net", save_vars(&self.net.vs)?);
-        s.nest("adam", self.opt.save()?);
-        s.put_scalar("steps_done", self.steps_done as f64);
-        Ok(s)
+        save_training(&self.net.vs, &self.opt, self.steps_done)
     }
 
     /// Restore what `save` wrote into a network built with the same settings.
-    pub fn restore(&mut self, mut s: SavedState) -> Result<()> {
-        restore_vars(&self.net.vs, s.take_nested("net"))?;
-        self.opt.restore(s.take_nested("adam"))?;
-        self.steps_done = s.take_usize("steps_done")? as u64;
-        s.finish("the residual score")
+    pub fn restore(&mut self, s: SavedState) -> Result<()> {
+        self.steps_done = restore_training(&self.net.vs, &mut self.opt, s, "the residual score")?;
+        Ok(())
     }
 
     /// `steps` Adam steps on the samples `data` (rows of `dim`), `per_level` rows at each noise
