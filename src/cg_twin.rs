@@ -2,18 +2,20 @@
 //! of a conditionally Gaussian model (SPEKF, CG Lorenz-96) is simulated; its observed part u is
 //! seen at every model step; the CG filter and smoother give the Gaussian posterior of the hidden
 //! part v, scored against the hidden truth by RMSE, spread and CRPS (of 32 posterior samples per
-//! step, like an ensemble), time means over the cycle times after the burn-in as in `genda run`. The truth is the
-//! one `genda run` simulates for the same config (same streams and step numbering), so the
+//! step, like an ensemble), time means over the cycle times after the burn-in as in `genda run`.
+//! The truth is `experiment::Truth`, the one `genda run` simulates for the same config, so the
 //! hidden-variable scores of a `genda run` filter compare directly. This is the analytic
 //! baseline that Ω builds on.
 use crate::config::Config;
 use crate::error::{GendaError, Result};
-use crate::experiment::TRUTH_STREAM;
-use crate::filters::cg::{cg_filter_smoother, cg_structure, CgPosterior};
+use crate::experiment::Truth;
+use crate::filters::cg::{cg_filter_smoother, cg_structure, CgPosterior, CgResult};
+use crate::io::PendingFile;
 use crate::metrics::{crps, skewness_kurtosis};
-use crate::models::{NoisyStepper, Rk4Workspace};
+use crate::parallel::SerialComm;
 use crate::rng::{fill_standard_normal, Purpose};
 use nalgebra::{DMatrix, DVector};
+use std::path::{Path, PathBuf};
 
 /// Samples per step for the CRPS of a Gaussian posterior.
 const CRPS_SAMPLES: usize = 32;
@@ -42,7 +44,7 @@ pub struct CgReport {
 
 /// Run the CG twin of `cfg`: `cycles × obs_every` model steps after `spinup_steps`, scores after
 /// `burn_in × obs_every` steps. The prior of v at the start is [initial] mean/var.
-pub fn run_cg_twin(cfg: &Config) -> Result<CgReport> {
+pub fn run_cg_twin(cfg: &Config, output: Option<&Path>) -> Result<CgReport> {
     let model = cfg.model.build();
     let cg = cg_structure(model.as_ref())?;
     let n = model.dim();
@@ -58,19 +60,22 @@ pub fn run_cg_twin(cfg: &Config) -> Result<CgReport> {
         ));
     }
     let seed = cfg.experiment.seed;
-    let mut x = cfg.initial.draw_truth(n, seed)?;
-    let st = NoisyStepper::new(model.as_ref(), seed);
-    let mut ws = Rk4Workspace::new(n);
-    let mut z = vec![0.0; n];
-    let mut step = |x: &mut Vec<f64>, s: u64| st.step(x, &mut ws, &mut z, s, TRUTH_STREAM);
-    let spin = cfg.experiment.spinup_steps as u64;
-    for s in 0..spin {
-        step(&mut x, s);
+    if cfg.experiment.truth_file.is_some() {
+        return Err(GendaError::invalid(
+            "experiment.truth_file",
+            "genda cg needs the observed part at every model step; a replayed truth holds only the observation times",
+        ));
     }
-    let mut u = vec![x[..nu].to_vec()];
-    let mut v = vec![x[nu..].to_vec()];
+    // The truth of `genda run` (one source for every command), recorded at every step.
+    let comm = SerialComm;
+    let mut truth = Truth::new(cfg, model.as_ref(), 0..n)?;
+    truth.spin_up(model.as_ref(), &comm)?;
+    let spin = cfg.experiment.spinup_steps as u64;
+    let mut u = vec![truth.slab[..nu].to_vec()];
+    let mut v = vec![truth.slab[nu..].to_vec()];
     for s in 0..steps as u64 {
-        step(&mut x, spin + s);
+        truth.advance_steps(model.as_ref(), spin + s, 1, &comm)?;
+        let x = &truth.slab;
         if !x.iter().all(|a| a.is_finite()) {
             return Err(GendaError::Diverged {
                 cycle: s as usize / every + 1,
@@ -126,6 +131,9 @@ pub fn run_cg_twin(cfg: &Config) -> Result<CgReport> {
         })
     };
     let (filter, smoother) = (score(&res.filter)?, score(&res.smoother)?);
+    if let Some(path) = output {
+        write_cg(path, cfg, model.dt(), &u, &v, &res)?;
+    }
     let scored: Vec<&Vec<f64>> = v[burn + every..].iter().step_by(every).collect();
     let clim_mean: Vec<f64> = (0..nv)
         .map(|i| scored.iter().map(|r| r[i]).sum::<f64>() / scored.len() as f64)
@@ -152,6 +160,90 @@ pub fn run_cg_twin(cfg: &Config) -> Result<CgReport> {
         climatology_rmse: clim / scored.len() as f64,
         observed_kurtosis: skewness_kurtosis(&obs).1,
     })
+}
+
+/// The truth at every step (time from the end of the spin-up) and the filter's and smoother's
+/// posterior means and variances of v, as CF NetCDF (under a temporary name, then renamed).
+fn write_cg(
+    path: &Path,
+    cfg: &Config,
+    dt: f64,
+    u: &[Vec<f64>],
+    v: &[Vec<f64>],
+    res: &CgResult,
+) -> Result<PathBuf> {
+    let pending = PendingFile::new(path)?;
+    let e = |what: &'static str| {
+        move |err: netcdf::Error| GendaError::file(path, format!("NetCDF {what}: {err}"))
+    };
+    {
+        let mut f = netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4)
+            .map_err(e("create"))?;
+        f.add_attribute("Conventions", "CF-1.8")
+            .map_err(e("attrs"))?;
+        f.add_attribute(
+            "title",
+            format!(
+                "genda cg (conditional-Gaussian posterior): {}",
+                cfg.experiment.name
+            )
+            .as_str(),
+        )
+        .map_err(e("attrs"))?;
+        f.add_attribute("config", cfg.to_toml().as_str())
+            .map_err(e("attrs"))?;
+        let (steps, nu, nv) = (u.len(), u[0].len(), v[0].len());
+        f.add_dimension("time", steps).map_err(e("dims"))?;
+        f.add_dimension("x", nu + nv).map_err(e("dims"))?;
+        f.add_dimension("hidden", nv).map_err(e("dims"))?;
+        let time: Vec<f64> = (0..steps).map(|i| i as f64 * dt).collect();
+        let mut put = |name: &str, dims: &[&str], long: &str, data: &[f64]| -> Result<()> {
+            let mut var = f.add_variable::<f64>(name, dims).map_err(e("variables"))?;
+            var.put_attribute("long_name", long)
+                .map_err(e("variables"))?;
+            var.put_values(data, netcdf::Extents::All)
+                .map_err(e("variables"))?;
+            Ok(())
+        };
+        put(
+            "time",
+            &["time"],
+            "model time since the end of the spin-up",
+            &time,
+        )?;
+        let truth: Vec<f64> = u
+            .iter()
+            .zip(v)
+            .flat_map(|(a, b)| a.iter().chain(b).copied())
+            .collect();
+        put(
+            "truth",
+            &["time", "x"],
+            "true state [u; v] (u is observed)",
+            &truth,
+        )?;
+        for (name, post) in [("filter", &res.filter), ("smoother", &res.smoother)] {
+            let mean: Vec<f64> = post.mean.iter().flat_map(|m| m.iter().copied()).collect();
+            let var: Vec<f64> = post
+                .cov
+                .iter()
+                .flat_map(|p| (0..nv).map(move |i| p[(i, i)]))
+                .collect();
+            put(
+                &format!("{name}_mean"),
+                &["time", "hidden"],
+                &format!("CG {name} posterior mean of v"),
+                &mean,
+            )?;
+            put(
+                &format!("{name}_var"),
+                &["time", "hidden"],
+                &format!("CG {name} posterior variance of v"),
+                &var,
+            )?;
+        }
+    }
+    pending.commit()
 }
 
 impl std::fmt::Display for CgReport {

@@ -87,7 +87,7 @@ pub fn run_coupled(cfg: &Config, write_initial: bool) -> Result<usize> {
         .map_err(|e| GendaError::file(&cc.dir, format!("cannot create coupling directory: {e}")))?;
     if write_initial {
         let d0 = cycle_dir(&cc.dir, 0);
-        let ens = initial_ensemble(cfg, 0..members)?;
+        let ens = initial_ensemble(cfg, 0..members, 0..cfg.model.dim())?;
         write_ensemble(
             &d0.join("analysis.nc"),
             "analysis",

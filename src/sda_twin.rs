@@ -19,10 +19,11 @@
 //! The output NetCDF holds the truth, observations, samples and reference trajectories.
 use crate::config::Config;
 use crate::error::{GendaError, Result};
-use crate::experiment::TRUTH_STREAM;
+use crate::experiment::Truth;
 use crate::filters::{selected_components, FilterConfig, SdaConfig};
 use crate::io::PendingFile;
 use crate::models::{NoisyStepper, Rk4Workspace};
+use crate::parallel::SerialComm;
 use crate::rng::{fill_standard_normal, stream, Purpose};
 use crate::score::sda::{SdaSampler, TrajectoryObs};
 use rand::Rng;
@@ -74,31 +75,23 @@ fn reference_posterior(
     let mut traj = vec![0.0; p * l * n];
     traj.par_chunks_mut(l * n).enumerate().for_each(|(i, row)| {
         let mut ws = Rk4Workspace::new(n);
-        let mut z = vec![0.0; n];
         let x = &mut row[..n];
         fill_standard_normal(st.seed, Purpose::EnsembleInit, run, i as u64, 0, x);
         for k in 0..n {
             x[k] = tm[k] + tv[k].sqrt() * x[k];
         }
         for s in 0..spin {
-            st.step(x, &mut ws, &mut z, s, base + i as u64);
+            st.step(x, &mut ws, s, base + i as u64);
         }
     });
     // Step every particle's trajectory from state `from` to state `to` (noise keyed by particle).
     let advance = |traj: &mut [f64], from: usize, to: usize| {
         traj.par_chunks_mut(l * n).enumerate().for_each(|(i, row)| {
             let mut ws = Rk4Workspace::new(n);
-            let mut z = vec![0.0; n];
             for s in from..to {
                 let (prev, next) = row.split_at_mut((s + 1) * n);
                 next[..n].copy_from_slice(&prev[s * n..]);
-                st.step(
-                    &mut next[..n],
-                    &mut ws,
-                    &mut z,
-                    spin + s as u64,
-                    base + i as u64,
-                );
+                st.step(&mut next[..n], &mut ws, spin + s as u64, base + i as u64);
             }
         });
     };
@@ -281,37 +274,32 @@ pub fn run_smooth(cfg: &Config, output: Option<&Path>) -> Result<SmoothReport> {
     let r = cfg.observations.error_variances(n)?;
     let seed = cfg.experiment.seed;
     let st = NoisyStepper::new(model.as_ref(), seed);
-    // Truth: [initial], spin-up, then the window.
-    let mut x = cfg.initial.draw_truth(n, seed)?;
-    let mut ws = Rk4Workspace::new(n);
-    let mut z = vec![0.0; n];
+    // Truth: `experiment::Truth`, the one `genda run` simulates ([initial], spin-up), recorded
+    // at every step of the window.
+    let comm = SerialComm;
+    let mut tr = Truth::new(cfg, model.as_ref(), 0..n)?;
+    tr.spin_up(model.as_ref(), &comm)?;
     let spin = cfg.experiment.spinup_steps as u64;
-    for s in 0..spin {
-        st.step(&mut x, &mut ws, &mut z, s, TRUTH_STREAM);
-    }
-    let mut truth = x.clone();
-    for s in 0..l - 1 {
-        st.step(&mut x, &mut ws, &mut z, spin + s as u64, TRUTH_STREAM);
-        truth.extend_from_slice(&x);
+    let lobs = cfg.observations.build_local(n, 0, n);
+    // Observations at states 0, every, 2·every, ... (observation time c keyed by c, so times
+    // c ≥ 1 are `genda run`'s cycles c).
+    let mut obs = Vec::new();
+    let mut truth = Vec::with_capacity(l * n);
+    for s in 0..l {
+        if s > 0 {
+            tr.advance_steps(model.as_ref(), spin + s as u64 - 1, 1, &comm)?;
+        }
+        truth.extend_from_slice(&tr.slab);
+        if s % every == 0 {
+            let y = tr.observe_whole(&lobs, seed, s / every);
+            obs.push((s, comp.clone(), y, r.clone()));
+        }
     }
     if truth.iter().any(|v| !v.is_finite()) {
         return Err(GendaError::Diverged {
             cycle: 0,
             what: format!("{} truth is not finite (reduce model.dt)", model.name()),
         });
-    }
-    // Observations at states 0, every, 2·every, ...
-    let mut obs = Vec::new();
-    let mut eps = vec![0.0; comp.len()];
-    for c in 0..cycles {
-        let at = c * every;
-        fill_standard_normal(seed, Purpose::ObsNoise, c as u64, 0, 0, &mut eps);
-        let y: Vec<f64> = comp
-            .iter()
-            .enumerate()
-            .map(|(j, &k)| truth[at * n + k] + r[j].sqrt() * eps[j])
-            .collect();
-        obs.push((at, comp.clone(), y, r.clone()));
     }
     let mut tobs = TrajectoryObs::default();
     for (at, comp, y, r) in &obs {

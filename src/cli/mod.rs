@@ -151,7 +151,13 @@ pub enum Command {
     /// Closed-form conditional-Gaussian posterior twin (spekf, cg_lorenz96): simulate the truth,
     /// observe u every step, score the CG filter and smoother of the hidden v (RMSE, spread,
     /// CRPS) against the hidden truth.
-    Cg { config: PathBuf },
+    Cg {
+        config: PathBuf,
+        /// Also write the truth at every step and the posterior means and variances of v
+        /// (CF NetCDF).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// SDA smoother over one assimilation window (filter.method = "sda"): simulate the truth
     /// trajectory, observe it, sample whole trajectories from the posterior with the window score
     /// network, and score them (log p(y|x), log p(x), W1 to a bootstrap-particle-filter
@@ -586,9 +592,12 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Cg { config } => {
+        Command::Cg { config, output } => {
             let cfg = load(&config, &sets)?;
-            print!("{}", crate::cg_twin::run_cg_twin(&cfg)?);
+            print!("{}", crate::cg_twin::run_cg_twin(&cfg, output.as_deref())?);
+            if let Some(p) = output {
+                println!("wrote {}", p.display());
+            }
             Ok(())
         }
         Command::Bench {

@@ -12,9 +12,12 @@ use crate::io::{
     RunWriter, Trajectory,
 };
 use crate::metrics::TimeAverage;
-use crate::models::{Model, Rk4Workspace, SlabStepper, TruthModel};
+pub use crate::models::TRUTH_STREAM;
+use crate::models::{add_model_noise, Model, NoiseKey, SlabStepper};
 use crate::obs::{LocalObs, ObsOperator};
-use crate::parallel::{Collectives, Decomposition, Layout, SlabTranspose, TileReducer, Topology};
+use crate::parallel::{
+    Collectives, Decomposition, Layout, SerialComm, SlabTranspose, TileReducer, Topology,
+};
 use crate::rng::{fill_standard_normal, Purpose};
 use crate::state::SavedState;
 pub use assess::{
@@ -28,108 +31,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use truth::Truth;
+pub use truth::Truth;
 
 /// Variable-steps per forecast below which threads cost more than they save.
 const PARALLEL_FORECAST_MIN_WORK: usize = 20_000;
-
-/// The true trajectory and its synthetic observations, generated cycle by cycle. The truth runs
-/// the members' model, or a finer grid seen through its block means (`model.truth_grid`).
-pub struct TruthRun<'a> {
-    truth: TruthModel,
-    obs_operator: &'a dyn ObsOperator,
-    obs_sd: Vec<f64>,
-    obs_every: usize,
-    seed: u64,
-    /// The truth's own state (fine grid, if any).
-    own: Vec<f64>,
-    /// The state on the members' grid.
-    coarse: Vec<f64>,
-    ws: Rk4Workspace,
-    cycle: usize,
-    spinup: usize,
-}
-
-impl<'a> TruthRun<'a> {
-    /// Draw x₀ ~ N(mean, var) from the truth stream and spin it up.
-    pub fn new(cfg: &Config, obs_operator: &'a dyn ObsOperator) -> Result<Self> {
-        let truth = cfg.model.build_truth();
-        let nf = truth.dim();
-        let n = cfg.model.dim();
-        let mut state = cfg.initial.draw_truth(nf, cfg.experiment.seed)?;
-        if let Some(problem) = truth.model.stability_problem(&state) {
-            return Err(GendaError::invalid("model.dt", format!("truth: {problem}")));
-        }
-        let mut ws = Rk4Workspace::new(nf);
-        let key = NoiseKey {
-            seed: cfg.experiment.seed,
-            rows: vec![TRUTH_STREAM],
-            offset: 0,
-        };
-        let model = truth.model.as_ref();
-        for s in 0..cfg.experiment.spinup_steps {
-            model.step(&mut state, &mut ws);
-            add_model_noise(model, &mut state, &key, s as u64);
-        }
-        let obs_sd = cfg
-            .observations
-            .error_variances(n)?
-            .iter()
-            .map(|v| v.sqrt())
-            .collect();
-        let mut coarse = vec![0.0; n];
-        truth.coarsen(&state, &mut coarse);
-        Ok(TruthRun {
-            truth,
-            obs_operator,
-            obs_sd,
-            obs_every: cfg.observations.obs_every,
-            seed: cfg.experiment.seed,
-            own: state,
-            coarse,
-            ws,
-            cycle: 0,
-            spinup: cfg.experiment.spinup_steps,
-        })
-    }
-
-    /// The true state on the members' grid.
-    pub fn state(&self) -> &[f64] {
-        &self.coarse
-    }
-
-    /// Advance to the next observation time; write y = h(x) + R^{1/2} z into `obs`; the new
-    /// state on the members' grid.
-    pub fn advance(&mut self, obs: &mut [f64]) -> &[f64] {
-        self.cycle += 1;
-        let key = NoiseKey {
-            seed: self.seed,
-            rows: vec![TRUTH_STREAM],
-            offset: 0,
-        };
-        let model = self.truth.model.as_ref();
-        for s in 0..self.obs_every {
-            model.step(&mut self.own, &mut self.ws);
-            let step = self.spinup + (self.cycle - 1) * self.obs_every + s;
-            add_model_noise(model, &mut self.own, &key, step as u64);
-        }
-        self.truth.coarsen(&self.own, &mut self.coarse);
-        self.obs_operator.apply(&self.coarse, obs);
-        let mut z = vec![0.0; obs.len()];
-        fill_standard_normal(
-            self.seed,
-            Purpose::ObsNoise,
-            self.cycle as u64,
-            0,
-            0,
-            &mut z,
-        );
-        for ((y, z), sd) in obs.iter_mut().zip(&z).zip(&self.obs_sd) {
-            *y += sd * z;
-        }
-        &self.coarse
-    }
-}
 
 /// A truth read from an HDF5 trajectory (`experiment.truth_file`).
 struct TruthReplay {
@@ -235,30 +140,6 @@ fn on_root<T>(comm: &dyn Collectives, f: impl FnOnce() -> Result<T>) -> Result<O
     }
 }
 
-/// Initial members `range` (rows), member m ~ N(mean, var) from stream (EnsembleInit, m): a
-/// rank draws only its own members, which are the same numbers on any layout.
-pub fn initial_ensemble(cfg: &Config, range: std::ops::Range<usize>) -> Result<Array2<f64>> {
-    let n = cfg.model.dim();
-    let mean0 = cfg.initial.mean.expand(n, "initial.mean")?;
-    let var0 = cfg.initial.var.expand(n, "initial.var")?;
-    let mut ens = Array2::<f64>::zeros((range.len(), n));
-    for (mut row, m) in ens.rows_mut().into_iter().zip(range) {
-        let x = row.as_slice_mut().expect("fresh array is contiguous");
-        fill_standard_normal(
-            cfg.experiment.seed,
-            Purpose::EnsembleInit,
-            0,
-            m as u64,
-            0,
-            x,
-        );
-        for ((xi, mu), v) in x.iter_mut().zip(&mean0).zip(&var0) {
-            *xi = mu + v.sqrt() * *xi;
-        }
-    }
-    Ok(ens)
-}
-
 /// What a checkpoint holds besides the ensemble and the truth: the filter's own state and the
 /// assessor's accumulators.
 struct CheckpointState {
@@ -317,35 +198,6 @@ fn save_checkpoint(
     *previous = snap;
     log::info!("checkpoint after cycle {cycle}: {}", path.display());
     Ok(())
-}
-
-/// Keys of the model-noise streams of a propagated block: (step, member, global index).
-struct NoiseKey {
-    seed: u64,
-    /// Stream id of each row: the member index, `TRUTH_STREAM` for the truth.
-    rows: Vec<u64>,
-    /// Global index of the first column.
-    offset: usize,
-}
-
-/// Model-noise stream id of the truth (members use their index).
-pub const TRUTH_STREAM: u64 = u64::MAX;
-
-/// Add σ√dt·z to every row after model step `step` (global step counter).
-fn add_model_noise(model: &dyn Model, x: &mut [f64], key: &NoiseKey, step: u64) {
-    let sd = model.noise_sd() * model.dt().sqrt();
-    if sd == 0.0 {
-        return;
-    }
-    let len = x.len() / key.rows.len().max(1);
-    let sdt = model.dt().sqrt();
-    let mut z = vec![0.0; len];
-    for (row, &id) in x.chunks_mut(len).zip(&key.rows) {
-        fill_standard_normal(key.seed, Purpose::ModelNoise, step, id, key.offset, &mut z);
-        for (k, (xi, zi)) in row.iter_mut().zip(&z).enumerate() {
-            *xi += model.noise_sd_at(key.offset + k) * sdt * zi;
-        }
-    }
 }
 
 /// The state propagation of this rank: slabs with halo exchange for models that can be
@@ -517,17 +369,20 @@ fn all_finite(comm: &dyn Collectives, a: &Array2<f64>, cycle: usize, what: &str)
     }
 }
 
-/// The initial members `mine` on columns `own` (the draws `run_twin` makes).
-fn local_init_preview(
+/// The initial members `mine` (rows) on the columns `own`: member m ~ N(mean, var) from stream
+/// (EnsembleInit, m) keyed by global index, so a rank draws only its own block and the numbers
+/// are the same on any layout. Every command that starts an ensemble (`run`, `couple`,
+/// `bench`) draws it here.
+pub fn initial_ensemble(
     cfg: &Config,
-    mine: &Range<usize>,
-    own: &Range<usize>,
+    mine: Range<usize>,
+    own: Range<usize>,
 ) -> Result<Array2<f64>> {
     let n = cfg.model.dim();
     let mean0 = cfg.initial.mean.expand(n, "initial.mean")?;
     let var0 = cfg.initial.var.expand(n, "initial.var")?;
     let mut local = Array2::<f64>::zeros((mine.len(), own.len()));
-    for (mut row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
+    for (mut row, m) in local.rows_mut().into_iter().zip(mine) {
         let x = row.as_slice_mut().expect("fresh array is contiguous");
         fill_standard_normal(
             cfg.experiment.seed,
@@ -677,7 +532,7 @@ pub fn bench_model(
     let (dec, _) = check_layout(&cfg, comm.size())?;
     let model = cfg.model.build();
     let own = dec.domain_range(comm.rank());
-    let mut x = local_init_preview(&cfg, &(0..members), &own)?;
+    let mut x = initial_ensemble(&cfg, 0..members, own.clone())?;
     let x = x.as_slice_mut().expect("fresh array");
     let mut prop = Propagator::new(model.as_ref(), members, own.len());
     let key = NoiseKey {
@@ -1141,7 +996,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
 
     // The truth slab (simulated, fine-grid or replayed), drawn from streams keyed by global index.
     let mut truth = Truth::new(cfg, model.as_ref(), own.clone())?;
-    let mut local = local_init_preview(cfg, &mine, &own)?;
+    let mut local = initial_ensemble(cfg, mine.clone(), own.clone())?;
     check_start_stability(model.as_ref(), &dec, dcomm, comm, &truth.slab, &local)?;
     let spinup = cfg.experiment.spinup_steps;
     truth.spin_up(model.as_ref(), dcomm)?;
@@ -1479,11 +1334,18 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
             weighted: false,
         },
     )?;
-    let mut truth = TruthRun::new(cfg, &h)?;
-    let mut obs = vec![0.0; h.obs_dim()];
+    let lobs = cfg.observations.build_local(n, 0, n);
+    let comm = SerialComm;
+    let mut truth = Truth::new(cfg, model.as_ref(), 0..n)?;
+    if let Some(problem) = model.stability_problem(&truth.slab) {
+        return Err(GendaError::invalid("model.dt", format!("truth: {problem}")));
+    }
+    truth.spin_up(model.as_ref(), &comm)?;
     let mut data = Vec::with_capacity(cycles * n);
     for k in 0..cycles {
-        let x = truth.advance(&mut obs);
+        truth.advance(model.as_ref(), k + 1, &comm)?;
+        let obs = truth.observe_whole(&lobs, cfg.experiment.seed, k + 1);
+        let x = &truth.slab;
         if x.iter().any(|v| !v.is_finite()) {
             return Err(GendaError::Diverged {
                 cycle: k + 1,

@@ -3,10 +3,11 @@
 //! HDF5 trajectory (`experiment.truth_file`); and its observations. Every random number is keyed
 //! by global index (truth stream, step; observation noise by cycle and observation index), so
 //! the truth and the observations are the same numbers on any layout.
-use super::{observe, with_halo, NoiseKey, Propagator, TruthReplay, TRUTH_STREAM};
+use super::{observe, with_halo, Propagator, TruthReplay};
 use crate::config::Config;
 use crate::error::{GendaError, Result};
 use crate::models::{Model, TruthModel};
+use crate::models::{NoiseKey, TRUTH_STREAM};
 use crate::obs::LocalObs;
 use crate::parallel::Collectives;
 use ndarray::Array2;
@@ -26,7 +27,7 @@ enum Source {
     Replayed(TruthReplay),
 }
 
-pub(super) struct Truth {
+pub struct Truth {
     /// The truth on this rank's columns of the members' grid.
     pub slab: Vec<f64>,
     source: Source,
@@ -105,12 +106,30 @@ impl Truth {
         cycle: usize,
         comm: &dyn Collectives,
     ) -> Result<f64> {
+        if let Source::Replayed(r) = &self.source {
+            self.slab.copy_from_slice(&r.state(cycle)[self.own.clone()]);
+            return Ok(0.0);
+        }
         let first_step = (self.spinup + (cycle - 1) * self.obs_every) as u64;
-        let steps = self.obs_every;
+        self.advance_steps(model, first_step, self.obs_every, comm)
+    }
+
+    /// Advance a simulated truth by `steps` model steps from global step `first_step` (counted
+    /// from the start of the spin-up), for commands that need the states between observation
+    /// times; `advance` is this over one cycle. Returns the seconds spent in halo exchanges.
+    pub fn advance_steps(
+        &mut self,
+        model: &dyn Model,
+        first_step: u64,
+        steps: usize,
+        comm: &dyn Collectives,
+    ) -> Result<f64> {
         Ok(match &mut self.source {
-            Source::Replayed(r) => {
-                self.slab.copy_from_slice(&r.state(cycle)[self.own.clone()]);
-                0.0
+            Source::Replayed(_) => {
+                return Err(GendaError::invalid(
+                    "experiment.truth_file",
+                    "a replayed truth holds only the observation times; this command needs every model step",
+                ))
             }
             Source::Fine {
                 model: tm,
@@ -129,6 +148,16 @@ impl Truth {
         })
     }
 
+    /// Whether the truth is replayed from a file (`experiment.truth_file`).
+    pub fn is_replayed(&self) -> bool {
+        matches!(self.source, Source::Replayed(_))
+    }
+
+    /// Whether the truth runs on a finer grid than the members (`model.truth_grid`).
+    pub fn is_fine(&self) -> bool {
+        matches!(self.source, Source::Fine { .. })
+    }
+
     /// The observations of `cycle` located in the analysed columns (halo `w` included).
     pub fn observe(
         &self,
@@ -143,6 +172,13 @@ impl Truth {
         let ext = if w > 0 { with_halo(&tv, w, comm)? } else { tv };
         observe(lobs, ext.as_slice().expect("one row"), seed, cycle, out);
         Ok(())
+    }
+
+    /// The observations of `cycle` of the whole state on one process (the serial commands).
+    pub fn observe_whole(&self, lobs: &LocalObs, seed: u64, cycle: usize) -> Vec<f64> {
+        let mut out = vec![0.0; lobs.global.len()];
+        observe(lobs, &self.slab, seed, cycle, &mut out);
+        out
     }
 
     /// What a checkpoint stores on the root: the fine-grid state when there is one (a restart

@@ -320,55 +320,145 @@ pub enum FilterConfig {
     None(FreeConfig),
 }
 
-impl FilterConfig {
-    pub fn members(&self) -> usize {
-        match self {
-            FilterConfig::Etkf(c) => c.members,
-            FilterConfig::Enkf(c) => c.members,
-            FilterConfig::Letkf(c) => c.members,
-            FilterConfig::Pf(c) => c.members,
-            FilterConfig::Ensf(c) => c.members,
-            FilterConfig::KdeDiffusion(c) => c.members,
-            FilterConfig::Omega(c) => c.members,
-            FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.members,
-            FilterConfig::Daisi(c) => c.members,
-            FilterConfig::Sda(c) => c.members,
-            FilterConfig::None(c) => c.members,
+/// What every method's config states in one place: its ensemble size, the multiplicative
+/// inflation of the forecast anomalies it applies (1 where it applies none: the answer is
+/// written beside each method's fields, not defaulted), and its own checks. `FilterConfig`
+/// reaches every method through this, so the shared settings cannot drift per accessor.
+pub trait MethodConfig {
+    fn members(&self) -> usize;
+    fn set_members(&mut self, m: usize);
+    fn inflation(&self) -> f64;
+    /// The method's own checks (`method`: its name in the config, for the messages).
+    fn validate(&self, method: &str) -> Result<()>;
+}
+
+/// `MethodConfig` for configs with `members` and `inflation` fields; `$check` is the
+/// method's own validation (`|c, method| ...`).
+macro_rules! method_config {
+    ($t:ty, inflation: field, $check:expr) => {
+        impl MethodConfig for $t {
+            fn members(&self) -> usize {
+                self.members
+            }
+            fn set_members(&mut self, m: usize) {
+                self.members = m;
+            }
+            fn inflation(&self) -> f64 {
+                self.inflation
+            }
+            fn validate(&self, method: &str) -> Result<()> {
+                let check: fn(&$t, &str) -> Result<()> = $check;
+                check(self, method)
+            }
         }
+    };
+    ($t:ty, inflation: none, $check:expr) => {
+        impl MethodConfig for $t {
+            fn members(&self) -> usize {
+                self.members
+            }
+            fn set_members(&mut self, m: usize) {
+                self.members = m;
+            }
+            fn inflation(&self) -> f64 {
+                1.0
+            }
+            fn validate(&self, method: &str) -> Result<()> {
+                let check: fn(&$t, &str) -> Result<()> = $check;
+                check(self, method)
+            }
+        }
+    };
+}
+
+method_config!(EtkfConfig, inflation: field, |_, _| Ok(()));
+method_config!(EnkfConfig, inflation: field, |_, _| Ok(()));
+method_config!(LetkfConfig, inflation: field, |c, _| validate_letkf(c));
+method_config!(MasfConfig, inflation: field, |c, m| c.validate(m));
+method_config!(DaisiConfig, inflation: field, |c, _| c.validate());
+method_config!(EnsfConfig, inflation: none, |c, _| c.validate());
+method_config!(PfConfig, inflation: none, |c, _| c.validate());
+method_config!(KdeConfig, inflation: none, |c, _| c.validate());
+method_config!(OmegaConfig, inflation: none, |c, _| c.validate());
+method_config!(SdaConfig, inflation: none, |c, _| c.validate());
+method_config!(FreeConfig, inflation: none, |_, _| Ok(()));
+
+fn validate_letkf(c: &LetkfConfig) -> Result<()> {
+    if let Some(ry) = c.localization_radius_y {
+        if c.geometry != Geometry::Torus {
+            return Err(GendaError::invalid(
+                "filter.localization_radius_y",
+                "only the 2-D torus geometry has a y direction; remove it or set geometry = \"torus\"",
+            ));
+        }
+        if !(ry.is_finite() && ry > 0.0) {
+            return Err(GendaError::invalid(
+                "filter.localization_radius_y",
+                format!("must be positive, got {ry}"),
+            ));
+        }
+    }
+    if (c.geometry == Geometry::LayeredRing) != c.ring_size.is_some() {
+        return Err(GendaError::invalid(
+            "filter.ring_size",
+            "is required with geometry = \"layered_ring\" (the number of ring points K) and only there",
+        ));
+    }
+    if !(c.localization_radius.is_finite() && c.localization_radius > 0.0) {
+        return Err(GendaError::invalid(
+            "filter.localization_radius",
+            format!("must be positive, got {}", c.localization_radius),
+        ));
+    }
+    Ok(())
+}
+
+impl FilterConfig {
+    /// The chosen method's config.
+    pub fn method(&self) -> &dyn MethodConfig {
+        match self {
+            FilterConfig::Etkf(c) => c,
+            FilterConfig::Enkf(c) => c,
+            FilterConfig::Letkf(c) => c,
+            FilterConfig::Pf(c) => c,
+            FilterConfig::Ensf(c) => c,
+            FilterConfig::KdeDiffusion(c) => c,
+            FilterConfig::Omega(c) => c,
+            FilterConfig::Masf(c) | FilterConfig::Sf(c) => c,
+            FilterConfig::Daisi(c) => c,
+            FilterConfig::Sda(c) => c,
+            FilterConfig::None(c) => c,
+        }
+    }
+
+    fn method_mut(&mut self) -> &mut dyn MethodConfig {
+        match self {
+            FilterConfig::Etkf(c) => c,
+            FilterConfig::Enkf(c) => c,
+            FilterConfig::Letkf(c) => c,
+            FilterConfig::Pf(c) => c,
+            FilterConfig::Ensf(c) => c,
+            FilterConfig::KdeDiffusion(c) => c,
+            FilterConfig::Omega(c) => c,
+            FilterConfig::Masf(c) | FilterConfig::Sf(c) => c,
+            FilterConfig::Daisi(c) => c,
+            FilterConfig::Sda(c) => c,
+            FilterConfig::None(c) => c,
+        }
+    }
+
+    pub fn members(&self) -> usize {
+        self.method().members()
     }
 
     /// Change the ensemble size (weak-scaling series, command-line overrides).
     pub fn set_members(&mut self, m: usize) {
-        match self {
-            FilterConfig::Etkf(c) => c.members = m,
-            FilterConfig::Enkf(c) => c.members = m,
-            FilterConfig::Letkf(c) => c.members = m,
-            FilterConfig::Pf(c) => c.members = m,
-            FilterConfig::Ensf(c) => c.members = m,
-            FilterConfig::KdeDiffusion(c) => c.members = m,
-            FilterConfig::Omega(c) => c.members = m,
-            FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.members = m,
-            FilterConfig::Daisi(c) => c.members = m,
-            FilterConfig::Sda(c) => c.members = m,
-            FilterConfig::None(c) => c.members = m,
-        }
+        self.method_mut().set_members(m)
     }
 
-    /// Multiplicative inflation in use (1 for methods without).
+    /// The multiplicative inflation the method applies (1: none).
     pub fn inflation(&self) -> f64 {
-        match self {
-            FilterConfig::Etkf(c) => c.inflation,
-            FilterConfig::Enkf(c) => c.inflation,
-            FilterConfig::Letkf(c) => c.inflation,
-            FilterConfig::Masf(c) | FilterConfig::Sf(c) => c.inflation,
-            FilterConfig::Daisi(c) => c.inflation,
-            FilterConfig::Pf(_)
-            | FilterConfig::Ensf(_)
-            | FilterConfig::KdeDiffusion(_)
-            | FilterConfig::Omega(_)
-            | FilterConfig::Sda(_)
-            | FilterConfig::None(_) => 1.0,
-        }
+        self.method().inflation()
     }
 
     pub fn name(&self) -> &'static str {
@@ -395,56 +485,8 @@ impl FilterConfig {
                 format!("need at least 2 members, got {}", self.members()),
             ));
         }
+        self.method().validate(self.name())?;
         let infl = self.inflation();
-        if let FilterConfig::Letkf(c) = self {
-            if let Some(ry) = c.localization_radius_y {
-                if c.geometry != Geometry::Torus {
-                    return Err(GendaError::invalid(
-                        "filter.localization_radius_y",
-                        "only the 2-D torus geometry has a y direction; remove it or set geometry = \"torus\"",
-                    ));
-                }
-                if !(ry.is_finite() && ry > 0.0) {
-                    return Err(GendaError::invalid(
-                        "filter.localization_radius_y",
-                        format!("must be positive, got {ry}"),
-                    ));
-                }
-            }
-            if (c.geometry == Geometry::LayeredRing) != c.ring_size.is_some() {
-                return Err(GendaError::invalid(
-                    "filter.ring_size",
-                    "is required with geometry = \"layered_ring\" (the number of ring points K) and only there",
-                ));
-            }
-            if !(c.localization_radius.is_finite() && c.localization_radius > 0.0) {
-                return Err(GendaError::invalid(
-                    "filter.localization_radius",
-                    format!("must be positive, got {}", c.localization_radius),
-                ));
-            }
-        }
-        if let FilterConfig::Ensf(c) = self {
-            c.validate()?;
-        }
-        if let FilterConfig::KdeDiffusion(c) = self {
-            c.validate()?;
-        }
-        if let FilterConfig::Omega(c) = self {
-            c.validate()?;
-        }
-        if let FilterConfig::Masf(c) | FilterConfig::Sf(c) = self {
-            c.validate(self.name())?;
-        }
-        if let FilterConfig::Daisi(c) = self {
-            c.validate()?;
-        }
-        if let FilterConfig::Sda(c) = self {
-            c.validate()?;
-        }
-        if let FilterConfig::Pf(c) = self {
-            c.validate()?;
-        }
         if !(infl.is_finite() && infl > 0.0) {
             return Err(GendaError::invalid(
                 "filter.inflation",

@@ -19,6 +19,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// The slab transpose of one domain (the whole grid on one process): each field transposed
+/// locally, the same data movement `parallel::SlabTranspose` does on one rank.
+fn one_rank_transpose(
+    n: usize,
+) -> impl FnMut(&[Complex64], &mut [Complex64]) -> crate::error::Result<()> {
+    move |a, b| {
+        for (s, t) in a.chunks(n * n).zip(b.chunks_mut(n * n)) {
+            local_transpose(s, t, n);
+        }
+        Ok(())
+    }
+}
 /// Values per batched row transform below which threads cost more than they save.
 const PARALLEL_FFT_MIN_LEN: usize = 1 << 15;
 
@@ -265,10 +277,7 @@ impl Turbulence2d {
 
     /// Advance `x` (whole grid fields, one after another) by `nsteps` on one rank.
     pub fn advance(&self, x: &mut [f64], nsteps: usize) {
-        let comm = crate::parallel::SerialComm;
-        let mut tr = crate::parallel::SlabTranspose::new(&comm, self.p.n)
-            .expect("a one-rank slab transpose always exists");
-        self.advance_slabs(x, 0, 1, nsteps, &mut |a, b| tr.transpose(a, b))
+        self.advance_slabs(x, 0, 1, nsteps, &mut one_rank_transpose(self.p.n))
             .expect("a one-rank transpose cannot fail");
     }
 
@@ -276,8 +285,7 @@ impl Turbulence2d {
     /// (benchmarks: a model step does 12 field FFTs, 4 × (two inverse + one forward)).
     pub fn fft_roundtrip(&self, x: &mut [f64]) {
         let n = self.p.n;
-        let comm = crate::parallel::SerialComm;
-        let mut tr = crate::parallel::SlabTranspose::new(&comm, n).expect("one rank");
+        let mut tr = one_rank_transpose(n);
         let mut w = self.take_work(x.len() / (n * n), 0, 1);
         {
             let SlabWork { v, t2, .. } = &mut w;
@@ -285,9 +293,9 @@ impl Turbulence2d {
                 *c = Complex64::new(r, 0.0);
             }
             let len = v.len();
-            self.fft_slabs(v, &mut t2[..len], true, &mut |a, b| tr.transpose(a, b))
+            self.fft_slabs(v, &mut t2[..len], true, &mut tr)
                 .expect("one rank");
-            self.fft_slabs(&mut t2[..len], v, false, &mut |a, b| tr.transpose(a, b))
+            self.fft_slabs(&mut t2[..len], v, false, &mut tr)
                 .expect("one rank");
             for (o, c) in x.iter_mut().zip(v.iter()) {
                 *o = c.re;
@@ -606,9 +614,7 @@ impl Model for Turbulence2d {
     }
     fn tendency(&self, x: &[f64], dxdt: &mut [f64]) {
         // Full tendency on the grid (diagnostics; stepping uses the integrating factor).
-        let comm = crate::parallel::SerialComm;
-        let mut tr = crate::parallel::SlabTranspose::new(&comm, self.p.n).expect("one rank");
-        let tr = &mut |a: &[Complex64], b: &mut [Complex64]| tr.transpose(a, b);
+        let tr = &mut one_rank_transpose(self.p.n);
         let mut w = self.take_work(1, 0, 1);
         {
             let SlabWork {
