@@ -8,7 +8,7 @@
 //! (and so the observations) of `halo()` columns on each side, so every point sees exactly the
 //! observations it would see on one rank, visited in the same order: bit-identical results.
 use super::core::{ensemble_mean, inflate};
-use super::{AnalysisInput, Filter, Needs};
+use super::{AnalysisInput, Filter, LocalDomain, Needs};
 use crate::error::{GendaError, Result};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use ndarray::{Array1, Array2, Axis};
@@ -275,45 +275,101 @@ impl Filter for Letkf {
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
         input.check(ens, "letkf")?;
-        let (n_mem, n_loc) = ens.dim();
-        let h = input.obs_operator;
-        let p = h.obs_dim();
+        let n_mem = ens.nrows();
         let dom = &input.domain;
-        let n_glob = dom.n_global;
         let mean = ensemble_mean(ens);
         let a = &*ens - &mean.view().insert_axis(Axis(0));
-        // Observed ensemble h(E) and its anomalies Y (N, p) — computed once, used at every point.
-        let mut eo = Array2::<f64>::zeros((n_mem, p));
-        for (x, mut y) in ens.rows().into_iter().zip(eo.rows_mut()) {
-            h.apply(
-                x.as_slice().expect("contiguous"),
-                y.as_slice_mut().expect("contiguous"),
-            );
-        }
-        let ymean = eo.mean_axis(Axis(0)).expect("members > 0");
-        // Yᵀ (p, N): one contiguous row of member anomalies per observation.
-        let yt = (&eo - &ymean.view().insert_axis(Axis(0)))
-            .t()
-            .as_standard_layout()
-            .into_owned();
-        // Anomalies by column (n_loc, N), contiguous per grid point.
-        let at = a.t().as_standard_layout().into_owned();
-        let dy: Array1<f64> = input
-            .obs
-            .iter()
-            .zip(ymean.iter())
-            .map(|(o, m)| o - m)
+        let (yt, dy) = observed_anomalies(ens, input);
+        let search = LocalSearch::new(self, input, ens.ncols())?;
+        let point = PointAnalysis {
+            search,
+            // Anomalies by column (n_loc, N), contiguous per grid point.
+            at: a.t().as_standard_layout().into_owned(),
+            mean,
+            yt,
+            dy,
+            n1: (n_mem - 1) as f64,
+        };
+        // Analysis of each owned grid point: its column of the new ensemble.
+        let cols: Vec<Result<Vec<f64>>> = dom
+            .own
+            .clone()
+            .into_par_iter()
+            .map_init(Vec::new, |local: &mut Vec<(usize, f64)>, i| {
+                point.column(i, local)
+            })
             .collect();
-        // Observations by the local column they look at.
+        for (i, col) in dom.own.clone().zip(cols) {
+            let col = col?;
+            for (m, v) in col.into_iter().enumerate() {
+                ens[[m, i]] = v;
+            }
+        }
+        inflate(ens, self.cfg.inflation);
+        Ok(())
+    }
+}
+
+/// The observed ensemble's anomalies Yᵀ (p, N) — one contiguous row of member anomalies per
+/// observation — and the innovations dy = y − mean h(E), computed once for every point.
+fn observed_anomalies(ens: &Array2<f64>, input: &AnalysisInput) -> (Array2<f64>, Array1<f64>) {
+    let h = input.obs_operator;
+    // Observed ensemble h(E) and its anomalies Y (N, p).
+    let mut eo = Array2::<f64>::zeros((ens.nrows(), h.obs_dim()));
+    for (x, mut y) in ens.rows().into_iter().zip(eo.rows_mut()) {
+        h.apply(
+            x.as_slice().expect("contiguous"),
+            y.as_slice_mut().expect("contiguous"),
+        );
+    }
+    let ymean = eo.mean_axis(Axis(0)).expect("members > 0");
+    let yt = (&eo - &ymean.view().insert_axis(Axis(0)))
+        .t()
+        .as_standard_layout()
+        .into_owned();
+    let dy: Array1<f64> = input
+        .obs
+        .iter()
+        .zip(ymean.iter())
+        .map(|(o, m)| o - m)
+        .collect();
+    (yt, dy)
+}
+
+/// The search for each grid point's local observations on this domain: the observations by the
+/// local column they look at, the taper table and the geometry.
+struct LocalSearch<'a> {
+    letkf: &'a Letkf,
+    dom: &'a LocalDomain,
+    obs_error_var: &'a [f64],
+    /// Observations by the local column they look at.
+    obs_at: Vec<Vec<usize>>,
+    /// The taper at integer grid distances 0..=reach.
+    taper: Vec<f64>,
+    reach: usize,
+    geom: Geometry,
+    n_glob: usize,
+    n_loc: usize,
+    /// Side of the torus's square grid.
+    side: usize,
+    /// Ring points K of the layered ring.
+    ring: usize,
+}
+
+impl<'a> LocalSearch<'a> {
+    /// The search on `input`'s domain (`n_loc` local columns), after checking that the
+    /// geometry and the halo suit the layout.
+    fn new(letkf: &'a Letkf, input: &'a AnalysisInput, n_loc: usize) -> Result<Self> {
+        let dom = &input.domain;
+        let n_glob = dom.n_global;
         let mut obs_at: Vec<Vec<usize>> = vec![Vec::new(); n_loc];
-        for (j, &l) in h.locations().iter().enumerate() {
+        for (j, &l) in input.obs_operator.locations().iter().enumerate() {
             obs_at[l].push(j);
         }
-        let c = self.half_width();
-        let reach = self.reach(n_glob);
-        let halo = self.halo(n_glob);
-        let geom = self.cfg.geometry;
-        let n1 = (n_mem - 1) as f64;
+        let c = letkf.half_width();
+        let reach = letkf.reach(n_glob);
+        let halo = letkf.halo(n_glob);
+        let geom = letkf.cfg.geometry;
         let taper: Vec<f64> = (0..=reach).map(|d| gaspari_cohn(d as f64 / c)).collect();
         let side = (n_glob as f64).sqrt().round() as usize;
         if geom == Geometry::Torus && (side * side != n_glob || dom.ext_start % side != 0) {
@@ -322,7 +378,7 @@ impl Filter for Letkf {
                 dom.ext_start
             )));
         }
-        let ring = self.cfg.ring_size.unwrap_or(0);
+        let ring = letkf.cfg.ring_size.unwrap_or(0);
         if geom == Geometry::LayeredRing
             && (!dom.whole || ring == 0 || n_glob < ring || (n_glob - ring) % ring != 0)
         {
@@ -336,110 +392,151 @@ impl Filter for Letkf {
                 dom.own.start.min(n_loc - dom.own.end)
             )));
         }
-        // Analysis of each owned grid point: its column of the new ensemble.
-        let cols: Vec<Result<Vec<f64>>> = dom
-            .own
-            .clone()
-            .into_par_iter()
-            .map_init(Vec::new, |local: &mut Vec<(usize, f64)>, i| {
-                // Local observations and their localised inverse variances ρ_j / r_j: only the
-                // columns within the taper's support are visited, nearest-left first, in the
-                // same order on any domain layout.
-                local.clear();
-                let gi = dom.global(i);
-                if geom == Geometry::Torus {
-                    // 2-D box of half-width `reach` around the point, visited in global grid
-                    // order; rows map into the slab (owned rows plus `reach` halo rows).
-                    let (lo, hi) = (reach.min((side - 1) / 2), reach.min(side / 2));
-                    let (yi, xi) = (gi / side, gi % side);
-                    let row0 = dom.ext_start / side;
-                    for yy in (yi + side - lo)..=(yi + side + hi) {
-                        let lrow = (yy % side + side - row0) % side;
-                        for xx in (xi + side - lo)..=(xi + side + hi) {
-                            let k = lrow * side + xx % side;
-                            if obs_at[k].is_empty() {
-                                continue;
-                            }
-                            let gk = (yy % side) * side + xx % side;
-                            let w = self.torus_weight(gi, gk, side);
-                            if w > 0.0 {
-                                for &j in &obs_at[k] {
-                                    local.push((j, w / input.obs_error_var[j]));
-                                }
-                            }
-                        }
-                    }
+        Ok(LocalSearch {
+            letkf,
+            dom,
+            obs_error_var: input.obs_error_var,
+            obs_at,
+            taper,
+            reach,
+            geom,
+            n_glob,
+            n_loc,
+            side,
+            ring,
+        })
+    }
+
+    /// Local observations of local column `i` (global `gi`) and their localised inverse
+    /// variances ρ_j / r_j: only the columns within the taper's support are visited,
+    /// nearest-left first, in the same order on any domain layout.
+    fn gather(&self, i: usize, gi: usize, local: &mut Vec<(usize, f64)>) {
+        local.clear();
+        if self.geom == Geometry::Torus {
+            self.gather_torus(gi, local);
+        }
+        if self.geom == Geometry::LayeredRing {
+            self.gather_layered_ring(gi, local);
+        }
+        self.gather_line(i, gi, local);
+    }
+
+    /// Push the observations of local column `k` with taper weight `w`.
+    fn push_column(&self, k: usize, w: f64, local: &mut Vec<(usize, f64)>) {
+        for &j in &self.obs_at[k] {
+            local.push((j, w / self.obs_error_var[j]));
+        }
+    }
+
+    /// Torus: the 2-D box of half-width `reach` around the point, visited in global grid
+    /// order; rows map into the slab (owned rows plus `reach` halo rows).
+    fn gather_torus(&self, gi: usize, local: &mut Vec<(usize, f64)>) {
+        let (side, reach) = (self.side, self.reach);
+        let (lo, hi) = (reach.min((side - 1) / 2), reach.min(side / 2));
+        let (yi, xi) = (gi / side, gi % side);
+        let row0 = self.dom.ext_start / side;
+        for yy in (yi + side - lo)..=(yi + side + hi) {
+            let lrow = (yy % side + side - row0) % side;
+            for xx in (xi + side - lo)..=(xi + side + hi) {
+                let k = lrow * side + xx % side;
+                if self.obs_at[k].is_empty() {
+                    continue;
                 }
-                if geom == Geometry::LayeredRing {
-                    // Points within the support on the ring, and every layer's variables there.
-                    let per = (n_glob - ring) / ring;
-                    let p = if gi < ring { gi } else { (gi - ring) / per };
-                    let r = reach.min(ring / 2);
-                    let (lo, hi) = (r.min((ring - 1) / 2), r);
-                    for q in (p + ring - lo..=p + ring + hi).map(|q| q % ring) {
-                        let d = p.abs_diff(q).min(ring - p.abs_diff(q));
-                        let w = taper.get(d).copied().unwrap_or(0.0);
-                        if w <= 0.0 {
-                            continue;
-                        }
-                        for k in std::iter::once(q).chain(ring + q * per..ring + (q + 1) * per) {
-                            for &j in &obs_at[k] {
-                                local.push((j, w / input.obs_error_var[j]));
-                            }
-                        }
-                    }
+                let gk = (yy % side) * side + xx % side;
+                let w = self.letkf.torus_weight(gi, gk, side);
+                if w > 0.0 {
+                    self.push_column(k, w, local);
                 }
-                let gi_is_torus = matches!(geom, Geometry::Torus | Geometry::LayeredRing);
-                let (lo, hi) = if gi_is_torus {
-                    (0, 0)
-                } else if dom.whole {
-                    match geom {
-                        // A ring shorter than the support: visit every index once.
-                        Geometry::Ring if 2 * reach + 1 >= n_loc => (0, n_loc),
-                        Geometry::Ring => (i + n_loc - reach, i + n_loc + reach + 1),
-                        Geometry::Line => (i.saturating_sub(reach), (i + reach + 1).min(n_loc)),
-                        Geometry::Torus | Geometry::LayeredRing => (0, 0),
-                    }
-                } else {
-                    (i - reach, i + reach + 1)
-                };
-                for k in (lo..hi).map(|k| k % n_loc) {
-                    let d = geom.distance(gi, dom.global(k), n_glob);
-                    // Integer grid distances: the taper from a table.
-                    let w = taper.get(d as usize).copied().unwrap_or(0.0);
-                    if w > 0.0 {
-                        for &j in &obs_at[k] {
-                            local.push((j, w / input.obs_error_var[j]));
-                        }
-                    }
-                }
-                let ai = at.row(i);
-                let ai = ai.as_slice().expect("standard layout");
-                let xm = mean[i];
-                if local.is_empty() {
-                    return Ok(ai.iter().map(|v| xm + v).collect());
-                }
-                let (shift, ta) = if local.len() < n_mem {
-                    point_update_obs_space(local, &yt, &dy, ai, n1)
-                } else {
-                    point_update_member_space(local, &yt, &dy, ai, n1)
-                }
-                .ok_or_else(|| {
-                    GendaError::LinAlg(format!(
-                        "LETKF: local matrix at grid point {gi} is not positive definite"
-                    ))
-                })?;
-                Ok(ta.iter().map(|t| xm + shift + t).collect())
-            })
-            .collect();
-        for (i, col) in dom.own.clone().zip(cols) {
-            let col = col?;
-            for (m, v) in col.into_iter().enumerate() {
-                ens[[m, i]] = v;
             }
         }
-        inflate(ens, self.cfg.inflation);
-        Ok(())
+    }
+
+    /// Layered ring: points within the support on the ring, and every layer's variables there.
+    fn gather_layered_ring(&self, gi: usize, local: &mut Vec<(usize, f64)>) {
+        let ring = self.ring;
+        let per = (self.n_glob - ring) / ring;
+        let p = if gi < ring { gi } else { (gi - ring) / per };
+        let r = self.reach.min(ring / 2);
+        let (lo, hi) = (r.min((ring - 1) / 2), r);
+        for q in (p + ring - lo..=p + ring + hi).map(|q| q % ring) {
+            let d = p.abs_diff(q).min(ring - p.abs_diff(q));
+            let w = self.taper.get(d).copied().unwrap_or(0.0);
+            if w <= 0.0 {
+                continue;
+            }
+            for k in std::iter::once(q).chain(ring + q * per..ring + (q + 1) * per) {
+                self.push_column(k, w, local);
+            }
+        }
+    }
+
+    /// Ring and line: the window of `reach` local columns on each side (none on the torus and
+    /// the layered ring).
+    fn gather_line(&self, i: usize, gi: usize, local: &mut Vec<(usize, f64)>) {
+        let (geom, reach, n_loc, dom) = (self.geom, self.reach, self.n_loc, self.dom);
+        let gi_is_torus = matches!(geom, Geometry::Torus | Geometry::LayeredRing);
+        let (lo, hi) = if gi_is_torus {
+            (0, 0)
+        } else if dom.whole {
+            match geom {
+                // A ring shorter than the support: visit every index once.
+                Geometry::Ring if 2 * reach + 1 >= n_loc => (0, n_loc),
+                Geometry::Ring => (i + n_loc - reach, i + n_loc + reach + 1),
+                Geometry::Line => (i.saturating_sub(reach), (i + reach + 1).min(n_loc)),
+                Geometry::Torus | Geometry::LayeredRing => (0, 0),
+            }
+        } else {
+            (i - reach, i + reach + 1)
+        };
+        for k in (lo..hi).map(|k| k % n_loc) {
+            let d = geom.distance(gi, dom.global(k), self.n_glob);
+            // Integer grid distances: the taper from a table.
+            let w = self.taper.get(d as usize).copied().unwrap_or(0.0);
+            if w > 0.0 {
+                self.push_column(k, w, local);
+            }
+        }
+    }
+}
+
+/// Everything the analysis of one grid point reads: the local search and the ensemble's
+/// state and observed anomalies.
+struct PointAnalysis<'a> {
+    search: LocalSearch<'a>,
+    /// State anomalies by column.   (n_loc, N)
+    at: Array2<f64>,
+    /// Forecast mean.   (n_loc)
+    mean: Array1<f64>,
+    /// Observed anomalies Yᵀ (p, N) and innovations (p).
+    yt: Array2<f64>,
+    dy: Array1<f64>,
+    /// N − 1.
+    n1: f64,
+}
+
+impl PointAnalysis<'_> {
+    /// The analysis column (one value per member) of local grid point `i`; `local` is scratch.
+    fn column(&self, i: usize, local: &mut Vec<(usize, f64)>) -> Result<Vec<f64>> {
+        let gi = self.search.dom.global(i);
+        self.search.gather(i, gi, local);
+        let ai = self.at.row(i);
+        let ai = ai.as_slice().expect("standard layout");
+        let xm = self.mean[i];
+        if local.is_empty() {
+            return Ok(ai.iter().map(|v| xm + v).collect());
+        }
+        let (yt, dy, n1) = (&self.yt, &self.dy, self.n1);
+        let (shift, ta) = if local.len() < ai.len() {
+            point_update_obs_space(local, yt, dy, ai, n1)
+        } else {
+            point_update_member_space(local, yt, dy, ai, n1)
+        }
+        .ok_or_else(|| {
+            GendaError::LinAlg(format!(
+                "LETKF: local matrix at grid point {gi} is not positive definite"
+            ))
+        })?;
+        Ok(ta.iter().map(|t| xm + shift + t).collect())
     }
 }
 

@@ -922,6 +922,40 @@ impl Filter for Masf {
     }
 }
 
+/// One cycle of genda's variants in standardised coordinates.
+struct GendaCycle {
+    /// The standardisation: per-variable mean and std.   (n)
+    mean: Vec<f64>,
+    sd: Vec<f64>,
+    /// Observation error variances and observations, standardised.   (observed)
+    r_obs: Vec<f64>,
+    y: Vec<f64>,
+    process: DiagProcess,
+    /// The forecast ensemble, standardised (members × n, row-major).
+    z: Vec<f64>,
+    /// The Gaussian baseline (prior = "gaussian_residual"), factorised at the sampler's times.
+    base: Option<NoisedGaussian>,
+}
+
+impl GendaCycle {
+    /// `steps` steps of DSM training of `net` on `data` (rows of n) under the cycle's process,
+    /// as a residual to the Gaussian baseline when there is one; NaN for no steps.
+    fn fit(
+        &self,
+        net: &mut DiagScore,
+        data: &[f64],
+        steps: usize,
+        batch: usize,
+        seed: u64,
+    ) -> Result<f64> {
+        match &self.base {
+            _ if steps == 0 => Ok(f64::NAN),
+            Some(b) => net.fit_residual(&self.process, data, b, steps, batch, seed),
+            None => net.fit(&self.process, data, steps, batch, seed),
+        }
+    }
+}
+
 impl Masf {
     /// genda's variants (bridge, additive, SF damped) on `score::masf::DiagProcess`.
     fn analyse_genda(
@@ -944,6 +978,34 @@ impl Masf {
         if let Some(rows) = &pre {
             self.fixed = Some(standardisation(rows, n));
         }
+        let mut cyc = self.genda_cycle(ens, input, observed, steps)?;
+        let batch = self.cfg.batch(method);
+        let train_steps = self.cfg.train_steps.unwrap_or(100);
+        if first {
+            self.first_prior(&cyc, pre.as_deref(), n, input.seed)?;
+        } else if train_steps > 0 {
+            let net = self.net.as_mut().expect("trained at the first cycle");
+            self.last_loss = cyc.fit(net, &cyc.z, train_steps, batch, seed)?;
+        }
+        let x = std::mem::take(&mut cyc.z);
+        let x = self.sample_genda(&cyc, x, input, observed, steps, seed)?;
+        for (i, v) in ens.iter_mut().enumerate() {
+            *v = cyc.mean[i % n] + cyc.sd[i % n] * x[i];
+        }
+        inflate(ens, self.cfg.inflation);
+        Ok(())
+    }
+
+    /// The cycle in standardised coordinates (the fixed standardisation, else the forecast
+    /// ensemble's), the method's process and, for `prior = "gaussian_residual"`, the baseline.
+    fn genda_cycle(
+        &self,
+        ens: &Array2<f64>,
+        input: &AnalysisInput,
+        observed: &[usize],
+        steps: usize,
+    ) -> Result<GendaCycle> {
+        let n = ens.ncols();
         let fc: Vec<f64> = ens.iter().cloned().collect();
         let (mean, sd) = match &self.fixed {
             Some(f) => f.clone(),
@@ -979,86 +1041,121 @@ impl Masf {
                 Some(NoisedGaussian::new(&process, &m, &c, &grid[..steps])?)
             }
         };
+        Ok(GendaCycle {
+            mean,
+            sd,
+            r_obs,
+            y,
+            process,
+            z,
+            base,
+        })
+    }
+
+    /// The prior network at the first cycle: loaded from `prior_weights` when cached, else
+    /// pre-trained on `pre` (raw rows of `pretrain_data`, standardised) or the forecast
+    /// ensemble (and queued for writing to `prior_weights`).
+    fn first_prior(
+        &mut self,
+        cyc: &GendaCycle,
+        pre: Option<&[f64]>,
+        n: usize,
+        seed: u64,
+    ) -> Result<()> {
+        let method = self.method();
         let (lr, batch) = (self.cfg.lr(method), self.cfg.batch(method));
-        let (pretrain_steps, train_steps) = (
-            self.cfg.pretrain_steps.unwrap_or(1000),
-            self.cfg.train_steps.unwrap_or(100),
-        );
-        let fit = |net: &mut DiagScore, data: &[f64], steps: usize, seed: u64| match &base {
-            _ if steps == 0 => Ok(f64::NAN),
-            Some(b) => net.fit_residual(&process, data, b, steps, batch, seed),
-            None => net.fit(&process, data, steps, batch, seed),
-        };
-        if first {
-            let arch = self.architecture();
-            let device = crate::score::select_local_device(self.cfg.device)?;
-            let mut net = match base {
-                Some(_) => {
-                    let mut net = DiagScore::on_device(arch, n, lr, input.seed, device)?;
-                    net.zero_output();
-                    net
-                }
-                None => DiagScore::on_device(arch, n, lr, input.seed, device)?,
-            };
-            // What the offline network is trained for: the cache refuses anything else.
-            let fingerprint = {
-                let h = crate::values::fnv1a(
-                    process
-                        .h
-                        .iter()
-                        .chain(&process.r)
-                        .flat_map(|v| v.to_bits().to_le_bytes()),
-                );
-                format!(
-                    "{method}, state {n}, process {h:016x}, network {}, pretrain_data {}, {} steps of batch {} at lr {}",
-                    toml::to_string(&self.cfg.network).unwrap_or_default().replace('\n', " "),
-                    self.cfg
-                        .pretrain_data
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    pretrain_steps,
-                    batch,
-                    lr
-                )
-            };
-            let cached = self.cfg.prior_weights.as_ref().filter(|p| p.exists());
-            let data: Vec<f64> = match &pre {
-                _ if cached.is_some() => Vec::new(),
-                Some(rows) => rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (v - mean[i % n]) / sd[i % n])
-                    .collect(),
-                None => z.clone(),
-            };
-            if let Some(p) = cached {
-                net.load(p, &fingerprint)?;
-                log::info!("{method}: prior network loaded from {}", p.display());
-            } else {
-                self.last_loss = fit(&mut net, &data, pretrain_steps, input.seed)?;
-                if let Some(p) = &self.cfg.prior_weights {
-                    self.outputs
-                        .push(prior_output(method, p, net.weights_file(&fingerprint)));
-                }
+        let pretrain_steps = self.cfg.pretrain_steps.unwrap_or(1000);
+        let arch = self.architecture();
+        let device = crate::score::select_local_device(self.cfg.device)?;
+        let mut net = match cyc.base {
+            Some(_) => {
+                let mut net = DiagScore::on_device(arch, n, lr, seed, device)?;
+                net.zero_output();
+                net
             }
-            self.net = Some(net);
-        } else if train_steps > 0 {
-            let net = self.net.as_mut().expect("trained at the first cycle");
-            self.last_loss = fit(net, &z, train_steps, seed)?;
+            None => DiagScore::on_device(arch, n, lr, seed, device)?,
+        };
+        let fingerprint = self.genda_fingerprint(&cyc.process, n, pretrain_steps, batch, lr);
+        let cached = self.cfg.prior_weights.as_ref().filter(|p| p.exists());
+        let (mean, sd) = (&cyc.mean, &cyc.sd);
+        let data: Vec<f64> = match pre {
+            _ if cached.is_some() => Vec::new(),
+            Some(rows) => rows
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v - mean[i % n]) / sd[i % n])
+                .collect(),
+            None => cyc.z.clone(),
+        };
+        if let Some(p) = cached {
+            net.load(p, &fingerprint)?;
+            log::info!("{method}: prior network loaded from {}", p.display());
+        } else {
+            self.last_loss = cyc.fit(&mut net, &data, pretrain_steps, batch, seed)?;
+            if let Some(p) = &self.cfg.prior_weights {
+                self.outputs
+                    .push(prior_output(method, p, net.weights_file(&fingerprint)));
+            }
         }
+        self.net = Some(net);
+        Ok(())
+    }
+
+    /// What the offline network is trained for: the cache refuses anything else.
+    fn genda_fingerprint(
+        &self,
+        process: &DiagProcess,
+        n: usize,
+        pretrain_steps: usize,
+        batch: usize,
+        lr: f64,
+    ) -> String {
+        let method = self.method();
+        let h = crate::values::fnv1a(
+            process
+                .h
+                .iter()
+                .chain(&process.r)
+                .flat_map(|v| v.to_bits().to_le_bytes()),
+        );
+        format!(
+            "{method}, state {n}, process {h:016x}, network {}, pretrain_data {}, {} steps of batch {} at lr {}",
+            toml::to_string(&self.cfg.network).unwrap_or_default().replace('\n', " "),
+            self.cfg
+                .pretrain_data
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            pretrain_steps,
+            batch,
+            lr
+        )
+    }
+
+    /// Reverse-sample the posterior from the standardised forecast `x` (in place, returned)
+    /// with the prior network's score (plus the Gaussian baseline's) and the variant's guidance.
+    fn sample_genda(
+        &self,
+        cyc: &GendaCycle,
+        mut x: Vec<f64>,
+        input: &AnalysisInput,
+        observed: &[usize],
+        steps: usize,
+        seed: u64,
+    ) -> Result<Vec<f64>> {
+        let method = self.method();
+        let (process, base) = (&cyc.process, &cyc.base);
         let net = self.net.as_ref().expect("trained at the first cycle");
         let guidance = match self.variant {
             Variant::MasfAdditive => Guidance::Additive,
             Variant::SfDamped => Guidance::Damped,
             _ => Guidance::Bridge,
         };
-        let mut x = z;
         let mut base_err = None;
         let mut sb = vec![0.0; x.len()];
         let mut prior = |xs: &[f64], t: f64, out: &mut [f64]| {
-            net.score(&process, xs, t, out);
-            if let Some(b) = &base {
+            net.score(process, xs, t, out);
+            if let Some(b) = base {
                 if let Err(e) = b.score(xs, t, &mut sb) {
                     base_err = Some(e);
                     out.fill(f64::NAN);
@@ -1067,7 +1164,7 @@ impl Masf {
             }
         };
         reverse_sample(
-            &process, &mut prior, guidance, observed, &y, &r_obs, &mut x, steps, seed,
+            process, &mut prior, guidance, observed, &cyc.y, &cyc.r_obs, &mut x, steps, seed,
         );
         if let Some(e) = base_err {
             return Err(e);
@@ -1078,11 +1175,7 @@ impl Masf {
                 what: format!("{method} reverse sampling produced non-finite values"),
             });
         }
-        for (i, v) in ens.iter_mut().enumerate() {
-            *v = mean[i % n] + sd[i % n] * x[i];
-        }
-        inflate(ens, self.cfg.inflation);
-        Ok(())
+        Ok(x)
     }
 }
 

@@ -299,92 +299,187 @@ impl Filter for Omega {
         }
         // Initial moments: every member starts from the ensemble's Gaussian of v.
         if self.moments.len() != m {
-            let v0 = states[0].slice(s![.., nu..]).to_owned();
-            let mean = DVector::from_iterator(nv, v0.mean_axis(ndarray::Axis(0)).expect("members"));
-            let mut cov = DMatrix::zeros(nv, nv);
-            for r in v0.rows() {
-                let d = DVector::from_iterator(nv, r.iter().cloned()) - &mean;
-                cov += &d * d.transpose();
-            }
-            cov /= (m - 1).max(1) as f64;
-            let jitter = 1e-6 * (cov.trace() / nv as f64).max(1e-12);
-            for i in 0..nv {
-                cov[(i, i)] += jitter;
-            }
-            self.moments = vec![(mean, cov); m];
+            self.moments = initial_moments(&states[0], nu, nv);
         }
         // Follow each member's u path with the CG filter.
-        let steps = states.len() - 1;
-        let moments: Result<Vec<(DVector<f64>, DMatrix<f64>)>> = self
-            .moments
-            .par_iter()
-            .enumerate()
-            .map(|(j, (mu, r))| {
-                let mut st = CgStep::new(model)?;
-                let (mut mu, mut r) = (mu.clone(), r.clone());
-                for s in 0..steps {
-                    let u0 = states[s].slice(s![j, ..nu]).to_vec();
-                    let u1 = states[s + 1].slice(s![j, ..nu]).to_vec();
-                    let res = st.step(&u0, &u1, &mu, &r, s)?;
-                    mu = res.next_mean;
-                    r = res.next_cov;
-                }
-                Ok((mu, r))
-            })
-            .collect();
-        let moments = moments?;
-
-        // (a) baseline prior kernel in u.
-        let du = nu as f64;
-        let silverman =
-            (4.0 / (du + 2.0)).powf(1.0 / (du + 4.0)) * (m as f64).powf(-1.0 / (du + 4.0));
-        let h2 = (self.cfg.bandwidth_scale * silverman).powi(2);
-        let u_now = ens.slice(s![.., ..nu]).to_owned();
-        let u_mean = u_now.mean_axis(ndarray::Axis(0)).expect("members");
-        let b: Vec<f64> = (0..nu)
-            .map(|k| {
-                let v = u_now
-                    .column(k)
-                    .iter()
-                    .map(|x| (x - u_mean[k]).powi(2))
-                    .sum::<f64>()
-                    / (m - 1).max(1) as f64;
-                h2 * v.max(1e-12)
-            })
-            .collect();
-        // (c) posterior weights: responsibilities of y under N(u_j[obs], B + R_o).
-        let p = obs_idx.len();
-        let y = ndarray::Array2::from_shape_vec((1, p), input.obs.to_vec()).expect("one row");
-        let cen = Array2::from_shape_fn((m, p), |(j, i)| u_now[[j, obs_idx[i]]]);
-        let var = Array2::from_shape_fn((m, p), |(_, i)| b[obs_idx[i]] + input.obs_error_var[i]);
-        let mut sc = Array2::zeros((1, p));
-        let w = diag_mixture_score_tiled(
-            y.view(),
-            cen.view(),
-            var.view(),
-            1.0,
-            0.0,
-            &vec![0.0; m],
-            &[0..p],
-            &SerialReducer,
-            &mut sc,
-        )?;
-        let weights: Vec<f64> = w.row(0).to_vec();
-        self.last_ess = 1.0 / weights.iter().map(|x| x * x).sum::<f64>();
-        // Posterior u of each component (diagonal Kalman update of the kernel).
-        let mut upost = u_now.clone();
-        let mut uvar = Array2::from_shape_fn((m, nu), |(_, k)| b[k]);
-        for (i, &k) in obs_idx.iter().enumerate() {
-            let r = input.obs_error_var[i];
-            let g = b[k] / (b[k] + r);
-            for j in 0..m {
-                upost[[j, k]] += g * (input.obs[i] - u_now[[j, k]]);
-                uvar[[j, k]] = b[k] * r / (b[k] + r);
-            }
+        let moments = follow_paths(&self.moments, model, states, nu)?;
+        let base = Baseline::new(ens, input, &obs_idx, moments, self.cfg.bandwidth_scale, nu)?;
+        self.last_ess = 1.0 / base.weights.iter().map(|x| x * x).sum::<f64>();
+        let next = base.draw(ens, input, nu, nv)?;
+        if !self.cfg.baseline_only {
+            self.refine(ens, input, &base, nu)?;
         }
-        // Draw the baseline analysis: component c(i), then exact Gaussian draws.
+        self.moments = next;
+        Ok(())
+    }
+}
+
+/// Moments of a member's hidden variables v given its u path.
+type Moments = (DVector<f64>, DMatrix<f64>);
+
+/// The ensemble's Gaussian of v (sample mean and covariance, slightly jittered) for every member.
+fn initial_moments(states0: &Array2<f64>, nu: usize, nv: usize) -> Vec<Moments> {
+    let m = states0.nrows();
+    let v0 = states0.slice(s![.., nu..]).to_owned();
+    let mean = DVector::from_iterator(nv, v0.mean_axis(ndarray::Axis(0)).expect("members"));
+    let mut cov = DMatrix::zeros(nv, nv);
+    for r in v0.rows() {
+        let d = DVector::from_iterator(nv, r.iter().cloned()) - &mean;
+        cov += &d * d.transpose();
+    }
+    cov /= (m - 1).max(1) as f64;
+    let jitter = 1e-6 * (cov.trace() / nv as f64).max(1e-12);
+    for i in 0..nv {
+        cov[(i, i)] += jitter;
+    }
+    vec![(mean, cov); m]
+}
+
+/// Run the exact CG filter along each member's forecast u path from its moments.
+fn follow_paths(
+    moments: &[Moments],
+    model: &dyn Model,
+    states: &[Array2<f64>],
+    nu: usize,
+) -> Result<Vec<Moments>> {
+    let steps = states.len() - 1;
+    moments
+        .par_iter()
+        .enumerate()
+        .map(|(j, (mu, r))| {
+            let mut st = CgStep::new(model)?;
+            let (mut mu, mut r) = (mu.clone(), r.clone());
+            for s in 0..steps {
+                let u0 = states[s].slice(s![j, ..nu]).to_vec();
+                let u1 = states[s + 1].slice(s![j, ..nu]).to_vec();
+                let res = st.step(&u0, &u1, &mu, &r, s)?;
+                mu = res.next_mean;
+                r = res.next_cov;
+            }
+            Ok((mu, r))
+        })
+        .collect()
+}
+
+/// (a) The baseline prior kernel B in u: Silverman's rule (times `bandwidth_scale`) on each
+/// component's ensemble variance.   (nu)
+fn prior_kernel(u_now: &Array2<f64>, bandwidth_scale: f64) -> Vec<f64> {
+    let (m, nu) = u_now.dim();
+    let du = nu as f64;
+    let silverman = (4.0 / (du + 2.0)).powf(1.0 / (du + 4.0)) * (m as f64).powf(-1.0 / (du + 4.0));
+    let h2 = (bandwidth_scale * silverman).powi(2);
+    let u_mean = u_now.mean_axis(ndarray::Axis(0)).expect("members");
+    (0..nu)
+        .map(|k| {
+            let v = u_now
+                .column(k)
+                .iter()
+                .map(|x| (x - u_mean[k]).powi(2))
+                .sum::<f64>()
+                / (m - 1).max(1) as f64;
+            h2 * v.max(1e-12)
+        })
+        .collect()
+}
+
+/// (c) Posterior weights: responsibilities of y under N(u_j[obs], B + R_o).
+fn posterior_weights(
+    input: &AnalysisInput,
+    obs_idx: &[usize],
+    u_now: &Array2<f64>,
+    b: &[f64],
+) -> Result<Vec<f64>> {
+    let m = u_now.nrows();
+    let p = obs_idx.len();
+    let y = ndarray::Array2::from_shape_vec((1, p), input.obs.to_vec()).expect("one row");
+    let cen = Array2::from_shape_fn((m, p), |(j, i)| u_now[[j, obs_idx[i]]]);
+    let var = Array2::from_shape_fn((m, p), |(_, i)| b[obs_idx[i]] + input.obs_error_var[i]);
+    let mut sc = Array2::zeros((1, p));
+    let w = diag_mixture_score_tiled(
+        y.view(),
+        cen.view(),
+        var.view(),
+        1.0,
+        0.0,
+        &vec![0.0; m],
+        &[0..p],
+        &SerialReducer,
+        &mut sc,
+    )?;
+    Ok(w.row(0).to_vec())
+}
+
+/// Posterior u of each component (diagonal Kalman update of the kernel): means and variances.
+fn component_update(
+    input: &AnalysisInput,
+    obs_idx: &[usize],
+    u_now: &Array2<f64>,
+    b: &[f64],
+) -> (Array2<f64>, Array2<f64>) {
+    let (m, nu) = u_now.dim();
+    let mut upost = u_now.clone();
+    let mut uvar = Array2::from_shape_fn((m, nu), |(_, k)| b[k]);
+    for (i, &k) in obs_idx.iter().enumerate() {
+        let r = input.obs_error_var[i];
+        let g = b[k] / (b[k] + r);
+        for j in 0..m {
+            upost[[j, k]] += g * (input.obs[i] - u_now[[j, k]]);
+            uvar[[j, k]] = b[k] * r / (b[k] + r);
+        }
+    }
+    (upost, uvar)
+}
+
+/// The closed-form baseline of one cycle: the prior mixture's components and the posterior
+/// mixture's weights and Kalman-updated u.
+struct Baseline {
+    /// Per member (component): moments of v given its forecast u path.
+    moments: Vec<Moments>,
+    /// The prior kernel B in u.   (nu)
+    b: Vec<f64>,
+    /// Posterior mean and variance of each component's u.   (m, nu)
+    upost: Array2<f64>,
+    uvar: Array2<f64>,
+    /// Posterior component weights π_j.   (m)
+    weights: Vec<f64>,
+}
+
+impl Baseline {
+    /// (a) + (c): the baseline prior kernel of the forecast `ens` and its posterior for `input`.
+    fn new(
+        ens: &Array2<f64>,
+        input: &AnalysisInput,
+        obs_idx: &[usize],
+        moments: Vec<Moments>,
+        bandwidth_scale: f64,
+        nu: usize,
+    ) -> Result<Self> {
+        let u_now = ens.slice(s![.., ..nu]).to_owned();
+        let b = prior_kernel(&u_now, bandwidth_scale);
+        let weights = posterior_weights(input, obs_idx, &u_now, &b)?;
+        let (upost, uvar) = component_update(input, obs_idx, &u_now, &b);
+        Ok(Baseline {
+            moments,
+            b,
+            upost,
+            uvar,
+            weights,
+        })
+    }
+
+    /// Draw the baseline analysis into `ens`: component c(i), then exact Gaussian draws.
+    /// Returns each new member's moments (those of its component).
+    fn draw(
+        &self,
+        ens: &mut Array2<f64>,
+        input: &AnalysisInput,
+        nu: usize,
+        nv: usize,
+    ) -> Result<Vec<Moments>> {
+        let (m, n) = ens.dim();
+        let moments = &self.moments;
         let uu: f64 = stream(input.seed, Purpose::Resampling, input.cycle as u64, 0, 0).gen();
-        let pick = systematic_resample(&weights, uu);
+        let pick = systematic_resample(&self.weights, uu);
         let chols: Vec<Option<DMatrix<f64>>> = {
             let mut used = vec![false; m];
             pick.iter().for_each(|&c| used[c] = true);
@@ -406,7 +501,7 @@ impl Filter for Omega {
                 &mut z,
             );
             for k in 0..nu {
-                ens[[i, k]] = upost[[c, k]] + uvar[[c, k]].sqrt() * z[k];
+                ens[[i, k]] = self.upost[[c, k]] + self.uvar[[c, k]].sqrt() * z[k];
             }
             let l = chols[c].as_ref().ok_or_else(|| {
                 GendaError::LinAlg(format!(
@@ -419,50 +514,19 @@ impl Filter for Omega {
             }
             next.push(moments[c].clone());
         }
-        if !self.cfg.baseline_only {
-            self.refine(ens, input, &moments, &b, &upost, &uvar, &weights, nu)?;
-        }
-        self.moments = next;
-        Ok(())
+        Ok(next)
     }
-}
 
-impl Omega {
-    /// (b) + (d): residual score from the ensemble trajectories, then annealed Langevin.
-    #[allow(clippy::too_many_arguments)]
-    fn refine(
-        &mut self,
-        ens: &mut Array2<f64>,
-        input: &AnalysisInput,
-        moments: &[(DVector<f64>, DMatrix<f64>)],
-        b: &[f64],
-        upost: &Array2<f64>,
-        uvar: &Array2<f64>,
-        weights: &[f64],
+    /// The prior and posterior mixtures with diagonal covariances, in the coordinates `st`
+    /// (`fc`: the forecast ensemble, the prior components' u).
+    fn standardised_mixtures(
+        &self,
+        fc: &Array2<f64>,
+        st: &Standardisation,
         nu: usize,
-    ) -> Result<()> {
-        let states = input.forecast.as_ref().expect("checked").states;
-        let (m, n) = ens.dim();
-        let fc = states.last().expect("checked");
-        // Standardise by the forecast ensemble.
-        let mean = fc.mean_axis(ndarray::Axis(0)).expect("members");
-        let sd: Vec<f64> = (0..n)
-            .map(|k| {
-                let v = fc
-                    .column(k)
-                    .iter()
-                    .map(|x| (x - mean[k]).powi(2))
-                    .sum::<f64>()
-                    / (m - 1).max(1) as f64;
-                v.sqrt().max(1e-6)
-            })
-            .collect();
-        let std_mean = |c: &Array2<f64>| {
-            Array2::from_shape_fn(c.dim(), |(j, k)| (c[[j, k]] - mean[k]) / sd[k])
-        };
-        let std_var =
-            |c: &Array2<f64>| Array2::from_shape_fn(c.dim(), |(j, k)| c[[j, k]] / (sd[k] * sd[k]));
-        // Prior and posterior mixtures (diagonal), standardised.
+    ) -> (DiagMixture, DiagMixture) {
+        let (m, n) = fc.dim();
+        let moments = &self.moments;
         let prior_c = Array2::from_shape_fn((m, n), |(j, k)| {
             if k < nu {
                 fc[[j, k]]
@@ -478,91 +542,143 @@ impl Omega {
             }
         };
         let prior_v = Array2::from_shape_fn((m, n), |(j, k)| {
-            comp_var(j, k, if k < nu { b[k] } else { 0.0 })
+            comp_var(j, k, if k < nu { self.b[k] } else { 0.0 })
         });
         let post_c = Array2::from_shape_fn((m, n), |(j, k)| {
             if k < nu {
-                upost[[j, k]]
+                self.upost[[j, k]]
             } else {
                 moments[j].0[k - nu]
             }
         });
         let post_v = Array2::from_shape_fn((m, n), |(j, k)| {
-            comp_var(j, k, if k < nu { uvar[[j, k]] } else { 0.0 })
+            comp_var(j, k, if k < nu { self.uvar[[j, k]] } else { 0.0 })
         });
         let (pc, pv, qc, qv) = (
-            std_mean(&prior_c),
-            std_var(&prior_v),
-            std_mean(&post_c),
-            std_var(&post_v),
+            st.means(&prior_c),
+            st.variances(&prior_v),
+            st.means(&post_c),
+            st.variances(&post_v),
         );
-        let logw: Vec<f64> = weights.iter().map(|w| w.max(1e-300).ln()).collect();
-        let proc_ = process();
-        let levels: Vec<f64> = {
-            let l = self.cfg.levels;
-            (0..=l)
-                .map(|k| {
-                    self.cfg.t_start - (self.cfg.t_start - self.cfg.t_min) * k as f64 / l as f64
-                })
-                .collect()
-        };
-        let kernel = |x: ArrayView2<f64>,
-                      c: &Array2<f64>,
-                      v: &Array2<f64>,
-                      lw: &[f64],
-                      t: f64,
-                      out: &mut [f64]|
-         -> Result<()> {
-            let mut o = Array2::zeros(x.dim());
-            let (a, s) = (proc_.alpha(t), proc_.sigma(t));
-            diag_mixture_score_tiled(
-                x,
-                c.view(),
-                v.view(),
-                a,
-                s * s,
-                lw,
-                &[0..n],
-                &SerialReducer,
-                &mut o,
-            )?;
-            out.copy_from_slice(o.as_slice().expect("standard"));
-            Ok(())
-        };
-        // (b) residual from the ensemble trajectories (last `history` steps).
-        let hist = self.cfg.history.min(states.len() - 1).max(1);
-        let mut data = Vec::with_capacity(hist * m * n);
-        for st in &states[states.len() - hist..] {
+        let logw: Vec<f64> = self.weights.iter().map(|w| w.max(1e-300).ln()).collect();
+        let uniform = vec![-(m as f64).ln(); m];
+        (
+            DiagMixture {
+                c: pc,
+                v: pv,
+                logw: uniform,
+            },
+            DiagMixture { c: qc, v: qv, logw },
+        )
+    }
+}
+
+/// Coordinates standardised by the forecast ensemble: per-variable mean and floored std.
+struct Standardisation {
+    mean: ndarray::Array1<f64>,
+    sd: Vec<f64>,
+}
+
+impl Standardisation {
+    /// The forecast ensemble's per-variable mean and standard deviation (at least 1e-6).
+    fn of(fc: &Array2<f64>) -> Self {
+        let (m, n) = fc.dim();
+        let mean = fc.mean_axis(ndarray::Axis(0)).expect("members");
+        let sd: Vec<f64> = (0..n)
+            .map(|k| {
+                let v = fc
+                    .column(k)
+                    .iter()
+                    .map(|x| (x - mean[k]).powi(2))
+                    .sum::<f64>()
+                    / (m - 1).max(1) as f64;
+                v.sqrt().max(1e-6)
+            })
+            .collect();
+        Standardisation { mean, sd }
+    }
+
+    /// Standardised component means (rows of `c`).
+    fn means(&self, c: &Array2<f64>) -> Array2<f64> {
+        Array2::from_shape_fn(c.dim(), |(j, k)| (c[[j, k]] - self.mean[k]) / self.sd[k])
+    }
+
+    /// Standardised component variances (rows of `c`).
+    fn variances(&self, c: &Array2<f64>) -> Array2<f64> {
+        Array2::from_shape_fn(c.dim(), |(j, k)| c[[j, k]] / (self.sd[k] * self.sd[k]))
+    }
+
+    /// The member states of `steps`, standardised, as rows of training data.
+    fn rows(&self, steps: &[Array2<f64>]) -> Vec<f64> {
+        let n = self.sd.len();
+        let m = steps.first().map_or(0, |s| s.nrows());
+        let mut data = Vec::with_capacity(steps.len() * m * n);
+        for st in steps {
             for r in st.rows() {
-                data.extend(r.iter().enumerate().map(|(k, x)| (x - mean[k]) / sd[k]));
+                data.extend(
+                    r.iter()
+                        .enumerate()
+                        .map(|(k, x)| (x - self.mean[k]) / self.sd[k]),
+                );
             }
         }
-        if self.residual.as_ref().is_none_or(|r| r.dim != n) {
-            self.residual = Some(ResidualScore::on_device(
-                self.cfg.residual_hidden,
-                self.cfg.residual_layers,
-                n,
-                proc_,
-                self.cfg.residual_lr,
-                input.seed,
-                crate::score::select_local_device(self.cfg.device)?,
-            )?);
-        }
-        let residual = self.residual.as_mut().expect("just built");
-        let uniform = vec![-(m as f64).ln(); m];
-        let per_level = (128 / levels.len()).max(4);
-        residual.fit(
-            &data,
-            &levels,
-            per_level,
-            self.cfg.residual_steps,
-            input.seed ^ 0x0BE6A,
-            &mut |x: &[f64], t: f64, out: &mut [f64]| {
-                let xv = ArrayView2::from_shape((x.len() / n, n), x).expect("rows");
-                kernel(xv, &pc, &pv, &uniform, t, out)
-            },
+        data
+    }
+}
+
+/// A Gaussian mixture with diagonal covariances (standardised coordinates).
+struct DiagMixture {
+    /// Component means and variances.   (m, n)
+    c: Array2<f64>,
+    v: Array2<f64>,
+    /// Log weights of the components.   (m)
+    logw: Vec<f64>,
+}
+
+impl DiagMixture {
+    /// Score at time `t` of the mixture noised by `proc_`, at the rows `xs` (n each), into `out`.
+    fn score(&self, proc_: &ForwardProcess, xs: &[f64], t: f64, out: &mut [f64]) -> Result<()> {
+        let n = self.c.ncols();
+        let x = ArrayView2::from_shape((xs.len() / n, n), xs).expect("rows");
+        let mut o = Array2::zeros(x.dim());
+        let (a, s) = (proc_.alpha(t), proc_.sigma(t));
+        diag_mixture_score_tiled(
+            x,
+            self.c.view(),
+            self.v.view(),
+            a,
+            s * s,
+            &self.logw,
+            &[0..n],
+            &SerialReducer,
+            &mut o,
         )?;
-        let residual = self.residual.as_ref().expect("just built");
+        out.copy_from_slice(o.as_slice().expect("standard"));
+        Ok(())
+    }
+}
+
+impl Omega {
+    /// (b) + (d): residual score from the ensemble trajectories, then annealed Langevin.
+    fn refine(
+        &mut self,
+        ens: &mut Array2<f64>,
+        input: &AnalysisInput,
+        base: &Baseline,
+        nu: usize,
+    ) -> Result<()> {
+        let states = input.forecast.as_ref().expect("checked").states;
+        let (m, n) = ens.dim();
+        let fc = states.last().expect("checked");
+        // Standardise by the forecast ensemble.
+        let st = Standardisation::of(fc);
+        // Prior and posterior mixtures (diagonal), standardised.
+        let (prior, post) = base.standardised_mixtures(fc, &st, nu);
+        let proc_ = process();
+        // (b) residual from the ensemble trajectories (last `history` steps).
+        let hist = self.cfg.history.min(states.len() - 1).max(1);
+        let data = st.rows(&states[states.len() - hist..]);
+        self.fit_residual(input, n, &data, &prior)?;
         // (d) annealed Langevin from the baseline draws, noised to t_start.
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let (a0, s0) = (proc_.alpha(self.cfg.t_start), proc_.sigma(self.cfg.t_start));
@@ -578,13 +694,69 @@ impl Omega {
                 &mut z,
             );
             for k in 0..n {
-                x[i * n + k] = a0 * (ens[[i, k]] - mean[k]) / sd[k] + s0 * z[k];
+                x[i * n + k] = a0 * (ens[[i, k]] - st.mean[k]) / st.sd[k] + s0 * z[k];
             }
         }
+        self.langevin(&post, &mut x, n, seed)?;
+        for i in 0..m {
+            for k in 0..n {
+                ens[[i, k]] = st.mean[k] + st.sd[k] * x[i * n + k];
+            }
+        }
+        Ok(())
+    }
+
+    /// The noise levels of residual training: `levels` + 1 times from `t_start` to `t_min`.
+    fn noise_levels(&self) -> Vec<f64> {
+        let l = self.cfg.levels;
+        (0..=l)
+            .map(|k| self.cfg.t_start - (self.cfg.t_start - self.cfg.t_min) * k as f64 / l as f64)
+            .collect()
+    }
+
+    /// (b) Fine-tune the residual score (built at the first cycle or when the state size
+    /// changes) on the standardised trajectories `data`, against the noised `prior` mixture.
+    fn fit_residual(
+        &mut self,
+        input: &AnalysisInput,
+        n: usize,
+        data: &[f64],
+        prior: &DiagMixture,
+    ) -> Result<()> {
+        let proc_ = process();
+        let levels = self.noise_levels();
+        if self.residual.as_ref().is_none_or(|r| r.dim != n) {
+            self.residual = Some(ResidualScore::on_device(
+                self.cfg.residual_hidden,
+                self.cfg.residual_layers,
+                n,
+                proc_,
+                self.cfg.residual_lr,
+                input.seed,
+                crate::score::select_local_device(self.cfg.device)?,
+            )?);
+        }
+        let residual = self.residual.as_mut().expect("just built");
+        let per_level = (128 / levels.len()).max(4);
+        residual.fit(
+            data,
+            &levels,
+            per_level,
+            self.cfg.residual_steps,
+            input.seed ^ 0x0BE6A,
+            &mut |x: &[f64], t: f64, out: &mut [f64]| prior.score(&proc_, x, t, out),
+        )?;
+        Ok(())
+    }
+
+    /// (d) Annealed Langevin on the rows `x` (n each, standardised, noised to `t_start`) down
+    /// the noise levels, with the noised posterior mixture's score plus the residual.
+    fn langevin(&self, post: &DiagMixture, x: &mut [f64], n: usize, seed: u64) -> Result<()> {
+        let proc_ = process();
+        let residual = self.residual.as_ref().expect("just built");
         let failed: RefCell<Option<GendaError>> = RefCell::new(None);
         let score = |xs: &[f64], t: f64, out: &mut [f64]| {
-            let xv = ArrayView2::from_shape((xs.len() / n, n), xs).expect("rows");
-            if let Err(e) = kernel(xv, &qc, &qv, &logw, t, out) {
+            if let Err(e) = post.score(&proc_, xs, t, out) {
                 failed.borrow_mut().get_or_insert(e);
             }
             let mut r = vec![0.0; xs.len()];
@@ -600,23 +772,10 @@ impl Omega {
             t_min: self.cfg.t_min,
             denoise: true,
         };
-        sample(
-            &proc_,
-            &scfg,
-            &score,
-            &mut x,
-            n,
-            seed,
-            Some(self.cfg.t_start),
-        );
-        if let Some(e) = failed.into_inner() {
-            return Err(e);
+        sample(&proc_, &scfg, &score, x, n, seed, Some(self.cfg.t_start));
+        match failed.into_inner() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        for i in 0..m {
-            for k in 0..n {
-                ens[[i, k]] = mean[k] + sd[k] * x[i * n + k];
-            }
-        }
-        Ok(())
     }
 }

@@ -65,231 +65,292 @@ fn ncerr(path: &Path, what: &str, e: netcdf::Error) -> GendaError {
     GendaError::file(path, format!("NetCDF {what}: {e}"))
 }
 
+/// A data variable of the run file: name, dimensions, long name.
+type VarSpec = (&'static str, Vec<&'static str>, &'static str);
+
+/// The error mapper for NetCDF step `what` on the file at `path`.
+fn at<'p>(path: &'p Path, what: &str) -> impl FnOnce(netcdf::Error) -> GendaError + 'p {
+    let what = what.to_string();
+    move |err: netcdf::Error| ncerr(path, &what, err)
+}
+
+/// Define the dimensions `time`, `y`/`x` (grid) or `x`, `obs` and, with saved ensembles, `member`.
+fn add_dimensions(
+    file: &mut netcdf::FileMut,
+    path: &Path,
+    meta: &RunMeta,
+    grid: Option<usize>,
+    save_ensemble: bool,
+) -> Result<()> {
+    let e = |what: &str| at(path, what);
+    file.add_dimension("time", meta.cycles)
+        .map_err(e("dimension time"))?;
+    match grid {
+        Some(side) => {
+            file.add_dimension("y", side).map_err(e("dimension y"))?;
+            file.add_dimension("x", side).map_err(e("dimension x"))?;
+        }
+        None => {
+            file.add_dimension("x", meta.state_dim)
+                .map_err(e("dimension x"))?;
+        }
+    }
+    file.add_dimension("obs", meta.obs_locations.len())
+        .map_err(e("dimension obs"))?;
+    if save_ensemble {
+        file.add_dimension("member", meta.members)
+            .map_err(e("dimension member"))?;
+    }
+    Ok(())
+}
+
+/// Write the global attributes: CF conventions, provenance, the run's description and config.
+fn add_global_attributes(file: &mut netcdf::FileMut, path: &Path, meta: &RunMeta) -> Result<()> {
+    let e = |what: &str| at(path, what);
+    let history = format!(
+        "created by genda {} ({} MPI ranks)",
+        env!("CARGO_PKG_VERSION"),
+        meta.ranks
+    );
+    let globals: Vec<(&str, String)> = vec![
+        ("Conventions", "CF-1.8".into()),
+        ("title", format!("genda twin experiment `{}`", meta.name)),
+        ("source", format!("genda {}", env!("CARGO_PKG_VERSION"))),
+        ("history", history),
+        ("experiment", meta.name.into()),
+        ("model", meta.model.into()),
+        ("method", meta.method.unwrap_or("truth").into()),
+        ("obs_operator", meta.obs_operator.into()),
+        ("config", meta.config_toml.into()),
+    ];
+    for (k, v) in globals {
+        file.add_attribute(k, v.as_str())
+            .map_err(e(&format!("attribute {k}")))?;
+    }
+    file.add_attribute("members", meta.members as i32)
+        .map_err(e("attribute members"))?;
+    file.add_attribute("burn_in_cycles", meta.burn_in as i32)
+        .map_err(e("attribute burn_in_cycles"))?;
+    Ok(())
+}
+
+/// Define and write the coordinate variables: `time`, the state axes (`y`, `x` on a grid, else
+/// the index `x`) and `obs_location`.
+fn add_coordinates(
+    file: &mut netcdf::FileMut,
+    path: &Path,
+    meta: &RunMeta,
+    grid: Option<usize>,
+) -> Result<()> {
+    let e = |what: &str| at(path, what);
+    {
+        let mut v = file
+            .add_variable::<f64>("time", &["time"])
+            .map_err(e("variable time"))?;
+        v.put_attribute("standard_name", "time")
+            .map_err(e("time attrs"))?;
+        v.put_attribute(
+            "long_name",
+            "model time of the observation (nondimensional model time units)",
+        )
+        .map_err(e("time attrs"))?;
+        v.put_attribute("units", "1").map_err(e("time attrs"))?;
+        v.put_attribute("axis", "T").map_err(e("time attrs"))?;
+        let t: Vec<f64> = (1..=meta.cycles)
+            .map(|k| k as f64 * meta.cycle_dt)
+            .collect();
+        v.put_values(&t, ..).map_err(e("write time"))?;
+    }
+    match grid {
+        Some(side) => {
+            let c: Vec<f64> = (0..side)
+                .map(|j| 2.0 * std::f64::consts::PI * j as f64 / side as f64)
+                .collect();
+            for (name, axis) in [("y", "Y"), ("x", "X")] {
+                let mut v = file
+                    .add_variable::<f64>(name, &[name])
+                    .map_err(e(&format!("variable {name}")))?;
+                v.put_attribute(
+                    "long_name",
+                    format!("{name} coordinate of the periodic domain [0, 2π)"),
+                )
+                .map_err(e("coordinate attrs"))?;
+                v.put_attribute("units", "1")
+                    .map_err(e("coordinate attrs"))?;
+                v.put_attribute("axis", axis)
+                    .map_err(e("coordinate attrs"))?;
+                v.put_values(&c, ..).map_err(e(&format!("write {name}")))?;
+            }
+        }
+        None => {
+            let mut v = file
+                .add_variable::<i32>("x", &["x"])
+                .map_err(e("variable x"))?;
+            v.put_attribute("long_name", "state variable index")
+                .map_err(e("x attrs"))?;
+            v.put_attribute("units", "1").map_err(e("x attrs"))?;
+            let ix: Vec<i32> = (0..meta.state_dim as i32).collect();
+            v.put_values(&ix, ..).map_err(e("write x"))?;
+        }
+    }
+    let mut v = file
+        .add_variable::<i32>("obs_location", &["obs"])
+        .map_err(e("variable obs_location"))?;
+    v.put_attribute(
+        "long_name",
+        "state index observed by each observation (row-major y·side + x on a grid)",
+    )
+    .map_err(e("obs_location attrs"))?;
+    v.put_attribute("units", "1")
+        .map_err(e("obs_location attrs"))?;
+    let loc: Vec<i32> = meta.obs_locations.iter().map(|&i| i as i32).collect();
+    v.put_values(&loc, ..).map_err(e("write obs_location"))?;
+    Ok(())
+}
+
+/// The data variables of a run, in file order: truth and observations, then (with a filter)
+/// the means, spreads and RMSEs, the saved ensembles and their weights, and the
+/// distributional scores.
+fn data_variables(
+    meta: &RunMeta,
+    grid: Option<usize>,
+    with_filter: bool,
+    save_ensemble: bool,
+) -> Vec<VarSpec> {
+    let field: Vec<&str> = if grid.is_some() {
+        vec!["time", "y", "x"]
+    } else {
+        vec!["time", "x"]
+    };
+    let ens_dims: Vec<&str> = if grid.is_some() {
+        vec!["time", "member", "y", "x"]
+    } else {
+        vec!["time", "member", "x"]
+    };
+    let mut vars: Vec<VarSpec> = vec![
+        ("truth", field.clone(), "true state"),
+        (
+            "observations",
+            vec!["time", "obs"],
+            "synthetic observations y = h(truth) + noise",
+        ),
+    ];
+    if with_filter {
+        vars.extend([
+            (
+                "forecast_mean",
+                field.clone(),
+                "forecast (prior) ensemble mean",
+            ),
+            (
+                "analysis_mean",
+                field.clone(),
+                "analysis (posterior) ensemble mean",
+            ),
+            (
+                "forecast_spread",
+                vec!["time"],
+                "forecast ensemble spread sqrt(mean variance)",
+            ),
+            (
+                "analysis_spread",
+                vec!["time"],
+                "analysis ensemble spread sqrt(mean variance)",
+            ),
+            (
+                "rmse_forecast",
+                vec!["time"],
+                "RMSE of forecast mean against truth",
+            ),
+            (
+                "rmse_analysis",
+                vec!["time"],
+                "RMSE of analysis mean against truth",
+            ),
+        ]);
+        if save_ensemble {
+            vars.extend([
+                ("forecast_ensemble", ens_dims.clone(), "forecast ensemble"),
+                ("analysis_ensemble", ens_dims.clone(), "analysis ensemble"),
+            ]);
+            if meta.weighted {
+                vars.extend([
+                    (
+                        "forecast_weights",
+                        vec!["time", "member"],
+                        "normalised weights of the forecast ensemble's members",
+                    ),
+                    (
+                        "analysis_weights",
+                        vec!["time", "member"],
+                        "normalised weights of the analysis ensemble's members (carried to the next cycle)",
+                    ),
+                ]);
+            }
+        }
+    }
+    if with_filter && meta.distributional_scores {
+        vars.push((
+            "crps_analysis",
+            vec!["time"],
+            "CRPS of the analysis ensemble against the truth, mean over the state",
+        ));
+        vars.push((
+            "rank_histogram",
+            vec!["rank"],
+            "members below the truth, counted over variables and the cycles after the burn-in",
+        ));
+    }
+    vars
+}
+
+/// Define the data variables `vars` (f64, unitless); fields name the model's `quantity`.
+fn add_data_variables(
+    file: &mut netcdf::FileMut,
+    path: &Path,
+    vars: Vec<VarSpec>,
+    quantity: Option<&str>,
+) -> Result<()> {
+    let e = |what: &str| at(path, what);
+    for (name, dims, long) in vars {
+        let mut v = file
+            .add_variable::<f64>(name, &dims)
+            .map_err(e(&format!("variable {name}")))?;
+        let is_field = dims.last() == Some(&"x");
+        let long = match quantity {
+            Some(q) if is_field => format!("{long}: {q}"),
+            _ => long.to_string(),
+        };
+        v.put_attribute("long_name", long)
+            .map_err(e(&format!("{name} attrs")))?;
+        v.put_attribute("units", "1")
+            .map_err(e(&format!("{name} attrs")))?;
+    }
+    Ok(())
+}
+
 impl RunWriter {
     pub fn create(path: &Path, meta: &RunMeta) -> Result<Self> {
         let pending = PendingFile::new(path)?;
         let mut file = netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4)
             .map_err(|e| ncerr(path, "create", e))?;
-        let e = |what: &str| {
-            let what = what.to_string();
-            move |err: netcdf::Error| ncerr(path, &what, err)
-        };
-        let p = meta.obs_locations.len();
-        file.add_dimension("time", meta.cycles)
-            .map_err(e("dimension time"))?;
         let grid = meta.grid_side.filter(|s| s * s == meta.state_dim);
-        match grid {
-            Some(side) => {
-                file.add_dimension("y", side).map_err(e("dimension y"))?;
-                file.add_dimension("x", side).map_err(e("dimension x"))?;
-            }
-            None => {
-                file.add_dimension("x", meta.state_dim)
-                    .map_err(e("dimension x"))?;
-            }
-        }
-        file.add_dimension("obs", p).map_err(e("dimension obs"))?;
         let with_filter = meta.method.is_some();
         let save_ensemble = with_filter && meta.save_ensemble;
-        if save_ensemble {
-            file.add_dimension("member", meta.members)
-                .map_err(e("dimension member"))?;
-        }
-
-        let history = format!(
-            "created by genda {} ({} MPI ranks)",
-            env!("CARGO_PKG_VERSION"),
-            meta.ranks
-        );
-        let globals: Vec<(&str, String)> = vec![
-            ("Conventions", "CF-1.8".into()),
-            ("title", format!("genda twin experiment `{}`", meta.name)),
-            ("source", format!("genda {}", env!("CARGO_PKG_VERSION"))),
-            ("history", history),
-            ("experiment", meta.name.into()),
-            ("model", meta.model.into()),
-            ("method", meta.method.unwrap_or("truth").into()),
-            ("obs_operator", meta.obs_operator.into()),
-            ("config", meta.config_toml.into()),
-        ];
-        for (k, v) in globals {
-            file.add_attribute(k, v.as_str())
-                .map_err(e(&format!("attribute {k}")))?;
-        }
-        file.add_attribute("members", meta.members as i32)
-            .map_err(e("attribute members"))?;
-        file.add_attribute("burn_in_cycles", meta.burn_in as i32)
-            .map_err(e("attribute burn_in_cycles"))?;
-
-        {
-            let mut v = file
-                .add_variable::<f64>("time", &["time"])
-                .map_err(e("variable time"))?;
-            v.put_attribute("standard_name", "time")
-                .map_err(e("time attrs"))?;
-            v.put_attribute(
-                "long_name",
-                "model time of the observation (nondimensional model time units)",
-            )
-            .map_err(e("time attrs"))?;
-            v.put_attribute("units", "1").map_err(e("time attrs"))?;
-            v.put_attribute("axis", "T").map_err(e("time attrs"))?;
-            let t: Vec<f64> = (1..=meta.cycles)
-                .map(|k| k as f64 * meta.cycle_dt)
-                .collect();
-            v.put_values(&t, ..).map_err(e("write time"))?;
-        }
-        match grid {
-            Some(side) => {
-                let c: Vec<f64> = (0..side)
-                    .map(|j| 2.0 * std::f64::consts::PI * j as f64 / side as f64)
-                    .collect();
-                for (name, axis) in [("y", "Y"), ("x", "X")] {
-                    let mut v = file
-                        .add_variable::<f64>(name, &[name])
-                        .map_err(e(&format!("variable {name}")))?;
-                    v.put_attribute(
-                        "long_name",
-                        format!("{name} coordinate of the periodic domain [0, 2π)"),
-                    )
-                    .map_err(e("coordinate attrs"))?;
-                    v.put_attribute("units", "1")
-                        .map_err(e("coordinate attrs"))?;
-                    v.put_attribute("axis", axis)
-                        .map_err(e("coordinate attrs"))?;
-                    v.put_values(&c, ..).map_err(e(&format!("write {name}")))?;
-                }
-            }
-            None => {
-                let mut v = file
-                    .add_variable::<i32>("x", &["x"])
-                    .map_err(e("variable x"))?;
-                v.put_attribute("long_name", "state variable index")
-                    .map_err(e("x attrs"))?;
-                v.put_attribute("units", "1").map_err(e("x attrs"))?;
-                let ix: Vec<i32> = (0..meta.state_dim as i32).collect();
-                v.put_values(&ix, ..).map_err(e("write x"))?;
-            }
-        }
-        {
-            let mut v = file
-                .add_variable::<i32>("obs_location", &["obs"])
-                .map_err(e("variable obs_location"))?;
-            v.put_attribute(
-                "long_name",
-                "state index observed by each observation (row-major y·side + x on a grid)",
-            )
-            .map_err(e("obs_location attrs"))?;
-            v.put_attribute("units", "1")
-                .map_err(e("obs_location attrs"))?;
-            let loc: Vec<i32> = meta.obs_locations.iter().map(|&i| i as i32).collect();
-            v.put_values(&loc, ..).map_err(e("write obs_location"))?;
-        }
-        let field: Vec<&str> = if grid.is_some() {
-            vec!["time", "y", "x"]
-        } else {
-            vec!["time", "x"]
-        };
-        let ens_dims: Vec<&str> = if grid.is_some() {
-            vec!["time", "member", "y", "x"]
-        } else {
-            vec!["time", "member", "x"]
-        };
+        add_dimensions(&mut file, path, meta, grid, save_ensemble)?;
+        add_global_attributes(&mut file, path, meta)?;
+        add_coordinates(&mut file, path, meta, grid)?;
         let quantity = match meta.model {
             "kolmogorov2d" => Some("relative vorticity"),
             "sqg" => Some("surface buoyancy"),
             _ => None,
         };
-        let mut vars: Vec<(&str, Vec<&str>, &str)> = vec![
-            ("truth", field.clone(), "true state"),
-            (
-                "observations",
-                vec!["time", "obs"],
-                "synthetic observations y = h(truth) + noise",
-            ),
-        ];
-        if with_filter {
-            vars.extend([
-                (
-                    "forecast_mean",
-                    field.clone(),
-                    "forecast (prior) ensemble mean",
-                ),
-                (
-                    "analysis_mean",
-                    field.clone(),
-                    "analysis (posterior) ensemble mean",
-                ),
-                (
-                    "forecast_spread",
-                    vec!["time"],
-                    "forecast ensemble spread sqrt(mean variance)",
-                ),
-                (
-                    "analysis_spread",
-                    vec!["time"],
-                    "analysis ensemble spread sqrt(mean variance)",
-                ),
-                (
-                    "rmse_forecast",
-                    vec!["time"],
-                    "RMSE of forecast mean against truth",
-                ),
-                (
-                    "rmse_analysis",
-                    vec!["time"],
-                    "RMSE of analysis mean against truth",
-                ),
-            ]);
-            if save_ensemble {
-                vars.extend([
-                    ("forecast_ensemble", ens_dims.clone(), "forecast ensemble"),
-                    ("analysis_ensemble", ens_dims.clone(), "analysis ensemble"),
-                ]);
-                if meta.weighted {
-                    vars.extend([
-                        (
-                            "forecast_weights",
-                            vec!["time", "member"],
-                            "normalised weights of the forecast ensemble's members",
-                        ),
-                        (
-                            "analysis_weights",
-                            vec!["time", "member"],
-                            "normalised weights of the analysis ensemble's members (carried to the next cycle)",
-                        ),
-                    ]);
-                }
-            }
-        }
+        let vars = data_variables(meta, grid, with_filter, save_ensemble);
         if with_filter && meta.distributional_scores {
             file.add_dimension("rank", meta.members + 1)
-                .map_err(e("dimension rank"))?;
-            vars.push((
-                "crps_analysis",
-                vec!["time"],
-                "CRPS of the analysis ensemble against the truth, mean over the state",
-            ));
-            vars.push((
-                "rank_histogram",
-                vec!["rank"],
-                "members below the truth, counted over variables and the cycles after the burn-in",
-            ));
+                .map_err(at(path, "dimension rank"))?;
         }
-        for (name, dims, long) in vars {
-            let mut v = file
-                .add_variable::<f64>(name, &dims)
-                .map_err(e(&format!("variable {name}")))?;
-            let is_field = dims.last() == Some(&"x");
-            let long = match quantity {
-                Some(q) if is_field => format!("{long}: {q}"),
-                _ => long.to_string(),
-            };
-            v.put_attribute("long_name", long)
-                .map_err(e(&format!("{name} attrs")))?;
-            v.put_attribute("units", "1")
-                .map_err(e(&format!("{name} attrs")))?;
-        }
+        add_data_variables(&mut file, path, vars, quantity)?;
         Ok(RunWriter {
             file,
             pending,

@@ -5,6 +5,7 @@ use super::plot::{ensure_font, finite_max, finite_min};
 use super::PendingFile;
 use crate::error::{GendaError, Result};
 use crate::sweep::mean_std;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -183,63 +184,126 @@ pub fn plot_sweep(
     Ok(written)
 }
 
+/// The x axis of a line plot: positions, tick labels and scale.
+struct XAxis {
+    /// The coordinates' labels (the methods when nothing varies).
+    full_labels: Vec<String>,
+    /// Long category labels (zipped cells): c1, c2, … on the axis, spelled out beside it.
+    long: bool,
+    /// Tick labels at the positions `xs`.
+    labels: Vec<String>,
+    xs: Vec<f64>,
+    /// The labels are not numbers: categories at 0..k.
+    categorical: bool,
+    /// Positive numbers spanning a decade or more: a log axis.
+    log: bool,
+}
+
+impl XAxis {
+    /// x positions: numeric values, or 0..k for labels (or the methods when nothing varies).
+    fn new(t: &Table, xdim: Option<usize>) -> Self {
+        let full_labels: Vec<String> = match xdim {
+            Some(d) => t.labels[d].clone(),
+            None => t.methods.clone(),
+        };
+        // Long category labels (zipped cells) become c1, c2, … on the axis, spelled out beside it.
+        let long = full_labels.iter().any(|l| l.chars().count() > 14)
+            && full_labels.iter().any(|l| l.parse::<f64>().is_err());
+        let labels: Vec<String> = if long {
+            (1..=full_labels.len()).map(|i| format!("c{i}")).collect()
+        } else {
+            full_labels.clone()
+        };
+        let xnum: Option<Vec<f64>> = labels.iter().map(|l| l.parse::<f64>().ok()).collect();
+        let xs: Vec<f64> = xnum
+            .clone()
+            .unwrap_or_else(|| (0..labels.len()).map(|i| i as f64).collect());
+        let log = xnum.as_ref().is_some_and(|v| {
+            let (lo, hi) = (finite_min(v.iter().copied()), finite_max(v.iter().copied()));
+            lo > 0.0 && hi / lo >= 10.0
+        });
+        XAxis {
+            full_labels,
+            long,
+            labels,
+            xs,
+            categorical: xnum.is_none(),
+            log,
+        }
+    }
+
+    /// Tick labels: the coordinates' own labels at their positions (key points on a log
+    /// axis, integers for labels); plain numbers elsewhere on a linear numeric axis.
+    fn tick_label(&self, v: &f64) -> String {
+        match self
+            .xs
+            .iter()
+            .position(|x| (x - v).abs() <= 1e-9 * x.abs().max(1.0))
+        {
+            Some(i) => self.labels[i].clone(),
+            None if self.categorical => String::new(),
+            None => format!("{v}"),
+        }
+    }
+}
+
+/// The y axis of a line plot: range and tick-label digits.
+struct YAxis {
+    lo: f64,
+    hi: f64,
+    digits: usize,
+}
+
+impl YAxis {
+    /// The range of the series' mean ± std, padded by 8 %, or an error when nothing is finite.
+    fn of(series: &Series, metric: &str, out: &Path) -> Result<Self> {
+        let all = || series.values().flatten();
+        let ylo = finite_min(all().map(|p| p.1 - p.2)).min(finite_min(all().map(|p| p.1)));
+        let yhi = finite_max(all().map(|p| p.1 + p.2));
+        if !(ylo.is_finite() && yhi.is_finite() && yhi >= ylo) {
+            return Err(GendaError::file(
+                out,
+                format!("no finite `{metric}` values to plot (all runs diverged?)"),
+            ));
+        }
+        let pad = 0.08 * (yhi - ylo).max(1e-12);
+        // Scores that cannot be negative (every mean ≥ 0) keep the axis at ≥ 0.
+        let nonneg = all().all(|p| p.1 >= 0.0);
+        let (y0, y1) = (
+            if nonneg {
+                (ylo - pad).max(0.0)
+            } else {
+                ylo - pad
+            },
+            yhi + pad,
+        );
+        let digits = match y1 - y0 {
+            r if r >= 20.0 => 0,
+            r if r >= 2.0 => 1,
+            r if r >= 0.2 => 2,
+            _ => 3,
+        };
+        Ok(YAxis {
+            lo: y0,
+            hi: y1,
+            digits,
+        })
+    }
+}
+
 fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result<PathBuf> {
     let pending = PendingFile::new(out)?;
     let perr = |e: &dyn std::fmt::Display| GendaError::file(out, format!("plotting: {e}"));
-    // x positions: numeric values, or 0..k for labels (or the methods when nothing varies).
-    let full_labels: Vec<String> = match xdim {
-        Some(d) => t.labels[d].clone(),
-        None => t.methods.clone(),
-    };
-    // Long category labels (zipped cells) become c1, c2, … on the axis, spelled out beside it.
-    let long = full_labels.iter().any(|l| l.chars().count() > 14)
-        && full_labels.iter().any(|l| l.parse::<f64>().is_err());
-    let xlabels: Vec<String> = if long {
-        (1..=full_labels.len()).map(|i| format!("c{i}")).collect()
-    } else {
-        full_labels.clone()
-    };
-    let xnum: Option<Vec<f64>> = xlabels.iter().map(|l| l.parse::<f64>().ok()).collect();
-    let xs: Vec<f64> = xnum
-        .clone()
-        .unwrap_or_else(|| (0..xlabels.len()).map(|i| i as f64).collect());
-    let log_x = xnum.as_ref().is_some_and(|v| {
-        let (lo, hi) = (finite_min(v.iter().copied()), finite_max(v.iter().copied()));
-        lo > 0.0 && hi / lo >= 10.0
-    });
-    let series = build_series(t, xdim, &xs, xnum.is_none());
-    let all = || series.values().flatten();
-    let ylo = finite_min(all().map(|p| p.1 - p.2)).min(finite_min(all().map(|p| p.1)));
-    let yhi = finite_max(all().map(|p| p.1 + p.2));
-    if !(ylo.is_finite() && yhi.is_finite() && yhi >= ylo) {
-        return Err(GendaError::file(
-            out,
-            format!("no finite `{metric}` values to plot (all runs diverged?)"),
-        ));
-    }
-    let pad = 0.08 * (yhi - ylo).max(1e-12);
-    // Scores that cannot be negative (every mean ≥ 0) keep the axis at ≥ 0.
-    let nonneg = all().all(|p| p.1 >= 0.0);
-    let (y0, y1) = (
-        if nonneg {
-            (ylo - pad).max(0.0)
-        } else {
-            ylo - pad
-        },
-        yhi + pad,
-    );
-    let ydigits = match y1 - y0 {
-        r if r >= 20.0 => 0,
-        r if r >= 2.0 => 1,
-        r if r >= 0.2 => 2,
-        _ => 3,
-    };
+    let xa = XAxis::new(t, xdim);
+    let series = build_series(t, xdim, &xa.xs, xa.categorical);
+    let ya = YAxis::of(&series, metric, out)?;
+    let (y0, y1) = (ya.lo, ya.hi);
     let (xlo, xhi) = (
-        finite_min(xs.iter().copied()),
-        finite_max(xs.iter().copied()),
+        finite_min(xa.xs.iter().copied()),
+        finite_max(xa.xs.iter().copied()),
     );
     {
-        let root = BitMapBackend::new(pending.tmp_path(), (if long { 1500 } else { 1300 }, 620))
+        let root = BitMapBackend::new(pending.tmp_path(), (if xa.long { 1500 } else { 1300 }, 620))
             .into_drawing_area();
         root.fill(&WHITE).map_err(|e| perr(&e))?;
         let (chart_area, legend_area) = root.split_horizontally(960);
@@ -258,88 +322,88 @@ fn line_plot(t: &Table, xdim: Option<usize>, metric: &str, out: &Path) -> Result
             .margin(14)
             .x_label_area_size(50)
             .y_label_area_size(80);
-        let labels_for = xlabels.clone();
-        let xs_for = xs.clone();
-        let categorical = xnum.is_none();
-        // Tick labels: the coordinates' own labels at their positions (key points on a log
-        // axis, integers for labels); plain numbers elsewhere on a linear numeric axis.
-        let fmt_x = move |v: &f64| -> String {
-            match xs_for
-                .iter()
-                .position(|x| (x - v).abs() <= 1e-9 * x.abs().max(1.0))
-            {
-                Some(i) => labels_for[i].clone(),
-                None if categorical => String::new(),
-                None => format!("{v}"),
-            }
-        };
-        macro_rules! draw_body {
-            ($chart:expr) => {{
-                let mut c = $chart;
-                c.configure_mesh()
-                    .x_desc(xdesc.as_str())
-                    .y_desc(ydesc.as_str())
-                    .x_labels(xs.len().max(2) + 1)
-                    .x_label_formatter(&fmt_x)
-                    .y_label_formatter(&|v: &f64| format!("{v:.ydigits$}"))
-                    .axis_desc_style(("sans-serif", 18))
-                    .label_style(("sans-serif", 15))
-                    .draw()
-                    .map_err(|e| perr(&e))?;
-                for (i, (_, pts)) in series.iter().enumerate() {
-                    let col = PALETTE[i % PALETTE.len()];
-                    // Lines and bands between numeric coordinates only; categories get points.
-                    if pts.len() > 1 && !categorical {
-                        let mut band: Vec<(f64, f64)> =
-                            pts.iter().map(|p| (p.0, p.1 + p.2)).collect();
-                        band.extend(pts.iter().rev().map(|p| (p.0, (p.1 - p.2).max(y0))));
-                        c.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled())))
-                            .map_err(|e| perr(&e))?;
-                        c.draw_series(LineSeries::new(
-                            pts.iter().map(|p| (p.0, p.1)),
-                            col.stroke_width(2),
-                        ))
-                        .map_err(|e| perr(&e))?;
-                    }
-                    c.draw_series(pts.iter().map(|p| {
-                        PathElement::new(
-                            vec![(p.0, (p.1 - p.2).max(y0)), (p.0, p.1 + p.2)],
-                            col.stroke_width(2),
-                        )
-                    }))
-                    .map_err(|e| perr(&e))?;
-                    c.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, col.filled())))
-                        .map_err(|e| perr(&e))?;
-                }
-            }};
-        }
-        let keys: Vec<f64> = xs.clone();
-        if log_x {
+        let descs = [xdesc.as_str(), ydesc.as_str()];
+        let keys: Vec<f64> = xa.xs.clone();
+        if xa.log {
             let chart = builder
                 .build_cartesian_2d(
                     (xlo / 1.25..xhi * 1.25).log_scale().with_key_points(keys),
                     y0..y1,
                 )
                 .map_err(|e| perr(&e))?;
-            draw_body!(chart);
+            draw_lines(chart, &xa, &ya, descs, &series, out)?;
         } else {
             let span = (xhi - xlo).max(1.0);
             let chart = builder
                 .build_cartesian_2d(xlo - 0.06 * span..xhi + 0.06 * span, y0..y1)
                 .map_err(|e| perr(&e))?;
-            draw_body!(chart);
+            draw_lines(chart, &xa, &ya, descs, &series, out)?;
         }
         draw_legend(
             &legend_area,
             t,
             &series,
             xdim,
-            long.then_some(&full_labels[..]),
+            xa.long.then_some(&xa.full_labels[..]),
             out,
         )?;
         root.present().map_err(|e| perr(&e))?;
     }
     pending.commit()
+}
+
+/// Draw the mesh (axis descriptions `descs`: x, y) and every series of a line plot on `c`:
+/// mean lines with ± 1 std bands between numeric coordinates, error bars and points.
+fn draw_lines<X, Y>(
+    mut c: ChartContext<'_, BitMapBackend<'_>, Cartesian2d<X, Y>>,
+    xa: &XAxis,
+    ya: &YAxis,
+    descs: [&str; 2],
+    series: &Series,
+    out: &Path,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let perr = |e: &dyn std::fmt::Display| GendaError::file(out, format!("plotting: {e}"));
+    let (y0, ydigits) = (ya.lo, ya.digits);
+    let fmt_x = |v: &f64| xa.tick_label(v);
+    c.configure_mesh()
+        .x_desc(descs[0])
+        .y_desc(descs[1])
+        .x_labels(xa.xs.len().max(2) + 1)
+        .x_label_formatter(&fmt_x)
+        .y_label_formatter(&|v: &f64| format!("{v:.ydigits$}"))
+        .axis_desc_style(("sans-serif", 18))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| perr(&e))?;
+    for (i, (_, pts)) in series.iter().enumerate() {
+        let col = PALETTE[i % PALETTE.len()];
+        // Lines and bands between numeric coordinates only; categories get points.
+        if pts.len() > 1 && !xa.categorical {
+            let mut band: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1 + p.2)).collect();
+            band.extend(pts.iter().rev().map(|p| (p.0, (p.1 - p.2).max(y0))));
+            c.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled())))
+                .map_err(|e| perr(&e))?;
+            c.draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.1)),
+                col.stroke_width(2),
+            ))
+            .map_err(|e| perr(&e))?;
+        }
+        c.draw_series(pts.iter().map(|p| {
+            PathElement::new(
+                vec![(p.0, (p.1 - p.2).max(y0)), (p.0, p.1 + p.2)],
+                col.stroke_width(2),
+            )
+        }))
+        .map_err(|e| perr(&e))?;
+        c.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, col.filled())))
+            .map_err(|e| perr(&e))?;
+    }
+    Ok(())
 }
 
 /// One series per method × the other varying axes' labels: (x, mean, std, seeds, diverged).
