@@ -3,10 +3,9 @@
 //! Rooms (see DESIGN.md): `models` (dynamics), `obs` (observation operators), `filters`
 //! (analysis methods), `score` (libtorch networks), `parallel` (all MPI), `io` (NetCDF/HDF5/PNG),
 //! `metrics`, `config`, and `experiment` (the cycle driver).
-pub mod cg_twin;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod coupling;
 pub mod error;
 pub mod experiment;
 pub mod filters;
@@ -14,11 +13,10 @@ pub mod io;
 pub mod metrics;
 pub mod models;
 pub mod obs;
+pub mod overrides;
 pub mod parallel;
-pub mod posterior;
 pub mod rng;
 pub mod score;
-pub mod sda_twin;
 pub mod state;
 pub mod sweep;
 pub mod values;

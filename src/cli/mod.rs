@@ -34,45 +34,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a twin experiment: truth, observations, forecast and analysis every cycle; writes the
     /// NetCDF run file named in [output] and prints time-averaged RMSE and spread.
-    Run {
-        /// TOML config (see configs/).
-        config: PathBuf,
-        /// Override [output].path.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-        /// Override [experiment].cycles.
-        #[arg(long)]
-        cycles: Option<usize>,
-        /// Override [experiment].burn_in.
-        #[arg(long)]
-        burn_in: Option<usize>,
-        /// Override [experiment].seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Do not write the NetCDF run file.
-        #[arg(long)]
-        no_output: bool,
-        /// Hide the progress bar.
-        #[arg(long)]
-        quiet: bool,
-        /// Continue from a checkpoint ([checkpoint] in the config; written every `every` cycles
-        /// and on SIGTERM/SIGUSR1). The rank count may differ from the run that wrote it.
-        #[arg(long)]
-        restart: Option<PathBuf>,
-        /// Override [checkpoint].every (cycles between checkpoints).
-        #[arg(long)]
-        checkpoint_every: Option<usize>,
-        /// Override [filter].members.
-        #[arg(long)]
-        members: Option<usize>,
-        /// Override [parallel].domains: spatial domains per member (ranks = domains × member
-        /// groups). The numbers do not depend on it.
-        #[arg(long)]
-        domains: Option<usize>,
-        /// Write the run's wall time and per-phase times (TOML) here (used by `genda scaling`).
-        #[arg(long)]
-        timing_file: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Generate the truth trajectory and observations only: a CF NetCDF file and an HDF5
     /// trajectory dataset (`trajectory`, (time, x)) for training score networks.
     Truth {
@@ -84,19 +46,7 @@ pub enum Command {
     },
     /// Train a score network by denoising score matching on an HDF5 trajectory (from
     /// `genda truth`); under mpirun the batch is split over ranks and gradients are averaged.
-    Train {
-        /// Training config (see configs/train_*.toml).
-        config: PathBuf,
-        /// Continue from a checkpoint written by an earlier `genda train` of the same config.
-        #[arg(long)]
-        resume: Option<PathBuf>,
-        /// Override [training].steps.
-        #[arg(long)]
-        steps: Option<usize>,
-        /// Hide the progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Train(TrainArgs),
     /// Assimilate for an external model through NetCDF files ([coupling] in the config; the
     /// file contract is in docs/coupling.md): wait for each cycle's forecast and observations,
     /// write the analysis ensemble and a completion marker.
@@ -133,21 +83,7 @@ pub enum Command {
     /// Time the model step of a config on this launch's ranks (every rank a domain): per-step
     /// time, the share of communication (halos/transposes) and of the model's kernels (FFT).
     /// Run it under mpirun/srun for more ranks; `--timing-file` appends a CSV row.
-    Bench {
-        config: PathBuf,
-        /// Timed steps (after one warm-up step).
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-        /// States stepped together (ensemble members).
-        #[arg(long, default_value_t = 1)]
-        members: usize,
-        /// Append `model,state_dim,ranks,members,steps,per_step_s,comm_s,<kernels>` here.
-        #[arg(long)]
-        csv: Option<PathBuf>,
-        /// Override the grid side of a 2-D model (`model.n`).
-        #[arg(long)]
-        grid: Option<usize>,
-    },
+    Bench(BenchArgs),
     /// Closed-form conditional-Gaussian posterior twin (spekf, cg_lorenz96): simulate the truth,
     /// observe u every step, score the CG filter and smoother of the hidden v (RMSE, spread,
     /// CRPS) against the hidden truth.
@@ -179,19 +115,7 @@ pub enum Command {
     /// method's analysis ensemble to a reference posterior sample (exact Kalman, importance
     /// sampling with its effective sample size printed, or MCMC), with the floor of an ideal
     /// N-member sample and the prior's values.
-    Posterior {
-        config: PathBuf,
-        /// Override [posterior].seeds, e.g. 1,2,3.
-        #[arg(long, value_delimiter = ',')]
-        seeds: Option<Vec<u64>>,
-        /// Override [posterior].members, e.g. 10,25.
-        #[arg(long, value_delimiter = ',')]
-        members: Option<Vec<usize>>,
-        /// Also write the table (markdown) here.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-    },
-    /// Plot a run file: RMSE and spread over time, truth vs analysis for a few variables (PNG).
+    Posterior(PosteriorArgs),
     /// Plot a run file (RMSE and spread over time, truth against the analysis; maps and spectra
     /// for 2-D models), or a sweep's results (results.csv/.nc or its directory): a score
     /// against an axis, one line per method with ± one std over seeds, and a heat map per
@@ -248,6 +172,97 @@ pub enum Command {
     Check { config: PathBuf },
     /// Report the MPI, NetCDF/HDF5 and libtorch/CUDA that genda is linked against, and fixes.
     Doctor,
+}
+
+/// Arguments of `genda run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML config (see configs/).
+    pub config: PathBuf,
+    /// Override [output].path.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Override [experiment].cycles.
+    #[arg(long)]
+    pub cycles: Option<usize>,
+    /// Override [experiment].burn_in.
+    #[arg(long)]
+    pub burn_in: Option<usize>,
+    /// Override [experiment].seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Do not write the NetCDF run file.
+    #[arg(long)]
+    pub no_output: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Continue from a checkpoint ([checkpoint] in the config; written every `every` cycles
+    /// and on SIGTERM/SIGUSR1). The rank count may differ from the run that wrote it.
+    #[arg(long)]
+    pub restart: Option<PathBuf>,
+    /// Override [checkpoint].every (cycles between checkpoints).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Override [filter].members.
+    #[arg(long)]
+    pub members: Option<usize>,
+    /// Override [parallel].domains: spatial domains per member (ranks = domains × member
+    /// groups). The numbers do not depend on it.
+    #[arg(long)]
+    pub domains: Option<usize>,
+    /// Write the run's wall time and per-phase times (TOML) here (used by `genda scaling`).
+    #[arg(long)]
+    pub timing_file: Option<PathBuf>,
+}
+
+/// Arguments of `genda train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Training config (see configs/train_*.toml).
+    pub config: PathBuf,
+    /// Continue from a checkpoint written by an earlier `genda train` of the same config.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Override [training].steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Arguments of `genda posterior`.
+#[derive(Debug, clap::Args)]
+pub struct PosteriorArgs {
+    pub config: PathBuf,
+    /// Override [posterior].seeds, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Override [posterior].members, e.g. 10,25.
+    #[arg(long, value_delimiter = ',')]
+    pub members: Option<Vec<usize>>,
+    /// Also write the table (markdown) here.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// Arguments of `genda bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    pub config: PathBuf,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// States stepped together (ensemble members).
+    #[arg(long, default_value_t = 1)]
+    pub members: usize,
+    /// Append `model,state_dim,ranks,members,steps,per_step_s,comm_s,<kernels>` here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Override the grid side of a 2-D model (`model.n`).
+    #[arg(long)]
+    pub grid: Option<usize>,
 }
 
 fn load(config: &std::path::Path, sets: &[String]) -> Result<Config> {
@@ -390,13 +405,13 @@ pub fn execute(cli: Cli) -> Result<()> {
     // Only `run` and `train` are MPI programs; the others would run N copies racing on the same
     // files.
     let serial = match &cli.command {
-        Command::Run { .. } | Command::Train { .. } | Command::Bench { .. } => None,
+        Command::Run(_) | Command::Train(_) | Command::Bench(_) => None,
         Command::Truth { .. } => Some("truth"),
         Command::Couple { .. } => Some("couple"),
         Command::Plot { .. } => Some("plot"),
         Command::Cg { .. } => Some("cg"),
         Command::Smooth { .. } => Some("smooth"),
-        Command::Posterior { .. } => Some("posterior"),
+        Command::Posterior(_) => Some("posterior"),
         Command::Check { .. } => Some("check"),
         Command::Sweep { .. } => None,
         Command::Doctor => None,
@@ -441,80 +456,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 quiet,
             )
         }
-        Command::Run {
-            config,
-            output,
-            cycles,
-            burn_in,
-            seed,
-            no_output,
-            quiet,
-            restart,
-            checkpoint_every,
-            members,
-            domains,
-            timing_file,
-        } => {
-            let mut cfg = load(&config, &sets)?;
-            if let Some(o) = output {
-                cfg.output.path = o;
-            }
-            if let Some(c) = cycles {
-                cfg.experiment.cycles = c;
-            }
-            if let Some(b) = burn_in {
-                cfg.experiment.burn_in = b;
-            }
-            if let Some(s) = seed {
-                cfg.experiment.seed = s;
-            }
-            if let Some(k) = checkpoint_every {
-                cfg.checkpoint.every = k;
-            }
-            if let Some(m) = members {
-                cfg.filter.set_members(m);
-            }
-            if let Some(d) = domains {
-                cfg.parallel.domains = d;
-            }
-            cfg.validate().with_context(|| {
-                format!("config {} with command-line overrides", config.display())
-            })?;
-            let comm = MpiComm::init()?;
-            // Layout errors are the same on every rank: say so once, exit non-zero everywhere.
-            crate::experiment::check_layout(&cfg, comm.size()).map_err(|e| {
-                if comm.is_root() {
-                    anyhow::Error::from(e)
-                } else {
-                    anyhow::Error::from(crate::GendaError::Quiet)
-                }
-            })?;
-            // Slurm sends SIGTERM (or the signal of --signal) before the wall time: checkpoint
-            // after the current cycle and stop cleanly.
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
-                signal_hook::flag::register(sig, stop.clone())
-                    .context("installing signal handler")?;
-            }
-            let opts = RunOptions {
-                write_output: !no_output,
-                progress: !quiet && std::io::stderr().is_terminal(),
-                restart,
-                stop: Some(stop),
-            };
-            comm.barrier();
-            let t0 = std::time::Instant::now();
-            let summary = run_twin(&cfg, &comm, &opts)?;
-            comm.barrier();
-            let wall = t0.elapsed().as_secs_f64();
-            if let (true, Some(path)) = (comm.is_root(), timing_file) {
-                scaling::write_timing(&path, &cfg, &summary, wall)?;
-            }
-            if comm.is_root() {
-                print_run_summary(&cfg, &summary);
-            }
-            Ok(())
-        }
+        Command::Run(a) => run_command(a, &sets),
         Command::Truth { config, output } => {
             let cfg = load(&config, &sets)?;
             let nc = output.unwrap_or_else(|| cfg.output.path.with_extension("truth.nc"));
@@ -523,29 +465,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             println!("wrote {}\nwrote {}", nc.display(), h5.display());
             Ok(())
         }
-        Command::Train {
-            config,
-            resume,
-            steps,
-            quiet,
-        } => {
-            let mut cfg = crate::score::TrainConfig::from_file_with(&config, &sets)?;
-            if let Some(s) = steps {
-                cfg.training.steps = s;
-            }
-            let comm = MpiComm::init()?;
-            let progress = !quiet && std::io::stderr().is_terminal();
-            let (loss, val) = crate::score::run_training(&cfg, &comm, resume.as_deref(), progress)?;
-            if comm.is_root() {
-                println!("trained {} steps: final loss {loss:.5}, validation loss (EMA weights) {val:.5}", cfg.training.steps);
-                println!(
-                    "wrote {}\nwrote {}",
-                    cfg.output.weights.display(),
-                    cfg.output.checkpoint.display()
-                );
-            }
-            Ok(())
-        }
+        Command::Train(a) => train_command(a, &sets),
         Command::Smooth {
             config,
             seed,
@@ -557,74 +477,24 @@ pub fn execute(cli: Cli) -> Result<()> {
                 cfg.experiment.seed = s;
             }
             let out = output.unwrap_or_else(|| cfg.output.path.clone());
-            let r = crate::sda_twin::run_smooth(&cfg, (!no_output).then_some(out.as_path()))?;
+            let r =
+                crate::commands::smooth::run_smooth(&cfg, (!no_output).then_some(out.as_path()))?;
             print_smooth(&r);
             Ok(())
         }
-        Command::Posterior {
-            config,
-            seeds,
-            members,
-            output,
-        } => {
-            let mut cfg = load(&config, &sets)?;
-            if let Some(p) = cfg.posterior.as_mut() {
-                if let Some(s) = seeds {
-                    p.seeds = s;
-                }
-                if let Some(m) = members {
-                    p.members = m;
-                }
-            }
-            let r = crate::posterior::run_posterior(&cfg)?;
-            print!("{}", r.reference_lines());
-            let table = r.table();
-            print!("{table}");
-            if let Some(path) = output {
-                let pending = crate::io::PendingFile::new(&path)?;
-                std::fs::write(
-                    pending.tmp_path(),
-                    format!("{}\n{table}", r.reference_lines()),
-                )
-                .with_context(|| format!("writing {}", path.display()))?;
-                pending.commit()?;
-                println!("wrote {}", path.display());
-            }
-            Ok(())
-        }
+        Command::Posterior(a) => posterior_command(a, &sets),
         Command::Cg { config, output } => {
             let cfg = load(&config, &sets)?;
-            print!("{}", crate::cg_twin::run_cg_twin(&cfg, output.as_deref())?);
+            print!(
+                "{}",
+                crate::commands::cg::run_cg_twin(&cfg, output.as_deref())?
+            );
             if let Some(p) = output {
                 println!("wrote {}", p.display());
             }
             Ok(())
         }
-        Command::Bench {
-            config,
-            steps,
-            members,
-            csv,
-            grid,
-        } => {
-            let mut cfg = load(&config, &sets)?;
-            if let Some(g) = grid {
-                cfg.model.set_grid_side(g)?;
-            }
-            let comm = MpiComm::init()?;
-            // Every rank sees the same error; rank 0 reports it (after MPI finalises).
-            let b = crate::experiment::bench_model(&cfg, &comm, members, steps).map_err(|e| {
-                if comm.is_root() {
-                    anyhow::Error::from(e)
-                } else {
-                    anyhow::Error::from(crate::GendaError::Quiet)
-                }
-            })?;
-            if comm.is_root() {
-                print_bench(&b, csv.as_deref())?;
-            }
-            Ok(())
-        }
+        Command::Bench(a) => bench_command(a, &sets),
         Command::Scaling {
             config,
             ranks,
@@ -645,7 +515,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             write_initial,
         } => {
             let cfg = load(&config, &sets)?;
-            let cycles = crate::coupling::run_coupled(&cfg, write_initial)?;
+            let cycles = crate::commands::couple::run_coupled(&cfg, write_initial)?;
             println!("coupled {cycles} cycles");
             Ok(())
         }
@@ -674,6 +544,172 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `genda run`.
+fn run_command(args: RunArgs, sets: &[String]) -> Result<()> {
+    let RunArgs {
+        config,
+        output,
+        cycles,
+        burn_in,
+        seed,
+        no_output,
+        quiet,
+        restart,
+        checkpoint_every,
+        members,
+        domains,
+        timing_file,
+    } = args;
+    let mut cfg = load(&config, sets)?;
+    if let Some(o) = output {
+        cfg.output.path = o;
+    }
+    if let Some(c) = cycles {
+        cfg.experiment.cycles = c;
+    }
+    if let Some(b) = burn_in {
+        cfg.experiment.burn_in = b;
+    }
+    if let Some(s) = seed {
+        cfg.experiment.seed = s;
+    }
+    if let Some(k) = checkpoint_every {
+        cfg.checkpoint.every = k;
+    }
+    if let Some(m) = members {
+        cfg.filter.set_members(m);
+    }
+    if let Some(d) = domains {
+        cfg.parallel.domains = d;
+    }
+    cfg.validate()
+        .with_context(|| format!("config {} with command-line overrides", config.display()))?;
+    let comm = MpiComm::init()?;
+    // Layout errors are the same on every rank: say so once, exit non-zero everywhere.
+    crate::experiment::check_layout(&cfg, comm.size()).map_err(|e| {
+        if comm.is_root() {
+            anyhow::Error::from(e)
+        } else {
+            anyhow::Error::from(crate::GendaError::Quiet)
+        }
+    })?;
+    // Slurm sends SIGTERM (or the signal of --signal) before the wall time: checkpoint
+    // after the current cycle and stop cleanly.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    let opts = RunOptions {
+        write_output: !no_output,
+        progress: !quiet && std::io::stderr().is_terminal(),
+        restart,
+        stop: Some(stop),
+    };
+    comm.barrier();
+    let t0 = std::time::Instant::now();
+    let summary = run_twin(&cfg, &comm, &opts)?;
+    comm.barrier();
+    let wall = t0.elapsed().as_secs_f64();
+    if let (true, Some(path)) = (comm.is_root(), timing_file) {
+        scaling::write_timing(&path, &cfg, &summary, wall)?;
+    }
+    if comm.is_root() {
+        print_run_summary(&cfg, &summary);
+    }
+    Ok(())
+}
+
+/// `genda train`.
+fn train_command(args: TrainArgs, sets: &[String]) -> Result<()> {
+    let TrainArgs {
+        config,
+        resume,
+        steps,
+        quiet,
+    } = args;
+    let mut cfg = crate::score::TrainConfig::from_file_with(&config, sets)?;
+    if let Some(s) = steps {
+        cfg.training.steps = s;
+    }
+    let comm = MpiComm::init()?;
+    let progress = !quiet && std::io::stderr().is_terminal();
+    let (loss, val) = crate::score::run_training(&cfg, &comm, resume.as_deref(), progress)?;
+    if comm.is_root() {
+        println!(
+            "trained {} steps: final loss {loss:.5}, validation loss (EMA weights) {val:.5}",
+            cfg.training.steps
+        );
+        println!(
+            "wrote {}\nwrote {}",
+            cfg.output.weights.display(),
+            cfg.output.checkpoint.display()
+        );
+    }
+    Ok(())
+}
+
+/// `genda posterior`.
+fn posterior_command(args: PosteriorArgs, sets: &[String]) -> Result<()> {
+    let PosteriorArgs {
+        config,
+        seeds,
+        members,
+        output,
+    } = args;
+    let mut cfg = load(&config, sets)?;
+    if let Some(p) = cfg.posterior.as_mut() {
+        if let Some(s) = seeds {
+            p.seeds = s;
+        }
+        if let Some(m) = members {
+            p.members = m;
+        }
+    }
+    let r = crate::commands::posterior::run_posterior(&cfg)?;
+    print!("{}", r.reference_lines());
+    let table = r.table();
+    print!("{table}");
+    if let Some(path) = output {
+        let pending = crate::io::PendingFile::new(&path)?;
+        std::fs::write(
+            pending.tmp_path(),
+            format!("{}\n{table}", r.reference_lines()),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        pending.commit()?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `genda bench`.
+fn bench_command(args: BenchArgs, sets: &[String]) -> Result<()> {
+    let BenchArgs {
+        config,
+        steps,
+        members,
+        csv,
+        grid,
+    } = args;
+    let mut cfg = load(&config, sets)?;
+    if let Some(g) = grid {
+        cfg.model.set_grid_side(g)?;
+    }
+    let comm = MpiComm::init()?;
+    // Every rank sees the same error; rank 0 reports it (after MPI finalises).
+    let b = crate::experiment::bench_model(&cfg, &comm, members, steps).map_err(|e| {
+        if comm.is_root() {
+            anyhow::Error::from(e)
+        } else {
+            anyhow::Error::from(crate::GendaError::Quiet)
+        }
+    })?;
+    if comm.is_root() {
+        print_bench(&b, csv.as_deref())?;
+    }
+    Ok(())
 }
 
 /// What `genda run` prints on the root: the layout, RSS, the time-mean table, distributional
@@ -716,12 +752,12 @@ fn print_run_summary(cfg: &crate::config::Config, summary: &crate::experiment::R
 }
 
 /// What `genda smooth` prints: the SDA and reference scores and the file written.
-fn print_smooth(r: &crate::sda_twin::SmoothReport) {
+fn print_smooth(r: &crate::commands::smooth::SmoothReport) {
     println!(
         "sda smoother: {} states (network window {}), {} samples, {} observations",
         r.states, r.window, r.samples, r.observations
     );
-    let row = |name: &str, s: &crate::sda_twin::SampleScores| {
+    let row = |name: &str, s: &crate::commands::smooth::SampleScores| {
         println!(
             "{name:<10} log p(y|x) {:>10.3}  log p(x) {:>10}  rmse {:.4}  spread {:.4}",
             s.log_likelihood,

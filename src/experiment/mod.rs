@@ -950,7 +950,486 @@ fn forecast_members(
     }
 }
 
-/// A twin experiment: truth, observations, ensemble forecasts and analyses for every cycle.
+/// The data files a method reads (`Filter::prepare`), through `io`.
+pub struct DataFromFiles;
+
+impl crate::filters::DataFiles for DataFromFiles {
+    fn trajectory(&self, path: &Path) -> Result<(Vec<f64>, usize)> {
+        let t = crate::io::read_trajectory(path)?;
+        Ok((t.data, t.state_dim))
+    }
+}
+
+/// One twin run on this rank: what the cycle reads and updates — the layout, the model, the
+/// method, the truth, this rank's members, the assessor and the output.
+struct TwinRun<'a> {
+    cfg: &'a Config,
+    comm: &'a dyn Collectives,
+    opts: &'a RunOptions,
+    dec: Decomposition,
+    lay: &'a Layout,
+    /// My member group's ranks, one per domain; and my domain's ranks of the other groups.
+    dcomm: &'a dyn Collectives,
+    ecomm: &'a dyn Collectives,
+    model: Box<dyn Model>,
+    filter: Box<dyn Filter>,
+    want_path: bool,
+    /// Halo width of the analysed columns (0 on one domain).
+    w: usize,
+    own: Range<usize>,
+    mine: Range<usize>,
+    tiles_own: Vec<Range<usize>>,
+    domain: LocalDomain,
+    reducer: TileReducer<'a>,
+    /// Observations of the analysed columns (owned + halo); `own_obs` those of the owned ones.
+    lobs: LocalObs,
+    own_obs: Range<usize>,
+    obs_offset: usize,
+    obs_counts: Vec<usize>,
+    truth: Truth,
+    /// This rank's members on its columns.
+    local: Array2<f64>,
+    prop: Propagator,
+    member_key: NoiseKey,
+    assess: Assessor,
+    writer: Option<RunWriter>,
+    snapshot: Option<PathBuf>,
+    gather: RootGather,
+    config_hash: String,
+    ckpt_path: PathBuf,
+    // The cycle's buffers: observations, all members on my columns, the forecast paths.
+    obs: Vec<f64>,
+    ens: Array2<f64>,
+    member_counts: Vec<usize>,
+    path_local: Vec<Array2<f64>>,
+    path_all: Vec<Array2<f64>>,
+}
+
+/// What one cycle's analysis leaves for the output.
+struct Analysed {
+    fc: ForecastAssessment,
+    cycle: CycleAssessment,
+    /// The forecast ensemble, where the output or the assessor needs it after the analysis.
+    forecast: Option<Array2<f64>>,
+    forecast_weights: Option<Vec<f64>>,
+}
+
+impl<'a> TwinRun<'a> {
+    /// Everything before the first cycle: the method (its files opened and checked), the
+    /// observations of my columns, the truth and the members (drawn from streams keyed by
+    /// global index), their spin-ups, and the assessor.
+    fn new(
+        cfg: &'a Config,
+        comm: &'a dyn Collectives,
+        opts: &'a RunOptions,
+        dec: Decomposition,
+        topo: &'a Topology,
+    ) -> Result<Self> {
+        let model = cfg.model.build();
+        let n = model.dim();
+        let members = cfg.filter.members();
+        let lay = &topo.layout;
+        let dcomm = topo.domain.as_ref();
+        let own = dec.domain_range(lay.domain);
+        let len = own.len();
+        let mine = lay.my_members();
+        let mut filter = cfg.filter.build();
+        // Weights and training data are opened and checked now, before any model step.
+        filter.prepare(n, &DataFromFiles)?;
+        let needs = filter.needs(n);
+        let whole = dec.domains == 1;
+        let w = if whole { 0 } else { needs.halo };
+        let (tiles_own, domain) = analysis_domain(&dec, lay.domain, w);
+        let lobs = cfg
+            .observations
+            .build_local(n, domain.ext_start, len + 2 * w);
+        let own_obs = {
+            let locs = lobs.op.locations();
+            locs.partition_point(|&l| l < w)..locs.partition_point(|&l| l < w + len)
+        };
+        let obs_offset = lobs.global.get(own_obs.start).copied().unwrap_or(0);
+        let obs_counts: Vec<usize> = {
+            let mine_c = [own_obs.len() as f64];
+            let mut all = vec![0.0; dec.domains];
+            dcomm.all_gather_rows(&mine_c, &vec![1; dec.domains], &mut all)?;
+            all.iter().map(|v| *v as usize).collect()
+        };
+        log_layout(cfg, model.as_ref(), comm, lay, &dec);
+
+        let mut truth = Truth::new(cfg, model.as_ref(), own.clone())?;
+        let mut local = initial_ensemble(cfg, mine.clone(), own.clone())?;
+        check_start_stability(model.as_ref(), &dec, dcomm, comm, &truth.slab, &local)?;
+        truth.spin_up(model.as_ref(), dcomm)?;
+        let mut prop = Propagator::new(model.as_ref(), mine.len(), len);
+        let member_key = NoiseKey {
+            seed: cfg.experiment.seed,
+            rows: mine.clone().map(|m| m as u64).collect(),
+            offset: own.start,
+        };
+        if cfg.experiment.ensemble_spinup_steps > 0 && opts.restart.is_none() {
+            // Model-noise steps of the member spin-up live in their own range of step ids.
+            prop.advance(
+                model.as_ref(),
+                local.as_slice_mut().expect("contiguous"),
+                cfg.experiment.ensemble_spinup_steps,
+                dcomm,
+                &member_key,
+                1 << 62,
+            )?;
+        }
+        // Hidden-variable scores of conditionally Gaussian models (never domain-decomposed, so
+        // the whole state is local).
+        let assess = Assessor::new(
+            n,
+            members,
+            cfg.experiment.burn_in,
+            cfg.output.distributional_scores,
+            model
+                .conditional_gaussian()
+                .filter(|_| whole)
+                .map(|cg| cg.observed_dim()),
+        );
+        Ok(TwinRun {
+            cfg,
+            comm,
+            opts,
+            lay,
+            dcomm,
+            ecomm: topo.ensemble.as_ref(),
+            reducer: TileReducer::new(dcomm, &dec),
+            gather: RootGather {
+                slab_counts: dec.slab_counts(1),
+            },
+            dec,
+            filter,
+            want_path: needs.forecast_path,
+            w,
+            tiles_own,
+            domain,
+            obs: vec![0.0; lobs.global.len()],
+            lobs,
+            own_obs,
+            obs_offset,
+            obs_counts,
+            truth,
+            local,
+            prop,
+            member_key,
+            assess,
+            writer: None,
+            snapshot: None,
+            config_hash: cfg.science_hash(),
+            ckpt_path: cfg.checkpoint_path(),
+            ens: Array2::<f64>::zeros((members, len)),
+            member_counts: lay.members.counts(len),
+            path_local: Vec::new(),
+            path_all: Vec::new(),
+            own,
+            mine,
+            model,
+        })
+    }
+
+    /// With `--restart`: this rank's members and columns, the truth, the statistics and the
+    /// method's state from the checkpoint. Returns the first cycle to run.
+    fn restart(&mut self) -> Result<usize> {
+        let Some(path) = &self.opts.restart else {
+            return Ok(1);
+        };
+        let (n, own) = (self.model.dim(), &self.own);
+        let ck = read_checkpoint_for(
+            path,
+            &self.config_hash,
+            self.cfg.filter.members(),
+            n,
+            self.cfg.experiment.cycles,
+        )?;
+        for (mut row, m) in self.local.rows_mut().into_iter().zip(self.mine.clone()) {
+            row.as_slice_mut()
+                .expect("contiguous")
+                .copy_from_slice(&ck.ensemble[m * n + own.start..m * n + own.end]);
+        }
+        self.truth.restore(&ck.truth, n, path)?;
+        let in_file = |e: GendaError| GendaError::file(path, e.to_string());
+        self.assess
+            .restore(ck.assessment, ck.cycle)
+            .map_err(in_file)?;
+        self.filter
+            .restore_state(ck.filter_state)
+            .map_err(in_file)?;
+        if self.opts.write_output {
+            let name = ck.run_snapshot.ok_or_else(|| GendaError::file(path, "checkpoint has no run-file snapshot (written with --no-output); restart with --no-output"))?;
+            self.snapshot = Some(path.with_file_name(name));
+        }
+        log::info!(
+            "restarting from {} after cycle {}",
+            path.display(),
+            ck.cycle
+        );
+        Ok(ck.cycle + 1)
+    }
+
+    /// The run file: new, or the restart's snapshot continued.
+    fn open_output(&mut self) -> Result<()> {
+        self.writer = open_writer(
+            self.cfg,
+            self.comm,
+            self.model.as_ref(),
+            self.filter.as_ref(),
+            self.snapshot.as_deref(),
+            self.opts.write_output,
+        )?;
+        Ok(())
+    }
+
+    /// Global model step at which `cycle`'s forecast starts.
+    fn first_step(&self, cycle: usize) -> u64 {
+        (self.cfg.experiment.spinup_steps + (cycle - 1) * self.cfg.observations.obs_every) as u64
+    }
+
+    /// The truth to the observation time of `cycle`, and its observations of my columns.
+    fn observe(&mut self, cycle: usize) -> Result<()> {
+        let t = Instant::now();
+        let c = self.truth.advance(self.model.as_ref(), cycle, self.dcomm)?;
+        let seed = self.cfg.experiment.seed;
+        self.truth
+            .observe(&self.lobs, self.w, self.dcomm, seed, cycle, &mut self.obs)?;
+        self.assess.times.truth += t.elapsed().as_secs_f64() - c;
+        self.assess.times.communication += c;
+        Ok(())
+    }
+
+    /// My members to the observation time of `cycle` (and their path, where the method reads
+    /// it).
+    fn forecast(&mut self, cycle: usize) -> Result<()> {
+        let t = Instant::now();
+        crate::parallel::injected_fault(self.comm.rank(), cycle);
+        // The members enter `ensemble_start_step` model steps into the first cycle.
+        let skip = if cycle == 1 {
+            self.cfg.experiment.ensemble_start_step
+        } else {
+            0
+        };
+        let first_step = self.first_step(cycle);
+        let c = forecast_members(
+            &mut self.prop,
+            self.model.as_ref(),
+            &mut self.local,
+            (skip, self.cfg.observations.obs_every),
+            first_step,
+            self.dcomm,
+            &self.member_key,
+            self.filter.forecast_clip(),
+            self.want_path.then_some(&mut self.path_local),
+        )?;
+        self.assess.times.forecast += t.elapsed().as_secs_f64() - c;
+        self.assess.times.communication += c;
+        Ok(())
+    }
+
+    /// All members on my columns (and their paths), plus the halo the method analyses with.
+    fn gather_forecast(&mut self, cycle: usize) -> Result<Option<Array2<f64>>> {
+        let t = Instant::now();
+        gather_members(self.ecomm, &self.member_counts, &self.local, &mut self.ens)?;
+        all_finite(self.comm, &self.ens, cycle, "forecast ensemble")?;
+        if self.want_path {
+            let shape = self.ens.dim();
+            self.path_all
+                .resize_with(self.path_local.len(), || Array2::zeros(shape));
+            for (p, l) in self.path_all.iter_mut().zip(&self.path_local) {
+                gather_members(self.ecomm, &self.member_counts, l, p)?;
+            }
+        }
+        // Localised methods analyse the ensemble with a halo of neighbouring columns; the
+        // others work on `ens` in place.
+        let halo = if self.w > 0 {
+            Some(with_halo(&self.ens, self.w, self.dcomm)?)
+        } else {
+            None
+        };
+        self.assess.times.communication += t.elapsed().as_secs_f64();
+        Ok(halo)
+    }
+
+    /// Assess the forecast, analyse (every rank agreeing that it succeeded), write the files
+    /// the method produced, and assess the analysis.
+    fn analyse(&mut self, cycle: usize) -> Result<Analysed> {
+        let mut ens_halo = self.gather_forecast(cycle)?;
+        let t = Instant::now();
+        // A weighted ensemble (the particle filter between resamplings) is assessed with its
+        // weights, as DAPPER does; the others with equal weights.
+        let forecast_weights = self.filter.weights().map(<[f64]>::to_vec);
+        let fc = self.assess.forecast(
+            &self.ens,
+            forecast_weights.as_deref(),
+            &self.truth.slab,
+            &self.tiles_own,
+        );
+        let forecast = (self.cfg.output.save_ensemble || self.assess.needs_forecast_copy(cycle))
+            .then(|| self.ens.clone());
+        let input = AnalysisInput {
+            obs: &self.obs,
+            obs_operator: &self.lobs.op,
+            obs_error_var: &self.lobs.error_var,
+            cycle,
+            seed: self.cfg.experiment.seed,
+            obs_offset: self.obs_offset,
+            domain: self.domain.clone(),
+            reducer: &self.reducer,
+            forecast: self.want_path.then(|| ForecastPath {
+                model: self.model.as_ref(),
+                states: &self.path_all,
+            }),
+        };
+        let res = match ens_halo.as_mut() {
+            Some(e) => self.filter.analyse(e, &input),
+            None => self.filter.analyse(&mut self.ens, &input),
+        };
+        agree_on_analysis(self.comm, res, cycle)?;
+        // Files the analysis produced (MASF's pre-trained prior): one rank writes them, now
+        // that every rank's analysis succeeded.
+        let outputs = self.filter.take_outputs();
+        on_root(self.comm, || crate::filters::write_outputs(outputs))?;
+        if let Some(e) = ens_halo.take() {
+            let (w, len) = (self.w, self.own.len());
+            self.ens.assign(&e.slice(s![.., w..w + len]));
+        }
+        all_finite(self.comm, &self.ens, cycle, "analysis ensemble")?;
+        let a_sample = self
+            .filter
+            .analysis_sample()
+            .or_else(|| self.filter.weights().map(|wt| (self.ens.view(), wt)));
+        let assessed = self.assess.analysis(
+            cycle,
+            &fc,
+            &self.ens,
+            a_sample,
+            &self.truth.slab,
+            &self.tiles_own,
+            &self.reducer,
+            forecast.as_ref(),
+        )?;
+        self.assess.times.analysis += t.elapsed().as_secs_f64();
+        Ok(Analysed {
+            fc,
+            cycle: assessed,
+            forecast,
+            forecast_weights,
+        })
+    }
+
+    /// The cycle's row of the run file (gathered over group 0's domain communicator; world
+    /// rank 0 is its rank 0, and writes), then my members' analysis back into `local`.
+    fn output(&mut self, cycle: usize, a: &Analysed) -> Result<()> {
+        let t = Instant::now();
+        if self.opts.write_output && self.lay.group == 0 {
+            // One global vector at a time on the root: truth, owned observations, means.
+            let (g, d) = (&self.gather, self.dcomm);
+            let g_truth = g.to_root(d, &self.truth.slab, None)?;
+            let own_obs = &self.obs[self.own_obs.clone()];
+            let g_obs = g.to_root(d, own_obs, Some(&self.obs_counts))?;
+            let g_f = g.to_root(d, a.fc.mean.as_slice().expect("contiguous"), None)?;
+            let amean = a.cycle.analysis_mean.as_slice().expect("contiguous");
+            let g_a = g.to_root(d, amean, None)?;
+            let res = match self.writer.as_mut() {
+                Some(wr) => write_cycle(
+                    wr,
+                    cycle,
+                    [&g_truth, &g_obs, &g_f, &g_a],
+                    &a.cycle.stats,
+                    (a.forecast.as_ref(), &self.ens),
+                    (a.forecast_weights.as_deref(), self.filter.weights()),
+                    a.cycle.crps,
+                ),
+                None => Ok(()),
+            };
+            on_root(self.comm, || res)?;
+        } else if self.opts.write_output {
+            on_root(self.comm, || Ok(()))?;
+        }
+        self.assess.times.output += t.elapsed().as_secs_f64();
+        self.local
+            .assign(&self.ens.slice(s![self.mine.clone(), ..]));
+        Ok(())
+    }
+
+    /// A checkpoint every `checkpoint.every` cycles, and when any rank got SIGTERM/SIGUSR1
+    /// (Slurm's notice before the wall time): then one is written and the run stops with
+    /// `GendaError::Stopped`.
+    fn checkpoint(&mut self, cycle: usize) -> Result<()> {
+        let stop = stop_requested(self.opts, self.comm);
+        let every = self.cfg.checkpoint.every;
+        if !(stop || (every > 0 && cycle % every == 0 && cycle < self.cfg.experiment.cycles)) {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let (g_ens, g_truth) = if self.lay.group == 0 {
+            self.gather
+                .checkpoint(self.dcomm, &self.dec, &self.ens, &self.truth)?
+        } else {
+            (Array2::zeros((0, 0)), Vec::new())
+        };
+        let (filter, assess) = (&self.filter, &self.assess);
+        let (writer, snapshot) = (&mut self.writer, &mut self.snapshot);
+        on_root(self.comm, || {
+            save_checkpoint(
+                &self.ckpt_path,
+                cycle,
+                &g_ens,
+                &g_truth,
+                self.cfg.filter.inflation(),
+                &self.config_hash,
+                CheckpointState {
+                    filter: filter.save_state()?,
+                    assessment: assess.save(),
+                },
+                writer.as_mut(),
+                snapshot,
+            )
+        })?;
+        self.assess.times.output += t.elapsed().as_secs_f64();
+        if stop {
+            return Err(GendaError::Stopped {
+                cycle,
+                checkpoint: self.ckpt_path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Close the run file with the time means and gather what the summary reports.
+    fn finish(mut self) -> Result<RunSummary> {
+        let t = Instant::now();
+        let output = if let Some(wr) = self.writer.take() {
+            let (extra, hist) = self.assess.file_extras();
+            let avg = self.assess.average();
+            on_root(self.comm, || wr.finish_with(Some(avg), &extra, hist))?
+        } else if self.opts.write_output {
+            on_root(self.comm, || Ok(PathBuf::new()))?;
+            None
+        } else {
+            None
+        };
+        self.assess.times.output += t.elapsed().as_secs_f64();
+        let max_rss_per_rank = assess::max_rss_per_rank(self.comm)?;
+        let assess = self.assess;
+        Ok(RunSummary {
+            times: assess.times,
+            hidden: assess.hidden(),
+            distributional: assess.distributional(),
+            averages: assess.into_average(),
+            output,
+            ranks: self.comm.size(),
+            groups: self.lay.groups,
+            domains: self.lay.domains,
+            max_rss_per_rank,
+        })
+    }
+}
+
+/// `genda run`, a twin experiment: the cycle as DAPPER's `assimilate` — for each cycle, truth
+/// and observations → forecast → analysis and assessment → output → checkpoint. `TwinRun`
+/// holds the state, `Assessor` the statistics, `Filter` the method.
 ///
 /// Each rank holds its member group's members on its domain (a slab of whole tiles). Forecasts
 /// exchange halos within the domain communicator; before the analysis the members of the
@@ -959,341 +1438,30 @@ fn forecast_members(
 /// rank keeps its own members. Output is gathered per variable to the root rank.
 pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Result<RunSummary> {
     let (dec, _) = check_layout(cfg, comm.size())?;
-    let model = cfg.model.build();
-    let n = model.dim();
-    let members = cfg.filter.members();
-    let topo = Topology::new(comm, dec.domains, members)?;
-    let lay = &topo.layout;
-    let dcomm = topo.domain.as_ref();
-    let ecomm = topo.ensemble.as_ref();
-    let own = dec.domain_range(lay.domain);
-    let len = own.len();
-    let mine = lay.my_members();
-    let reducer = TileReducer::new(dcomm, &dec);
-    let mut filter = cfg.filter.build();
-    // Weights and training data are opened and checked now, before any model step.
-    filter.prepare(n)?;
-    let needs = filter.needs(n);
-    let whole = dec.domains == 1;
-    let w = if whole { 0 } else { needs.halo };
-    let (tiles_own, domain) = analysis_domain(&dec, lay.domain, w);
-    // Observations of the analysed columns (owned + halo) and of the owned columns alone.
-    let lobs = cfg
-        .observations
-        .build_local(n, domain.ext_start, len + 2 * w);
-    let own_obs = {
-        let locs = lobs.op.locations();
-        locs.partition_point(|&l| l < w)..locs.partition_point(|&l| l < w + len)
-    };
-    let obs_offset = lobs.global.get(own_obs.start).copied().unwrap_or(0);
-    let (seed, cycles, obs_every) = (
-        cfg.experiment.seed,
-        cfg.experiment.cycles,
-        cfg.observations.obs_every,
-    );
-    let save_ensemble = cfg.output.save_ensemble;
-    log_layout(cfg, model.as_ref(), comm, lay, &dec);
-
-    // The truth slab (simulated, fine-grid or replayed), drawn from streams keyed by global index.
-    let mut truth = Truth::new(cfg, model.as_ref(), own.clone())?;
-    let mut local = initial_ensemble(cfg, mine.clone(), own.clone())?;
-    check_start_stability(model.as_ref(), &dec, dcomm, comm, &truth.slab, &local)?;
-    let spinup = cfg.experiment.spinup_steps;
-    truth.spin_up(model.as_ref(), dcomm)?;
-
-    let mut prop = Propagator::new(model.as_ref(), mine.len(), len);
-    let member_key = NoiseKey {
-        seed,
-        rows: mine.clone().map(|m| m as u64).collect(),
-        offset: own.start,
-    };
-    if cfg.experiment.ensemble_spinup_steps > 0 && opts.restart.is_none() {
-        // Model-noise steps of the member spin-up live in their own range of step ids.
-        prop.advance(
-            model.as_ref(),
-            local.as_slice_mut().expect("contiguous"),
-            cfg.experiment.ensemble_spinup_steps,
-            dcomm,
-            &member_key,
-            1 << 62,
-        )?;
-    }
-
-    let config_hash = cfg.science_hash();
-    let ckpt_path = cfg.checkpoint_path();
-
-    // Restart: this rank's members and columns, truth, statistics, and the run file so far.
-    // Hidden-variable scores of conditionally Gaussian models (never domain-decomposed, so the
-    // whole state is local).
-    let scores_on = cfg.output.distributional_scores;
-    let mut assess = Assessor::new(
-        n,
-        members,
-        cfg.experiment.burn_in,
-        scores_on,
-        model
-            .conditional_gaussian()
-            .filter(|_| whole)
-            .map(|cg| cg.observed_dim()),
-    );
-    let mut start = 1;
-    let mut snapshot: Option<PathBuf> = None;
-    if let Some(path) = &opts.restart {
-        let ck = read_checkpoint_for(path, &config_hash, members, n, cycles)?;
-        for (mut row, m) in local.rows_mut().into_iter().zip(mine.clone()) {
-            row.as_slice_mut()
-                .expect("contiguous")
-                .copy_from_slice(&ck.ensemble[m * n + own.start..m * n + own.end]);
-        }
-        truth.restore(&ck.truth, n, path)?;
-        let in_file = |e: GendaError| GendaError::file(path, e.to_string());
-        assess.restore(ck.assessment, ck.cycle).map_err(in_file)?;
-        filter.restore_state(ck.filter_state).map_err(in_file)?;
-        start = ck.cycle + 1;
-        if opts.write_output {
-            let name = ck.run_snapshot.ok_or_else(|| GendaError::file(path, "checkpoint has no run-file snapshot (written with --no-output); restart with --no-output"))?;
-            snapshot = Some(path.with_file_name(name));
-        }
-        log::info!(
-            "restarting from {} after cycle {}",
-            path.display(),
-            ck.cycle
-        );
-    }
-
-    let mut writer = open_writer(
-        cfg,
-        comm,
-        model.as_ref(),
-        filter.as_ref(),
-        snapshot.as_deref(),
-        opts.write_output,
-    )?;
-    // Output is gathered over group 0's domain communicator; world rank 0 is its rank 0.
-    let gather_output = opts.write_output && lay.group == 0;
-    let slab_counts = dec.slab_counts(1);
-    let obs_counts: Vec<usize> = {
-        let mine_c = [own_obs.len() as f64];
-        let mut all = vec![0.0; dec.domains];
-        dcomm.all_gather_rows(&mine_c, &vec![1; dec.domains], &mut all)?;
-        all.iter().map(|v| *v as usize).collect()
-    };
-    let gather = RootGather {
-        slab_counts: slab_counts.clone(),
-    };
-
+    let topo = Topology::new(comm, dec.domains, cfg.filter.members())?;
+    let mut run = TwinRun::new(cfg, comm, opts, dec, &topo)?;
+    let start = run.restart()?;
+    run.open_output()?;
+    let cycles = cfg.experiment.cycles;
     let bar = progress_bar(opts.progress && comm.is_root(), cycles);
-
-    let mut obs = vec![0.0; lobs.global.len()];
-    let mut ens = Array2::<f64>::zeros((members, len));
-    let member_counts = lay.members.counts(len);
-    let want_path = needs.forecast_path;
-    let forecast_clip = filter.forecast_clip();
-    let mut path_local: Vec<Array2<f64>> = Vec::new();
-    let mut path_all: Vec<Array2<f64>> = Vec::new();
     bar.set_position(start as u64 - 1);
-    let ck_every = cfg.checkpoint.every;
     for cycle in start..=cycles {
-        let t = Instant::now();
-        let first_step = (spinup + (cycle - 1) * obs_every) as u64;
-        let c_truth = truth.advance(model.as_ref(), cycle, dcomm)?;
-        truth.observe(&lobs, w, dcomm, seed, cycle, &mut obs)?;
-        assess.times.truth += t.elapsed().as_secs_f64() - c_truth;
-        assess.times.communication += c_truth;
-
-        let t = Instant::now();
-        crate::parallel::injected_fault(comm.rank(), cycle);
-        // The members enter `ensemble_start_step` model steps into the first cycle.
-        let skip = if cycle == 1 {
-            cfg.experiment.ensemble_start_step
-        } else {
-            0
-        };
-        let c_fc = forecast_members(
-            &mut prop,
-            model.as_ref(),
-            &mut local,
-            (skip, obs_every),
-            first_step,
-            dcomm,
-            &member_key,
-            forecast_clip,
-            want_path.then_some(&mut path_local),
-        )?;
-        assess.times.forecast += t.elapsed().as_secs_f64() - c_fc;
-        assess.times.communication += c_fc;
-
-        let t = Instant::now();
-        gather_members(ecomm, &member_counts, &local, &mut ens)?;
-        all_finite(comm, &ens, cycle, "forecast ensemble")?;
-        if want_path {
-            path_all.resize_with(path_local.len(), || Array2::zeros((members, len)));
-            for (p, l) in path_all.iter_mut().zip(&path_local) {
-                gather_members(ecomm, &member_counts, l, p)?;
-            }
-        }
-        // Localised methods analyse the ensemble with a halo of neighbouring columns; the
-        // others work on `ens` in place.
-        let mut ens_halo = if w > 0 {
-            Some(with_halo(&ens, w, dcomm)?)
-        } else {
-            None
-        };
-        assess.times.communication += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        // A weighted ensemble (the particle filter between resamplings) is assessed with its
-        // weights, as DAPPER does; the others with equal weights.
-        let f_weights = filter.weights().map(<[f64]>::to_vec);
-        let fc = assess.forecast(&ens, f_weights.as_deref(), &truth.slab, &tiles_own);
-        let forecast_copy = if save_ensemble || assess.needs_forecast_copy(cycle) {
-            Some(ens.clone())
-        } else {
-            None
-        };
-        let input = AnalysisInput {
-            obs: &obs,
-            obs_operator: &lobs.op,
-            obs_error_var: &lobs.error_var,
-            cycle,
-            seed,
-            obs_offset,
-            domain: domain.clone(),
-            reducer: &reducer,
-            forecast: want_path.then(|| ForecastPath {
-                model: model.as_ref(),
-                states: &path_all,
-            }),
-        };
-        let res = match ens_halo.as_mut() {
-            Some(e) => filter.analyse(e, &input),
-            None => filter.analyse(&mut ens, &input),
-        };
-        agree_on_analysis(comm, res, cycle)?;
-        // Files the analysis produced (MASF's pre-trained prior): one rank writes them, now
-        // that every rank's analysis succeeded.
-        let outputs = filter.take_outputs();
-        on_root(comm, || crate::filters::write_outputs(outputs))?;
-        if let Some(e) = ens_halo.take() {
-            ens.assign(&e.slice(s![.., w..w + len]));
-        }
-        all_finite(comm, &ens, cycle, "analysis ensemble")?;
-        let a_sample = filter
-            .analysis_sample()
-            .or_else(|| filter.weights().map(|wt| (ens.view(), wt)));
-        let CycleAssessment {
-            stats,
-            crps: crps_cycle,
-            analysis_mean: amean,
-        } = assess.analysis(
-            cycle,
-            &fc,
-            &ens,
-            a_sample,
-            &truth.slab,
-            &tiles_own,
-            &reducer,
-            forecast_copy.as_ref(),
-        )?;
-        assess.times.analysis += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        if gather_output {
-            // One global vector at a time on the root: truth, owned observations, means.
-            let g_truth = gather.to_root(dcomm, &truth.slab, None)?;
-            let g_obs = gather.to_root(dcomm, &obs[own_obs.clone()], Some(&obs_counts))?;
-            let g_f = gather.to_root(dcomm, fc.mean.as_slice().expect("contiguous"), None)?;
-            let g_a = gather.to_root(dcomm, amean.as_slice().expect("contiguous"), None)?;
-            let res = match writer.as_mut() {
-                Some(wr) => write_cycle(
-                    wr,
-                    cycle,
-                    [&g_truth, &g_obs, &g_f, &g_a],
-                    &stats,
-                    (forecast_copy.as_ref(), &ens),
-                    (f_weights.as_deref(), filter.weights()),
-                    crps_cycle,
-                ),
-                None => Ok(()),
-            };
-            on_root(comm, || res)?;
-        } else if opts.write_output {
-            on_root(comm, || Ok(()))?;
-        }
-        assess.times.output += t.elapsed().as_secs_f64();
-
-        local.assign(&ens.slice(s![mine.clone(), ..]));
-
-        // Checkpoint every `every` cycles, and when any rank got SIGTERM/SIGUSR1 (Slurm's notice
-        // before the wall time): then write one and stop.
-        let stop = stop_requested(opts, comm);
-        if stop || (ck_every > 0 && cycle % ck_every == 0 && cycle < cycles) {
-            let t = Instant::now();
-            let (g_ens, g_truth) = if lay.group == 0 {
-                gather.checkpoint(dcomm, &dec, &ens, &truth)?
-            } else {
-                (Array2::zeros((0, 0)), Vec::new())
-            };
-            on_root(comm, || {
-                save_checkpoint(
-                    &ckpt_path,
-                    cycle,
-                    &g_ens,
-                    &g_truth,
-                    cfg.filter.inflation(),
-                    &config_hash,
-                    CheckpointState {
-                        filter: filter.save_state()?,
-                        assessment: assess.save(),
-                    },
-                    writer.as_mut(),
-                    &mut snapshot,
-                )
-            })?;
-            assess.times.output += t.elapsed().as_secs_f64();
-            if stop {
-                bar.abandon();
-                return Err(GendaError::Stopped {
-                    cycle,
-                    checkpoint: ckpt_path,
-                });
-            }
+        run.observe(cycle)?;
+        run.forecast(cycle)?;
+        let analysed = run.analyse(cycle)?;
+        run.output(cycle, &analysed)?;
+        if let Err(e) = run.checkpoint(cycle) {
+            bar.abandon();
+            return Err(e);
         }
         bar.inc(1);
         if cycle % 100 == 0 {
-            bar.set_message(format!(
-                "rmse.a {:.3}",
-                assess.average().mean().rmse_analysis
-            ));
+            let rmse = run.assess.average().mean().rmse_analysis;
+            bar.set_message(format!("rmse.a {rmse:.3}"));
         }
     }
     bar.finish_and_clear();
-
-    let t = Instant::now();
-    let output = if let Some(wr) = writer.take() {
-        let (extra, hist) = assess.file_extras();
-        on_root(comm, || {
-            wr.finish_with(Some(assess.average()), &extra, hist)
-        })?
-    } else if opts.write_output {
-        on_root(comm, || Ok(PathBuf::new()))?;
-        None
-    } else {
-        None
-    };
-    assess.times.output += t.elapsed().as_secs_f64();
-    let max_rss_per_rank = assess::max_rss_per_rank(comm)?;
-    Ok(RunSummary {
-        times: assess.times,
-        hidden: assess.hidden(),
-        distributional: assess.distributional(),
-        averages: assess.into_average(),
-        output,
-        ranks: comm.size(),
-        groups: lay.groups,
-        domains: lay.domains,
-        max_rss_per_rank,
-    })
+    run.finish()
 }
 
 /// `genda truth`: the true trajectory and observations, as a CF NetCDF file and as an HDF5

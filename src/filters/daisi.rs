@@ -493,7 +493,7 @@ impl Filter for Daisi {
         }
     }
 
-    fn prepare(&mut self, n: usize) -> Result<()> {
+    fn prepare(&mut self, n: usize, _files: &dyn super::DataFiles) -> Result<()> {
         if self.prior.is_none() {
             self.prior = Some(self.load(n)?);
         }

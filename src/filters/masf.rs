@@ -43,7 +43,7 @@
 //! anomalies as EnKF's does (default 1: L63 behaviour unchanged).
 use super::core::inflate;
 use super::letkf::{gaspari_cohn, Geometry, GC_HALF_WIDTH_PER_RADIUS};
-use super::{AnalysisInput, FileOutput, Filter, Needs};
+use super::{AnalysisInput, DataFiles, FileOutput, Filter, Needs};
 use crate::error::{GendaError, Result};
 use crate::score::masf::{
     fit_gaussian, reverse_sample, sampler_grid, Batches, DiagProcess, DiagScore, Guidance,
@@ -543,18 +543,21 @@ pub struct Masf {
     pub last_loss: f64,
     /// The pre-trained prior for `prior_weights`, for the driver to write.
     outputs: Vec<FileOutput>,
-    /// The rows of `pretrain_data` (raw), read by `prepare` or at the first analysis and
+    /// The rows of `pretrain_data` (raw), read by `prepare` and
     /// dropped once the prior is trained.
     pretrain: Option<Vec<f64>>,
 }
 
 /// The pre-trained prior network as a file for the driver to write.
-fn prior_output(method: &str, path: &std::path::Path, tf: crate::io::TensorFile) -> FileOutput {
-    let p = path.to_path_buf();
+fn prior_output(
+    method: &str,
+    path: &std::path::Path,
+    write: Box<dyn FnOnce() -> Result<()> + Send>,
+) -> FileOutput {
     FileOutput {
-        path: p.clone(),
+        path: path.to_path_buf(),
         what: format!("{method}: the pre-trained prior network"),
-        write: Box::new(move || crate::io::write_tensor_file(&p, &tf)),
+        write,
     }
 }
 
@@ -580,21 +583,37 @@ impl Masf {
         self.variant
     }
 
-    /// Read `pretrain_data` (once) and check its state size against `n`.
-    fn load_pretrain(&mut self, n: usize) -> Result<()> {
+    /// Read `pretrain_data` (once, through the driver's `files`) and check its state size
+    /// against `n`.
+    fn load_pretrain(&mut self, n: usize, files: &dyn DataFiles) -> Result<()> {
         let method = self.method();
         if let (Some(p), None) = (&self.cfg.pretrain_data, &self.pretrain) {
-            let traj = crate::io::read_trajectory(p)?;
-            if traj.state_dim != n {
+            let (data, state_dim) = files.trajectory(p)?;
+            if state_dim != n {
                 return Err(GendaError::Dimension {
                     what: format!("{method}: pretrain_data {} state size", p.display()),
                     expected: n,
-                    got: traj.state_dim,
+                    got: state_dim,
                 });
             }
-            self.pretrain = Some(traj.data);
+            self.pretrain = Some(data);
         }
         Ok(())
+    }
+
+    /// The pre-training rows for the first cycle (read by `prepare`).
+    fn take_pretrain(&mut self) -> Result<Option<Vec<f64>>> {
+        match (&self.cfg.pretrain_data, self.pretrain.take()) {
+            (Some(p), None) => Err(GendaError::invalid(
+                "filter.pretrain_data",
+                format!(
+                    "{}: {} was not read before the first analysis (the driver calls Filter::prepare)",
+                    self.method(),
+                    p.display()
+                ),
+            )),
+            (_, rows) => Ok(rows),
+        }
     }
 
     /// The localisation taper ρ(i, j) of the Gaussian prior's covariance (state of `n`).
@@ -671,12 +690,7 @@ impl Masf {
         let first = self.net.is_none();
         let fc: Vec<f64> = ens.iter().cloned().collect();
         // Pre-training rows (raw), used at the first cycle only.
-        let pre: Option<Vec<f64>> = if first {
-            self.load_pretrain(n)?;
-            self.pretrain.take()
-        } else {
-            None
-        };
+        let pre: Option<Vec<f64>> = if first { self.take_pretrain()? } else { None };
         if first {
             let stats_from = pre.as_deref().unwrap_or(&fc);
             self.norm = Some(match rs.standardise {
@@ -720,7 +734,7 @@ impl Masf {
                     net.fit_phase(noising, &data, &rs.pretrain, input.seed, input.seed)?;
                 if let Some(p) = &self.cfg.prior_weights {
                     self.outputs
-                        .push(prior_output(method, p, net.weights_file(&fingerprint)));
+                        .push(prior_output(method, p, net.weights_writer(p, &fingerprint)));
                 }
             }
             self.net = Some(net);
@@ -833,9 +847,9 @@ impl Filter for Masf {
     }
 
     /// Read and check `pretrain_data` now (the prior is trained at the first analysis).
-    fn prepare(&mut self, n: usize) -> Result<()> {
+    fn prepare(&mut self, n: usize, files: &dyn DataFiles) -> Result<()> {
         if self.net.is_none() {
-            self.load_pretrain(n)?;
+            self.load_pretrain(n, files)?;
         }
         Ok(())
     }
@@ -969,12 +983,7 @@ impl Masf {
         let steps = self.cfg.steps(method);
         let n = ens.ncols();
         let first = self.net.is_none();
-        let pre: Option<Vec<f64>> = if first {
-            self.load_pretrain(n)?;
-            self.pretrain.take()
-        } else {
-            None
-        };
+        let pre: Option<Vec<f64>> = if first { self.take_pretrain()? } else { None };
         if let Some(rows) = &pre {
             self.fixed = Some(standardisation(rows, n));
         }
@@ -1094,7 +1103,7 @@ impl Masf {
             self.last_loss = cyc.fit(&mut net, &data, pretrain_steps, batch, seed)?;
             if let Some(p) = &self.cfg.prior_weights {
                 self.outputs
-                    .push(prior_output(method, p, net.weights_file(&fingerprint)));
+                    .push(prior_output(method, p, net.weights_writer(p, &fingerprint)));
             }
         }
         self.net = Some(net);

@@ -243,7 +243,8 @@ pub trait Filter: Send {
     }
     /// Open and check the files the method reads (weights, training data) for a state of `n`,
     /// before any model step: a wrong file is an error at the start, not after the spin-up.
-    fn prepare(&mut self, _n: usize) -> Result<()> {
+    /// Data files are read through `files` (the driver's I/O; filters import none).
+    fn prepare(&mut self, _n: usize, _files: &dyn DataFiles) -> Result<()> {
         Ok(())
     }
     /// Clip the forecast members to ±c after every model step (EnSF's published code); the
@@ -282,6 +283,14 @@ pub trait Filter: Send {
     fn restore_state(&mut self, state: SavedState) -> Result<()> {
         state.finish(self.name())
     }
+}
+
+/// The data files a method reads, supplied by the driver: the filters room imports no I/O, and
+/// a method gets its training data when it is prepared.
+pub trait DataFiles {
+    /// The states of an HDF5 trajectory dataset (`genda truth`'s `trajectory`), row-major, and
+    /// the state size.
+    fn trajectory(&self, path: &std::path::Path) -> Result<(Vec<f64>, usize)>;
 }
 
 /// Method choice in the config, tagged by `method`.

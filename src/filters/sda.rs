@@ -6,7 +6,7 @@
 //! pre-trained trajectory score (`genda train` with `[data] window = 2k+1` on a trajectory written
 //! at every model step), and the observation model enters only at inference, so H, the gaps
 //! and Σ_y can change without retraining. The same sampler smooths a whole window in
-//! `genda smooth` (`crate::sda_twin`). Linear measurements that select state components only;
+//! `genda smooth` (`crate::commands::smooth`). Linear measurements that select state components only;
 //! one domain (the network sees the whole state).
 use super::{AnalysisInput, Filter, Needs};
 use crate::error::{GendaError, Result};
@@ -161,7 +161,7 @@ impl Filter for Sda {
     }
 
     /// The path tells the filter how many model steps lie between observation times.
-    fn prepare(&mut self, n: usize) -> Result<()> {
+    fn prepare(&mut self, n: usize, _files: &dyn super::DataFiles) -> Result<()> {
         if self.net.is_none() {
             self.net = Some(self.cfg.load(n)?);
         }

@@ -3,7 +3,29 @@
 use super::PendingFile;
 use crate::error::{GendaError, Result};
 use ndarray::Array2;
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The `[coupling]` table of a config (the file contract is in docs/coupling.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouplingConfig {
+    /// Directory shared with the model; one `cycle_NNNNNN/` subdirectory per cycle.
+    pub dir: PathBuf,
+    /// Seconds to wait for a cycle's forecast before giving up.
+    #[serde(default = "d_timeout")]
+    pub timeout_s: f64,
+    /// Milliseconds between looks for the marker.
+    #[serde(default = "d_poll")]
+    pub poll_ms: u64,
+}
+
+fn d_timeout() -> f64 {
+    600.0
+}
+fn d_poll() -> u64 {
+    20
+}
 
 fn ncerr(path: &Path, what: &str, e: netcdf::Error) -> GendaError {
     GendaError::file(path, format!("{what}: {e}"))

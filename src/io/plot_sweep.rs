@@ -4,7 +4,7 @@
 use super::plot::{ensure_font, finite_max, finite_min};
 use super::PendingFile;
 use crate::error::{GendaError, Result};
-use crate::sweep::mean_std;
+use crate::metrics::mean_std;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use std::collections::BTreeMap;

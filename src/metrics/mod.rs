@@ -105,6 +105,18 @@ impl TimeAverage {
     }
 }
 
+/// Mean and sample standard deviation (n − 1; 0 for one value).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

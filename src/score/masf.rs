@@ -567,6 +567,17 @@ impl DiagScore {
     }
 
     /// What `save` writes, as data (to be written later, on one rank).
+    /// A deferred write of `weights_file` to `path` (for the driver to run on one rank, once
+    /// the ranks agree).
+    pub fn weights_writer(
+        &self,
+        path: &std::path::Path,
+        fingerprint: &str,
+    ) -> Box<dyn FnOnce() -> Result<()> + Send> {
+        let (p, tf) = (path.to_path_buf(), self.weights_file(fingerprint));
+        Box::new(move || write_tensor_file(&p, &tf))
+    }
+
     pub fn weights_file(&self, fingerprint: &str) -> TensorFile {
         let mut attrs: std::collections::BTreeMap<String, String> =
             self.net.attrs().into_iter().collect();

@@ -154,20 +154,21 @@ impl TrainConfig {
         Self::from_file_with(path, &[])
     }
 
-    /// As `from_file`, with `--set key=value` overrides (`config::apply_overrides`).
+    /// As `from_file`, with `--set key=value` overrides (`overrides::apply_overrides`).
     pub fn from_file_with(path: &Path, sets: &[String]) -> Result<Self> {
-        let mut text = crate::config::read_config_text(path)?;
+        let mut text = crate::overrides::read_config_text(path)?;
         let origin = if sets.is_empty() {
             path.display().to_string()
         } else {
             format!("{} with --set {}", path.display(), sets.join(" --set "))
         };
         if !sets.is_empty() {
-            text =
-                crate::config::apply_overrides(&text, sets).map_err(|msg| GendaError::Config {
+            text = crate::overrides::apply_overrides(&text, sets).map_err(|msg| {
+                GendaError::Config {
                     path: origin.clone(),
                     msg,
-                })?;
+                }
+            })?;
         }
         let path = std::path::PathBuf::from(&origin);
         let cfg: TrainConfig = toml::from_str(&text).map_err(|e| GendaError::Config {

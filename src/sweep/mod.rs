@@ -38,7 +38,7 @@ mod report;
 mod runner;
 mod store;
 
-pub use report::mean_std;
+pub use crate::metrics::mean_std;
 pub use report::{write_reports, ReportPaths};
 pub use runner::{run_sweep, OnChange, SweepOptions, SweepOutcome};
 pub use store::{read_store, Row};

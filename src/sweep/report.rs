@@ -7,6 +7,7 @@ use super::store::Row;
 use super::Sweep;
 use crate::error::{GendaError, Result};
 use crate::io::PendingFile;
+use crate::metrics::mean_std;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -116,18 +117,6 @@ fn ordered<'a>(
 
 fn fmt_opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x}")).unwrap_or_default()
-}
-
-/// Mean and sample standard deviation (n − 1; 0 for one value).
-pub fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
 }
 
 /// Write results.csv, results.nc and results.md under `dir` from `store`.

@@ -15,29 +15,8 @@ use crate::io::coupling::{
 };
 use crate::metrics::spread;
 use crate::obs::ObsOperator;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CouplingConfig {
-    /// Directory shared with the model; one `cycle_NNNNNN/` subdirectory per cycle.
-    pub dir: PathBuf,
-    /// Seconds to wait for a cycle's forecast before giving up.
-    #[serde(default = "d_timeout")]
-    pub timeout_s: f64,
-    /// Milliseconds between looks for the marker.
-    #[serde(default = "d_poll")]
-    pub poll_ms: u64,
-}
-
-fn d_timeout() -> f64 {
-    600.0
-}
-fn d_poll() -> u64 {
-    20
-}
 
 /// Directory of cycle `k`.
 pub fn cycle_dir(dir: &Path, k: usize) -> PathBuf {
@@ -81,6 +60,8 @@ pub fn run_coupled(cfg: &Config, write_initial: bool) -> Result<usize> {
     let r_var = cfg.observations.error_variances(n)?;
     let members = cfg.filter.members();
     let mut filter = cfg.filter.build();
+    // Weights and training data are opened and checked before the model is waited for.
+    filter.prepare(n, &crate::experiment::DataFromFiles)?;
     let timeout = Duration::from_secs_f64(cc.timeout_s.max(0.0));
     let poll = Duration::from_millis(cc.poll_ms.max(1));
     std::fs::create_dir_all(&cc.dir)
