@@ -1,5 +1,6 @@
 //! The `genda` command line (clap). Each subcommand is a thin layer over the library.
 mod doctor;
+mod machine;
 mod scaling;
 
 use crate::config::Config;
@@ -250,7 +251,20 @@ pub struct PosteriorArgs {
 /// Arguments of `genda bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    pub config: PathBuf,
+    /// TOML config (not needed with --machine).
+    #[arg(required_unless_present = "machine")]
+    pub config: Option<PathBuf>,
+    /// Time the config's whole cycle instead of the model step: `--cycles` cycles of
+    /// `genda run` without output, per cycle (forecast, analysis, the rest) on rank 0.
+    #[arg(long)]
+    pub cycle: bool,
+    /// Cycles timed with --cycle.
+    #[arg(long, default_value_t = 5)]
+    pub cycles: usize,
+    /// Measure this machine's limits instead: STREAM triad bandwidth (one thread, all threads)
+    /// and dense f64 GEMM throughput (one thread).
+    #[arg(long)]
+    pub machine: bool,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -688,14 +702,34 @@ fn posterior_command(args: PosteriorArgs, sets: &[String]) -> Result<()> {
 fn bench_command(args: BenchArgs, sets: &[String]) -> Result<()> {
     let BenchArgs {
         config,
+        cycle,
+        cycles,
+        machine,
         steps,
         members,
         csv,
         grid,
     } = args;
+    if machine {
+        let m = machine::measure();
+        println!(
+            "STREAM triad: {:.1} GB/s on 1 thread, {:.1} GB/s on {} threads",
+            m.triad_gbs_one, m.triad_gbs_all, m.threads
+        );
+        println!(
+            "dense f64 GEMM ({n}x{n}x{n}, matrixmultiply): {:.1} GFLOP/s on 1 thread",
+            m.gemm_gflops_one,
+            n = m.gemm_n
+        );
+        return Ok(());
+    }
+    let config = config.expect("clap requires a config without --machine");
     let mut cfg = load(&config, sets)?;
     if let Some(g) = grid {
         cfg.model.set_grid_side(g)?;
+    }
+    if cycle {
+        return bench_cycle(cfg, cycles);
     }
     let comm = MpiComm::init()?;
     // Every rank sees the same error; rank 0 reports it (after MPI finalises).
@@ -708,6 +742,48 @@ fn bench_command(args: BenchArgs, sets: &[String]) -> Result<()> {
     })?;
     if comm.is_root() {
         print_bench(&b, csv.as_deref())?;
+    }
+    Ok(())
+}
+
+/// `genda bench --cycle`: `cycles` cycles of the config's twin without output; the phase times
+/// per cycle (rank 0's, as `genda run` reports them).
+fn bench_cycle(mut cfg: Config, cycles: usize) -> Result<()> {
+    cfg.experiment.cycles = cycles.max(1);
+    cfg.experiment.burn_in = 0;
+    cfg.checkpoint.every = 0;
+    cfg.validate()?;
+    let comm = MpiComm::init()?;
+    let opts = RunOptions {
+        write_output: false,
+        progress: false,
+        restart: None,
+        stop: None,
+    };
+    let s = run_twin(&cfg, &comm, &opts)?;
+    if comm.is_root() {
+        let per = |t: f64| t / cfg.experiment.cycles as f64 * 1e6;
+        let t = &s.times;
+        println!(
+            "{}: {} (N = {}), n = {}, {} rank(s) = {} group(s) x {} domain(s), {} cycles",
+            cfg.experiment.name,
+            cfg.filter.name(),
+            cfg.filter.members(),
+            cfg.model.dim(),
+            s.ranks,
+            s.groups,
+            s.domains,
+            cfg.experiment.cycles
+        );
+        println!(
+            "per cycle [µs]: forecast {:.1}, analysis {:.1}, forecast + analysis {:.1}; truth {:.1}, communication {:.1}; max RSS per rank {:.0} MiB",
+            per(t.forecast),
+            per(t.analysis),
+            per(t.forecast + t.analysis),
+            per(t.truth),
+            per(t.communication),
+            s.max_rss_per_rank.iter().copied().max().unwrap_or(0) as f64 / (1 << 20) as f64
+        );
     }
     Ok(())
 }

@@ -27,7 +27,8 @@ use crate::score::sampler::{
     prior_sample_at, sample_at, unit_sample_at, SamplerConfig, SamplerKind,
 };
 use crate::score::ForwardProcess;
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Zip};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 
@@ -152,6 +153,9 @@ pub fn ensf_terminal(cfg: &EnsfConfig, m: usize, d: usize, seed: u64, offset: us
     }
 }
 
+/// Samples × columns from which the likelihood pass runs on rayon's threads.
+const PARALLEL_MIN_LEN: usize = 1 << 15;
+
 pub struct Ensf {
     cfg: EnsfConfig,
 }
@@ -183,7 +187,7 @@ impl Filter for Ensf {
         let score = |x: &[f64], t: f64, out: &mut [f64]| {
             let (a, s2) = (process.alpha(t), process.sigma(t).powi(2));
             let xv = ArrayView2::from_shape((m, n), x).expect("sample shape");
-            let mut sc = Array2::zeros((m, n));
+            let mut sc = ArrayViewMut2::from_shape((m, n), &mut *out).expect("score shape");
             match prior {
                 EnsfPrior::Mixture => {
                     if let Err(e) = mixture_score_tiled(
@@ -194,33 +198,47 @@ impl Filter for Ensf {
                         None,
                         tiles,
                         input.reducer,
-                        &mut sc,
+                        sc,
                     ) {
                         failure.borrow_mut().get_or_insert(e);
                     }
                 }
                 EnsfPrior::Paired => {
-                    sc = (&forecast * a - &xv) / s2;
+                    Zip::from(&mut sc)
+                        .and(&forecast)
+                        .and(xv)
+                        .for_each(|s, &f, &x| *s = (f * a - x) / s2);
                 }
             }
+            // The damped likelihood score of each sample (rows are independent: on rayon's
+            // threads for large states, the same numbers on any thread count).
             let damp = 1.0 - t;
-            let mut hx = vec![0.0; p];
-            let mut g = vec![0.0; n];
-            for (i, mut row) in sc.axis_iter_mut(Axis(0)).enumerate() {
-                let xi = &x[i * n..(i + 1) * n];
-                h.apply(xi, &mut hx);
-                for j in 0..p {
-                    hx[j] = (input.obs[j] - hx[j]) / input.obs_error_var[j];
-                }
-                h.adjoint(xi, &hx, &mut g);
-                for k in 0..n {
-                    row[k] += damp * g[k];
-                }
+            let likelihood =
+                |(bufs, (row, xi)): (&mut (Vec<f64>, Vec<f64>), (&mut [f64], &[f64]))| {
+                    let (hx, g) = bufs;
+                    h.apply(xi, hx);
+                    for j in 0..p {
+                        hx[j] = (input.obs[j] - hx[j]) / input.obs_error_var[j];
+                    }
+                    h.adjoint(xi, hx, g);
+                    for k in 0..n {
+                        row[k] += damp * g[k];
+                    }
+                    if let Some(c) = clip {
+                        row.iter_mut().for_each(|v| *v = v.clamp(-c, c));
+                    }
+                };
+            let bufs = || (vec![0.0; p], vec![0.0; n]);
+            if m * n >= PARALLEL_MIN_LEN {
+                out.par_chunks_mut(n)
+                    .zip(x.par_chunks(n))
+                    .for_each_init(bufs, |b, rx| likelihood((b, rx)));
+            } else {
+                let mut b = bufs();
+                out.chunks_mut(n)
+                    .zip(x.chunks(n))
+                    .for_each(|rx| likelihood((&mut b, rx)));
             }
-            if let Some(c) = clip {
-                sc.mapv_inplace(|v| v.clamp(-c, c));
-            }
-            out.copy_from_slice(sc.as_slice().expect("standard layout"));
         };
         let seed = ensf_seed(input.seed, input.cycle);
         let offset = input.domain.global(0);

@@ -21,7 +21,7 @@ use crate::score::sampler::{
     prior_sample_at, sample_at, unit_sample_at, SamplerConfig, SamplerKind,
 };
 use crate::score::ForwardProcess;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -302,7 +302,7 @@ impl Filter for KdeDiffusion {
             let a = process.alpha(t);
             let s2 = a * a * sx * sx + process.sigma(t).powi(2);
             let xv = ArrayView2::from_shape((m, n), x).expect("sample shape");
-            let mut sc = Array2::zeros((m, n));
+            let sc = ArrayViewMut2::from_shape((m, n), out).expect("score shape");
             if let Err(e) = mixture_score_tiled(
                 xv,
                 forecast.view(),
@@ -311,11 +311,10 @@ impl Filter for KdeDiffusion {
                 Some(&logw),
                 tiles,
                 input.reducer,
-                &mut sc,
+                sc,
             ) {
                 failure.borrow_mut().get_or_insert(e);
             }
-            out.copy_from_slice(sc.as_slice().expect("standard layout"));
         };
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         // The t = 1 draw, then the reverse process from t = 1 down to t_min.

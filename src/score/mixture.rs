@@ -10,8 +10,17 @@
 //! log-sum-exp on every rank, and the score of the local columns from W·c (a second GEMM).
 use crate::error::Result;
 use crate::parallel::Reducer;
-use ndarray::{s, Array2, ArrayView2};
+use ndarray::{s, Array2, ArrayView2, Axis, Zip};
+use rayon::prelude::*;
 use std::ops::Range;
+
+/// States of at least this many values (points × columns) are worked on by rayon's threads,
+/// tile by tile and column block by column block; each tile's partials and each output
+/// column are computed exactly as on one thread, so the numbers do not depend on the count.
+const PARALLEL_MIN_LEN: usize = 1 << 15;
+
+/// Columns per block of the parallel score pass.
+const SCORE_BLOCK: usize = 4096;
 
 /// Mixture weights W (M, N) for points `x` (M, L) and centres `c` (N, L) over the local
 /// columns; only the columns in `tiles` count towards the distances.
@@ -27,8 +36,7 @@ pub fn mixture_weights(
     let (m, n) = (x.nrows(), c.nrows());
     let k = m * n + m + n;
     let mut partials = vec![0.0; tiles.len() * k];
-    for (t, cols) in tiles.iter().enumerate() {
-        let out = &mut partials[t * k..(t + 1) * k];
+    let tile = |(out, cols): (&mut [f64], &Range<usize>)| {
         let xt = x.slice(s![.., cols.clone()]);
         let ct = c.slice(s![.., cols.clone()]);
         let xc = xt.dot(&ct.t());
@@ -39,6 +47,14 @@ pub fn mixture_weights(
         for (j, r) in ct.rows().into_iter().enumerate() {
             out[m * n + m + j] = r.dot(&r);
         }
+    };
+    if x.len() >= PARALLEL_MIN_LEN {
+        partials
+            .par_chunks_mut(k)
+            .zip(tiles.par_iter())
+            .for_each(tile);
+    } else {
+        partials.chunks_mut(k).zip(tiles.iter()).for_each(tile);
     }
     let sums = reducer.sum_tiles(&partials, k)?;
     let (xc, xx, cc) = (&sums[..m * n], &sums[m * n..m * n + m], &sums[m * n + m..]);
@@ -66,12 +82,23 @@ pub fn mixture_score_tiled(
     log_weights: Option<&[f64]>,
     tiles: &[Range<usize>],
     reducer: &dyn Reducer,
-    out: &mut Array2<f64>,
+    mut out: ndarray::ArrayViewMut2<f64>,
 ) -> Result<Array2<f64>> {
     let w = mixture_weights(x, c, alpha, sigma2, log_weights, tiles, reducer)?;
-    let wc = w.dot(&c);
-    for ((o, a), xi) in out.iter_mut().zip(wc.iter()).zip(x.iter()) {
-        *o = (alpha * a - xi) / sigma2;
+    // s = (α W c − x) / σ², one block of columns at a time.
+    let block = |(b, mut o): (usize, ndarray::ArrayViewMut2<f64>)| {
+        let cols = b * SCORE_BLOCK..b * SCORE_BLOCK + o.ncols();
+        let wc = w.dot(&c.slice(s![.., cols.clone()]));
+        Zip::from(&mut o)
+            .and(&wc)
+            .and(x.slice(s![.., cols]))
+            .for_each(|o, &a, &xi| *o = (alpha * a - xi) / sigma2);
+    };
+    let blocks: Vec<_> = out.axis_chunks_iter_mut(Axis(1), SCORE_BLOCK).collect();
+    if x.len() >= PARALLEL_MIN_LEN {
+        blocks.into_par_iter().enumerate().for_each(block);
+    } else {
+        blocks.into_iter().enumerate().for_each(block);
     }
     Ok(w)
 }
@@ -152,7 +179,7 @@ pub fn mixture_score(
         None,
         &tiles,
         &crate::parallel::SerialReducer,
-        out,
+        out.view_mut(),
     )
     .expect("serial reduction of whole tiles cannot fail");
 }

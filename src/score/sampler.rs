@@ -5,7 +5,8 @@
 //! row-major (M, d). Noise for sample i at step k comes from the stream keyed by
 //! (seed, Sampling, k, i), so results do not depend on threads, ranks or batch splitting.
 use super::process::ForwardProcess;
-use crate::rng::{fill_standard_normal, Purpose};
+use crate::rng::{fill_standard_normal, Purpose, NOISE_BLOCK};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Batched score function: (x (M, d), t, out (M, d)).
@@ -84,9 +85,73 @@ pub fn step_noise_at(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64
     noise(seed, step, d, offset, z)
 }
 
+/// Element-wise passes over at least this many values run on rayon's threads (each element
+/// or row is computed alone, so the numbers do not depend on the thread count).
+const PARALLEL_MIN_LEN: usize = 1 << 15;
+
 fn noise(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64]) {
-    for (i, row) in z.chunks_mut(d).enumerate() {
-        fill_standard_normal(seed, Purpose::Sampling, step, i as u64, offset, row);
+    let draw = |(i, row): (usize, &mut [f64])| {
+        fill_standard_normal(seed, Purpose::Sampling, step, i as u64, offset, row)
+    };
+    if z.len() >= PARALLEL_MIN_LEN {
+        z.par_chunks_mut(d).enumerate().for_each(draw);
+    } else {
+        z.chunks_mut(d).enumerate().for_each(draw);
+    }
+}
+
+/// `x[i] = f(x[i], s[i], z[i])` for every i, with z the normals `noise(seed, step, d, offset)`
+/// would draw, drawn block by block of global indices inside the pass (the same numbers, no
+/// noise array and one sweep less over the samples); rows on rayon's threads for long vectors.
+#[allow(clippy::too_many_arguments)]
+fn noisy_update(
+    x: &mut [f64],
+    s: &[f64],
+    seed: u64,
+    step: u64,
+    d: usize,
+    offset: usize,
+    f: impl Fn(f64, f64, f64) -> f64 + Sync,
+) {
+    let row = |(i, (xr, sr)): (usize, (&mut [f64], &[f64]))| {
+        let mut z = [0.0f64; NOISE_BLOCK];
+        let mut k = 0;
+        while k < d {
+            let g = offset + k;
+            let len = (NOISE_BLOCK - g % NOISE_BLOCK).min(d - k);
+            let z = &mut z[..len];
+            fill_standard_normal(seed, Purpose::Sampling, step, i as u64, g, z);
+            for ((x, s), z) in xr[k..k + len].iter_mut().zip(&sr[k..k + len]).zip(&*z) {
+                *x = f(*x, *s, *z);
+            }
+            k += len;
+        }
+    };
+    if x.len() >= PARALLEL_MIN_LEN {
+        x.par_chunks_mut(d)
+            .zip(s.par_chunks(d))
+            .enumerate()
+            .for_each(row);
+    } else {
+        x.chunks_mut(d).zip(s.chunks(d)).enumerate().for_each(row);
+    }
+}
+
+/// `x[i] = f(x[i], a[i], b[i])` for every i, on rayon's threads for long vectors.
+fn update(x: &mut [f64], a: &[f64], b: &[f64], f: impl Fn(f64, f64, f64) -> f64 + Sync) {
+    const CHUNK: usize = 1 << 14;
+    let pass = |((x, a), b): ((&mut [f64], &[f64]), &[f64])| {
+        for ((x, a), b) in x.iter_mut().zip(a).zip(b) {
+            *x = f(*x, *a, *b);
+        }
+    };
+    if x.len() >= PARALLEL_MIN_LEN {
+        x.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .zip(b.par_chunks(CHUNK))
+            .for_each(pass);
+    } else {
+        pass(((x, a), b));
     }
 }
 
@@ -121,7 +186,9 @@ pub fn sample_at(
     let n = cfg.steps.max(1);
     let h = (t0 - cfg.t_min) / n as f64;
     let mut s = vec![0.0; x.len()];
-    let mut z = vec![0.0; x.len()];
+    // The noise array of the correctors and Langevin steps (Euler–Maruyama draws in the pass).
+    let mut z = Vec::new();
+    let len = x.len();
     let mut step_id = 0u64;
     match cfg.kind {
         SamplerKind::EulerMaruyama | SamplerKind::PredictorCorrector { .. } => {
@@ -129,18 +196,18 @@ pub fn sample_at(
                 let t = t0 - k as f64 * h;
                 let (f, g2) = (process.f(t), process.g2(t));
                 score(x, t, &mut s);
-                noise(seed, step_id, d, offset, &mut z);
-                step_id += 1;
                 let sq = (g2 * h).sqrt();
-                for i in 0..x.len() {
-                    x[i] += -h * (f * x[i] - g2 * s[i]) + sq * z[i];
-                }
+                noisy_update(x, &s, seed, step_id, d, offset, |x, s, z| {
+                    x + (-h * (f * x - g2 * s) + sq * z)
+                });
+                step_id += 1;
                 if let SamplerKind::PredictorCorrector {
                     snr,
                     corrector_steps,
                 } = cfg.kind
                 {
                     let tn = t - h;
+                    z.resize(len, 0.0);
                     for _ in 0..corrector_steps {
                         score(x, tn, &mut s);
                         noise(seed, step_id, d, offset, &mut z);
@@ -190,6 +257,7 @@ pub fn sample_at(
             eps,
         } => {
             let smin = process.sigma(cfg.t_min).max(1e-12);
+            z.resize(len, 0.0);
             for k in 0..=n {
                 let t = t0 - k as f64 * h;
                 let a = eps * (process.sigma(t) / smin).powi(2);
@@ -198,9 +266,7 @@ pub fn sample_at(
                     score(x, t, &mut s);
                     noise(seed, step_id, d, offset, &mut z);
                     step_id += 1;
-                    for i in 0..x.len() {
-                        x[i] += a * s[i] + sq * z[i];
-                    }
+                    update(x, &s, &z, |x, s, z| x + (a * s + sq * z));
                 }
             }
         }
