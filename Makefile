@@ -14,7 +14,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 CARGO_FLAGS := --release --locked
 GENDA := ./target/release/genda
 
-.PHONY: setup build demo test test-slurm bench doctor clean-output
+.PHONY: setup build demo test test-slurm bench lint doctor clean-output
 
 setup:
 	@bash scripts/setup.sh
@@ -40,6 +40,11 @@ test-slurm: build
 
 bench: setup
 	cargo bench --locked
+
+## lint: clippy on every target, warnings as errors, and rustfmt's check.
+lint: setup
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo fmt --check
 
 doctor: build
 	$(GENDA) doctor

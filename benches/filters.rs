@@ -2,6 +2,7 @@
 //! - L96 RK4 step: ≤ 15 ns per variable per step at n = 10^6 on one core (numpy roll-based
 //!   RK4 ~105 ns, a naive Rust loop 23–32 ns on the project machines);
 //! - one L96-40 ETKF cycle (forecast of 20 members + analysis): ≤ 80 µs (DAPPER ~25 ms).
+//!
 //! Criterion prints time per iteration; with `Throughput::Elements(n)` it also prints
 //! elements/s for the RK4 step, whose inverse is the time per variable.
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

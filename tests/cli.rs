@@ -301,7 +301,9 @@ fn bad_input_gives_clear_errors_and_no_output() {
     let out = d.join("out.nc");
     let o = out.to_str().unwrap();
     let base = "configs/l96_sakov2008.toml";
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    // (what, config text edits, a word the error must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unknown key",
             vec![("inflation = 1.02", "inflaton = 1.02")],

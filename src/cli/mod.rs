@@ -881,7 +881,7 @@ fn print_bench(b: &crate::experiment::ModelBench, csv: Option<&std::path::Path>)
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)?;
+            .open(path)?;
         if new {
             let ks: String = b
                 .kernels_per_step_s

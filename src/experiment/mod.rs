@@ -204,7 +204,7 @@ fn save_checkpoint(
 /// decomposed (also on one domain, so every layout runs the same arithmetic), whole states
 /// otherwise.
 enum Propagator {
-    Slab(SlabStepper),
+    Slab(Box<SlabStepper>),
     /// Pseudo-spectral 2-D models: row slabs with the all-to-all transpose FFT (also on one
     /// domain, so every layout runs the same arithmetic).
     Spectral {
@@ -223,7 +223,7 @@ impl Propagator {
             }
         }
         match model.halo() {
-            Some(h) => Propagator::Slab(SlabStepper::new(rows, len, h)),
+            Some(h) => Propagator::Slab(Box::new(SlabStepper::new(rows, len, h))),
             None => Propagator::Whole { n: len },
         }
     }

@@ -617,9 +617,9 @@ mod tests {
     }
 
     /// Linear-Gaussian sanity with the exact prior score: climatology N(0, I) in 4-D, forecast
-    /// members drawn from it, x₀ observed with R = 0.5, y = 1.2. Fully inverted (t_start near
-    /// 1) the forecast carries no extra information, so the analysis must move toward the Kalman
-    /// posterior mean (0.8, 0, 0, 0) and keep the unobserved components near the prior.
+    /// members drawn from it, x₀ observed with R = 0.5, y = 1.2. Fully inverted (t_start
+    /// near 1) the forecast carries no extra information, so the analysis must move toward the
+    /// Kalman posterior mean (0.8, 0, 0, 0) and keep the unobserved components near the prior.
     #[test]
     fn guided_sampler_moves_toward_kalman_posterior() {
         let prior = GaussianPrior {

@@ -213,31 +213,29 @@ impl Filter for Ensf {
             // The damped likelihood score of each sample (rows are independent: on rayon's
             // threads for large states, the same numbers on any thread count).
             let damp = 1.0 - t;
-            let likelihood =
-                |(bufs, (row, xi)): (&mut (Vec<f64>, Vec<f64>), (&mut [f64], &[f64]))| {
-                    let (hx, g) = bufs;
-                    h.apply(xi, hx);
-                    for j in 0..p {
-                        hx[j] = (input.obs[j] - hx[j]) / input.obs_error_var[j];
-                    }
-                    h.adjoint(xi, hx, g);
-                    for k in 0..n {
-                        row[k] += damp * g[k];
-                    }
-                    if let Some(c) = clip {
-                        row.iter_mut().for_each(|v| *v = v.clamp(-c, c));
-                    }
-                };
+            let likelihood = |(hx, g): &mut (Vec<f64>, Vec<f64>), row: &mut [f64], xi: &[f64]| {
+                h.apply(xi, hx);
+                for j in 0..p {
+                    hx[j] = (input.obs[j] - hx[j]) / input.obs_error_var[j];
+                }
+                h.adjoint(xi, hx, g);
+                for k in 0..n {
+                    row[k] += damp * g[k];
+                }
+                if let Some(c) = clip {
+                    row.iter_mut().for_each(|v| *v = v.clamp(-c, c));
+                }
+            };
             let bufs = || (vec![0.0; p], vec![0.0; n]);
             if m * n >= PARALLEL_MIN_LEN {
                 out.par_chunks_mut(n)
                     .zip(x.par_chunks(n))
-                    .for_each_init(bufs, |b, rx| likelihood((b, rx)));
+                    .for_each_init(bufs, |b, (row, xi)| likelihood(b, row, xi));
             } else {
                 let mut b = bufs();
                 out.chunks_mut(n)
                     .zip(x.chunks(n))
-                    .for_each(|rx| likelihood((&mut b, rx)));
+                    .for_each(|(row, xi)| likelihood(&mut b, row, xi));
             }
         };
         let seed = ensf_seed(input.seed, input.cycle);

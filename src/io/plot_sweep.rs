@@ -410,8 +410,7 @@ where
 type Series = BTreeMap<(usize, Vec<String>), Vec<(f64, f64, f64, usize, usize)>>;
 
 fn build_series(t: &Table, xdim: Option<usize>, xs: &[f64], categorical: bool) -> Series {
-    let mut series: BTreeMap<(usize, Vec<String>), Vec<(f64, f64, f64, usize, usize)>> =
-        BTreeMap::new();
+    let mut series: Series = BTreeMap::new();
     for ((mi, coords), (vals, div)) in &t.groups {
         let xi = match xdim {
             Some(d) => t.labels[d]

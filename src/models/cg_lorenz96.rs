@@ -159,7 +159,7 @@ mod tests {
     fn large_scales_are_intermittent() {
         let m = model();
         let n = m.dim();
-        let mut x: Vec<f64> = (0..n).map(|i| if i < m.k { 1.0 } else { 1.0 }).collect();
+        let mut x: Vec<f64> = vec![1.0; n];
         x[3] += 0.1;
         let mut ws = Rk4Workspace::new(n);
         let mut z = vec![0.0; n];

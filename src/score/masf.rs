@@ -807,10 +807,13 @@ pub enum Guidance {
 /// toward y by one step's worth and equals the explicit step as the step → 0. Members start
 /// pushed forward to T_END (measured components from y for Bridge); noise keyed by
 /// (seed, step, member). `x` (M, dim) in place.
+/// A prior score evaluated in place: (x, t, score out).
+pub type PriorScoreFn<'a> = dyn FnMut(&[f64], f64, &mut [f64]) + 'a;
+
 #[allow(clippy::too_many_arguments)]
 pub fn reverse_sample(
     process: &DiagProcess,
-    prior: &mut dyn FnMut(&[f64], f64, &mut [f64]),
+    prior: &mut PriorScoreFn,
     guidance: Guidance,
     observed: &[usize],
     y: &[f64],
