@@ -574,3 +574,42 @@ fn particle_filter_l63_same_numbers_on_1_2_3_ranks() {
         &[(1, 1), (2, 1), (3, 1)],
     );
 }
+
+/// `genda bench --cycle` times a whole cycle of a config on 1 and 2 ranks (member groups, the
+/// same cycle either way), and `genda bench --machine` measures the machine's limits; both print
+/// positive, finite numbers.
+#[test]
+fn bench_times_a_whole_cycle_and_the_machine() {
+    let numbers = |t: &str, line: &str| -> Vec<f64> {
+        let l = t
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no line `{line}` in {t}"));
+        l.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|w| w.parse::<f64>().ok())
+            .collect()
+    };
+    let cfg = repo_file("configs/l96_sakov2008.toml");
+    let args = ["bench", cfg.to_str().unwrap(), "--cycle", "--cycles", "50"];
+    for o in [genda(&args), mpirun(2, &args)] {
+        assert!(o.status.success(), "{}", text(&o));
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        let v = numbers(&t, "per cycle [µs]: forecast");
+        assert!(v.len() >= 5 && v[..5].iter().all(|x| x.is_finite()), "{t}");
+        assert!(
+            v[0] > 0.0 && v[1] > 0.0,
+            "forecast and analysis take time: {t}"
+        );
+        assert!(
+            (v[2] - (v[0] + v[1])).abs() <= 0.11,
+            "forecast + analysis: {t}"
+        );
+    }
+    let o = genda(&["bench", "--machine"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    let v = numbers(&t, "STREAM triad");
+    assert!(v[0] > 0.1 && v[1] > 0.1, "bandwidths: {t}");
+    let v = numbers(&t, "dense f64 GEMM");
+    assert!(v.iter().any(|&g| g > 0.1), "GEMM rate: {t}");
+}
