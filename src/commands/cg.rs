@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::error::{GendaError, Result};
 use crate::experiment::Truth;
 use crate::filters::cg::{cg_filter_smoother, cg_structure, CgPosterior, CgResult};
-use crate::io::PendingFile;
+use crate::io::{create_cf, nc_error, PendingFile};
 use crate::metrics::{crps, skewness_kurtosis};
 use crate::parallel::SerialComm;
 use crate::rng::{fill_standard_normal, Purpose};
@@ -173,23 +173,13 @@ fn write_cg(
     res: &CgResult,
 ) -> Result<PathBuf> {
     let pending = PendingFile::new(path)?;
-    let e = |what: &'static str| {
-        move |err: netcdf::Error| GendaError::file(path, format!("NetCDF {what}: {err}"))
-    };
+    let e = |what: &'static str| nc_error(path, what);
     {
-        let mut f = netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4)
-            .map_err(e("create"))?;
-        f.add_attribute("Conventions", "CF-1.8")
-            .map_err(e("attrs"))?;
-        f.add_attribute(
-            "title",
-            format!(
-                "genda cg (conditional-Gaussian posterior): {}",
-                cfg.experiment.name
-            )
-            .as_str(),
-        )
-        .map_err(e("attrs"))?;
+        let title = format!(
+            "genda cg (conditional-Gaussian posterior): {}",
+            cfg.experiment.name
+        );
+        let mut f = create_cf(pending.tmp_path(), path, &title)?;
         f.add_attribute("config", cfg.to_toml().as_str())
             .map_err(e("attrs"))?;
         let (steps, nu, nv) = (u.len(), u[0].len(), v[0].len());

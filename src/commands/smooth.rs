@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::{GendaError, Result};
 use crate::experiment::Truth;
 use crate::filters::{selected_components, FilterConfig, SdaConfig};
-use crate::io::PendingFile;
+use crate::io::{create_cf, nc_error, PendingFile};
 use crate::models::{NoisyStepper, Rk4Workspace};
 use crate::parallel::SerialComm;
 use crate::rng::{fill_standard_normal, stream, Purpose};
@@ -376,19 +376,10 @@ fn write_smooth(
     w1: Option<(f64, f64)>,
 ) -> Result<PathBuf> {
     let pending = PendingFile::new(path)?;
-    let e = |what: &'static str| {
-        move |err: netcdf::Error| GendaError::file(path, format!("NetCDF {what}: {err}"))
-    };
+    let e = |what: &'static str| nc_error(path, what);
     {
-        let mut f = netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4)
-            .map_err(e("create"))?;
-        f.add_attribute("Conventions", "CF-1.8")
-            .map_err(e("attrs"))?;
-        f.add_attribute(
-            "title",
-            format!("genda smooth (SDA): {}", cfg.experiment.name).as_str(),
-        )
-        .map_err(e("attrs"))?;
+        let title = format!("genda smooth (SDA): {}", cfg.experiment.name);
+        let mut f = create_cf(pending.tmp_path(), path, &title)?;
         f.add_attribute("log_likelihood_mean", sc.log_likelihood)
             .map_err(e("attrs"))?;
         f.add_attribute("rmse_of_mean", sc.rmse)

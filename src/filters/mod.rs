@@ -341,10 +341,11 @@ pub trait MethodConfig {
     fn validate(&self, method: &str) -> Result<()>;
 }
 
-/// `MethodConfig` for configs with `members` and `inflation` fields; `$check` is the
-/// method's own validation (`|c, method| ...`).
+/// `MethodConfig` for a config with a `members` field: `$inflation` is the inflation it
+/// applies (`|c| c.inflation`, or `|_| 1.0` where the method applies none), `$check` the method's
+/// own validation (`|c, method| ...`).
 macro_rules! method_config {
-    ($t:ty, inflation: field, $check:expr) => {
+    ($t:ty, $inflation:expr, $check:expr) => {
         impl MethodConfig for $t {
             fn members(&self) -> usize {
                 self.members
@@ -353,24 +354,8 @@ macro_rules! method_config {
                 self.members = m;
             }
             fn inflation(&self) -> f64 {
-                self.inflation
-            }
-            fn validate(&self, method: &str) -> Result<()> {
-                let check: fn(&$t, &str) -> Result<()> = $check;
-                check(self, method)
-            }
-        }
-    };
-    ($t:ty, inflation: none, $check:expr) => {
-        impl MethodConfig for $t {
-            fn members(&self) -> usize {
-                self.members
-            }
-            fn set_members(&mut self, m: usize) {
-                self.members = m;
-            }
-            fn inflation(&self) -> f64 {
-                1.0
+                let inflation: fn(&$t) -> f64 = $inflation;
+                inflation(self)
             }
             fn validate(&self, method: &str) -> Result<()> {
                 let check: fn(&$t, &str) -> Result<()> = $check;
@@ -380,17 +365,17 @@ macro_rules! method_config {
     };
 }
 
-method_config!(EtkfConfig, inflation: field, |_, _| Ok(()));
-method_config!(EnkfConfig, inflation: field, |_, _| Ok(()));
-method_config!(LetkfConfig, inflation: field, |c, _| validate_letkf(c));
-method_config!(MasfConfig, inflation: field, |c, m| c.validate(m));
-method_config!(DaisiConfig, inflation: field, |c, _| c.validate());
-method_config!(EnsfConfig, inflation: none, |c, _| c.validate());
-method_config!(PfConfig, inflation: none, |c, _| c.validate());
-method_config!(KdeConfig, inflation: none, |c, _| c.validate());
-method_config!(OmegaConfig, inflation: none, |c, _| c.validate());
-method_config!(SdaConfig, inflation: none, |c, _| c.validate());
-method_config!(FreeConfig, inflation: none, |_, _| Ok(()));
+method_config!(EtkfConfig, |c| c.inflation, |_, _| Ok(()));
+method_config!(EnkfConfig, |c| c.inflation, |_, _| Ok(()));
+method_config!(LetkfConfig, |c| c.inflation, |c, _| validate_letkf(c));
+method_config!(MasfConfig, |c| c.inflation, |c, m| c.validate(m));
+method_config!(DaisiConfig, |c| c.inflation, |c, _| c.validate());
+method_config!(EnsfConfig, |_| 1.0, |c, _| c.validate());
+method_config!(PfConfig, |_| 1.0, |c, _| c.validate());
+method_config!(KdeConfig, |_| 1.0, |c, _| c.validate());
+method_config!(OmegaConfig, |_| 1.0, |c, _| c.validate());
+method_config!(SdaConfig, |_| 1.0, |c, _| c.validate());
+method_config!(FreeConfig, |_| 1.0, |_, _| Ok(()));
 
 fn validate_letkf(c: &LetkfConfig) -> Result<()> {
     if let Some(ry) = c.localization_radius_y {

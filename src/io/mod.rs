@@ -12,7 +12,7 @@ mod tensors;
 
 pub use checkpoint::{read_checkpoint, snapshot_path, write_checkpoint, RunCheckpoint};
 pub use hdf5_io::{read_trajectory, write_trajectory, Trajectory};
-pub use netcdf_out::{read_run, RunData, RunMeta, RunWriter};
+pub use netcdf_out::{at as nc_error, create_cf, read_run, RunData, RunMeta, RunWriter};
 pub use tensors::{read_tensor_file, write_tensor_file, NamedArray, TensorFile};
 
 use crate::error::{GendaError, Result};

@@ -69,9 +69,20 @@ fn ncerr(path: &Path, what: &str, e: netcdf::Error) -> GendaError {
 type VarSpec = (&'static str, Vec<&'static str>, &'static str);
 
 /// The error mapper for NetCDF step `what` on the file at `path`.
-fn at<'p>(path: &'p Path, what: &str) -> impl FnOnce(netcdf::Error) -> GendaError + 'p {
+/// The error of a NetCDF call on `path` while doing `what` (for `map_err`).
+pub fn at<'p>(path: &'p Path, what: &str) -> impl FnOnce(netcdf::Error) -> GendaError + 'p {
     let what = what.to_string();
     move |err: netcdf::Error| ncerr(path, &what, err)
+}
+
+/// A new NetCDF-4 file at `tmp` (a `PendingFile`'s temporary name for `path`) with the CF
+/// convention and `title` set; errors name `path`.
+pub fn create_cf(tmp: &Path, path: &Path, title: &str) -> Result<netcdf::FileMut> {
+    let mut f = netcdf::create_with(tmp, netcdf::Options::NETCDF4).map_err(at(path, "create"))?;
+    f.add_attribute("Conventions", "CF-1.8")
+        .map_err(at(path, "attrs"))?;
+    f.add_attribute("title", title).map_err(at(path, "attrs"))?;
+    Ok(f)
 }
 
 /// Define the dimensions `time`, `y`/`x` (grid) or `x`, `obs` and, with saved ensembles, `member`.

@@ -189,9 +189,7 @@ fn write_netcdf(
     path: &Path,
 ) -> Result<PathBuf> {
     let pending = PendingFile::new(path)?;
-    let e = |what: &'static str| {
-        move |err: netcdf::Error| GendaError::file(path, format!("NetCDF {what}: {err}"))
-    };
+    let e = |what: &'static str| crate::io::nc_error(path, what);
     {
         let mut f = netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4)
             .map_err(e("create"))?;
