@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything genda needs on Debian 12 (or Ubuntu):
-#   1. system libraries from apt: OpenMPI, HDF5, NetCDF, libclang (bindgen), pkg-config, a font
+#   1. system libraries from apt: OpenMPI, HDF5, NetCDF (serial and MPI builds; genda links the
+#      MPI ones, see .cargo/config.toml), libclang (bindgen), pkg-config, a font
 #      for plots, slurm-wlm + munge for the real Slurm test; installed only when missing;
-#   2. a venv outside the clone ($GENDA_HOME/venv) with numpy + netCDF4 (the external model of
+#   2. a venv outside the clone ($GENDA_HOME/venv) with numpy + netCDF4 + h5py + xarray (the external model of
 #      the coupling tests) and, unless $LIBTORCH is set, torch;
 #   3. libtorch: from $LIBTORCH if set (an HPC module or your own build), otherwise PyPI's `torch`
 #      wheel in a venv kept outside the clone ($GENDA_HOME/venv, default ~/.cache/genda/venv),
@@ -13,7 +14,7 @@ set -euo pipefail
 GENDA_HOME=${GENDA_HOME:-$HOME/.cache/genda}
 VENV=${GENDA_VENV:-$GENDA_HOME/venv}
 TORCH_VERSION=2.11.0
-APT_PKGS=(libopenmpi-dev openmpi-bin libhdf5-dev libnetcdf-dev netcdf-bin libclang-dev pkg-config fonts-dejavu-core slurm-wlm munge)
+APT_PKGS=(libopenmpi-dev openmpi-bin libhdf5-dev libhdf5-openmpi-dev libnetcdf-dev libnetcdf-mpi-dev netcdf-bin libclang-dev pkg-config fonts-dejavu-core slurm-wlm munge)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -49,13 +50,14 @@ make_venv() {
 }
 
 # numpy + netCDF4 for the external model of the coupling tests (tests/coupling_model.py), h5py
-# for the oracle tests (tests/oracle/).
+# for the oracle tests (tests/oracle/), xarray for the check that users' tools open the
+# collectively written run files (tests/parallel_io.rs).
 make_venv
-if "$VENV/bin/python" -c "import numpy, netCDF4, h5py" 2>/dev/null; then
-  log "numpy, netCDF4, h5py present in $VENV"
+if "$VENV/bin/python" -c "import numpy, netCDF4, h5py, xarray" 2>/dev/null; then
+  log "numpy, netCDF4, h5py, xarray present in $VENV"
 else
-  log "installing numpy, netCDF4, h5py into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check numpy netCDF4 h5py
+  log "installing numpy, netCDF4, h5py, xarray into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check numpy netCDF4 h5py xarray
 fi
 
 if [ -n "${LIBTORCH:-}" ]; then

@@ -97,17 +97,26 @@ pub fn doctor() -> (String, usize) {
             nc_libs.first().map(String::as_str).unwrap_or("static?")
         ),
     );
-    let nc_par = nc_libs.iter().any(|p| p.contains("/mpi/"))
+    let nc_par = nc_libs
+        .iter()
+        .any(|p| p.contains("/mpi/") || p.contains("netcdf_mpi"))
         || command_output("nc-config", &["--has-parallel4"]).as_deref() == Some("yes");
     if nc_par {
-        r.ok("NetCDF parallel I/O", "parallel NetCDF-4 available");
-    } else {
-        r.info(
+        r.ok(
             "NetCDF parallel I/O",
-            "serial libnetcdf: output is written by rank 0 (fine for ensemble-split runs); for collective writes install libnetcdf-mpi-dev + libhdf5-openmpi-dev and rebuild with NETCDF_DIR/HDF5_DIR pointing at them",
+            "parallel NetCDF-4: run files are written collectively, each rank its slab",
+        );
+    } else {
+        r.warn(
+            "NetCDF parallel I/O",
+            "serial libnetcdf: multi-rank runs cannot write their run files collectively",
+            "install libnetcdf-mpi-dev + libhdf5-openmpi-dev (scripts/setup.sh does) and rebuild with NETCDF_DIR/HDF5_DIR pointing at them (.cargo/config.toml)",
         );
     }
-    let h5_libs = loaded_libraries("libhdf5");
+    let h5_libs: Vec<String> = loaded_libraries("libhdf5")
+        .into_iter()
+        .filter(|p| !p.contains("_hl") && !p.contains("_cpp") && !p.contains("fortran"))
+        .collect();
     r.ok(
         "HDF5 library",
         format!(
@@ -119,18 +128,26 @@ pub fn doctor() -> (String, usize) {
     let h5_par = h5_libs
         .iter()
         .any(|p| p.contains("openmpi") || p.contains("mpich"));
-    if h5_libs.iter().any(|p| p.contains("serial")) && h5_par {
+    if h5_libs.len() > 1 {
         r.warn(
             "HDF5",
-            "both serial and MPI builds of libhdf5 are loaded",
-            "rebuild with HDF5_DIR set to the MPI build only",
+            format!(
+                "{} HDF5 libraries are loaded: {}",
+                h5_libs.len(),
+                h5_libs.join(", ")
+            ),
+            "rebuild with HDF5_DIR set to the MPI build only (.cargo/config.toml)",
         );
     } else if h5_par {
-        r.ok("HDF5 parallel I/O", "MPI-enabled libhdf5");
-    } else {
-        r.info(
+        r.ok(
             "HDF5 parallel I/O",
-            "serial libhdf5 (checkpoints/weights are written per file by one rank)",
+            "MPI-enabled libhdf5, the only one in the process: checkpoints are written in slabs by every rank",
+        );
+    } else {
+        r.warn(
+            "HDF5 parallel I/O",
+            "serial libhdf5: multi-rank checkpoints cannot be written in parallel",
+            "install libhdf5-openmpi-dev and rebuild with HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi",
         );
     }
 

@@ -203,6 +203,60 @@ pub struct OutputConfig {
     /// sort of N members per variable and cycle.
     #[serde(default)]
     pub distributional_scores: bool,
+    /// Write every k-th cycle only (the time means still cover every cycle); 1: all.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub every: usize,
+    /// The field variables to write, of `truth`, `observations`, `forecast_mean`,
+    /// `analysis_mean` (empty: all); the per-cycle statistics are always written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    /// Deflate level 1–9 of the time series (chunks of one time row, and one member of the
+    /// ensembles); 0 (default): uncompressed, contiguous.
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub compression: u8,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
+}
+
+impl OutputConfig {
+    /// How the run file is laid out.
+    pub fn layout(&self) -> crate::io::OutputLayout {
+        crate::io::OutputLayout {
+            every: self.every,
+            fields: self.fields.clone(),
+            compression: self.compression,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.every == 0 {
+            return Err(GendaError::invalid("output.every", "must be at least 1"));
+        }
+        if self.compression > 9 {
+            return Err(GendaError::invalid(
+                "output.compression",
+                format!("deflate level {} is not in 0..=9", self.compression),
+            ));
+        }
+        for f in &self.fields {
+            if !crate::io::FIELD_VARIABLES.contains(&f.as_str()) {
+                return Err(GendaError::invalid(
+                    "output.fields",
+                    format!(
+                        "unknown variable `{f}`; choose from {:?}",
+                        crate::io::FIELD_VARIABLES
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_output_path() -> PathBuf {
@@ -215,6 +269,9 @@ impl Default for OutputConfig {
             path: default_output_path(),
             save_ensemble: false,
             distributional_scores: false,
+            every: 1,
+            fields: Vec::new(),
+            compression: 0,
         }
     }
 }
@@ -304,6 +361,7 @@ impl Config {
 
     /// Check every value that serde's types cannot express.
     pub fn validate(&self) -> Result<()> {
+        self.output.validate()?;
         let e = &self.experiment;
         if e.cycles == 0 {
             return Err(GendaError::invalid(

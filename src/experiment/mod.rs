@@ -8,8 +8,8 @@ use crate::config::Config;
 use crate::error::{GendaError, Result};
 use crate::filters::{AnalysisInput, Filter, ForecastPath, LocalDomain};
 use crate::io::{
-    read_checkpoint, snapshot_path, write_checkpoint, write_trajectory, RunCheckpoint, RunMeta,
-    RunWriter, Trajectory,
+    read_checkpoint, read_checkpoint_slab, snapshot_path, write_checkpoint, write_trajectory,
+    CheckpointSlab, OutputLayout, RunCheckpoint, RunMeta, RunSlabs, RunWriter, Trajectory,
 };
 use crate::metrics::TimeAverage;
 pub use crate::models::TRUTH_STREAM;
@@ -36,21 +36,30 @@ pub use truth::Truth;
 /// Variable-steps per forecast below which threads cost more than they save.
 const PARALLEL_FORECAST_MIN_WORK: usize = 20_000;
 
-/// A truth read from an HDF5 trajectory (`experiment.truth_file`).
+/// A truth read from an HDF5 trajectory (`experiment.truth_file`): each rank reads, at each
+/// cycle, only the row of that cycle on its own columns.
 struct TruthReplay {
-    traj: crate::io::Trajectory,
+    traj: crate::io::TrajectoryReader,
     /// Rows per cycle.
     stride: usize,
+    /// The columns this rank reads.
+    own: Range<usize>,
 }
 
 impl TruthReplay {
-    fn open(path: &Path, n: usize, cycle_dt: f64, cycles: usize) -> Result<Self> {
-        let traj = crate::io::read_trajectory(path)?;
+    fn open(
+        path: &Path,
+        n: usize,
+        cycle_dt: f64,
+        cycles: usize,
+        own: Range<usize>,
+    ) -> Result<Self> {
+        let traj = crate::io::TrajectoryReader::open(path)?;
         if traj.state_dim != n {
             return Err(GendaError::file(
                 path,
                 format!(
-                    "experiment.truth_file has states of {} values, the model has {n}",
+                    "experiment.truth_file: dataset `trajectory` has states of {} values, the model has {n}",
                     traj.state_dim
                 ),
             ));
@@ -76,20 +85,20 @@ impl TruthReplay {
                 ),
             ));
         }
-        if traj.data.iter().any(|v| !v.is_finite()) {
-            return Err(GendaError::file(
-                path,
-                "experiment.truth_file has non-finite values",
-            ));
-        }
-        Ok(TruthReplay { traj, stride })
+        Ok(TruthReplay { traj, stride, own })
     }
 
-    /// The true state at cycle c (1-based).
-    fn state(&self, cycle: usize) -> &[f64] {
-        let n = self.traj.state_dim;
+    /// This rank's columns of the true state at cycle c (1-based), into `out`.
+    fn read(&self, cycle: usize, out: &mut [f64]) -> Result<()> {
         let r = cycle * self.stride - 1;
-        &self.traj.data[r * n..(r + 1) * n]
+        self.traj.read_row(r, self.own.clone(), out)?;
+        if out.iter().any(|v| !v.is_finite()) {
+            return Err(GendaError::file(
+                &self.traj.path,
+                format!("experiment.truth_file has non-finite values in row {r} (cycle {cycle})"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -138,66 +147,6 @@ fn on_root<T>(comm: &dyn Collectives, f: impl FnOnce() -> Result<T>) -> Result<O
             "the root rank failed to write output; see its error".into(),
         )))
     }
-}
-
-/// What a checkpoint holds besides the ensemble and the truth: the filter's own state and the
-/// assessor's accumulators.
-struct CheckpointState {
-    filter: SavedState,
-    assessment: SavedState,
-}
-
-/// Write checkpoint `path` after `cycle` (root rank): the run-file snapshot first, named by
-/// cycle, then the checkpoint that points at it, then remove the previous snapshot — so a crash at
-/// any moment leaves the previous checkpoint usable.
-#[allow(clippy::too_many_arguments)]
-fn save_checkpoint(
-    path: &Path,
-    cycle: usize,
-    ens: &Array2<f64>,
-    truth: &[f64],
-    inflation: f64,
-    config_hash: &str,
-    state: CheckpointState,
-    writer: Option<&mut RunWriter>,
-    previous: &mut Option<PathBuf>,
-) -> Result<()> {
-    let snap = match writer {
-        Some(w) => {
-            let p = snapshot_path(path, cycle);
-            w.snapshot(&p)?;
-            Some(p)
-        }
-        None => None,
-    };
-    let ens = ens.as_standard_layout();
-    write_checkpoint(
-        path,
-        &RunCheckpoint {
-            cycle,
-            members: ens.nrows(),
-            state_dim: ens.ncols(),
-            ensemble: ens.as_slice().expect("standard layout").to_vec(),
-            truth: truth.to_vec(),
-            inflation,
-            filter_state: state.filter,
-            assessment: state.assessment,
-            config_hash: config_hash.to_string(),
-            genda_version: env!("CARGO_PKG_VERSION").to_string(),
-            run_snapshot: snap
-                .as_ref()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned()),
-        },
-    )?;
-    if let Some(old) = previous.take() {
-        if Some(&old) != snap.as_ref() {
-            let _ = std::fs::remove_file(old);
-        }
-    }
-    *previous = snap;
-    log::info!("checkpoint after cycle {cycle}: {}", path.display());
-    Ok(())
 }
 
 /// The state propagation of this rank: slabs with halo exchange for models that can be
@@ -493,12 +442,6 @@ pub fn check_layout(cfg: &Config, ranks: usize) -> Result<(Decomposition, Layout
             ));
         }
     }
-    if domains > 1 && cfg.output.save_ensemble {
-        return Err(GendaError::invalid(
-            "output.save_ensemble",
-            "full ensembles are written only with parallel.domains = 1 (the output is gathered per variable on one rank)",
-        ));
-    }
     Ok((dec, layout))
 }
 
@@ -598,46 +541,44 @@ fn read_checkpoint_for(
     Ok(ck)
 }
 
-/// The run file on the root (`None` elsewhere and without output): a new one, or the
-/// checkpoint's snapshot `resume` continued.
+/// The run file, written by every rank together (each its `slabs`), `None` without output.
 fn open_writer(
     cfg: &Config,
     comm: &dyn Collectives,
     model: &dyn Model,
     filter: &dyn Filter,
-    resume: Option<&Path>,
+    slabs: RunSlabs,
     write_output: bool,
 ) -> Result<Option<RunWriter>> {
     if !write_output {
         return Ok(None);
     }
-    if let Some(snap) = resume {
-        return on_root(comm, || RunWriter::resume(&cfg.output.path, snap));
-    }
     let n = model.dim();
-    on_root(comm, || {
-        RunWriter::create(
-            &cfg.output.path,
-            &RunMeta {
-                name: &cfg.experiment.name,
-                model: model.name(),
-                method: Some(filter.name()),
-                members: cfg.filter.members(),
-                state_dim: n,
-                obs_locations: &cfg.observations.locations(n),
-                obs_operator: &format!("{:?}", cfg.observations.operator).to_lowercase(),
-                cycles: cfg.experiment.cycles,
-                cycle_dt: cfg.observations.obs_every as f64 * model.dt(),
-                burn_in: cfg.experiment.burn_in,
-                save_ensemble: cfg.output.save_ensemble,
-                config_toml: &cfg.to_toml(),
-                ranks: comm.size(),
-                grid_side: model.grid_side(),
-                distributional_scores: cfg.output.distributional_scores,
-                weighted: filter.weights().is_some(),
-            },
-        )
-    })
+    RunWriter::create(
+        &cfg.output.path,
+        &RunMeta {
+            name: &cfg.experiment.name,
+            model: model.name(),
+            method: Some(filter.name()),
+            members: cfg.filter.members(),
+            state_dim: n,
+            obs_locations: &cfg.observations.locations(n),
+            obs_operator: &format!("{:?}", cfg.observations.operator).to_lowercase(),
+            cycles: cfg.experiment.cycles,
+            cycle_dt: cfg.observations.obs_every as f64 * model.dt(),
+            burn_in: cfg.experiment.burn_in,
+            save_ensemble: cfg.output.save_ensemble,
+            config_toml: &cfg.to_toml(),
+            ranks: comm.size(),
+            grid_side: model.grid_side(),
+            distributional_scores: cfg.output.distributional_scores,
+            weighted: filter.weights().is_some(),
+        },
+        &cfg.output.layout(),
+        slabs,
+        comm,
+    )
+    .map(Some)
 }
 
 /// The cycle progress bar (hidden unless `show`).
@@ -676,6 +617,16 @@ fn agree_on_analysis(comm: &dyn Collectives, res: Result<()>, cycle: usize) -> R
     })
 }
 
+/// Every rank agrees on the outcome of its part of a collective write.
+fn agree_on_output(comm: &dyn Collectives, res: Result<()>) -> Result<()> {
+    if comm.all_ok(res.is_ok()) {
+        return Ok(());
+    }
+    res.and(Err(GendaError::Parallel(
+        "another rank failed to write its part of the run file; see its error".into(),
+    )))
+}
+
 /// The members of this domain from every group, in member order: `local` (this group's
 /// members) into `all` (members, owned columns).
 fn gather_members(
@@ -691,8 +642,9 @@ fn gather_members(
     )
 }
 
-/// Cycle `cycle`'s record of the run file (root): the whole truth, observations, forecast and
-/// analysis means `[truth, obs, forecast mean, analysis mean]`, the statistics, the ensembles
+/// This rank's part of cycle `cycle`'s record of the run file: the truth, observations,
+/// forecast and analysis means of its slab `[truth, obs, forecast mean, analysis mean]`
+/// (empty on the ranks that write no fields), the statistics, its members of the ensembles
 /// (forecast, analysis) with `save_ensemble`, the particle weights (forecast, analysis) and the
 /// CRPS where the run has them.
 fn write_cycle(
@@ -700,19 +652,17 @@ fn write_cycle(
     cycle: usize,
     [truth, obs, fmean, amean]: [&[f64]; 4],
     stats: &crate::metrics::CycleStats,
-    (forecast, analysis): (Option<&Array2<f64>>, &Array2<f64>),
+    ensembles: Option<(ArrayView2<f64>, ArrayView2<f64>)>,
     weights: (Option<&[f64]>, Option<&[f64]>),
     crps: Option<f64>,
 ) -> Result<()> {
-    let empty = Array2::zeros((0, 0));
-    let k = cycle - 1;
-    wr.write_truth(k, truth, obs)?;
-    wr.write_filter(k, fmean, amean, stats, forecast.unwrap_or(&empty), analysis)?;
+    wr.write_truth(cycle, truth, obs)?;
+    wr.write_filter(cycle, fmean, amean, stats, ensembles)?;
     if let (Some(fw), Some(aw)) = weights {
-        wr.write_weights(k, fw, aw)?;
+        wr.write_weights(cycle, fw, aw)?;
     }
     match crps {
-        Some(c) => wr.write_crps(k, c),
+        Some(c) => wr.write_crps(cycle, c),
         None => Ok(()),
     }
 }
@@ -782,78 +732,6 @@ fn log_layout(
         len.max(dec.min_domain_len()),
         dec.tile
     );
-}
-
-/// Gathers of whole-state vectors to the root of a domain communicator (group 0's, whose root
-/// is world rank 0): the per-cycle output and the checkpoint. Only the root holds the result.
-struct RootGather {
-    /// Columns of each domain.
-    slab_counts: Vec<usize>,
-}
-
-impl RootGather {
-    /// This rank's `part` of a vector split by domain as `counts` (the columns by default).
-    fn to_root(
-        &self,
-        dcomm: &dyn Collectives,
-        part: &[f64],
-        counts: Option<&[usize]>,
-    ) -> Result<Vec<f64>> {
-        let counts = counts.unwrap_or(&self.slab_counts);
-        let total = if dcomm.is_root() {
-            counts.iter().sum()
-        } else {
-            0
-        };
-        let mut g = vec![0.0; total];
-        dcomm.gather_rows_to_root(part, counts, &mut g)?;
-        Ok(g)
-    }
-
-    /// What a checkpoint holds of the ensemble and the truth (root; gathered over group 0's
-    /// domain communicator): the global ensemble in member order, restartable on any layout,
-    /// and the truth's checkpoint values.
-    fn checkpoint(
-        &self,
-        dcomm: &dyn Collectives,
-        dec: &Decomposition,
-        ens: &Array2<f64>,
-        truth: &Truth,
-    ) -> Result<(Array2<f64>, Vec<f64>)> {
-        let g_truth = self.to_root(dcomm, &truth.slab, None)?;
-        Ok((
-            self.ensemble_to_root(dcomm, dec, ens)?,
-            truth.checkpoint_values(g_truth, dcomm.is_root()),
-        ))
-    }
-
-    /// The global ensemble (members, n) in member order from every domain's slab `ens`
-    /// (members, owned columns): a checkpoint restartable on any layout.
-    fn ensemble_to_root(
-        &self,
-        dcomm: &dyn Collectives,
-        dec: &Decomposition,
-        ens: &Array2<f64>,
-    ) -> Result<Array2<f64>> {
-        let members = ens.nrows();
-        let counts: Vec<usize> = self.slab_counts.iter().map(|c| c * members).collect();
-        let slabs = self.to_root(dcomm, ens.as_slice().expect("contiguous"), Some(&counts))?;
-        if !dcomm.is_root() {
-            return Ok(Array2::zeros((0, 0)));
-        }
-        let n: usize = self.slab_counts.iter().sum();
-        let mut g = Array2::<f64>::zeros((members, n));
-        let mut off = 0;
-        for d in 0..dec.domains {
-            let r = dec.domain_range(d);
-            let blk =
-                ArrayView2::from_shape((members, r.len()), &slabs[off..off + members * r.len()])
-                    .expect("slab shape");
-            g.slice_mut(s![.., r.clone()]).assign(&blk);
-            off += members * r.len();
-        }
-        Ok(g)
-    }
 }
 
 /// Stability at the start (CFL of the 2-D models), on the truth slab and every local member;
@@ -966,7 +844,6 @@ struct TwinRun<'a> {
     cfg: &'a Config,
     comm: &'a dyn Collectives,
     opts: &'a RunOptions,
-    dec: Decomposition,
     lay: &'a Layout,
     /// My member group's ranks, one per domain; and my domain's ranks of the other groups.
     dcomm: &'a dyn Collectives,
@@ -985,7 +862,6 @@ struct TwinRun<'a> {
     lobs: LocalObs,
     own_obs: Range<usize>,
     obs_offset: usize,
-    obs_counts: Vec<usize>,
     truth: Truth,
     /// This rank's members on its columns.
     local: Array2<f64>,
@@ -994,7 +870,6 @@ struct TwinRun<'a> {
     assess: Assessor,
     writer: Option<RunWriter>,
     snapshot: Option<PathBuf>,
-    gather: RootGather,
     config_hash: String,
     ckpt_path: PathBuf,
     // The cycle's buffers: observations, all members on my columns, the forecast paths.
@@ -1048,12 +923,6 @@ impl<'a> TwinRun<'a> {
             locs.partition_point(|&l| l < w)..locs.partition_point(|&l| l < w + len)
         };
         let obs_offset = lobs.global.get(own_obs.start).copied().unwrap_or(0);
-        let obs_counts: Vec<usize> = {
-            let mine_c = [own_obs.len() as f64];
-            let mut all = vec![0.0; dec.domains];
-            dcomm.all_gather_rows(&mine_c, &vec![1; dec.domains], &mut all)?;
-            all.iter().map(|v| *v as usize).collect()
-        };
         log_layout(cfg, model.as_ref(), comm, lay, &dec);
 
         let mut truth = Truth::new(cfg, model.as_ref(), own.clone())?;
@@ -1097,10 +966,6 @@ impl<'a> TwinRun<'a> {
             dcomm,
             ecomm: topo.ensemble.as_ref(),
             reducer: TileReducer::new(dcomm, &dec),
-            gather: RootGather {
-                slab_counts: dec.slab_counts(1),
-            },
-            dec,
             filter,
             want_path: needs.forecast_path,
             w,
@@ -1110,7 +975,6 @@ impl<'a> TwinRun<'a> {
             lobs,
             own_obs,
             obs_offset,
-            obs_counts,
             truth,
             local,
             prop,
@@ -1144,12 +1008,11 @@ impl<'a> TwinRun<'a> {
             n,
             self.cfg.experiment.cycles,
         )?;
-        for (mut row, m) in self.local.rows_mut().into_iter().zip(self.mine.clone()) {
-            row.as_slice_mut()
-                .expect("contiguous")
-                .copy_from_slice(&ck.ensemble[m * n + own.start..m * n + own.end]);
-        }
-        self.truth.restore(&ck.truth, n, path)?;
+        // Only this rank's members on its columns, and its part of the truth.
+        let range = self.truth.checkpoint_range(ck.truth_len);
+        let (ens, truth) = read_checkpoint_slab(path, self.mine.clone(), own.clone(), range)?;
+        self.local.assign(&ens);
+        self.truth.restore(&truth, n, path)?;
         let in_file = |e: GendaError| GendaError::file(path, e.to_string());
         self.assess
             .restore(ck.assessment, ck.cycle)
@@ -1169,16 +1032,33 @@ impl<'a> TwinRun<'a> {
         Ok(ck.cycle + 1)
     }
 
-    /// The run file: new, or the restart's snapshot continued.
-    fn open_output(&mut self) -> Result<()> {
+    /// The run file, written by every rank together: group 0's ranks write the fields of their
+    /// domain, every rank its members of the saved ensembles, world rank 0 the scalars. On a
+    /// restart (first cycle `start`), the snapshot's earlier cycles are copied in.
+    fn open_output(&mut self, start: usize) -> Result<()> {
+        let g0 = self.lay.group == 0;
+        let slabs = RunSlabs {
+            state: if g0 { self.own.clone() } else { 0..0 },
+            obs: if g0 {
+                self.obs_offset..self.obs_offset + self.own_obs.len()
+            } else {
+                0..0
+            },
+            members: self.mine.clone(),
+            ens_state: self.own.clone(),
+            scalars: self.comm.is_root(),
+        };
         self.writer = open_writer(
             self.cfg,
             self.comm,
             self.model.as_ref(),
             self.filter.as_ref(),
-            self.snapshot.as_deref(),
+            slabs,
             self.opts.write_output,
         )?;
+        if let (Some(w), Some(snap)) = (self.writer.as_mut(), self.snapshot.as_deref()) {
+            w.copy_from(snap, start - 1, self.comm)?;
+        }
         Ok(())
     }
 
@@ -1318,34 +1198,47 @@ impl<'a> TwinRun<'a> {
         })
     }
 
-    /// The cycle's row of the run file (gathered over group 0's domain communicator; world
-    /// rank 0 is its rank 0, and writes), then my members' analysis back into `local`.
+    /// This rank's part of the cycle's row of the run file (written collectively, no rank
+    /// holding more than its own slab), then my members' analysis back into `local`.
     fn output(&mut self, cycle: usize, a: &Analysed) -> Result<()> {
         let t = Instant::now();
-        if self.opts.write_output && self.lay.group == 0 {
-            // One global vector at a time on the root: truth, owned observations, means.
-            let (g, d) = (&self.gather, self.dcomm);
-            let g_truth = g.to_root(d, &self.truth.slab, None)?;
-            let own_obs = &self.obs[self.own_obs.clone()];
-            let g_obs = g.to_root(d, own_obs, Some(&self.obs_counts))?;
-            let g_f = g.to_root(d, a.fc.mean.as_slice().expect("contiguous"), None)?;
-            let amean = a.cycle.analysis_mean.as_slice().expect("contiguous");
-            let g_a = g.to_root(d, amean, None)?;
-            let res = match self.writer.as_mut() {
-                Some(wr) => write_cycle(
-                    wr,
-                    cycle,
-                    [&g_truth, &g_obs, &g_f, &g_a],
-                    &a.cycle.stats,
-                    (a.forecast.as_ref(), &self.ens),
-                    (a.forecast_weights.as_deref(), self.filter.weights()),
-                    a.cycle.crps,
-                ),
-                None => Ok(()),
+        if let Some(wr) = self.writer.as_mut() {
+            // Group 0 writes the fields of its domain; the other groups take part with nothing.
+            let g0 = self.lay.group == 0;
+            let part = |v: &'_ [f64]| -> usize {
+                if g0 {
+                    v.len()
+                } else {
+                    0
+                }
             };
-            on_root(self.comm, || res)?;
-        } else if self.opts.write_output {
-            on_root(self.comm, || Ok(()))?;
+            let own_obs = &self.obs[self.own_obs.clone()];
+            let fmean = a.fc.mean.as_slice().expect("contiguous");
+            let amean = a.cycle.analysis_mean.as_slice().expect("contiguous");
+            let truth = &self.truth.slab;
+            let fields = [
+                &truth[..part(truth)],
+                &own_obs[..part(own_obs)],
+                &fmean[..part(fmean)],
+                &amean[..part(amean)],
+            ];
+            let mine = self.mine.clone();
+            let ensembles = match (&a.forecast, self.cfg.output.save_ensemble) {
+                (Some(f), true) => {
+                    Some((f.slice(s![mine.clone(), ..]), self.ens.slice(s![mine, ..])))
+                }
+                _ => None,
+            };
+            let res = write_cycle(
+                wr,
+                cycle,
+                fields,
+                &a.cycle.stats,
+                ensembles,
+                (a.forecast_weights.as_deref(), self.filter.weights()),
+                a.cycle.crps,
+            );
+            agree_on_output(self.comm, res)?;
         }
         self.assess.times.output += t.elapsed().as_secs_f64();
         self.local
@@ -1363,30 +1256,76 @@ impl<'a> TwinRun<'a> {
             return Ok(());
         }
         let t = Instant::now();
-        let (g_ens, g_truth) = if self.lay.group == 0 {
-            self.gather
-                .checkpoint(self.dcomm, &self.dec, &self.ens, &self.truth)?
-        } else {
-            (Array2::zeros((0, 0)), Vec::new())
+        // The run file so far, copied beside the checkpoint (every rank flushes its part).
+        let snap = match self.writer.as_mut() {
+            Some(w) => {
+                let p = snapshot_path(&self.ckpt_path, cycle);
+                w.snapshot(&p, self.comm)?;
+                Some(p)
+            }
+            None => None,
         };
-        let (filter, assess) = (&self.filter, &self.assess);
-        let (writer, snapshot) = (&mut self.writer, &mut self.snapshot);
-        on_root(self.comm, || {
-            save_checkpoint(
-                &self.ckpt_path,
-                cycle,
-                &g_ens,
-                &g_truth,
-                self.cfg.filter.inflation(),
-                &self.config_hash,
-                CheckpointState {
-                    filter: filter.save_state()?,
-                    assessment: assess.save(),
-                },
-                writer.as_mut(),
-                snapshot,
-            )
-        })?;
+        // The method's and the assessor's state, from the root (replicated on every rank).
+        let root = self.comm.is_root();
+        let state = if root {
+            self.filter.save_state()
+        } else {
+            Ok(SavedState::new())
+        };
+        let filter_state = agree_on_output(
+            self.comm,
+            state
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| GendaError::Parallel(e.to_string())),
+        )
+        .and(state)?;
+        let n = self.model.dim();
+        let (truth, truth_at, truth_len) = self.truth.checkpoint_part(n, root, self.lay.group == 0);
+        let meta = RunCheckpoint {
+            cycle,
+            members: self.cfg.filter.members(),
+            state_dim: n,
+            truth_len,
+            inflation: self.cfg.filter.inflation(),
+            filter_state,
+            assessment: if root {
+                self.assess.save()
+            } else {
+                SavedState::new()
+            },
+            config_hash: self.config_hash.clone(),
+            genda_version: env!("CARGO_PKG_VERSION").to_string(),
+            run_snapshot: snap
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned()),
+        };
+        let slab = CheckpointSlab {
+            ensemble: self.ens.slice(s![self.mine.clone(), ..]),
+            members: self.mine.clone(),
+            columns: self.own.clone(),
+            truth,
+            truth_at,
+        };
+        // Each rank writes its slab into the one file; the root renames it into place, then
+        // removes the previous snapshot: a crash at any moment leaves the previous checkpoint
+        // usable.
+        write_checkpoint(&self.ckpt_path, &meta, &slab, self.comm)?;
+        if let Some(old) = self.snapshot.take() {
+            if root && Some(&old) != snap.as_ref() {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        self.snapshot = snap;
+        if root {
+            let secs = t.elapsed().as_secs_f64();
+            let mb = 8.0 * (self.cfg.filter.members() * n + truth_len) as f64 / 1e6;
+            log::info!(
+                "checkpoint after cycle {cycle}: {} ({mb:.1} MB of ensemble and truth, with the run-file snapshot in {secs:.2} s)",
+                self.ckpt_path.display()
+            );
+        }
         self.assess.times.output += t.elapsed().as_secs_f64();
         if stop {
             return Err(GendaError::Stopped {
@@ -1400,15 +1339,13 @@ impl<'a> TwinRun<'a> {
     /// Close the run file with the time means and gather what the summary reports.
     fn finish(mut self) -> Result<RunSummary> {
         let t = Instant::now();
-        let output = if let Some(wr) = self.writer.take() {
-            let (extra, hist) = self.assess.file_extras();
-            let avg = self.assess.average();
-            on_root(self.comm, || wr.finish_with(Some(avg), &extra, hist))?
-        } else if self.opts.write_output {
-            on_root(self.comm, || Ok(PathBuf::new()))?;
-            None
-        } else {
-            None
+        let output = match self.writer.take() {
+            Some(wr) => {
+                let (extra, hist) = self.assess.file_extras();
+                let avg = self.assess.average();
+                Some(wr.finish(self.comm, Some(avg), &extra, hist)?)
+            }
+            None => None,
         };
         self.assess.times.output += t.elapsed().as_secs_f64();
         let max_rss_per_rank = assess::max_rss_per_rank(self.comm)?;
@@ -1441,7 +1378,7 @@ pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Resu
     let topo = Topology::new(comm, dec.domains, cfg.filter.members())?;
     let mut run = TwinRun::new(cfg, comm, opts, dec, &topo)?;
     let start = run.restart()?;
-    run.open_output()?;
+    run.open_output(start)?;
     let cycles = cfg.experiment.cycles;
     let bar = progress_bar(opts.progress && comm.is_root(), cycles);
     bar.set_position(start as u64 - 1);
@@ -1481,29 +1418,28 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
     let h = cfg.observations.build(n);
     let cycles = cfg.experiment.cycles;
     let config_toml = cfg.to_toml();
-    let mut writer = RunWriter::create(
-        nc_path,
-        &RunMeta {
-            name: &cfg.experiment.name,
-            model: model.name(),
-            method: None,
-            members: 0,
-            state_dim: n,
-            obs_locations: h.locations(),
-            obs_operator: &format!("{:?}", cfg.observations.operator).to_lowercase(),
-            cycles,
-            cycle_dt: cfg.observations.obs_every as f64 * model.dt(),
-            burn_in: cfg.experiment.burn_in,
-            save_ensemble: false,
-            config_toml: &config_toml,
-            ranks: 1,
-            grid_side: model.grid_side(),
-            distributional_scores: false,
-            weighted: false,
-        },
-    )?;
-    let lobs = cfg.observations.build_local(n, 0, n);
+    let meta = RunMeta {
+        name: &cfg.experiment.name,
+        model: model.name(),
+        method: None,
+        members: 0,
+        state_dim: n,
+        obs_locations: h.locations(),
+        obs_operator: &format!("{:?}", cfg.observations.operator).to_lowercase(),
+        cycles,
+        cycle_dt: cfg.observations.obs_every as f64 * model.dt(),
+        burn_in: cfg.experiment.burn_in,
+        save_ensemble: false,
+        config_toml: &config_toml,
+        ranks: 1,
+        grid_side: model.grid_side(),
+        distributional_scores: false,
+        weighted: false,
+    };
     let comm = SerialComm;
+    let slabs = RunSlabs::whole(&meta);
+    let mut writer = RunWriter::create(nc_path, &meta, &OutputLayout::default(), slabs, &comm)?;
+    let lobs = cfg.observations.build_local(n, 0, n);
     let mut truth = Truth::new(cfg, model.as_ref(), 0..n)?;
     if let Some(problem) = model.stability_problem(&truth.slab) {
         return Err(GendaError::invalid("model.dt", format!("truth: {problem}")));
@@ -1522,7 +1458,7 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
             });
         }
         data.extend_from_slice(x);
-        writer.write_truth(k, &data[k * n..(k + 1) * n], &obs)?;
+        writer.write_truth(k + 1, &data[k * n..(k + 1) * n], &obs)?;
     }
     let traj = Trajectory {
         data,
@@ -1532,6 +1468,6 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
         model: model.name().to_string(),
     };
     write_trajectory(h5_path, &traj, &config_toml)?;
-    let nc = writer.finish(None, &[])?;
+    let nc = writer.finish(&comm, None, &[], None)?;
     Ok((nc, h5_path.to_path_buf()))
 }

@@ -46,7 +46,13 @@ impl Truth {
         let mut slab = cfg.initial.draw_truth_slab(n, seed, own.clone())?;
         let source = if let Some(p) = &cfg.experiment.truth_file {
             let cycle_dt = obs_every as f64 * model.dt();
-            Source::Replayed(TruthReplay::open(p, n, cycle_dt, cfg.experiment.cycles)?)
+            Source::Replayed(TruthReplay::open(
+                p,
+                n,
+                cycle_dt,
+                cfg.experiment.cycles,
+                own.clone(),
+            )?)
         } else if cfg.model.has_fine_truth() {
             let tm = cfg.model.build_truth();
             let x = cfg.initial.draw_truth(tm.dim(), seed)?;
@@ -107,7 +113,7 @@ impl Truth {
         comm: &dyn Collectives,
     ) -> Result<f64> {
         if let Source::Replayed(r) = &self.source {
-            self.slab.copy_from_slice(&r.state(cycle)[self.own.clone()]);
+            r.read(cycle, &mut self.slab)?;
             return Ok(0.0);
         }
         let first_step = (self.spinup + (cycle - 1) * self.obs_every) as u64;
@@ -181,16 +187,26 @@ impl Truth {
         out
     }
 
-    /// What a checkpoint stores on the root: the fine-grid state when there is one (a restart
-    /// needs it; one domain, so the root holds it whole), else the `gathered` global truth.
-    pub fn checkpoint_values(&self, gathered: Vec<f64>, root: bool) -> Vec<f64> {
-        match (&self.source, root) {
-            (Source::Fine { state, .. }, true) => state.clone(),
-            _ => gathered,
+    /// This rank's part of what a checkpoint stores of the truth, as `(values, offset, stored
+    /// length)`: the fine-grid state whole, from the root, when there is one (one domain, so
+    /// the root holds it), else each domain's slab of the n-value truth from the ranks that
+    /// `write` it.
+    pub fn checkpoint_part(&self, n: usize, root: bool, write: bool) -> (&[f64], usize, usize) {
+        match &self.source {
+            Source::Fine { state, .. } => (if root { &state[..] } else { &[] }, 0, state.len()),
+            _ => (if write { &self.slab[..] } else { &[] }, self.own.start, n),
         }
     }
 
-    /// Continue from a checkpoint's truth values (`checkpoint_values`) of checkpoint `path`.
+    /// The stored truth values this rank reads back on a restart (of `stored` values).
+    pub fn checkpoint_range(&self, stored: usize) -> Range<usize> {
+        match &self.source {
+            Source::Fine { .. } => 0..stored,
+            _ => self.own.clone(),
+        }
+    }
+
+    /// Continue from this rank's truth values (`checkpoint_range`) of checkpoint `path`.
     pub fn restore(&mut self, saved: &[f64], n: usize, path: &Path) -> Result<()> {
         match &mut self.source {
             Source::Fine {
@@ -202,7 +218,7 @@ impl Truth {
                 state.copy_from_slice(saved);
                 tm.coarsen(state, &mut self.slab);
             }
-            _ => self.slab.copy_from_slice(&saved[self.own.clone()]),
+            _ => self.slab.copy_from_slice(saved),
         }
         Ok(())
     }

@@ -2,16 +2,20 @@
 //!
 //! Random numbers are counter-keyed by (seed, purpose, cycle, member), so the "RNG stream
 //! positions" are the cycle number itself; the observation cursor is the cycle as well. The
-//! checkpoint stores the full ensemble in member order (any rank count can restart from it), the
+//! checkpoint stores the full ensemble (members, n) in member order, each rank writing its slab
+//! into the one file (parallel HDF5) and a restart on any layout reading only its own; the
 //! true state, the assessor's accumulators (per-cycle statistics, distributional and
 //! hidden-variable score sums, phase times) and the filter's own state (particle weights,
 //! networks with their optimiser moments, histories), each a group of named datasets, the
 //! inflation factor in use, a hash of the science config and the genda version. The run file
 //! written so far is kept beside it as a NetCDF snapshot named after the cycle.
-use super::PendingFile;
+use super::SharedPending;
 use crate::error::{GendaError, Result};
+use crate::parallel::Collectives;
 use crate::state::SavedState;
 use hdf5::types::VarLenUnicode;
+use ndarray::{s, Array2, ArrayView2};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -20,10 +24,9 @@ pub struct RunCheckpoint {
     pub cycle: usize,
     pub members: usize,
     pub state_dim: usize,
-    /// Analysis ensemble after `cycle`, row-major (members, state_dim).
-    pub ensemble: Vec<f64>,
-    /// True state at `cycle` (the fine-grid truth's own state with `model.truth_grid`).
-    pub truth: Vec<f64>,
+    /// Values of the stored truth: `state_dim`, or the fine-grid truth's own state size with
+    /// `model.truth_grid`.
+    pub truth_len: usize,
     pub inflation: f64,
     /// The filter's own state (`Filter::save_state`: particle weights, networks and their
     /// optimiser moments, histories, …), one dataset per part in the group `filter_state`; may
@@ -38,73 +41,150 @@ pub struct RunCheckpoint {
     pub run_snapshot: Option<String>,
 }
 
+/// This rank's part of the checkpoint's ensemble and truth.
+pub struct CheckpointSlab<'a> {
+    /// Its members `members` on the state indices `columns` (members, columns).
+    pub ensemble: ArrayView2<'a, f64>,
+    pub members: Range<usize>,
+    pub columns: Range<usize>,
+    /// The truth values it writes, at `truth_at` of the stored truth (empty: none).
+    pub truth: &'a [f64],
+    pub truth_at: usize,
+}
+
 fn h5err(path: &Path, what: &str, e: hdf5::Error) -> GendaError {
     GendaError::file(path, format!("checkpoint {what}: {e}"))
 }
 
-pub fn write_checkpoint(path: &Path, c: &RunCheckpoint) -> Result<()> {
-    let pending = PendingFile::new(path)?;
-    {
-        let f = hdf5::File::create(pending.tmp_path()).map_err(|e| h5err(path, "create", e))?;
-        let put = |name: &str, data: &[f64], shape: Vec<usize>| -> Result<()> {
-            let ds = f
-                .new_dataset::<f64>()
-                .shape(shape)
-                .create(name)
-                .map_err(|e| h5err(path, name, e))?;
-            ds.write_raw(data).map_err(|e| h5err(path, name, e))
-        };
-        put("ensemble", &c.ensemble, vec![c.members, c.state_dim])?;
-        put("truth", &c.truth, vec![c.truth.len()])?;
-        for (group, state) in [
-            ("filter_state", &c.filter_state),
-            ("assessment", &c.assessment),
-        ] {
-            if state.is_empty() {
-                continue;
-            }
-            let g = f.create_group(group).map_err(|e| h5err(path, group, e))?;
-            for (name, v) in state.parts() {
-                let what = format!("{group}/{name}");
-                g.new_dataset::<f64>()
-                    .shape(vec![v.len()])
-                    .create(name.as_str())
-                    .and_then(|ds| ds.write_raw(v))
-                    .map_err(|e| h5err(path, &what, e))?;
-            }
-        }
-        let nums: [(&str, f64); 4] = [
-            ("cycle", c.cycle as f64),
-            ("members", c.members as f64),
-            ("state_dim", c.state_dim as f64),
-            ("inflation", c.inflation),
-        ];
-        for (k, v) in nums {
-            f.new_attr::<f64>()
-                .create(k)
-                .and_then(|a| a.write_scalar(&v))
-                .map_err(|e| h5err(path, k, e))?;
-        }
-        let strs = [
-            ("config_hash", c.config_hash.clone()),
-            ("genda_version", c.genda_version.clone()),
-            ("run_snapshot", c.run_snapshot.clone().unwrap_or_default()),
-            ("kind", "genda run checkpoint".to_string()),
-        ];
-        for (k, v) in strs {
-            let s: VarLenUnicode = v
-                .parse()
-                .map_err(|e| GendaError::file(path, format!("attribute {k}: {e}")))?;
-            f.new_attr::<VarLenUnicode>()
-                .create(k)
-                .and_then(|a| a.write_scalar(&s))
-                .map_err(|e| h5err(path, k, e))?;
-        }
+/// The first failure of any rank, as every rank's error.
+fn agree<T>(comm: &dyn Collectives, res: Result<T>, path: &Path) -> Result<T> {
+    if comm.all_ok(res.is_ok()) {
+        return res;
     }
-    pending.commit()?;
+    Err(res.err().unwrap_or_else(|| {
+        GendaError::file(
+            path,
+            "checkpoint: writing failed on another rank (see its error)",
+        )
+    }))
+}
+
+/// Write the checkpoint `path`: every rank of `comm` writes its `slab` of the ensemble
+/// (members, n) and of the truth into one HDF5 file (MPI-IO on more than one rank); then the
+/// root adds `c`'s metadata and the filter's and assessor's state, and renames the finished
+/// file into place (the previous checkpoint stays intact until then). `c` matters on the root;
+/// its sizes on every rank.
+pub fn write_checkpoint(
+    path: &Path,
+    c: &RunCheckpoint,
+    slab: &CheckpointSlab,
+    comm: &dyn Collectives,
+) -> Result<()> {
+    let pending = SharedPending::new(path, None, comm)?;
+    let res = write_slabs(pending.tmp_path(), path, c, slab, comm);
+    agree(comm, res, path)?;
+    let res = if comm.is_root() {
+        write_metadata(pending.tmp_path(), path, c)
+    } else {
+        Ok(())
+    };
+    agree(comm, res, path)?;
+    pending.commit(comm)?;
     Ok(())
 }
 
+/// The ensemble and truth datasets, each rank its slab (independent MPI-IO writes).
+fn write_slabs(
+    tmp: &Path,
+    path: &Path,
+    c: &RunCheckpoint,
+    slab: &CheckpointSlab,
+    comm: &dyn Collectives,
+) -> Result<()> {
+    let f = match comm.mpi_handle().filter(|_| comm.size() > 1) {
+        Some(raw) => hdf5::File::with_options()
+            .with_fapl(|p| p.mpio(raw, None))
+            .create(tmp),
+        None => hdf5::File::create(tmp),
+    }
+    .map_err(|e| h5err(path, "create", e))?;
+    let ens = f
+        .new_dataset::<f64>()
+        .shape(vec![c.members, c.state_dim])
+        .create("ensemble")
+        .map_err(|e| h5err(path, "ensemble", e))?;
+    let truth = f
+        .new_dataset::<f64>()
+        .shape(vec![c.truth_len])
+        .create("truth")
+        .map_err(|e| h5err(path, "truth", e))?;
+    if !slab.members.is_empty() && !slab.columns.is_empty() {
+        ens.write_slice(
+            &slab.ensemble,
+            s![slab.members.clone(), slab.columns.clone()],
+        )
+        .map_err(|e| h5err(path, "write ensemble", e))?;
+    }
+    if !slab.truth.is_empty() {
+        let r = slab.truth_at..slab.truth_at + slab.truth.len();
+        truth
+            .write_slice(slab.truth, s![r])
+            .map_err(|e| h5err(path, "write truth", e))?;
+    }
+    Ok(())
+}
+
+/// The root's part: attributes and the groups of named datasets, in the file the ranks wrote.
+fn write_metadata(tmp: &Path, path: &Path, c: &RunCheckpoint) -> Result<()> {
+    let f = hdf5::File::append(tmp).map_err(|e| h5err(path, "reopen", e))?;
+    for (group, state) in [
+        ("filter_state", &c.filter_state),
+        ("assessment", &c.assessment),
+    ] {
+        if state.is_empty() {
+            continue;
+        }
+        let g = f.create_group(group).map_err(|e| h5err(path, group, e))?;
+        for (name, v) in state.parts() {
+            let what = format!("{group}/{name}");
+            g.new_dataset::<f64>()
+                .shape(vec![v.len()])
+                .create(name.as_str())
+                .and_then(|ds| ds.write_raw(v))
+                .map_err(|e| h5err(path, &what, e))?;
+        }
+    }
+    let nums: [(&str, f64); 4] = [
+        ("cycle", c.cycle as f64),
+        ("members", c.members as f64),
+        ("state_dim", c.state_dim as f64),
+        ("inflation", c.inflation),
+    ];
+    for (k, v) in nums {
+        f.new_attr::<f64>()
+            .create(k)
+            .and_then(|a| a.write_scalar(&v))
+            .map_err(|e| h5err(path, k, e))?;
+    }
+    let strs = [
+        ("config_hash", c.config_hash.clone()),
+        ("genda_version", c.genda_version.clone()),
+        ("run_snapshot", c.run_snapshot.clone().unwrap_or_default()),
+        ("kind", "genda run checkpoint".to_string()),
+    ];
+    for (k, v) in strs {
+        let s: VarLenUnicode = v
+            .parse()
+            .map_err(|e| GendaError::file(path, format!("attribute {k}: {e}")))?;
+        f.new_attr::<VarLenUnicode>()
+            .create(k)
+            .and_then(|a| a.write_scalar(&s))
+            .map_err(|e| h5err(path, k, e))?;
+    }
+    Ok(())
+}
+
+/// Read checkpoint `path`'s metadata and state (not the ensemble: `read_checkpoint_slab`).
 pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
     if !path.exists() {
         return Err(GendaError::file(path, "checkpoint: no such file"));
@@ -126,9 +206,9 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
             .and_then(|a| a.read_scalar())
             .map_err(|e| h5err(path, &format!("attribute `{k}` missing"), e))
     };
-    let d = |k: &str| -> Result<Vec<f64>> {
+    let shape = |k: &str| -> Result<Vec<usize>> {
         f.dataset(k)
-            .and_then(|ds| ds.read_raw())
+            .map(|ds| ds.shape())
             .map_err(|e| h5err(path, &format!("dataset `{k}`"), e))
     };
     // A group of named datasets (absent: empty).
@@ -162,8 +242,7 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
         cycle: n("cycle")? as usize,
         members: n("members")? as usize,
         state_dim: n("state_dim")? as usize,
-        ensemble: d("ensemble")?,
-        truth: d("truth")?,
+        truth_len: shape("truth")?.iter().product(),
         inflation: n("inflation")?,
         filter_state: group("filter_state")?,
         assessment: group("assessment")?,
@@ -171,9 +250,9 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
         genda_version: s("genda_version")?,
         run_snapshot: Some(s("run_snapshot")?).filter(|v| !v.is_empty()),
     };
-    if c.ensemble.len() != c.members * c.state_dim
-        || c.truth.is_empty()
-        || c.truth.len() % c.state_dim.max(1) != 0
+    if shape("ensemble")? != [c.members, c.state_dim]
+        || c.truth_len == 0
+        || c.truth_len % c.state_dim.max(1) != 0
     {
         return Err(GendaError::file(
             path,
@@ -181,6 +260,43 @@ pub fn read_checkpoint(path: &Path) -> Result<RunCheckpoint> {
         ));
     }
     Ok(c)
+}
+
+/// Read only this rank's slab of checkpoint `path`: the members `members` on the state
+/// indices `columns` (members, columns), and the truth values `truth`.
+pub fn read_checkpoint_slab(
+    path: &Path,
+    members: Range<usize>,
+    columns: Range<usize>,
+    truth: Range<usize>,
+) -> Result<(Array2<f64>, Vec<f64>)> {
+    let f = hdf5::File::open(path)
+        .map_err(|e| h5err(path, "is not a readable HDF5 file (corrupt?)", e))?;
+    let ds = |k: &str| {
+        f.dataset(k)
+            .map_err(|e| h5err(path, &format!("dataset `{k}`"), e))
+    };
+    let ens = ds("ensemble")?;
+    let (shape, tshape) = (ens.shape(), ds("truth")?.shape());
+    if shape.len() != 2
+        || members.end > shape[0]
+        || columns.end > shape[1]
+        || tshape.len() != 1
+        || truth.end > tshape[0]
+    {
+        return Err(GendaError::file(
+            path,
+            format!("checkpoint has an ensemble of shape {shape:?} and a truth of {tshape:?}: the slab of members {members:?}, columns {columns:?}, truth {truth:?} does not fit"),
+        ));
+    }
+    let e: Array2<f64> = ens
+        .read_slice_2d(s![members, columns])
+        .map_err(|e| h5err(path, "read ensemble", e))?;
+    let t: Vec<f64> = ds("truth")?
+        .read_slice_1d(s![truth])
+        .map_err(|e| h5err(path, "read truth", e))?
+        .to_vec();
+    Ok((e, t))
 }
 
 /// Where the run-file snapshot of `cycle` lives for checkpoint `ckpt`.

@@ -100,3 +100,72 @@ pub fn read_trajectory(path: &Path) -> Result<Trajectory> {
         model: model.as_str().to_string(),
     })
 }
+
+/// A trajectory file opened for reading rows in slabs (a replayed truth: each rank reads its own
+/// columns of one row per cycle, never the whole file).
+pub struct TrajectoryReader {
+    pub path: std::path::PathBuf,
+    dataset: hdf5::Dataset,
+    pub times: usize,
+    pub state_dim: usize,
+    /// Time between rows.
+    pub dt: f64,
+}
+
+impl TrajectoryReader {
+    /// Open `path` and check its dataset `trajectory` (time, x) and attribute `dt`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(GendaError::file(path, "no such file"));
+        }
+        let f = hdf5::File::open(path).map_err(|e| h5err(path, "not a readable HDF5 file", e))?;
+        let ds = f
+            .dataset("trajectory")
+            .map_err(|e| h5err(path, "missing dataset `trajectory`", e))?;
+        let shape = ds.shape();
+        if shape.len() != 2 {
+            return Err(GendaError::file(
+                path,
+                format!(
+                    "dataset `trajectory` must be 2-D (time, x), has {} dims",
+                    shape.len()
+                ),
+            ));
+        }
+        let dt: f64 = ds
+            .attr("dt")
+            .and_then(|a| a.read_scalar())
+            .map_err(|e| h5err(path, "attribute `dt` of `trajectory`", e))?;
+        Ok(TrajectoryReader {
+            path: path.to_path_buf(),
+            dataset: ds,
+            times: shape[0],
+            state_dim: shape[1],
+            dt,
+        })
+    }
+
+    /// Columns `cols` of row `row`, into `out`.
+    pub fn read_row(
+        &self,
+        row: usize,
+        cols: std::ops::Range<usize>,
+        out: &mut [f64],
+    ) -> Result<()> {
+        if row >= self.times || cols.end > self.state_dim || out.len() != cols.len() {
+            return Err(GendaError::file(
+                &self.path,
+                format!(
+                    "dataset `trajectory` ({} × {}): row {row}, columns {cols:?} out of range",
+                    self.times, self.state_dim
+                ),
+            ));
+        }
+        let v: ndarray::Array1<f64> = self
+            .dataset
+            .read_slice_1d(ndarray::s![row, cols])
+            .map_err(|e| h5err(&self.path, &format!("read row {row} of `trajectory`"), e))?;
+        out.copy_from_slice(v.as_slice().expect("contiguous"));
+        Ok(())
+    }
+}

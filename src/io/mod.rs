@@ -10,12 +10,19 @@ pub mod plot_scaling;
 pub mod plot_sweep;
 mod tensors;
 
-pub use checkpoint::{read_checkpoint, snapshot_path, write_checkpoint, RunCheckpoint};
-pub use hdf5_io::{read_trajectory, write_trajectory, Trajectory};
-pub use netcdf_out::{at as nc_error, create_cf, read_run, RunData, RunMeta, RunWriter};
+pub use checkpoint::{
+    read_checkpoint, read_checkpoint_slab, snapshot_path, write_checkpoint, CheckpointSlab,
+    RunCheckpoint,
+};
+pub use hdf5_io::{read_trajectory, write_trajectory, Trajectory, TrajectoryReader};
+pub use netcdf_out::{
+    at as nc_error, create_cf, read_run, OutputLayout, RunData, RunMeta, RunSlabs, RunWriter,
+    FIELD_VARIABLES,
+};
 pub use tensors::{read_tensor_file, write_tensor_file, NamedArray, TensorFile};
 
 use crate::error::{GendaError, Result};
+use crate::parallel::Collectives;
 use std::path::{Path, PathBuf};
 
 /// A file being written under a temporary name; removed on drop unless committed.
@@ -108,6 +115,73 @@ impl Drop for PendingFile {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// A file that every rank of `comm` writes together (parallel NetCDF-4 / HDF5): the root
+/// reserves the temporary name (a `PendingFile`) and sends it to the others; only the root
+/// renames it into place, or removes it when the write fails. On one rank it is a `PendingFile`.
+#[derive(Debug)]
+pub struct SharedPending {
+    /// The root's reservation (`None` on the other ranks).
+    own: Option<PendingFile>,
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+impl SharedPending {
+    /// Reserve `target` on the root (optionally starting from a copy of `source`) and agree
+    /// on the temporary name; every rank of `comm` calls this.
+    pub fn new(target: &Path, source: Option<&Path>, comm: &dyn Collectives) -> Result<Self> {
+        let res = if comm.is_root() {
+            match source {
+                Some(src) => PendingFile::from_copy(target, src),
+                None => PendingFile::new(target),
+            }
+            .map(Some)
+        } else {
+            Ok(None)
+        };
+        if !comm.all_ok(res.is_ok()) {
+            return Err(res.err().unwrap_or_else(|| {
+                GendaError::file(target, "rank 0 could not create the file (see its error)")
+            }));
+        }
+        let own = res?;
+        let mut name = own
+            .as_ref()
+            .map(|p| p.tmp_path().to_string_lossy().into_owned().into_bytes())
+            .unwrap_or_default();
+        comm.broadcast_bytes(&mut name);
+        let tmp = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
+        Ok(SharedPending {
+            own,
+            tmp,
+            target: target.to_path_buf(),
+        })
+    }
+
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Move the complete file into place (the root renames; every rank learns the outcome).
+    /// Call after every rank has closed the file.
+    pub fn commit(self, comm: &dyn Collectives) -> Result<PathBuf> {
+        let res = match self.own {
+            Some(p) => p.commit(),
+            None => Ok(self.target.clone()),
+        };
+        if !comm.all_ok(res.is_ok()) {
+            return Err(res.err().unwrap_or_else(|| {
+                GendaError::file(&self.target, "rank 0 could not move the file into place")
+            }));
+        }
+        res
     }
 }
 

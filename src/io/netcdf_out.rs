@@ -8,10 +8,12 @@
 //! and optionally `forecast_ensemble`, `analysis_ensemble` (with `forecast_weights`,
 //! `analysis_weights` for a weighted ensemble). Global attributes hold the full config
 //! and the time-averaged statistics.
-use super::PendingFile;
+use super::{PendingFile, SharedPending};
 use crate::error::{GendaError, Result};
 use crate::metrics::{CycleStats, TimeAverage};
-use ndarray::Array2;
+use crate::parallel::Collectives;
+use ndarray::ArrayView2;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Static description of a run, written as metadata.
@@ -41,24 +43,87 @@ pub struct RunMeta<'a> {
     pub weighted: bool,
 }
 
+/// This rank's part of the run file: the hyperslab of each kind of variable it writes. Every
+/// rank of the run's communicator writes its own part collectively into one file (parallel
+/// NetCDF-4); on one rank, `RunSlabs::whole` writes everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSlabs {
+    /// State indices of the fields (truth, means) this rank writes; empty: none.
+    pub state: Range<usize>,
+    /// Observation indices it writes.
+    pub obs: Range<usize>,
+    /// Members of the saved ensembles it writes, each on the state indices `ens_state`.
+    pub members: Range<usize>,
+    pub ens_state: Range<usize>,
+    /// Whether it writes the per-cycle scalars (spreads, RMSEs, CRPS), the member weights and
+    /// the rank histogram (one rank does).
+    pub scalars: bool,
+}
+
+impl RunSlabs {
+    /// Everything (one writing rank).
+    pub fn whole(meta: &RunMeta) -> Self {
+        RunSlabs {
+            state: 0..meta.state_dim,
+            obs: 0..meta.obs_locations.len(),
+            members: 0..meta.members,
+            ens_state: 0..meta.state_dim,
+            scalars: true,
+        }
+    }
+}
+
+/// What a run-file variable is indexed by after `time`: it decides which part of it a rank
+/// writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A state field (x) or (y, x).
+    Field,
+    /// The observations (obs).
+    Obs,
+    /// One value per cycle.
+    Scalar,
+    /// (member, x) or (member, y, x).
+    Ensemble,
+    /// (member).
+    Weights,
+}
+
 pub struct RunWriter {
     file: netcdf::FileMut,
-    pending: PendingFile,
+    pending: SharedPending,
     with_filter: bool,
     save_ensemble: bool,
+    weighted: bool,
+    slabs: RunSlabs,
+    /// Side of the grid of a 2-D model (fields (y, x)).
+    grid: Option<usize>,
+    state_dim: usize,
+    obs_dim: usize,
+    members: usize,
+    /// Cycles between written time rows (`output.every`).
+    every: usize,
+    /// Field variables left out (`output.fields`).
+    skip: Vec<String>,
     buffers: Vec<RowBuffer>,
 }
 
 /// Consecutive time rows of one variable, written in one hyperslab call: one small write per
-/// variable per cycle costs more than the L96-40 analysis itself.
+/// variable per cycle costs more than the L96-40 analysis itself. Every rank buffers the same
+/// variables and flushes at the same rows (the collective writes need all of them).
 struct RowBuffer {
     name: &'static str,
+    /// First time row held.
     start: usize,
-    row_len: usize,
+    rows: usize,
+    /// This rank's extent in the dimensions after `time` (empty product: it writes nothing).
+    ext: Vec<Range<usize>>,
+    /// Rows per write, the same on every rank (from the variable's global row length).
+    flush_rows: usize,
     data: Vec<f64>,
 }
 
-/// Flush a variable's buffer once it holds this many values (≈ 1 MiB).
+/// Flush a variable's buffer once it holds this many values of the global row (≈ 1 MiB).
 const FLUSH_VALUES: usize = 1 << 17;
 
 fn ncerr(path: &Path, what: &str, e: netcdf::Error) -> GendaError {
@@ -145,38 +210,28 @@ fn add_global_attributes(file: &mut netcdf::FileMut, path: &Path, meta: &RunMeta
     Ok(())
 }
 
-/// Define and write the coordinate variables: `time`, the state axes (`y`, `x` on a grid, else
-/// the index `x`) and `obs_location`.
-fn add_coordinates(
-    file: &mut netcdf::FileMut,
-    path: &Path,
-    meta: &RunMeta,
-    grid: Option<usize>,
-) -> Result<()> {
+/// Define the coordinate variables: `time`, the state axes (`y`, `x` on a grid, else the
+/// index `x`) and `obs_location`.
+fn define_coordinates(file: &mut netcdf::FileMut, path: &Path, grid: Option<usize>) -> Result<()> {
     let e = |what: &str| at(path, what);
     {
         let mut v = file
             .add_variable::<f64>("time", &["time"])
             .map_err(e("variable time"))?;
-        v.put_attribute("standard_name", "time")
-            .map_err(e("time attrs"))?;
-        v.put_attribute(
-            "long_name",
-            "model time of the observation (nondimensional model time units)",
-        )
-        .map_err(e("time attrs"))?;
-        v.put_attribute("units", "1").map_err(e("time attrs"))?;
-        v.put_attribute("axis", "T").map_err(e("time attrs"))?;
-        let t: Vec<f64> = (1..=meta.cycles)
-            .map(|k| k as f64 * meta.cycle_dt)
-            .collect();
-        v.put_values(&t, ..).map_err(e("write time"))?;
+        for (k, val) in [
+            ("standard_name", "time"),
+            (
+                "long_name",
+                "model time of the observation (nondimensional model time units)",
+            ),
+            ("units", "1"),
+            ("axis", "T"),
+        ] {
+            v.put_attribute(k, val).map_err(e("time attrs"))?;
+        }
     }
     match grid {
-        Some(side) => {
-            let c: Vec<f64> = (0..side)
-                .map(|j| 2.0 * std::f64::consts::PI * j as f64 / side as f64)
-                .collect();
+        Some(_) => {
             for (name, axis) in [("y", "Y"), ("x", "X")] {
                 let mut v = file
                     .add_variable::<f64>(name, &[name])
@@ -190,7 +245,6 @@ fn add_coordinates(
                     .map_err(e("coordinate attrs"))?;
                 v.put_attribute("axis", axis)
                     .map_err(e("coordinate attrs"))?;
-                v.put_values(&c, ..).map_err(e(&format!("write {name}")))?;
             }
         }
         None => {
@@ -200,8 +254,6 @@ fn add_coordinates(
             v.put_attribute("long_name", "state variable index")
                 .map_err(e("x attrs"))?;
             v.put_attribute("units", "1").map_err(e("x attrs"))?;
-            let ix: Vec<i32> = (0..meta.state_dim as i32).collect();
-            v.put_values(&ix, ..).map_err(e("write x"))?;
         }
     }
     let mut v = file
@@ -214,9 +266,52 @@ fn add_coordinates(
     .map_err(e("obs_location attrs"))?;
     v.put_attribute("units", "1")
         .map_err(e("obs_location attrs"))?;
-    let loc: Vec<i32> = meta.obs_locations.iter().map(|&i| i as i32).collect();
-    v.put_values(&loc, ..).map_err(e("write obs_location"))?;
     Ok(())
+}
+
+/// Write the coordinate values (`writer`: this rank writes them; the others take part in the
+/// collective writes with nothing).
+fn write_coordinates(
+    file: &mut netcdf::FileMut,
+    path: &Path,
+    meta: &RunMeta,
+    grid: Option<usize>,
+    writer: bool,
+) -> Result<()> {
+    let whole = |len: usize| vec![if writer { 0..len } else { 0..0 }];
+    let t: Vec<f64> = (1..=meta.cycles)
+        .map(|k| k as f64 * meta.cycle_dt)
+        .filter(|_| writer)
+        .collect();
+    put_block(file, path, "time", &whole(meta.cycles), &t)?;
+    match grid {
+        Some(side) => {
+            let c: Vec<f64> = (0..side)
+                .map(|j| 2.0 * std::f64::consts::PI * j as f64 / side as f64)
+                .filter(|_| writer)
+                .collect();
+            for name in ["y", "x"] {
+                put_block(file, path, name, &whole(side), &c)?;
+            }
+        }
+        None => {
+            let ix: Vec<i32> = (0..meta.state_dim as i32).filter(|_| writer).collect();
+            put_block(file, path, "x", &whole(meta.state_dim), &ix)?;
+        }
+    }
+    let loc: Vec<i32> = meta
+        .obs_locations
+        .iter()
+        .map(|&i| i as i32)
+        .filter(|_| writer)
+        .collect();
+    put_block(
+        file,
+        path,
+        "obs_location",
+        &whole(meta.obs_locations.len()),
+        &loc,
+    )
 }
 
 /// The data variables of a run, in file order: truth and observations, then (with a filter)
@@ -321,12 +416,35 @@ fn add_data_variables(
     path: &Path,
     vars: Vec<VarSpec>,
     quantity: Option<&str>,
+    compression: u8,
 ) -> Result<()> {
     let e = |what: &str| at(path, what);
     for (name, dims, long) in vars {
+        let lens: Vec<usize> = dims
+            .iter()
+            .map(|d| file.dimension(d).map(|d| d.len()).unwrap_or(1))
+            .collect();
         let mut v = file
             .add_variable::<f64>(name, &dims)
             .map_err(e(&format!("variable {name}")))?;
+        if compression > 0 && dims.first() == Some(&"time") {
+            // One chunk per time row (and member): reading a time slice touches its chunks only.
+            let chunk: Vec<usize> = lens
+                .iter()
+                .zip(&dims)
+                .map(|(&l, d)| {
+                    if matches!(*d, "time" | "member") {
+                        1
+                    } else {
+                        l.max(1)
+                    }
+                })
+                .collect();
+            v.set_chunking(&chunk)
+                .map_err(e(&format!("{name} chunking")))?;
+            v.set_compression(i32::from(compression), true)
+                .map_err(e(&format!("{name} compression")))?;
+        }
         let is_field = dims.last() == Some(&"x");
         let long = match quantity {
             Some(q) if is_field => format!("{long}: {q}"),
@@ -340,230 +458,521 @@ fn add_data_variables(
     Ok(())
 }
 
+/// The run-file variables written cycle by cycle, in the order a restart copies them, with
+/// what they are indexed by after `time`.
+const ROW_VARIABLES: [(&str, Kind); 15] = [
+    ("truth", Kind::Field),
+    ("observations", Kind::Obs),
+    ("forecast_mean", Kind::Field),
+    ("analysis_mean", Kind::Field),
+    ("forecast_spread", Kind::Scalar),
+    ("analysis_spread", Kind::Scalar),
+    ("rmse_forecast", Kind::Scalar),
+    ("rmse_analysis", Kind::Scalar),
+    ("forecast_ensemble", Kind::Ensemble),
+    ("analysis_ensemble", Kind::Ensemble),
+    ("forecast_weights", Kind::Weights),
+    ("analysis_weights", Kind::Weights),
+    ("crps_analysis", Kind::Scalar),
+    ("time", Kind::Scalar),
+    ("rank_histogram", Kind::Scalar),
+];
+
+/// The field variables `output.fields` may choose from.
+pub const FIELD_VARIABLES: [&str; 4] = ["truth", "observations", "forecast_mean", "analysis_mean"];
+
+/// How the run file is laid out beyond what the run is (`output.every`, `output.fields`,
+/// `output.compression`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLayout {
+    /// Write every `every`-th cycle (1: all).
+    pub every: usize,
+    /// The field variables to write (empty: all of `FIELD_VARIABLES`).
+    pub fields: Vec<String>,
+    /// Deflate level 1–9 with one-time-row chunks (0: contiguous, uncompressed).
+    pub compression: u8,
+}
+
+impl Default for OutputLayout {
+    fn default() -> Self {
+        OutputLayout {
+            every: 1,
+            fields: Vec::new(),
+            compression: 0,
+        }
+    }
+}
+
+/// The NetCDF extents of the block `ext` (all counts zero when it holds nothing: a rank that
+/// takes part in a collective write without data).
+fn extents(ext: &[Range<usize>]) -> netcdf::Extents {
+    let empty = ext.iter().any(|r| r.is_empty());
+    netcdf::Extents::Extent(
+        ext.iter()
+            .map(|r| netcdf::Extent::SliceCount {
+                start: if empty { 0 } else { r.start },
+                count: if empty { 0 } else { r.len() },
+                stride: 1,
+            })
+            .collect(),
+    )
+}
+
+/// Write the block `ext` of variable `name` (collective on a parallel file: every rank calls
+/// it, those without data with an empty block).
+fn put_block<T: netcdf::NcTypeDescriptor>(
+    file: &mut netcdf::FileMut,
+    path: &Path,
+    name: &str,
+    ext: &[Range<usize>],
+    data: &[T],
+) -> Result<()> {
+    let mut v = file
+        .variable_mut(name)
+        .ok_or_else(|| GendaError::file(path, format!("variable {name} missing")))?;
+    v.put_values(data, extents(ext))
+        .map_err(at(path, &format!("write {name}")))
+}
+
+/// The first failure of any rank, as the error of every rank (`what` names the step).
+fn agree<T>(comm: &dyn Collectives, res: Result<T>, path: &Path, what: &str) -> Result<T> {
+    if comm.all_ok(res.is_ok()) {
+        return res;
+    }
+    Err(res.err().unwrap_or_else(|| {
+        GendaError::file(
+            path,
+            format!("{what} failed on another rank (see its error)"),
+        )
+    }))
+}
+
 impl RunWriter {
-    pub fn create(path: &Path, meta: &RunMeta) -> Result<Self> {
-        let pending = PendingFile::new(path)?;
-        let mut file = netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4)
-            .map_err(|e| ncerr(path, "create", e))?;
+    /// A new run file at `path`, written by every rank of `comm` together (collective parallel
+    /// NetCDF-4 on more than one rank), each rank its `slabs`; every rank passes the same `meta`
+    /// and `layout`.
+    pub fn create(
+        path: &Path,
+        meta: &RunMeta,
+        layout: &OutputLayout,
+        slabs: RunSlabs,
+        comm: &dyn Collectives,
+    ) -> Result<Self> {
+        let pending = SharedPending::new(path, None, comm)?;
+        let res = Self::define(pending, meta, layout, slabs, comm);
+        agree(comm, res, path, "creating the run file")
+    }
+
+    fn define(
+        pending: SharedPending,
+        meta: &RunMeta,
+        layout: &OutputLayout,
+        slabs: RunSlabs,
+        comm: &dyn Collectives,
+    ) -> Result<Self> {
+        let path = pending.target().to_path_buf();
+        let path = path.as_path();
+        let parallel = comm.size() > 1;
+        let mut file = match comm.mpi_handle().filter(|_| parallel) {
+            Some(raw) => netcdf::create_par_with(
+                pending.tmp_path(),
+                raw,
+                crate::parallel::info_null(),
+                netcdf::Options::NETCDF4,
+            ),
+            None => netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4),
+        }
+        .map_err(at(path, "create"))?;
         let grid = meta.grid_side.filter(|s| s * s == meta.state_dim);
+        if let Some(side) = grid {
+            for r in [&slabs.state, &slabs.ens_state] {
+                if r.start % side != 0 || r.end % side != 0 {
+                    return Err(GendaError::file(path, format!("a rank's part of the 2-D field (state indices {r:?}) is not whole grid rows of {side}")));
+                }
+            }
+        }
+        let every = layout.every.max(1);
+        let rows = meta.cycles / every;
         let with_filter = meta.method.is_some();
         let save_ensemble = with_filter && meta.save_ensemble;
-        add_dimensions(&mut file, path, meta, grid, save_ensemble)?;
+        let timed = RunMeta {
+            cycles: rows,
+            cycle_dt: meta.cycle_dt * every as f64,
+            ..*meta
+        };
+        add_dimensions(&mut file, path, &timed, grid, save_ensemble)?;
         add_global_attributes(&mut file, path, meta)?;
-        add_coordinates(&mut file, path, meta, grid)?;
+        if every > 1 {
+            file.add_attribute("output_every_cycles", every as i32)
+                .map_err(at(path, "attribute output_every_cycles"))?;
+        }
+        let skip: Vec<String> = if layout.fields.is_empty() {
+            Vec::new()
+        } else {
+            FIELD_VARIABLES
+                .iter()
+                .filter(|f| !layout.fields.iter().any(|g| g == *f))
+                .map(|f| f.to_string())
+                .collect()
+        };
         let quantity = match meta.model {
             "kolmogorov2d" => Some("relative vorticity"),
             "sqg" => Some("surface buoyancy"),
             _ => None,
         };
-        let vars = data_variables(meta, grid, with_filter, save_ensemble);
+        let vars: Vec<VarSpec> = data_variables(meta, grid, with_filter, save_ensemble)
+            .into_iter()
+            .filter(|v| !skip.iter().any(|s| s == v.0))
+            .collect();
         if with_filter && meta.distributional_scores {
             file.add_dimension("rank", meta.members + 1)
                 .map_err(at(path, "dimension rank"))?;
         }
-        add_data_variables(&mut file, path, vars, quantity)?;
+        define_coordinates(&mut file, path, grid)?;
+        add_data_variables(&mut file, path, vars, quantity, layout.compression)?;
+        if parallel {
+            let names: Vec<String> = file.variables().map(|v| v.name()).collect();
+            for name in names {
+                if let Some(v) = file.variable(&name) {
+                    v.access_collective()
+                        .map_err(at(path, &format!("collective access of {name}")))?;
+                }
+            }
+        }
+        // Leave define mode on every rank together before the first write.
+        file.enddef().map_err(at(path, "enddef"))?;
+        write_coordinates(&mut file, path, &timed, grid, slabs.scalars)?;
         Ok(RunWriter {
             file,
             pending,
             with_filter,
             save_ensemble,
+            weighted: save_ensemble && meta.weighted,
+            slabs,
+            grid,
+            state_dim: meta.state_dim,
+            obs_dim: meta.obs_locations.len(),
+            members: meta.members,
+            every,
+            skip,
             buffers: Vec::new(),
         })
     }
 
-    /// Queue row `k` of variable `name`; rows must arrive in order.
-    fn put(&mut self, name: &'static str, data: &[f64], k: usize) -> Result<()> {
+    /// This rank's extent of a `kind` variable in the dimensions after `time`.
+    fn extent(&self, kind: Kind) -> Vec<Range<usize>> {
+        let field = |r: &Range<usize>| match self.grid {
+            Some(side) => vec![r.start / side..r.end / side, 0..side],
+            None => vec![r.clone()],
+        };
+        let s = &self.slabs;
+        match kind {
+            Kind::Field => field(&s.state),
+            Kind::Obs => vec![s.obs.clone()],
+            Kind::Scalar => Vec::new(),
+            Kind::Ensemble => {
+                let mut e = vec![s.members.clone()];
+                e.extend(field(&s.ens_state));
+                e
+            }
+            Kind::Weights => vec![if s.scalars { 0..self.members } else { 0..0 }],
+        }
+    }
+
+    /// Values of one time row of a `kind` variable: this rank's and the global count.
+    fn row_lengths(&self, kind: Kind, ext: &[Range<usize>]) -> (usize, usize) {
+        let local = match kind {
+            Kind::Scalar => usize::from(self.slabs.scalars),
+            _ => ext.iter().map(|r| r.len()).product(),
+        };
+        let global = match kind {
+            Kind::Field => self.state_dim,
+            Kind::Obs => self.obs_dim,
+            Kind::Scalar => 1,
+            Kind::Ensemble => self.members * self.state_dim,
+            Kind::Weights => self.members,
+        };
+        (local, global)
+    }
+
+    /// Queue this rank's part `data` of cycle `cycle` (1-based) of variable `name`; cycles
+    /// must arrive in order. Scalars and weights are passed by every rank and kept by the one
+    /// that writes them.
+    fn put(&mut self, name: &'static str, kind: Kind, cycle: usize, data: &[f64]) -> Result<()> {
+        if cycle % self.every != 0 || self.skip.iter().any(|s| s == name) {
+            return Ok(());
+        }
+        let row = cycle / self.every - 1;
         let i = match self.buffers.iter().position(|b| b.name == name) {
             Some(i) => i,
             None => {
+                let ext = self.extent(kind);
+                let (_, global) = self.row_lengths(kind, &ext);
                 self.buffers.push(RowBuffer {
                     name,
-                    start: k,
-                    row_len: data.len(),
+                    start: row,
+                    rows: 0,
+                    ext,
+                    flush_rows: (FLUSH_VALUES / global.max(1)).max(1),
                     data: Vec::new(),
                 });
                 self.buffers.len() - 1
             }
         };
+        let (local, _) = self.row_lengths(kind, &self.buffers[i].ext);
+        let data = match kind {
+            Kind::Scalar | Kind::Weights if local == 0 => &[][..],
+            _ => data,
+        };
+        if data.len() != local {
+            return Err(GendaError::Dimension {
+                what: format!("this rank's part of `{name}`"),
+                expected: local,
+                got: data.len(),
+            });
+        }
         let b = &self.buffers[i];
-        let next = b.start + b.data.len() / b.row_len.max(1);
-        if b.row_len != data.len() || (k != next && !b.data.is_empty()) {
+        if b.rows > 0 && row != b.start + b.rows {
             self.flush(i)?;
         }
         let b = &mut self.buffers[i];
-        if b.data.is_empty() {
-            b.start = k;
-            b.row_len = data.len();
+        if b.rows == 0 {
+            b.start = row;
         }
         b.data.extend_from_slice(data);
-        if b.data.len() >= FLUSH_VALUES {
+        b.rows += 1;
+        if b.rows >= b.flush_rows {
             self.flush(i)?;
         }
         Ok(())
     }
 
+    /// Write variable `i`'s queued rows (every rank at the same row, collectively).
     fn flush(&mut self, i: usize) -> Result<()> {
         let path = self.pending.target().to_path_buf();
         let b = &mut self.buffers[i];
-        if b.data.is_empty() {
+        if b.rows == 0 {
             return Ok(());
         }
-        let rows = b.data.len() / b.row_len;
-        let (s, e) = (b.start, b.start + rows);
-        let mut v = self
-            .file
-            .variable_mut(b.name)
-            .ok_or_else(|| GendaError::file(&path, format!("variable {} missing", b.name)))?;
-        // Rows along the first (time) dimension, every other dimension whole.
-        let mut ext: Vec<std::ops::Range<usize>> = vec![s..e];
-        ext.extend(v.dimensions()[1..].iter().map(|d| 0..d.len()));
-        let ext: Vec<netcdf::Extent> = ext.into_iter().map(Into::into).collect();
-        let res = v.put_values(&b.data, netcdf::Extents::Extent(ext));
-        res.map_err(|err| ncerr(&path, &format!("write {}", b.name), err))?;
-        b.start = e;
+        let mut ext = vec![b.start..b.start + b.rows];
+        ext.extend(b.ext.iter().cloned());
+        if b.data.is_empty() {
+            ext[0] = 0..0;
+        }
+        put_block(&mut self.file, &path, b.name, &ext, &b.data)?;
+        b.start += b.rows;
+        b.rows = 0;
         b.data.clear();
         Ok(())
     }
 
-    /// Write the truth and observations of cycle index `k` (0-based).
-    pub fn write_truth(&mut self, k: usize, truth: &[f64], obs: &[f64]) -> Result<()> {
-        self.put("truth", truth, k)?;
-        self.put("observations", obs, k)
+    fn flush_all(&mut self) -> Result<()> {
+        for i in 0..self.buffers.len() {
+            self.flush(i)?;
+        }
+        Ok(())
     }
 
-    /// Write the filter output of cycle index `k` (0-based).
+    /// This rank's part of the truth and observations of cycle `cycle` (1-based).
+    pub fn write_truth(&mut self, cycle: usize, truth: &[f64], obs: &[f64]) -> Result<()> {
+        self.put("truth", Kind::Field, cycle, truth)?;
+        self.put("observations", Kind::Obs, cycle, obs)
+    }
+
+    /// This rank's part of the filter output of cycle `cycle` (1-based): the means on its
+    /// `state` columns, the statistics, and (with saved ensembles) its `members` on its
+    /// `ens_state` columns, forecast and analysis.
     pub fn write_filter(
         &mut self,
-        k: usize,
+        cycle: usize,
         forecast_mean: &[f64],
         analysis_mean: &[f64],
         stats: &CycleStats,
-        forecast: &Array2<f64>,
-        analysis: &Array2<f64>,
+        ensembles: Option<(ArrayView2<f64>, ArrayView2<f64>)>,
     ) -> Result<()> {
         if !self.with_filter {
             return Ok(());
         }
-        self.put("forecast_mean", forecast_mean, k)?;
-        self.put("analysis_mean", analysis_mean, k)?;
-        self.put("forecast_spread", &[stats.spread_forecast], k)?;
-        self.put("analysis_spread", &[stats.spread_analysis], k)?;
-        self.put("rmse_forecast", &[stats.rmse_forecast], k)?;
-        self.put("rmse_analysis", &[stats.rmse_analysis], k)?;
+        self.put("forecast_mean", Kind::Field, cycle, forecast_mean)?;
+        self.put("analysis_mean", Kind::Field, cycle, analysis_mean)?;
+        self.put(
+            "forecast_spread",
+            Kind::Scalar,
+            cycle,
+            &[stats.spread_forecast],
+        )?;
+        self.put(
+            "analysis_spread",
+            Kind::Scalar,
+            cycle,
+            &[stats.spread_analysis],
+        )?;
+        self.put("rmse_forecast", Kind::Scalar, cycle, &[stats.rmse_forecast])?;
+        self.put("rmse_analysis", Kind::Scalar, cycle, &[stats.rmse_analysis])?;
         if self.save_ensemble {
-            let f = forecast.as_standard_layout();
-            let a = analysis.as_standard_layout();
-            self.put(
-                "forecast_ensemble",
-                f.as_slice().expect("standard layout"),
-                k,
-            )?;
-            self.put(
-                "analysis_ensemble",
-                a.as_slice().expect("standard layout"),
-                k,
-            )?;
+            let (f, a) = ensembles.ok_or_else(|| {
+                GendaError::file(self.pending.target(), "saved ensembles missing for a cycle")
+            })?;
+            for (name, e) in [("forecast_ensemble", f), ("analysis_ensemble", a)] {
+                let e = e.as_standard_layout();
+                self.put(name, Kind::Ensemble, cycle, e.as_slice().expect("standard"))?;
+            }
         }
         Ok(())
     }
 
-    /// Row `k` of the member weights of a weighted ensemble (only when the file has them).
-    pub fn write_weights(&mut self, k: usize, forecast: &[f64], analysis: &[f64]) -> Result<()> {
-        if self.save_ensemble && self.file.variable("analysis_weights").is_some() {
-            self.put("forecast_weights", forecast, k)?;
-            self.put("analysis_weights", analysis, k)?;
+    /// The member weights of a weighted ensemble at cycle `cycle` (only when the file has them).
+    pub fn write_weights(
+        &mut self,
+        cycle: usize,
+        forecast: &[f64],
+        analysis: &[f64],
+    ) -> Result<()> {
+        if self.weighted {
+            self.put("forecast_weights", Kind::Weights, cycle, forecast)?;
+            self.put("analysis_weights", Kind::Weights, cycle, analysis)?;
         }
         Ok(())
     }
 
-    /// Reopen a run file from a snapshot taken by `snapshot` (restart), to be completed at `path`.
-    pub fn resume(path: &Path, snapshot: &Path) -> Result<Self> {
-        let pending = PendingFile::from_copy(path, snapshot)?;
-        let file = netcdf::append(pending.tmp_path())
-            .map_err(|e| ncerr(snapshot, "reopen snapshot", e))?;
-        let with_filter = file.variable("analysis_mean").is_some();
-        let save_ensemble = file.variable("analysis_ensemble").is_some();
-        Ok(RunWriter {
-            file,
-            pending,
-            with_filter,
-            save_ensemble,
-            buffers: Vec::new(),
-        })
+    /// CRPS of cycle `cycle` (1-based).
+    pub fn write_crps(&mut self, cycle: usize, crps: f64) -> Result<()> {
+        self.put("crps_analysis", Kind::Scalar, cycle, &[crps])
+    }
+
+    /// Continue from a checkpoint's run-file snapshot: copy its first `cycles` cycles into this
+    /// (new) file, each rank its own part, so a restart on any layout reads only its slabs.
+    pub fn copy_from(
+        &mut self,
+        snapshot: &Path,
+        cycles: usize,
+        comm: &dyn Collectives,
+    ) -> Result<()> {
+        let res = self.copy_rows(snapshot, cycles / self.every);
+        agree(comm, res, snapshot, "copying the run-file snapshot")
+    }
+
+    fn copy_rows(&mut self, snapshot: &Path, rows: usize) -> Result<()> {
+        let src = netcdf::open(snapshot).map_err(at(snapshot, "open run-file snapshot"))?;
+        let path = self.pending.target().to_path_buf();
+        let have = src.dimension("time").map(|d| d.len());
+        let want = self.file.dimension("time").map(|d| d.len());
+        if have != want {
+            return Err(GendaError::file(snapshot, format!("run-file snapshot has {have:?} time rows, this run writes {want:?} (output.every changed since the checkpoint?)")));
+        }
+        for (name, kind) in ROW_VARIABLES {
+            if matches!(name, "time" | "rank_histogram") || self.file.variable(name).is_none() {
+                continue;
+            }
+            let v = src.variable(name).ok_or_else(|| {
+                GendaError::file(
+                    snapshot,
+                    format!(
+                        "run-file snapshot has no `{name}` (written with other output settings?)"
+                    ),
+                )
+            })?;
+            let ext = self.extent(kind);
+            let (local, global) = self.row_lengths(kind, &ext);
+            let block = (FLUSH_VALUES / global.max(1)).max(1);
+            let mut r0 = 0;
+            while r0 < rows {
+                let r1 = (r0 + block).min(rows);
+                let mut e = vec![r0..r1];
+                e.extend(ext.iter().cloned());
+                let data: Vec<f64> = if local > 0 {
+                    v.get_values::<f64, _>(extents(&e))
+                        .map_err(at(snapshot, &format!("read {name}")))?
+                } else {
+                    e[0] = 0..0;
+                    Vec::new()
+                };
+                put_block(&mut self.file, &path, name, &e, &data)?;
+                r0 = r1;
+            }
+        }
+        Ok(())
     }
 
     /// Flush everything written so far and copy the file, complete and consistent, to `dest`
-    /// (atomically); the run keeps writing to its own file.
-    pub fn snapshot(&mut self, dest: &Path) -> Result<()> {
-        for i in 0..self.buffers.len() {
-            self.flush(i)?;
-        }
+    /// (atomically, by the root); the run keeps writing to its own file. Every rank calls it.
+    pub fn snapshot(&mut self, dest: &Path, comm: &dyn Collectives) -> Result<()> {
         let path = self.pending.target().to_path_buf();
-        self.file.sync().map_err(|e| ncerr(&path, "sync", e))?;
-        let out = PendingFile::from_copy(dest, self.pending.tmp_path())?;
-        out.commit()?;
-        Ok(())
+        let res = self
+            .flush_all()
+            .and_then(|_| self.file.sync().map_err(at(&path, "sync")));
+        agree(comm, res, &path, "flushing the run file")?;
+        let res = if comm.is_root() {
+            PendingFile::from_copy(dest, self.pending.tmp_path())
+                .and_then(|p| p.commit().map(|_| ()))
+        } else {
+            Ok(())
+        };
+        agree(comm, res, dest, "the run-file snapshot")
     }
 
-    /// Store the time averages, close the file and move it into place.
-    /// CRPS of cycle index `k`.
-    pub fn write_crps(&mut self, k: usize, crps: f64) -> Result<()> {
-        self.put("crps_analysis", &[crps], k)
-    }
-
-    /// `finish` plus the rank histogram.
-    pub fn finish_with(
+    /// Store the time averages (`extra`: further time-averaged scores) and the rank
+    /// histogram, close the file and move it into place. Every rank calls it; the root's
+    /// values are written.
+    pub fn finish(
         mut self,
+        comm: &dyn Collectives,
         averages: Option<&TimeAverage>,
         extra: &[(&str, f64)],
         rank_histogram: Option<&[f64]>,
     ) -> Result<PathBuf> {
-        if let Some(h) = rank_histogram {
-            let path = self.pending.target().to_path_buf();
-            let mut v = self
-                .file
-                .variable_mut("rank_histogram")
-                .ok_or_else(|| GendaError::file(&path, "variable rank_histogram missing"))?;
-            v.put_values(h, ..)
-                .map_err(|e| ncerr(&path, "write rank_histogram", e))?;
-        }
-        self.finish(averages, extra)
+        let path = self.pending.target().to_path_buf();
+        let res = self.write_closing(comm, averages, extra, rank_histogram);
+        agree(comm, res, &path, "finishing the run file")?;
+        let RunWriter { file, pending, .. } = self;
+        let res = file.close().map_err(at(&path, "close"));
+        agree(comm, res, &path, "closing the run file")?;
+        pending.commit(comm)
     }
 
-    /// `extra`: further time-averaged scores stored as global attributes.
-    pub fn finish(
-        mut self,
+    /// The last rows, the rank histogram and the time means (global attributes).
+    fn write_closing(
+        &mut self,
+        comm: &dyn Collectives,
         averages: Option<&TimeAverage>,
         extra: &[(&str, f64)],
-    ) -> Result<PathBuf> {
+        rank_histogram: Option<&[f64]>,
+    ) -> Result<()> {
         let path = self.pending.target().to_path_buf();
-        for i in 0..self.buffers.len() {
-            self.flush(i)?;
+        self.flush_all()?;
+        if let Some(h) = rank_histogram {
+            let ext = if self.slabs.scalars {
+                vec![0..h.len()]
+            } else {
+                vec![0..0]
+            };
+            let data = if self.slabs.scalars { h } else { &[][..] };
+            put_block(&mut self.file, &path, "rank_histogram", &ext, data)?;
         }
+        // Attributes are collective: every rank writes the root's values.
+        let mut attrs: Vec<(String, f64)> = Vec::new();
         if let Some(avg) = averages {
             let m = avg.mean();
-            for (k, v) in [
-                ("rmse_analysis_time_mean", m.rmse_analysis),
-                ("rmse_forecast_time_mean", m.rmse_forecast),
-                ("spread_analysis_time_mean", m.spread_analysis),
-                ("spread_forecast_time_mean", m.spread_forecast),
-            ] {
-                self.file
-                    .add_attribute(k, v)
-                    .map_err(|e| ncerr(&path, k, e))?;
-            }
-            self.file
-                .add_attribute("averaged_cycles", avg.count() as i32)
-                .map_err(|e| ncerr(&path, "averaged_cycles", e))?;
+            attrs.extend([
+                ("rmse_analysis_time_mean".to_string(), m.rmse_analysis),
+                ("rmse_forecast_time_mean".to_string(), m.rmse_forecast),
+                ("spread_analysis_time_mean".to_string(), m.spread_analysis),
+                ("spread_forecast_time_mean".to_string(), m.spread_forecast),
+                ("averaged_cycles".to_string(), avg.count() as f64),
+            ]);
         }
-        for &(k, v) in extra {
-            self.file
-                .add_attribute(k, v)
-                .map_err(|e| ncerr(&path, k, e))?;
+        attrs.extend(extra.iter().map(|&(k, v)| (k.to_string(), v)));
+        let mut values: Vec<f64> = attrs.iter().map(|a| a.1).collect();
+        comm.broadcast_f64(&mut values);
+        for ((k, _), v) in attrs.iter().zip(values) {
+            let res = if k == "averaged_cycles" {
+                self.file.add_attribute(k, v as i32).map(|_| ())
+            } else {
+                self.file.add_attribute(k, v).map(|_| ())
+            };
+            res.map_err(at(&path, k))?;
         }
-        let RunWriter { file, pending, .. } = self;
-        file.close().map_err(|e| ncerr(&path, "close", e))?;
-        pending.commit()
+        Ok(())
     }
 }
 

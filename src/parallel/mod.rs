@@ -65,6 +65,22 @@ pub trait Collectives {
     ) -> Result<()>;
     /// Sub-communicator of the ranks with the same `color`, ordered by `key`.
     fn split(&self, color: usize, key: usize) -> Result<Box<dyn Collectives>>;
+    /// Broadcast bytes from the root; the other ranks' `bytes` are replaced (any length).
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>);
+    /// The MPI communicator underneath, for libraries that take one (parallel NetCDF-4 and
+    /// HDF5 files); `None` for the in-process `SerialComm`.
+    fn mpi_handle(&self) -> Option<RawComm> {
+        None
+    }
+}
+
+/// A raw MPI communicator handle (what parallel NetCDF and HDF5 take).
+pub type RawComm = mpi::ffi::MPI_Comm;
+
+/// The null `MPI_Info` (no hints) for parallel file creation.
+pub fn info_null() -> mpi::ffi::MPI_Info {
+    // SAFETY: reads an immutable handle constant that rsmpi's C shim initialises at load time.
+    unsafe { mpi::ffi::RSMPI_INFO_NULL }
 }
 
 fn check_v(
@@ -163,6 +179,7 @@ impl Collectives for SerialComm {
     fn split(&self, _color: usize, _key: usize) -> Result<Box<dyn Collectives>> {
         Ok(Box::new(SerialComm))
     }
+    fn broadcast_bytes(&self, _bytes: &mut Vec<u8>) {}
 }
 
 /// A one-rank ring is its own neighbour on both sides.
@@ -366,6 +383,16 @@ impl Collectives for MpiComm {
             comm: sub,
             _universe: None,
         }))
+    }
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>) {
+        let root = self.comm.process_at_rank(0);
+        let mut len = [bytes.len() as u64];
+        root.broadcast_into(&mut len[..]);
+        bytes.resize(len[0] as usize, 0);
+        root.broadcast_into(&mut bytes[..]);
+    }
+    fn mpi_handle(&self) -> Option<RawComm> {
+        Some(mpi::raw::AsRaw::as_raw(&self.comm))
     }
 }
 
