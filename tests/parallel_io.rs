@@ -290,3 +290,118 @@ fn output_every_and_fields_thin_the_file() {
 fn python() -> String {
     std::env::var("GENDA_PYTHON").unwrap_or_else(|_| "python3".into())
 }
+
+/// Bad inputs of the parallel readers are one clear error naming the file and the dataset, on
+/// every rank, with no output left behind: a replayed truth of another state size, a
+/// checkpoint whose ensemble does not fit the run.
+#[test]
+fn bad_slab_inputs_are_clear_errors_under_mpirun() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = l96_letkf(dir.path());
+    let nc = dir.path().join("t.nc");
+    let o = genda(&["truth", cfg.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h5 = dir.path().join("t.h5");
+    assert!(h5.exists());
+    // The same truth file for a model of 80 variables.
+    let big = config_variant(
+        dir.path(),
+        "configs/l96_sakov2008_letkf.toml",
+        "big.toml",
+        &[
+            ("cycles = 5000", "cycles = 10"),
+            ("burn_in = 1000", "burn_in = 1"),
+            ("dim = 40", "dim = 80"),
+        ],
+    );
+    let s: String = std::fs::read_to_string(&big)
+        .unwrap()
+        .replace(
+            "[experiment]",
+            &format!("[experiment]\ntruth_file = \"{}\"", h5.display()),
+        )
+        .lines()
+        .map(|l| {
+            if l.starts_with("mean =") {
+                "mean = 8.0"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&big, s).unwrap();
+    let out = dir.path().join("big.nc");
+    let o = mpirun(
+        2,
+        &[
+            "run",
+            big.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--domains",
+            "2",
+        ],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("t.h5")
+            && t.contains("`trajectory`")
+            && t.contains("40 values, the model has 80"),
+        "{t}"
+    );
+    assert!(!out.exists());
+    // A checkpoint whose ensemble has the wrong shape (edited with h5py).
+    let out = dir.path().join("r.nc");
+    let o = genda(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--checkpoint-every",
+        "10",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ckpt = dir.path().join("r.ckpt.h5");
+    assert!(ckpt.exists());
+    let script = format!(
+        "import h5py, numpy as np\n\
+         f = h5py.File({:?}, 'r+')\n\
+         del f['ensemble']\n\
+         f['ensemble'] = np.zeros((10, 39))\n\
+         f.close()\n",
+        ckpt.display().to_string()
+    );
+    let p = {
+        let _g = nc_lock();
+        Command::new(python())
+            .args(["-c", &script])
+            .output()
+            .unwrap()
+    };
+    assert!(p.status.success(), "h5py: {}", text(&p));
+    std::fs::remove_file(&out).unwrap();
+    let o = mpirun(
+        2,
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--domains",
+            "2",
+            "--restart",
+            ckpt.to_str().unwrap(),
+            "--quiet",
+        ],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("r.ckpt.h5") && t.contains("inconsistent sizes"),
+        "{t}"
+    );
+    assert!(!out.exists());
+}

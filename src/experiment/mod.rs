@@ -1372,7 +1372,8 @@ impl<'a> TwinRun<'a> {
 /// exchange halos within the domain communicator; before the analysis the members of the
 /// domain are gathered over the ensemble communicator (plus a halo of neighbouring columns for
 /// localised methods), the filter analyses the owned columns with tile-ordered sums, and each
-/// rank keeps its own members. Output is gathered per variable to the root rank.
+/// rank keeps its own members. Every rank writes its own slab of the run file and of the checkpoints (collective parallel
+/// NetCDF-4 / HDF5).
 pub fn run_twin(cfg: &Config, comm: &dyn Collectives, opts: &RunOptions) -> Result<RunSummary> {
     let (dec, _) = check_layout(cfg, comm.size())?;
     let topo = Topology::new(comm, dec.domains, cfg.filter.members())?;
