@@ -42,6 +42,11 @@ fn python() -> String {
 }
 
 fn coupled_matches_run(method_edits: &[(&str, &str)]) {
+    coupled_matches_run_on(method_edits, 1);
+}
+
+/// `genda couple` on `ranks` ranks (members split: each reads and writes only its rows).
+fn coupled_matches_run_on(method_edits: &[(&str, &str)], ranks: usize) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = coupling_config(d, method_edits);
@@ -78,7 +83,12 @@ fn coupled_matches_run(method_edits: &[(&str, &str)]) {
         .spawn()
         .unwrap();
     drop(_g);
-    let o = genda(&["couple", cfg.to_str().unwrap(), "--write-initial"]);
+    let args = ["couple", cfg.to_str().unwrap(), "--write-initial"];
+    let o = if ranks == 1 {
+        genda(&args)
+    } else {
+        mpirun(ranks, &args)
+    };
     let model_status = model.wait().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(model_status.success());
@@ -108,6 +118,20 @@ fn coupled_matches_run(method_edits: &[(&str, &str)]) {
 #[test]
 fn coupled_etkf_matches_genda_run() {
     coupled_matches_run(&[]);
+}
+
+/// Two and three ranks, each reading only its members' rows of the model's one file per cycle
+/// and writing its rows of `analysis.nc` collectively.
+#[test]
+fn coupled_on_two_and_three_ranks_matches_genda_run() {
+    coupled_matches_run_on(&[], 2);
+    coupled_matches_run_on(
+        &[
+            ("method = \"etkf\"", "method = \"enkf\""),
+            ("rotation = false\n", ""),
+        ],
+        3,
+    );
 }
 
 #[test]

@@ -416,12 +416,11 @@ fn launched_ranks() -> usize {
 
 /// Execute a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
-    // Only `run` and `train` are MPI programs; the others would run N copies racing on the same
-    // files.
+    // Only `run`, `train`, `bench`, `sweep` and `couple` are MPI programs; the others would run
+    // N copies racing on the same files.
     let serial = match &cli.command {
-        Command::Run(_) | Command::Train(_) | Command::Bench(_) => None,
+        Command::Run(_) | Command::Train(_) | Command::Bench(_) | Command::Couple { .. } => None,
         Command::Truth { .. } => Some("truth"),
-        Command::Couple { .. } => Some("couple"),
         Command::Plot { .. } => Some("plot"),
         Command::Cg { .. } => Some("cg"),
         Command::Smooth { .. } => Some("smooth"),
@@ -529,8 +528,11 @@ pub fn execute(cli: Cli) -> Result<()> {
             write_initial,
         } => {
             let cfg = load(&config, &sets)?;
-            let cycles = crate::commands::couple::run_coupled(&cfg, write_initial)?;
-            println!("coupled {cycles} cycles");
+            let comm = MpiComm::init()?;
+            let cycles = crate::commands::couple::run_coupled(&cfg, write_initial, &comm)?;
+            if comm.is_root() {
+                println!("coupled {cycles} cycles");
+            }
             Ok(())
         }
         Command::Plot {

@@ -1,9 +1,11 @@
 //! Files of the NetCDF coupling contract (see docs/coupling.md): ensembles as `(member, x)`
 //! variables, observation vectors as `(obs)`, and per-file completion markers.
-use super::PendingFile;
+use super::{PendingFile, SharedPending};
 use crate::error::{GendaError, Result};
-use ndarray::Array2;
+use crate::parallel::{Collectives, SerialComm};
+use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// The `[coupling]` table of a config (the file contract is in docs/coupling.md).
@@ -31,7 +33,14 @@ fn ncerr(path: &Path, what: &str, e: netcdf::Error) -> GendaError {
     GendaError::file(path, format!("{what}: {e}"))
 }
 
-fn read_checked(path: &Path, var: &str, dims: &[(&str, usize)]) -> Result<Vec<f64>> {
+/// Open `path`, check that `var` has exactly the dims `dims` (names and lengths), and read the
+/// rows `rows` of its first dimension (all of it for `None`), checking that every value is finite.
+fn read_checked(
+    path: &Path,
+    var: &str,
+    dims: &[(&str, usize)],
+    rows: Option<Range<usize>>,
+) -> Result<Vec<f64>> {
     if !path.exists() {
         return Err(GendaError::file(path, "no such file"));
     }
@@ -47,10 +56,20 @@ fn read_checked(path: &Path, var: &str, dims: &[(&str, usize)]) -> Result<Vec<f6
             format!("variable `{var}` has dims {have:?}, expected {want:?}"),
         ));
     }
-    let data: Vec<f64> = v
-        .get_values::<f64, _>(..)
-        .map_err(|e| ncerr(path, &format!("read `{var}`"), e))?;
+    let data: Vec<f64> = match rows.clone() {
+        None => v.get_values::<f64, _>(..),
+        Some(r) => {
+            let ext: Vec<netcdf::Extent> = std::iter::once(r)
+                .chain(dims[1..].iter().map(|d| 0..d.1))
+                .map(Into::into)
+                .collect();
+            v.get_values::<f64, _>(netcdf::Extents::Extent(ext))
+        }
+    }
+    .map_err(|e| ncerr(path, &format!("read `{var}`"), e))?;
     if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        let row_len: usize = dims[1..].iter().map(|d| d.1).product();
+        let i = i + rows.map_or(0, |r| r.start * row_len);
         return Err(GendaError::file(
             path,
             format!("variable `{var}` has a non-finite value (NaN/inf) at flat index {i}"),
@@ -66,16 +85,33 @@ pub fn read_ensemble(
     members: usize,
     state_dim: usize,
 ) -> Result<Array2<f64>> {
-    let data = read_checked(path, var, &[("member", members), ("x", state_dim)])?;
-    Ok(Array2::from_shape_vec((members, state_dim), data).expect("size checked"))
+    read_ensemble_rows(path, var, members, state_dim, 0..members)
+}
+
+/// Read only the members `rows` of ensemble variable `var` (member = members, x = state_dim):
+/// each rank of a member-split run reads its own slab of a file the model wrote whole.
+pub fn read_ensemble_rows(
+    path: &Path,
+    var: &str,
+    members: usize,
+    state_dim: usize,
+    rows: Range<usize>,
+) -> Result<Array2<f64>> {
+    let data = read_checked(
+        path,
+        var,
+        &[("member", members), ("x", state_dim)],
+        Some(rows.clone()),
+    )?;
+    Ok(Array2::from_shape_vec((rows.len(), state_dim), data).expect("size checked"))
 }
 
 /// Read `observations` with dim (obs = obs_dim).
 pub fn read_observations(path: &Path, obs_dim: usize) -> Result<Vec<f64>> {
-    read_checked(path, "observations", &[("obs", obs_dim)])
+    read_checked(path, "observations", &[("obs", obs_dim)], None)
 }
 
-/// Write an ensemble as `var` (member, x), CF-style, atomically.
+/// Write an ensemble as `var` (member, x), CF-style, atomically (one process).
 pub fn write_ensemble(
     path: &Path,
     var: &str,
@@ -83,12 +119,48 @@ pub fn write_ensemble(
     cycle: usize,
     long_name: &str,
 ) -> Result<()> {
-    let pending = PendingFile::new(path)?;
-    {
-        let mut f = netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4)
-            .map_err(|e| ncerr(path, "create", e))?;
-        let (m, n) = ens.dim();
-        f.add_dimension("member", m)
+    let rows = 0..ens.nrows();
+    write_ensemble_rows(
+        path,
+        var,
+        ens.view(),
+        rows,
+        ens.nrows(),
+        cycle,
+        long_name,
+        &SerialComm,
+    )
+}
+
+/// Write an ensemble of `members` members as `var` (member, x), CF-style, atomically: every
+/// rank of `comm` writes its members `rows` (`local`, (rows, x)) into the one file, collectively
+/// on more than one rank.
+#[allow(clippy::too_many_arguments)]
+pub fn write_ensemble_rows(
+    path: &Path,
+    var: &str,
+    local: ArrayView2<f64>,
+    rows: Range<usize>,
+    members: usize,
+    cycle: usize,
+    long_name: &str,
+    comm: &dyn Collectives,
+) -> Result<()> {
+    let pending = SharedPending::new(path, None, comm)?;
+    let res = (|| -> Result<()> {
+        let parallel = comm.size() > 1;
+        let mut f = match comm.mpi_handle().filter(|_| parallel) {
+            Some(raw) => netcdf::create_par_with(
+                pending.tmp_path(),
+                raw,
+                crate::parallel::info_null(),
+                netcdf::Options::NETCDF4,
+            ),
+            None => netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4),
+        }
+        .map_err(|e| ncerr(path, "create", e))?;
+        let n = local.ncols();
+        f.add_dimension("member", members)
             .map_err(|e| ncerr(path, "dimension member", e))?;
         f.add_dimension("x", n)
             .map_err(|e| ncerr(path, "dimension x", e))?;
@@ -101,19 +173,36 @@ pub fn write_ensemble(
         .map_err(|e| ncerr(path, "attribute", e))?;
         f.add_attribute("cycle", cycle as i32)
             .map_err(|e| ncerr(path, "attribute cycle", e))?;
-        let mut v = f
-            .add_variable::<f64>(var, &["member", "x"])
-            .map_err(|e| ncerr(path, &format!("variable {var}"), e))?;
-        v.put_attribute("long_name", long_name)
-            .map_err(|e| ncerr(path, "attribute", e))?;
-        v.put_attribute("units", "1")
-            .map_err(|e| ncerr(path, "attribute", e))?;
-        let e = ens.as_standard_layout();
-        v.put_values(e.as_slice().expect("standard layout"), ..)
-            .map_err(|e| ncerr(path, &format!("write {var}"), e))?;
-        f.close().map_err(|e| ncerr(path, "close", e))?;
+        {
+            let mut v = f
+                .add_variable::<f64>(var, &["member", "x"])
+                .map_err(|e| ncerr(path, &format!("variable {var}"), e))?;
+            v.put_attribute("long_name", long_name)
+                .map_err(|e| ncerr(path, "attribute", e))?;
+            v.put_attribute("units", "1")
+                .map_err(|e| ncerr(path, "attribute", e))?;
+            if parallel {
+                v.access_collective()
+                    .map_err(|e| ncerr(path, "collective access", e))?;
+            }
+        }
+        f.enddef().map_err(|e| ncerr(path, "enddef", e))?;
+        let e = local.as_standard_layout();
+        super::netcdf_out::put_block(
+            &mut f,
+            path,
+            var,
+            &[rows.clone(), 0..n],
+            e.as_slice().expect("standard layout"),
+        )?;
+        f.close().map_err(|e| ncerr(path, "close", e))
+    })();
+    if !comm.all_ok(res.is_ok()) {
+        return Err(res.err().unwrap_or_else(|| {
+            GendaError::file(path, "writing failed on another rank (see its error)")
+        }));
     }
-    pending.commit()?;
+    pending.commit(comm)?;
     Ok(())
 }
 

@@ -520,7 +520,7 @@ fn extents(ext: &[Range<usize>]) -> netcdf::Extents {
 
 /// Write the block `ext` of variable `name` (collective on a parallel file: every rank calls
 /// it, those without data with an empty block).
-fn put_block<T: netcdf::NcTypeDescriptor>(
+pub(crate) fn put_block<T: netcdf::NcTypeDescriptor>(
     file: &mut netcdf::FileMut,
     path: &Path,
     name: &str,
