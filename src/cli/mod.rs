@@ -909,7 +909,7 @@ fn print_bench(b: &crate::experiment::ModelBench, csv: Option<&std::path::Path>)
     Ok(())
 }
 
-/// `genda plot`: a scaling CSV, a sweep's results, or a run file (and its 2-D field maps).
+/// `genda plot`: a cost-growth or scaling CSV, a sweep's results, or a run file (and its 2-D field maps).
 fn plot_command(
     file: &std::path::Path,
     output: Option<&std::path::Path>,
@@ -917,6 +917,13 @@ fn plot_command(
     x: Option<&str>,
     metric: &str,
 ) -> Result<()> {
+    if crate::io::plot_cost::is_cost_csv(file) {
+        let pts = crate::io::plot_cost::read_cost_csv(file)?;
+        let png = output.map_or_else(|| file.with_extension("png"), |p| p.to_path_buf());
+        let p = crate::io::plot_cost::plot_cost(&png, &pts)?;
+        println!("wrote {}", p.display());
+        return Ok(());
+    }
     if crate::io::plot_scaling::is_scaling_csv(file) {
         let (pts, strong) = crate::io::plot_scaling::read_scaling_csv(file)?;
         let png = output.map_or_else(|| file.with_extension("png"), |p| p.to_path_buf());

@@ -6,6 +6,7 @@ pub mod coupling;
 mod hdf5_io;
 mod netcdf_out;
 pub mod plot;
+pub mod plot_cost;
 pub mod plot_scaling;
 pub mod plot_sweep;
 mod tensors;

@@ -45,7 +45,7 @@ pub fn fmt_seconds(s: f64) -> String {
 }
 
 /// 1-2-5 values covering [lo, hi] (log axis ticks).
-fn ticks_125(lo: f64, hi: f64) -> Vec<f64> {
+pub(crate) fn ticks_125(lo: f64, hi: f64) -> Vec<f64> {
     let mut out = Vec::new();
     let mut e = lo.log10().floor() as i32 - 1;
     while 10f64.powi(e) <= hi * 10.0 {
