@@ -3,7 +3,7 @@
 # the state size n (10^4 … 10^7, on 1 and 2 ranks) and against the ensemble size N (10 … 100,
 # n = 10^5, 1 rank), from `genda bench --cycle`; writes a CSV (method, ranks, n, members,
 # analysis_s) and, with `genda plot`, its PNG (log–log, with the fitted exponents).
-#   scripts/cost_growth.sh [OUT_DIR]       (default docs/data; ~25 min on the 2-core machine)
+#   scripts/cost_growth.sh [OUT_DIR]       (default docs/data; ~35 min on the 2-core machine)
 # GENDA_COST_MAX_N caps n (e.g. 1000000 for a quick run). The LETKF holds ~2.2 GB per 10^6
 # variables (max RSS measured at 10^6, docs/scaling.md), so its 10^7 point needs ~22 GB and is
 # left out below 32 GB of memory; EnSF needs ~1.6 GB per 10^6.
@@ -16,11 +16,16 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p "$OUT"
 csv="$OUT/cost_growth.csv"
 tmp="$csv.tmp"
-echo "method,ranks,n,members,analysis_s" > "$tmp"
+# A run that stopped part-way resumes: points already in the temporary file are kept.
+[ -s "$tmp" ] || echo "method,ranks,n,members,analysis_s" > "$tmp"
 
 # One point: method config ranks n members.
 point() {
   local method=$1 cfg=$2 ranks=$3 n=$4 members=$5
+  if grep -q "^$method,$ranks,$n,$members," "$tmp"; then
+    grep "^$method,$ranks,$n,$members," "$tmp"
+    return
+  fi
   local cycles=2
   [ "$n" -ge 1000000 ] && cycles=1
   local args=(bench "$cfg" --cycle --cycles "$cycles" --set "model.dim=$n" --set "filter.members=$members"
@@ -29,7 +34,7 @@ point() {
   if [ "$ranks" = 1 ]; then
     line=$("$G" "${args[@]}" 2>/dev/null | grep 'per cycle \[µs\]')
   else
-    line=$(mpirun --oversubscribe -np "$ranks" "$G" "${args[@]}" --domains "$ranks" 2>/dev/null | grep 'per cycle \[µs\]')
+    line=$(mpirun --oversubscribe -np "$ranks" "$G" "${args[@]}" --set "parallel.domains=$ranks" 2>/dev/null | grep 'per cycle \[µs\]')
   fi
   local us
   us=$(sed -E 's/.*analysis ([0-9.]+),.*/\1/' <<<"$line")
