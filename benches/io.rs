@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the run file and checkpoint writers (issue 23), on one process (the
 //! serial path of the same writer every rank uses collectively under MPI):
 //! - `run_file_rows_1e5_n20` — 10 cycles of an L96 n = 10^5 run file with both ensembles
-//!   (`RunWriter`, 35 MB written; throughput in bytes);
+//!   (`RunWriter`, 356 MB written; throughput in bytes);
 //! - `checkpoint_1e5_n20` — one checkpoint of a (20, 10^5) ensemble (`write_checkpoint`, 16 MB).
 //!
 //! Both go through the page cache; compare with `dd if=/dev/zero bs=16M` into the same directory
