@@ -9,7 +9,7 @@
 //! networks with their optimiser moments, histories), each a group of named datasets, the
 //! inflation factor in use, a hash of the science config and the genda version. The run file
 //! written so far is kept beside it as a NetCDF snapshot named after the cycle.
-use super::SharedPending;
+use super::{agree, SharedPending};
 use crate::error::{GendaError, Result};
 use crate::parallel::Collectives;
 use crate::state::SavedState;
@@ -56,19 +56,6 @@ fn h5err(path: &Path, what: &str, e: hdf5::Error) -> GendaError {
     GendaError::file(path, format!("checkpoint {what}: {e}"))
 }
 
-/// The first failure of any rank, as every rank's error.
-fn agree<T>(comm: &dyn Collectives, res: Result<T>, path: &Path) -> Result<T> {
-    if comm.all_ok(res.is_ok()) {
-        return res;
-    }
-    Err(res.err().unwrap_or_else(|| {
-        GendaError::file(
-            path,
-            "checkpoint: writing failed on another rank (see its error)",
-        )
-    }))
-}
-
 /// Write the checkpoint `path`: every rank of `comm` writes its `slab` of the ensemble
 /// (members, n) and of the truth into one HDF5 file (MPI-IO on more than one rank); then the
 /// root adds `c`'s metadata and the filter's and assessor's state, and renames the finished
@@ -82,13 +69,13 @@ pub fn write_checkpoint(
 ) -> Result<()> {
     let pending = SharedPending::new(path, None, comm)?;
     let res = write_slabs(pending.tmp_path(), path, c, slab, comm);
-    agree(comm, res, path)?;
+    agree(comm, res, path, "checkpoint: writing")?;
     let res = if comm.is_root() {
         write_metadata(pending.tmp_path(), path, c)
     } else {
         Ok(())
     };
-    agree(comm, res, path)?;
+    agree(comm, res, path, "checkpoint: writing")?;
     pending.commit(comm)?;
     Ok(())
 }

@@ -149,16 +149,7 @@ pub fn write_ensemble_rows(
     let pending = SharedPending::new(path, None, comm)?;
     let res = (|| -> Result<()> {
         let parallel = comm.size() > 1;
-        let mut f = match comm.mpi_handle().filter(|_| parallel) {
-            Some(raw) => netcdf::create_par_with(
-                pending.tmp_path(),
-                raw,
-                crate::parallel::info_null(),
-                netcdf::Options::NETCDF4,
-            ),
-            None => netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4),
-        }
-        .map_err(|e| ncerr(path, "create", e))?;
+        let mut f = pending.create_netcdf(comm)?;
         let n = local.ncols();
         f.add_dimension("member", members)
             .map_err(|e| ncerr(path, "dimension member", e))?;
@@ -197,11 +188,7 @@ pub fn write_ensemble_rows(
         )?;
         f.close().map_err(|e| ncerr(path, "close", e))
     })();
-    if !comm.all_ok(res.is_ok()) {
-        return Err(res.err().unwrap_or_else(|| {
-            GendaError::file(path, "writing failed on another rank (see its error)")
-        }));
-    }
+    super::agree(comm, res, path, "writing")?;
     pending.commit(comm)?;
     Ok(())
 }

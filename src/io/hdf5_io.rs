@@ -64,40 +64,18 @@ pub fn write_trajectory(path: &Path, traj: &Trajectory, config_toml: &str) -> Re
 
 /// Read a trajectory written by `write_trajectory`, checking names and dims.
 pub fn read_trajectory(path: &Path) -> Result<Trajectory> {
-    if !path.exists() {
-        return Err(GendaError::file(path, "no such file"));
-    }
-    let f = hdf5::File::open(path).map_err(|e| h5err(path, "not a readable HDF5 file", e))?;
-    let ds = f
-        .dataset("trajectory")
-        .map_err(|e| h5err(path, "missing dataset `trajectory`", e))?;
-    let shape = ds.shape();
-    if shape.len() != 2 {
-        return Err(GendaError::file(
-            path,
-            format!(
-                "dataset `trajectory` must be 2-D (time, x), has {} dims",
-                shape.len()
-            ),
-        ));
-    }
-    let data: Vec<f64> = ds
+    let r = TrajectoryReader::open(path)?;
+    let data: Vec<f64> = r
+        .dataset
         .read_raw()
         .map_err(|e| h5err(path, "read `trajectory`", e))?;
-    let dt: f64 = ds
-        .attr("dt")
-        .and_then(|a| a.read_scalar())
-        .map_err(|e| h5err(path, "attribute `dt` of `trajectory`", e))?;
-    let model: VarLenUnicode = f
-        .attr("model")
-        .and_then(|a| a.read_scalar())
-        .map_err(|e| h5err(path, "attribute `model`", e))?;
+    let model = r.model.map_err(|e| h5err(path, "attribute `model`", e))?;
     Ok(Trajectory {
         data,
-        times: shape[0],
-        state_dim: shape[1],
-        dt,
-        model: model.as_str().to_string(),
+        times: r.times,
+        state_dim: r.state_dim,
+        dt: r.dt,
+        model,
     })
 }
 
@@ -110,6 +88,8 @@ pub struct TrajectoryReader {
     pub state_dim: usize,
     /// Time between rows.
     pub dt: f64,
+    /// The file's `model` attribute (needed by `read_trajectory`, not by a replay).
+    model: std::result::Result<String, hdf5::Error>,
 }
 
 impl TrajectoryReader {
@@ -136,9 +116,14 @@ impl TrajectoryReader {
             .attr("dt")
             .and_then(|a| a.read_scalar())
             .map_err(|e| h5err(path, "attribute `dt` of `trajectory`", e))?;
+        let model = f
+            .attr("model")
+            .and_then(|a| a.read_scalar::<VarLenUnicode>())
+            .map(|m| m.as_str().to_string());
         Ok(TrajectoryReader {
             path: path.to_path_buf(),
             dataset: ds,
+            model,
             times: shape[0],
             state_dim: shape[1],
             dt,

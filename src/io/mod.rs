@@ -170,6 +170,22 @@ impl SharedPending {
         &self.target
     }
 
+    /// Create the NetCDF-4 file at the temporary name: on every rank of `comm` together
+    /// (parallel NetCDF-4 over MPI-IO) when it has more than one, else serially. Errors name the
+    /// target.
+    pub fn create_netcdf(&self, comm: &dyn Collectives) -> Result<netcdf::FileMut> {
+        match comm.mpi_handle().filter(|_| comm.size() > 1) {
+            Some(raw) => netcdf::create_par_with(
+                &self.tmp,
+                raw,
+                crate::parallel::info_null(),
+                netcdf::Options::NETCDF4,
+            ),
+            None => netcdf::create_with(&self.tmp, netcdf::Options::NETCDF4),
+        }
+        .map_err(nc_error(&self.target, "create"))
+    }
+
     /// Move the complete file into place (the root renames; every rank learns the outcome).
     /// Call after every rank has closed the file.
     pub fn commit(self, comm: &dyn Collectives) -> Result<PathBuf> {
@@ -184,6 +200,20 @@ impl SharedPending {
         }
         res
     }
+}
+
+/// The first failure of any rank of `comm`, as every rank's error: the failing rank's own,
+/// elsewhere one naming `path` and the step `what`.
+pub fn agree<T>(comm: &dyn Collectives, res: Result<T>, path: &Path, what: &str) -> Result<T> {
+    if comm.all_ok(res.is_ok()) {
+        return res;
+    }
+    Err(res.err().unwrap_or_else(|| {
+        GendaError::file(
+            path,
+            format!("{what} failed on another rank (see its error)"),
+        )
+    }))
 }
 
 /// This node's host name (for temporary-file names), with characters outside [A-Za-z0-9.]

@@ -8,7 +8,7 @@
 //! and optionally `forecast_ensemble`, `analysis_ensemble` (with `forecast_weights`,
 //! `analysis_weights` for a weighted ensemble). Global attributes hold the full config
 //! and the time-averaged statistics.
-use super::{PendingFile, SharedPending};
+use super::{agree, PendingFile, SharedPending};
 use crate::error::{GendaError, Result};
 use crate::metrics::{CycleStats, TimeAverage};
 use crate::parallel::Collectives;
@@ -534,19 +534,6 @@ pub(crate) fn put_block<T: netcdf::NcTypeDescriptor>(
         .map_err(at(path, &format!("write {name}")))
 }
 
-/// The first failure of any rank, as the error of every rank (`what` names the step).
-fn agree<T>(comm: &dyn Collectives, res: Result<T>, path: &Path, what: &str) -> Result<T> {
-    if comm.all_ok(res.is_ok()) {
-        return res;
-    }
-    Err(res.err().unwrap_or_else(|| {
-        GendaError::file(
-            path,
-            format!("{what} failed on another rank (see its error)"),
-        )
-    }))
-}
-
 impl RunWriter {
     /// A new run file at `path`, written by every rank of `comm` together (collective parallel
     /// NetCDF-4 on more than one rank), each rank its `slabs`; every rank passes the same `meta`
@@ -573,16 +560,7 @@ impl RunWriter {
         let path = pending.target().to_path_buf();
         let path = path.as_path();
         let parallel = comm.size() > 1;
-        let mut file = match comm.mpi_handle().filter(|_| parallel) {
-            Some(raw) => netcdf::create_par_with(
-                pending.tmp_path(),
-                raw,
-                crate::parallel::info_null(),
-                netcdf::Options::NETCDF4,
-            ),
-            None => netcdf::create_with(pending.tmp_path(), netcdf::Options::NETCDF4),
-        }
-        .map_err(at(path, "create"))?;
+        let mut file = pending.create_netcdf(comm)?;
         let grid = meta.grid_side.filter(|s| s * s == meta.state_dim);
         if let Some(side) = grid {
             for r in [&slabs.state, &slabs.ens_state] {
