@@ -6,17 +6,19 @@
 //! timeout), checks both files, runs the configured filter and writes `cycle_<k>/analysis.nc`
 //! (`analysis`, member × x) atomically, then `cycle_<k>/analysis.ready`. genda never modifies the
 //! model's files; a bad input file stops the run before anything of that cycle is written.
-//! Under `mpirun` the ranks split the members: each reads and writes only its members' rows.
+//! Under `mpirun` the ranks split the members and (`parallel.domains`) the state as `genda run`
+//! does: each reads and writes only its block (its members on its domain's columns).
 use crate::config::Config;
 use crate::error::{GendaError, Result};
-use crate::experiment::initial_ensemble;
+use crate::experiment::{
+    check_layout, gather_members, initial_ensemble, with_halo, AnalysisColumns,
+};
 use crate::filters::{ensemble_mean, AnalysisInput};
 use crate::io::coupling::{
-    read_ensemble_rows, read_marker, read_observations, write_ensemble_rows, write_marker,
+    read_ensemble_block, read_marker, read_observations_at, write_ensemble_block, write_marker,
 };
-use crate::metrics::spread;
 use crate::obs::ObsOperator;
-use crate::parallel::{Collectives, Layout};
+use crate::parallel::{Collectives, TileReducer, Topology};
 use ndarray::{s, Array2};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,12 +45,6 @@ fn wait_for(marker: &Path, timeout: Duration, poll: Duration) -> Result<()> {
     Ok(())
 }
 
-fn rms_innovation(h: &dyn ObsOperator, mean: &[f64], obs: &[f64]) -> f64 {
-    let mut y = vec![0.0; obs.len()];
-    h.apply(mean, &mut y);
-    (y.iter().zip(obs).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / obs.len() as f64).sqrt()
-}
-
 /// Every rank agrees on `res` (the first failing rank's error is everyone's).
 fn agree<T>(comm: &dyn Collectives, res: Result<T>) -> Result<T> {
     if comm.all_ok(res.is_ok()) {
@@ -59,12 +55,62 @@ fn agree<T>(comm: &dyn Collectives, res: Result<T>) -> Result<T> {
     }))
 }
 
-/// Run the coupling loop for `[experiment].cycles` cycles on the ranks of `comm`, which split
-/// the members (`mpirun -np R genda couple`: rank r reads only its members' rows of each
-/// `forecast.nc`, the members are gathered for the analysis, which every rank computes alike,
-/// and each rank writes its members' rows of `analysis.nc` collectively). With `write_initial`,
-/// first write `cycle_000000/analysis.nc` (+ marker) with genda's initial ensemble for the
-/// model to start from.
+/// The cycle's diagnostics over the whole state: the rms innovation of the ensemble mean on the
+/// owned observations, and the ensemble spread on the owned columns, summed over the domains
+/// (in domain order, the same on every rank).
+fn diagnostics(
+    dcomm: &dyn Collectives,
+    cols: &AnalysisColumns,
+    ens: &Array2<f64>,
+    obs: &[f64],
+) -> Result<(f64, f64)> {
+    let (w, len) = (cols.w, cols.own.len());
+    let mean = ensemble_mean(ens);
+    // The observed values of the mean need the analysed columns (halo included for a local
+    // operator); the halo's observations are not counted here.
+    let mut ext = vec![0.0; len + 2 * w];
+    ext[w..w + len].copy_from_slice(mean.as_slice().expect("contiguous"));
+    let mut y = vec![0.0; obs.len()];
+    cols.lobs.op.apply(&ext, &mut y);
+    let r = cols.own_obs.clone();
+    let innov: f64 = y[r.clone()]
+        .iter()
+        .zip(&obs[r.clone()])
+        .map(|(a, b)| (a - b).powi(2))
+        .sum();
+    let m = ens.nrows();
+    let var: f64 = ens
+        .rows()
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .zip(mean.iter())
+                .map(|(x, c)| (x - c).powi(2))
+                .sum::<f64>()
+        })
+        .sum();
+    let mine = [innov, r.len() as f64, var, len as f64];
+    let mut all = vec![0.0; 4 * dcomm.size()];
+    dcomm.all_gather_rows(&mine, &vec![4; dcomm.size()], &mut all)?;
+    let mut tot = [0.0; 4];
+    for part in all.chunks(4) {
+        tot.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+    }
+    Ok((
+        (tot[0] / tot[1].max(1.0)).sqrt(),
+        (tot[2] / ((m.max(2) - 1) as f64 * tot[3].max(1.0))).sqrt(),
+    ))
+}
+
+/// Run the coupling loop for `[experiment].cycles` cycles on the ranks of `comm`, laid out as a
+/// run is (`parallel.domains`: member groups × state domains). Each rank reads only its block
+/// of each `forecast.nc` (its members on its domain's columns; one collective read when the file
+/// is NetCDF-4) and the observations of the columns it analyses; the members of a domain are
+/// gathered for the analysis, which the domain's ranks compute alike (with a halo of
+/// neighbouring columns for a localised method, as `genda run` does); and each rank writes its
+/// block of `analysis.nc` collectively. With `write_initial`, first write
+/// `cycle_000000/analysis.nc` (+ marker) with genda's initial ensemble for the model to start
+/// from.
 pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) -> Result<usize> {
     let cc = cfg.coupling.as_ref().ok_or_else(|| {
         GendaError::invalid(
@@ -72,23 +118,31 @@ pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) ->
             "genda couple needs a [coupling] table with `dir`",
         )
     })?;
-    if cfg.parallel.domains > 1 {
-        return Err(GendaError::invalid(
-            "parallel.domains",
-            "genda couple splits the members over the ranks, not the state: set domains = 1",
-        ));
-    }
-    let n = cfg.model.dim();
-    let h = cfg.observations.build(n);
-    let r_var = cfg.observations.error_variances(n)?;
+    let (dec, _) = check_layout(cfg, comm.size())?;
+    let n = dec.n;
     let members = cfg.filter.members();
-    let layout = Layout::new(comm.size(), comm.rank(), 1, members)?;
-    let mine = layout.my_members();
-    let counts = layout.members.counts(n);
-    let root = comm.is_root();
+    let topo = Topology::new(comm, dec.domains, members)?;
+    let lay = &topo.layout;
+    let (dcomm, ecomm) = (topo.domain.as_ref(), topo.ensemble.as_ref());
+    let mine = lay.my_members();
     let mut filter = cfg.filter.build();
     // Weights and training data are opened and checked before the model is waited for.
     filter.prepare(n, &crate::experiment::DataFromFiles)?;
+    let needs = filter.needs(n);
+    if needs.forecast_path {
+        return Err(GendaError::invalid(
+            "filter.method",
+            format!(
+                "{} needs each member's forecast path, which a coupled model does not hand over",
+                filter.name()
+            ),
+        ));
+    }
+    let cols = AnalysisColumns::new(cfg, &dec, lay.domain, needs.halo);
+    let own = cols.own.clone();
+    let reducer = TileReducer::new(dcomm, &dec);
+    let counts = lay.members.counts(own.len());
+    let root = comm.is_root();
     let timeout = Duration::from_secs_f64(cc.timeout_s.max(0.0));
     let poll = Duration::from_millis(cc.poll_ms.max(1));
     let made = if root {
@@ -99,15 +153,16 @@ pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) ->
         Ok(())
     };
     agree(comm, made)?;
+    let block = (mine.clone(), own.clone());
     if write_initial {
         let d0 = cycle_dir(&cc.dir, 0);
-        let ens = agree(comm, initial_ensemble(cfg, mine.clone(), 0..n))?;
-        write_ensemble_rows(
+        let ens = agree(comm, initial_ensemble(cfg, mine.clone(), own.clone()))?;
+        write_ensemble_block(
             &d0.join("analysis.nc"),
             "analysis",
             ens.view(),
-            mine.clone(),
-            members,
+            block.clone(),
+            (members, n),
             0,
             "initial ensemble",
             comm,
@@ -126,15 +181,17 @@ pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) ->
     }
     if root {
         log::info!(
-            "coupling through {}: {} with {members} members on {} rank(s), state {n}, {} obs, {} cycles",
+            "coupling through {}: {} with {members} members on {} rank(s) = {} member group(s) × {} domain(s), state {n}, {} obs, {} cycles",
             cc.dir.display(),
             filter.name(),
             comm.size(),
-            h.obs_dim(),
+            lay.groups,
+            lay.domains,
+            cfg.observations.locations(n).len(),
             cfg.experiment.cycles
         );
     }
-    let mut ens = Array2::<f64>::zeros((members, n));
+    let mut ens = Array2::<f64>::zeros((members, own.len()));
     for cycle in 1..=cfg.experiment.cycles {
         let d = cycle_dir(&cc.dir, cycle);
         let done = d.join("analysis.ready");
@@ -148,18 +205,47 @@ pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) ->
         agree(comm, waited)?;
         let local = agree(
             comm,
-            read_ensemble_rows(&d.join("forecast.nc"), "forecast", members, n, mine.clone()),
+            read_ensemble_block(
+                &d.join("forecast.nc"),
+                "forecast",
+                (members, n),
+                mine.clone(),
+                own.clone(),
+                comm,
+            ),
         )?;
-        let obs = agree(comm, read_observations(&d.join("obs.nc"), h.obs_dim()))?;
-        comm.all_gather_rows(
-            local.as_slice().expect("contiguous"),
-            &counts,
-            ens.as_slice_mut().expect("contiguous"),
+        let obs = agree(
+            comm,
+            read_observations_at(
+                &d.join("obs.nc"),
+                cfg.observations.locations(n).len(),
+                &cols.lobs.global,
+                comm,
+            ),
         )?;
-        let fmean = ensemble_mean(&ens);
-        let f_innov = rms_innovation(&h, fmean.as_slice().expect("contiguous"), &obs);
-        let input = AnalysisInput::whole(&obs, &h, &r_var, cycle, cfg.experiment.seed);
-        agree(comm, filter.analyse(&mut ens, &input))?;
+        gather_members(ecomm, &counts, &local, &mut ens)?;
+        let (f_innov, _) = diagnostics(dcomm, &cols, &ens, &obs)?;
+        let input = AnalysisInput {
+            obs: &obs,
+            obs_operator: &cols.lobs.op,
+            obs_error_var: &cols.lobs.error_var,
+            cycle,
+            seed: cfg.experiment.seed,
+            obs_offset: cols.obs_offset,
+            domain: cols.domain.clone(),
+            reducer: &reducer,
+            forecast: None,
+        };
+        let res = if cols.w > 0 {
+            with_halo(&ens, cols.w, dcomm).and_then(|mut e| {
+                filter.analyse(&mut e, &input)?;
+                ens.assign(&e.slice(s![.., cols.w..cols.w + own.len()]));
+                Ok(())
+            })
+        } else {
+            filter.analyse(&mut ens, &input)
+        };
+        agree(comm, res)?;
         let outputs = filter.take_outputs();
         agree(
             comm,
@@ -169,20 +255,19 @@ pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) ->
                 Ok(())
             },
         )?;
-        if ens.iter().any(|v| !v.is_finite()) {
+        if !comm.all_ok(ens.iter().all(|v| v.is_finite())) {
             return Err(GendaError::Diverged {
                 cycle,
                 what: "analysis ensemble contains non-finite values (NaN/inf)".into(),
             });
         }
-        let amean = ensemble_mean(&ens);
-        let am = amean.as_slice().expect("contiguous");
-        write_ensemble_rows(
+        let (a_innov, a_spread) = diagnostics(dcomm, &cols, &ens, &obs)?;
+        write_ensemble_block(
             &d.join("analysis.nc"),
             "analysis",
             ens.slice(s![mine.clone(), ..]),
-            mine.clone(),
-            members,
+            block.clone(),
+            (members, n),
             cycle,
             "analysis ensemble",
             comm,
@@ -197,9 +282,7 @@ pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) ->
         )?;
         if root {
             log::info!(
-                "cycle {cycle}: rms innovation forecast {f_innov:.4} analysis {:.4}, analysis spread {:.4}",
-                rms_innovation(&h, am, &obs),
-                spread(&ens, am)
+                "cycle {cycle}: rms innovation forecast {f_innov:.4} analysis {a_innov:.4}, analysis spread {a_spread:.4}"
             );
         }
     }

@@ -257,7 +257,7 @@ impl Propagator {
 }
 
 /// `a` (rows, len) with `w` columns of the ring neighbours' slabs on each side.
-fn with_halo(a: &Array2<f64>, w: usize, comm: &dyn Collectives) -> Result<Array2<f64>> {
+pub(crate) fn with_halo(a: &Array2<f64>, w: usize, comm: &dyn Collectives) -> Result<Array2<f64>> {
     let (rows, len) = a.dim();
     let mut to_left = Vec::with_capacity(rows * w);
     let mut to_right = Vec::with_capacity(rows * w);
@@ -629,7 +629,7 @@ fn agree_on_output(comm: &dyn Collectives, res: Result<()>) -> Result<()> {
 
 /// The members of this domain from every group, in member order: `local` (this group's
 /// members) into `all` (members, owned columns).
-fn gather_members(
+pub(crate) fn gather_members(
     ecomm: &dyn Collectives,
     counts: &[usize],
     local: &Array2<f64>,
@@ -699,6 +699,49 @@ fn analysis_domain(
         whole: dec.domains == 1,
     };
     (tiles, local)
+}
+
+/// What one rank analyses: its domain's owned columns and tiles, the halo of `w` columns the
+/// method localises with (0 on one domain), and the observations of the analysed columns.
+pub(crate) struct AnalysisColumns {
+    pub w: usize,
+    pub own: Range<usize>,
+    /// Owned tiles, relative to the first owned column.
+    pub tiles_own: Vec<Range<usize>>,
+    pub domain: LocalDomain,
+    /// Observations of the analysed columns (owned + halo); `own_obs` those of the owned ones,
+    /// the first of which has the global index `obs_offset`.
+    pub lobs: LocalObs,
+    pub own_obs: Range<usize>,
+    pub obs_offset: usize,
+}
+
+impl AnalysisColumns {
+    /// Domain `domain` of `dec`, for a method that localises with a halo of `halo` columns.
+    pub(crate) fn new(cfg: &Config, dec: &Decomposition, domain: usize, halo: usize) -> Self {
+        let n = dec.n;
+        let own = dec.domain_range(domain);
+        let len = own.len();
+        let w = if dec.domains == 1 { 0 } else { halo };
+        let (tiles_own, local) = analysis_domain(dec, domain, w);
+        let lobs = cfg
+            .observations
+            .build_local(n, local.ext_start, len + 2 * w);
+        let own_obs = {
+            let locs = lobs.op.locations();
+            locs.partition_point(|&l| l < w)..locs.partition_point(|&l| l < w + len)
+        };
+        let obs_offset = lobs.global.get(own_obs.start).copied().unwrap_or(0);
+        AnalysisColumns {
+            w,
+            own,
+            tiles_own,
+            domain: local,
+            lobs,
+            own_obs,
+            obs_offset,
+        }
+    }
 }
 
 /// One line on what runs where (info on the root, debug elsewhere).
@@ -913,16 +956,15 @@ impl<'a> TwinRun<'a> {
         filter.prepare(n, &DataFromFiles)?;
         let needs = filter.needs(n);
         let whole = dec.domains == 1;
-        let w = if whole { 0 } else { needs.halo };
-        let (tiles_own, domain) = analysis_domain(&dec, lay.domain, w);
-        let lobs = cfg
-            .observations
-            .build_local(n, domain.ext_start, len + 2 * w);
-        let own_obs = {
-            let locs = lobs.op.locations();
-            locs.partition_point(|&l| l < w)..locs.partition_point(|&l| l < w + len)
-        };
-        let obs_offset = lobs.global.get(own_obs.start).copied().unwrap_or(0);
+        let AnalysisColumns {
+            w,
+            tiles_own,
+            domain,
+            lobs,
+            own_obs,
+            obs_offset,
+            ..
+        } = AnalysisColumns::new(cfg, &dec, lay.domain, needs.halo);
         log_layout(cfg, model.as_ref(), comm, lay, &dec);
 
         let mut truth = Truth::new(cfg, model.as_ref(), own.clone())?;

@@ -80,7 +80,8 @@ pub fn write_checkpoint(
     Ok(())
 }
 
-/// The ensemble and truth datasets, each rank its slab (independent MPI-IO writes).
+/// The ensemble and truth datasets, each rank its slab: one MPI-IO collective write per dataset
+/// on more than one rank (every rank takes part, one with nothing to write with an empty block).
 fn write_slabs(
     tmp: &Path,
     path: &Path,
@@ -88,7 +89,8 @@ fn write_slabs(
     slab: &CheckpointSlab,
     comm: &dyn Collectives,
 ) -> Result<()> {
-    let f = match comm.mpi_handle().filter(|_| comm.size() > 1) {
+    let parallel = comm.mpi_handle().filter(|_| comm.size() > 1);
+    let f = match parallel {
         Some(raw) => hdf5::File::with_options()
             .with_fapl(|p| p.mpio(raw, None))
             .create(tmp),
@@ -105,19 +107,51 @@ fn write_slabs(
         .shape(vec![c.truth_len])
         .create("truth")
         .map_err(|e| h5err(path, "truth", e))?;
-    if !slab.members.is_empty() && !slab.columns.is_empty() {
-        ens.write_slice(
-            &slab.ensemble,
-            s![slab.members.clone(), slab.columns.clone()],
-        )
-        .map_err(|e| h5err(path, "write ensemble", e))?;
+    let collective = parallel.is_some();
+    let block = slab.ensemble.as_standard_layout();
+    let count = if slab.members.is_empty() || slab.columns.is_empty() {
+        [0, 0]
+    } else {
+        [slab.members.len(), slab.columns.len()]
+    };
+    let data = if count[0] == 0 {
+        &[][..]
+    } else {
+        block.as_slice().expect("standard layout")
+    };
+    let at = [slab.members.start, slab.columns.start];
+    // Every rank checks its blocks first and all agree, so that none waits in a collective
+    // write that another rank never enters.
+    let problem = super::hdf5_io::block_problem(&ens.shape(), &at, &count, data.len())
+        .map(|p| format!("ensemble: {p}"))
+        .or_else(|| {
+            super::hdf5_io::block_problem(
+                &truth.shape(),
+                &[slab.truth_at],
+                &[slab.truth.len()],
+                slab.truth.len(),
+            )
+            .map(|p| format!("truth: {p}"))
+        });
+    if !comm.all_ok(problem.is_none()) {
+        return Err(GendaError::file(
+            path,
+            match problem {
+                Some(p) => format!("checkpoint slab of this rank: {p}"),
+                None => "checkpoint: another rank's slab does not fit (see its error)".into(),
+            },
+        ));
     }
-    if !slab.truth.is_empty() {
-        let r = slab.truth_at..slab.truth_at + slab.truth.len();
-        truth
-            .write_slice(slab.truth, s![r])
-            .map_err(|e| h5err(path, "write truth", e))?;
-    }
+    super::hdf5_io::write_block(&ens, &at, &count, data, collective)
+        .map_err(|e| GendaError::file(path, format!("checkpoint write ensemble: {e}")))?;
+    super::hdf5_io::write_block(
+        &truth,
+        &[slab.truth_at],
+        &[slab.truth.len()],
+        slab.truth,
+        collective,
+    )
+    .map_err(|e| GendaError::file(path, format!("checkpoint write truth: {e}")))?;
     Ok(())
 }
 

@@ -33,18 +33,44 @@ fn ncerr(path: &Path, what: &str, e: netcdf::Error) -> GendaError {
     GendaError::file(path, format!("{what}: {e}"))
 }
 
-/// Open `path`, check that `var` has exactly the dims `dims` (names and lengths), and read the
-/// rows `rows` of its first dimension (all of it for `None`), checking that every value is finite.
-fn read_checked(
-    path: &Path,
-    var: &str,
-    dims: &[(&str, usize)],
-    rows: Option<Range<usize>>,
-) -> Result<Vec<f64>> {
+/// Open `path` for reading on every rank of `comm`: together, through parallel NetCDF-4
+/// (MPI-IO; each rank then reads its own block) when `comm` has more than one rank and the file is
+/// NetCDF-4 (what HDF5-based writers such as a parallel model's produce); otherwise (one rank, or
+/// a classic-format file that MPI-IO cannot open) each rank opens it by itself. Returns the file
+/// and whether it is open in parallel.
+fn open_input(path: &Path, comm: &dyn Collectives) -> Result<(netcdf::File, bool)> {
     if !path.exists() {
         return Err(GendaError::file(path, "no such file"));
     }
+    if let Some(raw) = comm.mpi_handle().filter(|_| comm.size() > 1) {
+        let par = netcdf::open_par_with(
+            path,
+            raw,
+            crate::parallel::info_null(),
+            netcdf::Options::empty(),
+        );
+        // The open is collective: every rank sees the same file, so all succeed or all fall back.
+        if comm.all_ok(par.is_ok()) {
+            return Ok((par.expect("checked"), true));
+        }
+        if let Err(e) = &par {
+            log::debug!(
+                "{}: no parallel open ({e}); each rank reads it by itself",
+                path.display()
+            );
+        }
+    }
     let f = netcdf::open(path).map_err(|e| ncerr(path, "not a readable NetCDF file", e))?;
+    Ok((f, false))
+}
+
+/// Check that `var` of `f` has exactly the dims `dims` (names and lengths).
+fn checked_var<'f>(
+    f: &'f netcdf::File,
+    path: &Path,
+    var: &str,
+    dims: &[(&str, usize)],
+) -> Result<netcdf::Variable<'f>> {
     let v = f
         .variable(var)
         .ok_or_else(|| GendaError::file(path, format!("missing variable `{var}`")))?;
@@ -56,59 +82,124 @@ fn read_checked(
             format!("variable `{var}` has dims {have:?}, expected {want:?}"),
         ));
     }
-    let data: Vec<f64> = match rows.clone() {
-        None => v.get_values::<f64, _>(..),
-        Some(r) => {
-            let ext: Vec<netcdf::Extent> = std::iter::once(r)
-                .chain(dims[1..].iter().map(|d| 0..d.1))
-                .map(Into::into)
-                .collect();
-            v.get_values::<f64, _>(netcdf::Extents::Extent(ext))
-        }
-    }
-    .map_err(|e| ncerr(path, &format!("read `{var}`"), e))?;
+    Ok(v)
+}
+
+/// Values of the block `block` (one range per dim) of `v`, row-major, all finite; `dims` are
+/// `v`'s dims (for the flat index in the error).
+fn read_block(
+    v: &netcdf::Variable,
+    path: &Path,
+    var: &str,
+    dims: &[(&str, usize)],
+    block: &[Range<usize>],
+) -> Result<Vec<f64>> {
+    // Called with an empty block too: in a collective read every rank takes part.
+    let data: Vec<f64> = v
+        .get_values::<f64, _>(super::netcdf_out::extents(block))
+        .map_err(|e| ncerr(path, &format!("read `{var}`"), e))?;
     if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-        let row_len: usize = dims[1..].iter().map(|d| d.1).product();
-        let i = i + rows.map_or(0, |r| r.start * row_len);
+        // The flat index in the whole variable of the i-th value of the block.
+        let mut rest = i;
+        let mut flat = 0;
+        for (k, r) in block.iter().enumerate().rev() {
+            let at = r.start + rest % r.len();
+            rest /= r.len();
+            let stride: usize = dims[k + 1..].iter().map(|d| d.1).product();
+            flat += at * stride;
+        }
         return Err(GendaError::file(
             path,
-            format!("variable `{var}` has a non-finite value (NaN/inf) at flat index {i}"),
+            format!("variable `{var}` has a non-finite value (NaN/inf) at flat index {flat}"),
         ));
     }
     Ok(data)
 }
 
-/// Read ensemble variable `var` with dims (member = members, x = state_dim).
+/// Read ensemble variable `var` with dims (member = members, x = state_dim), on one process.
 pub fn read_ensemble(
     path: &Path,
     var: &str,
     members: usize,
     state_dim: usize,
 ) -> Result<Array2<f64>> {
-    read_ensemble_rows(path, var, members, state_dim, 0..members)
-}
-
-/// Read only the members `rows` of ensemble variable `var` (member = members, x = state_dim):
-/// each rank of a member-split run reads its own slab of a file the model wrote whole.
-pub fn read_ensemble_rows(
-    path: &Path,
-    var: &str,
-    members: usize,
-    state_dim: usize,
-    rows: Range<usize>,
-) -> Result<Array2<f64>> {
-    let data = read_checked(
+    read_ensemble_block(
         path,
         var,
-        &[("member", members), ("x", state_dim)],
-        Some(rows.clone()),
-    )?;
-    Ok(Array2::from_shape_vec((rows.len(), state_dim), data).expect("size checked"))
+        (members, state_dim),
+        0..members,
+        0..state_dim,
+        &SerialComm,
+    )
 }
 
-/// Read `observations` with dim (obs = obs_dim).
+/// Read the block `rows` × `cols` of ensemble variable `var` (member = members, x = state_dim)
+/// on every rank of `comm`: each rank its own members and state columns of the one file, with
+/// one collective read where the file opens in parallel.
+pub fn read_ensemble_block(
+    path: &Path,
+    var: &str,
+    (members, state_dim): (usize, usize),
+    rows: Range<usize>,
+    cols: Range<usize>,
+    comm: &dyn Collectives,
+) -> Result<Array2<f64>> {
+    let dims = [("member", members), ("x", state_dim)];
+    let (f, parallel) = open_input(path, comm)?;
+    let read = (|| -> Result<Vec<f64>> {
+        let v = checked_var(&f, path, var, &dims)?;
+        if parallel {
+            v.access_collective()
+                .map_err(|e| ncerr(path, "collective access", e))?;
+        }
+        read_block(&v, path, var, &dims, &[rows.clone(), cols.clone()])
+    })();
+    // Every rank checks the same dims, so a wrong file fails everywhere before the collective
+    // read; a non-finite value fails only where it is (the caller agrees).
+    let data = read?;
+    Ok(Array2::from_shape_vec((rows.len(), cols.len()), data).expect("size checked"))
+}
+
+/// Read `observations` with dim (obs = obs_dim), on one process.
 pub fn read_observations(path: &Path, obs_dim: usize) -> Result<Vec<f64>> {
-    read_checked(path, "observations", &[("obs", obs_dim)], None)
+    read_observations_at(
+        path,
+        obs_dim,
+        &(0..obs_dim).collect::<Vec<_>>(),
+        &SerialComm,
+    )
+}
+
+/// The observations of global indices `global` (ascending runs, e.g. a domain's with its halo,
+/// which wraps around the ring) of `observations` (obs = obs_dim), on every rank of `comm`:
+/// each rank reads only its runs.
+pub fn read_observations_at(
+    path: &Path,
+    obs_dim: usize,
+    global: &[usize],
+    comm: &dyn Collectives,
+) -> Result<Vec<f64>> {
+    let dims = [("obs", obs_dim)];
+    let (f, _) = open_input(path, comm)?;
+    let v = checked_var(&f, path, "observations", &dims)?;
+    let mut out = Vec::with_capacity(global.len());
+    let mut k = 0;
+    while k < global.len() {
+        let mut e = k + 1;
+        while e < global.len() && global[e] == global[e - 1] + 1 {
+            e += 1;
+        }
+        let run = global[k]..global[e - 1] + 1;
+        if run.end > obs_dim {
+            return Err(GendaError::file(
+                path,
+                format!("observation {} requested of {obs_dim}", run.end - 1),
+            ));
+        }
+        out.extend(read_block(&v, path, "observations", &dims, &[run])?);
+        k = e;
+    }
+    Ok(out)
 }
 
 /// Write an ensemble as `var` (member, x), CF-style, atomically (one process).
@@ -119,29 +210,28 @@ pub fn write_ensemble(
     cycle: usize,
     long_name: &str,
 ) -> Result<()> {
-    let rows = 0..ens.nrows();
-    write_ensemble_rows(
+    write_ensemble_block(
         path,
         var,
         ens.view(),
-        rows,
-        ens.nrows(),
+        (0..ens.nrows(), 0..ens.ncols()),
+        (ens.nrows(), ens.ncols()),
         cycle,
         long_name,
         &SerialComm,
     )
 }
 
-/// Write an ensemble of `members` members as `var` (member, x), CF-style, atomically: every
-/// rank of `comm` writes its members `rows` (`local`, (rows, x)) into the one file, collectively
-/// on more than one rank.
+/// Write an ensemble of `members` members on `state_dim` variables as `var` (member, x),
+/// CF-style, atomically: every rank of `comm` writes its block `local` (its members `rows` on the
+/// state columns `cols`) into the one file, collectively on more than one rank.
 #[allow(clippy::too_many_arguments)]
-pub fn write_ensemble_rows(
+pub fn write_ensemble_block(
     path: &Path,
     var: &str,
     local: ArrayView2<f64>,
-    rows: Range<usize>,
-    members: usize,
+    (rows, cols): (Range<usize>, Range<usize>),
+    (members, state_dim): (usize, usize),
     cycle: usize,
     long_name: &str,
     comm: &dyn Collectives,
@@ -150,7 +240,7 @@ pub fn write_ensemble_rows(
     let res = (|| -> Result<()> {
         let parallel = comm.size() > 1;
         let mut f = pending.create_netcdf(comm)?;
-        let n = local.ncols();
+        let n = state_dim;
         f.add_dimension("member", members)
             .map_err(|e| ncerr(path, "dimension member", e))?;
         f.add_dimension("x", n)
@@ -183,7 +273,7 @@ pub fn write_ensemble_rows(
             &mut f,
             path,
             var,
-            &[rows.clone(), 0..n],
+            &[rows.clone(), cols.clone()],
             e.as_slice().expect("standard layout"),
         )?;
         f.close().map_err(|e| ncerr(path, "close", e))

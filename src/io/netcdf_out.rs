@@ -505,7 +505,7 @@ impl Default for OutputLayout {
 
 /// The NetCDF extents of the block `ext` (all counts zero when it holds nothing: a rank that
 /// takes part in a collective write without data).
-fn extents(ext: &[Range<usize>]) -> netcdf::Extents {
+pub(crate) fn extents(ext: &[Range<usize>]) -> netcdf::Extents {
     let empty = ext.iter().any(|r| r.is_empty());
     netcdf::Extents::Extent(
         ext.iter()

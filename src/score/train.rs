@@ -50,6 +50,14 @@ pub struct DataConfig {
     /// loads them.
     #[serde(default)]
     pub per_variable: bool,
+    /// Contiguous shards of the training windows: each step draws `batch / shards` samples from
+    /// every shard, and under `mpirun` a rank reads from the file only the shards its share of
+    /// the batch draws from (with `shards` a multiple of the ranks, 1/ranks of the training
+    /// windows; the validation windows are read by rank 0). The numbers depend on `shards`, not
+    /// on the ranks. 1 (the default): one shard, read whole by every rank (uniform draws over
+    /// all windows, as before sharding existed).
+    #[serde(default = "one")]
+    pub shards: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -197,6 +205,15 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&t.ema) {
             return bad("training.ema", format!("must be in [0, 1), got {}", t.ema));
         }
+        if cfg.data.shards == 0 || t.batch % cfg.data.shards != 0 {
+            return bad(
+                "data.shards",
+                format!(
+                    "must be >= 1 and divide training.batch = {} (each step draws batch/shards samples from every shard), got {}",
+                    t.batch, cfg.data.shards
+                ),
+            );
+        }
         if cfg.data.window == 0 || !(0.0..0.9).contains(&cfg.data.validation_fraction) {
             return bad(
                 "data",
@@ -220,7 +237,12 @@ impl TrainConfig {
 
 /// Training samples: windows of a trajectory, standardised, row-major (samples, dim).
 pub struct Dataset {
+    /// The training windows this rank holds: global windows `train_start..` (all of them
+    /// unless the data are sharded over ranks).
     pub train: Vec<f64>,
+    pub train_start: usize,
+    /// The shards of the training windows (global window ranges; one shard: all of them).
+    pub shards: Vec<std::ops::Range<usize>>,
     pub valid: Vec<f64>,
     pub dim: usize,
     pub shift: f64,
@@ -255,6 +277,8 @@ impl Dataset {
         let n_train = n - n_val;
         Ok(Dataset {
             train: z[..n_train * dim].to_vec(),
+            train_start: 0,
+            shards: vec![0..n_train],
             valid: z[n_train * dim..].to_vec(),
             dim,
             shift,
@@ -352,9 +376,178 @@ impl Dataset {
         Self::from_samples(samples, window * n, validation_fraction, standardize)
     }
 
+    /// Training windows in all (over every rank's shards).
     pub fn n_train(&self) -> usize {
-        self.train.len() / self.dim
+        self.shards.last().map_or(0, |s| s.end)
     }
+
+    /// The dataset of `genda train` for rank `comm.rank()`: with `cfg.shards` = 1 every rank
+    /// reads the whole trajectory (`from_trajectory_with`); with more, a rank reads only the rows
+    /// of the shards its share of a global batch of `batch` draws from (`shard_windows`), rank 0
+    /// also the validation windows, and the standardisation statistics are summed per shard
+    /// (and the validation block) in shard order, the same numbers on any number of ranks.
+    pub fn for_training(cfg: &DataConfig, batch: usize, comm: &dyn Collectives) -> Result<Self> {
+        if cfg.shards <= 1 {
+            return Self::from_trajectory_with(
+                &cfg.path,
+                cfg.window,
+                cfg.validation_fraction,
+                cfg.standardize,
+                cfg.per_variable,
+            );
+        }
+        let reader = crate::io::TrajectoryReader::open(&cfg.path)?;
+        let (n, window, s) = (reader.state_dim, cfg.window, cfg.shards);
+        if reader.times < window {
+            return Err(GendaError::file(
+                &cfg.path,
+                format!(
+                    "trajectory has {} times, fewer than window = {window}",
+                    reader.times
+                ),
+            ));
+        }
+        let count = reader.times - window + 1;
+        let n_val = ((count as f64) * cfg.validation_fraction).round() as usize;
+        let n_train = count - n_val;
+        if n_train < s {
+            return Err(GendaError::invalid(
+                "data.shards",
+                format!("{s} shards of {n_train} training windows: each needs at least one"),
+            ));
+        }
+        let shards: Vec<_> = (0..s)
+            .map(|k| k * n_train / s..(k + 1) * n_train / s)
+            .collect();
+        let (ranks, rank) = (comm.size(), comm.rank());
+        if batch % ranks != 0 {
+            return Err(GendaError::Parallel(format!(
+                "training.batch = {batch} is not divisible by {ranks} MPI ranks"
+            )));
+        }
+        let mine = shard_windows(&shards, batch, rank, ranks);
+        // Blocks of the statistics: the shards, then the validation windows; each summed by one
+        // rank (its first reader) and picked from that rank after the gather.
+        let owner = |b: usize| {
+            if b < s {
+                b * (batch / s) * ranks / batch
+            } else {
+                0
+            }
+        };
+        let read_windows = |w: std::ops::Range<usize>| -> Result<Vec<f64>> {
+            if w.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows = reader.read_rows(w.start..w.end + window - 1)?;
+            let mut out = Vec::with_capacity(w.len() * window * n);
+            for i in 0..w.len() {
+                out.extend_from_slice(&rows[i * n..(i + window) * n]);
+            }
+            if out.iter().any(|v| !v.is_finite()) {
+                return Err(GendaError::file(
+                    &cfg.path,
+                    "dataset `trajectory` contains NaN/inf",
+                ));
+            }
+            Ok(out)
+        };
+        let train = read_windows(mine.clone())?;
+        let valid = if rank == 0 {
+            read_windows(n_train..count)?
+        } else {
+            Vec::new()
+        };
+        let dim = window * n;
+        let vars = if cfg.standardize && cfg.per_variable {
+            n
+        } else {
+            1
+        };
+        // The blocks this rank holds, as (block, its samples).
+        let mut held: Vec<(usize, &[f64])> = Vec::new();
+        for (b, sh) in shards.iter().enumerate() {
+            if owner(b) == rank {
+                let at = (sh.start - mine.start) * dim;
+                held.push((b, &train[at..at + sh.len() * dim]));
+            }
+        }
+        if rank == 0 {
+            held.push((s, &valid));
+        }
+        let blocks = s + 1;
+        // Per block and variable: Σ over the block's samples of f(value, variable), gathered
+        // from the block's owner and added in block order.
+        let block_sums = |f: &dyn Fn(f64, usize) -> f64| -> Result<Vec<f64>> {
+            let mut part = vec![0.0; blocks * vars];
+            for &(b, data) in &held {
+                for (i, v) in data.iter().enumerate() {
+                    part[b * vars + (i % dim) % vars] += f(*v, (i % dim) % vars);
+                }
+            }
+            let mut all = vec![0.0; ranks * blocks * vars];
+            comm.all_gather_rows(&part, &vec![blocks * vars; ranks], &mut all)?;
+            let mut tot = vec![0.0; vars];
+            for b in 0..blocks {
+                let from = &all[(owner(b) * blocks + b) * vars..][..vars];
+                tot.iter_mut().zip(from).for_each(|(t, x)| *t += x);
+            }
+            Ok(tot)
+        };
+        let (mean, sd) = if cfg.standardize {
+            let per_var = (count * dim / vars) as f64;
+            let mean: Vec<f64> = block_sums(&|v, _| v)?.iter().map(|x| x / per_var).collect();
+            let sd: Vec<f64> = block_sums(&|v, k| (v - mean[k]).powi(2))?
+                .iter()
+                .map(|x| (x / per_var).sqrt().max(1e-12))
+                .collect();
+            (mean, sd)
+        } else {
+            (vec![0.0], vec![1.0])
+        };
+        let z = |data: Vec<f64>| -> Vec<f64> {
+            data.into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let k = (i % dim) % vars;
+                    (v - mean[k]) / sd[k]
+                })
+                .collect()
+        };
+        let per_variable = cfg.standardize && cfg.per_variable;
+        Ok(Dataset {
+            train: z(train),
+            train_start: mine.start,
+            shards,
+            valid: z(valid),
+            dim,
+            shift: if per_variable { 0.0 } else { mean[0] },
+            scale: if per_variable { 1.0 } else { sd[0] },
+            var_shift: if per_variable {
+                mean.clone()
+            } else {
+                Vec::new()
+            },
+            var_scale: if per_variable { sd.clone() } else { Vec::new() },
+        })
+    }
+}
+
+/// The global training windows rank `rank` of `ranks` needs: the shards that its share
+/// `rank·B/R..(rank+1)·B/R` of a global batch of `batch` (B/S draws from each of the S `shards`
+/// in turn) draws from.
+pub fn shard_windows(
+    shards: &[std::ops::Range<usize>],
+    batch: usize,
+    rank: usize,
+    ranks: usize,
+) -> std::ops::Range<usize> {
+    let per = batch / shards.len();
+    let (lo, hi) = (rank * batch / ranks, (rank + 1) * batch / ranks);
+    if hi <= lo {
+        return 0..0;
+    }
+    shards[lo / per].start..shards[(hi - 1) / per].end
 }
 
 /// The whole training state (what a checkpoint holds).
@@ -484,14 +677,32 @@ impl Trainer {
             )));
         }
         let step = self.step as u64;
-        let n = data.n_train();
         let mut rng = stream(self.cfg.seed, Purpose::Training, step, u64::MAX, u64::MAX);
-        let pick = Uniform::new(0, n);
-        let global: Vec<usize> = (0..b).map(|_| pick.sample(&mut rng)).collect();
+        // batch/shards draws from each shard in turn (one shard: b uniform draws over all).
+        let per = b / data.shards.len();
+        let global: Vec<usize> = data
+            .shards
+            .iter()
+            .flat_map(|sh| {
+                let pick = Uniform::new(sh.start, sh.end);
+                (0..per).map(|_| pick.sample(&mut rng)).collect::<Vec<_>>()
+            })
+            .collect();
         let (lo, hi) = (rank * b / ranks, (rank + 1) * b / ranks);
+        let held = data.train.len() / data.dim;
+        let local: Vec<usize> = global[lo..hi]
+            .iter()
+            .map(|&i| i.wrapping_sub(data.train_start))
+            .collect();
+        if local.iter().any(|&i| i >= held) {
+            return Err(GendaError::Parallel(format!(
+                "rank {rank} holds training windows {}..{} but its share of step {step} draws outside them (the dataset was read for another layout)",
+                data.train_start,
+                data.train_start + held
+            )));
+        }
         let device = self.net.device();
-        let (xt, z, t) =
-            self.noised_batch(&data.train, data.dim, &global[lo..hi], lo, step, device);
+        let (xt, z, t) = self.noised_batch(&data.train, data.dim, &local, lo, step, device);
         for (_, p) in &self.params {
             let mut g = p.grad();
             if g.defined() {
@@ -654,13 +865,7 @@ pub fn run_training(
     resume: Option<&Path>,
     progress: bool,
 ) -> Result<(f64, f64)> {
-    let data = Dataset::from_trajectory_with(
-        &cfg.data.path,
-        cfg.data.window,
-        cfg.data.validation_fraction,
-        cfg.data.standardize,
-        cfg.data.per_variable,
-    )?;
+    let data = Dataset::for_training(&cfg.data, cfg.training.batch, comm)?;
     // One GPU per rank: MPI rank → local device index (ranks on a node share its GPUs).
     let device = super::select_local_device(cfg.training.device)?;
     let mut net = ScoreNetwork::new(
@@ -712,6 +917,10 @@ pub fn run_training(
         let every = cfg.training.validate_every;
         if (every > 0 && s % every == 0) || s == cfg.training.steps {
             val = trainer.validation_loss(&data);
+            // Sharded data: rank 0 holds the validation windows.
+            let mut v = [val];
+            comm.broadcast_f64(&mut v);
+            val = v[0];
             bar.set_message(format!("loss {last:.4} val {val:.4}"));
             log::info!(
                 "step {s}: loss {last:.5}, validation loss (EMA) {val:.5}, lr {:.2e}",
@@ -1132,5 +1341,57 @@ mod tests {
         );
         assert!((tr.lr_at(0) - 2e-3).abs() < 1e-15);
         assert!((tr.lr_at(99) - 2e-3 * 0.01).abs() < 1e-12);
+    }
+
+    /// Sharded training data: rank r of R reads only the shards its share of the batch draws
+    /// from; the standardisation summed per shard equals the whole-file one to rounding, the
+    /// windows are the same, and one shard is exactly the unsharded dataset.
+    #[test]
+    fn sharded_dataset_reads_its_shards_and_matches_the_whole_file() {
+        let win = |s: &[std::ops::Range<usize>], r, rr| shard_windows(s, 8, r, rr);
+        let shards: Vec<_> = (0..4).map(|k| k * 10 / 4..(k + 1) * 10 / 4).collect();
+        assert_eq!(win(&shards, 0, 1), 0..10);
+        assert_eq!((win(&shards, 0, 2), win(&shards, 1, 2)), (0..5, 5..10));
+        assert_eq!(win(&shards, 5, 8), shards[2].clone());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.h5");
+        let (times, n) = (57, 3);
+        let data: Vec<f64> = (0..times * n)
+            .map(|i| (i as f64 * 0.731).sin() * (1.0 + (i % n) as f64) + (i % n) as f64)
+            .collect();
+        let traj = crate::io::Trajectory {
+            data,
+            times,
+            state_dim: n,
+            dt: 0.1,
+            model: "lorenz63".into(),
+        };
+        crate::io::write_trajectory(&path, &traj, "").unwrap();
+        for per_variable in [false, true] {
+            let cfg = |shards| DataConfig {
+                path: path.clone(),
+                window: 3,
+                validation_fraction: 0.2,
+                standardize: true,
+                per_variable,
+                shards,
+            };
+            let whole = Dataset::for_training(&cfg(1), 8, &SerialComm).unwrap();
+            let sharded = Dataset::for_training(&cfg(4), 8, &SerialComm).unwrap();
+            let direct = Dataset::from_trajectory_with(&path, 3, 0.2, true, per_variable).unwrap();
+            assert_eq!(whole.train, direct.train);
+            assert_eq!(whole.shards, vec![0..whole.n_train()]);
+            assert_eq!(sharded.n_train(), whole.n_train());
+            assert_eq!(sharded.shards.len(), 4);
+            let close = |a: &[f64], b: &[f64]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12)
+            };
+            assert!(close(&sharded.train, &whole.train) && close(&sharded.valid, &whole.valid));
+            assert!((sharded.shift - whole.shift).abs() < 1e-13);
+            assert!((sharded.scale - whole.scale).abs() < 1e-13);
+            assert!(close(&sharded.var_shift, &whole.var_shift));
+            assert!(close(&sharded.var_scale, &whole.var_scale));
+            assert_eq!(per_variable, !sharded.var_scale.is_empty());
+        }
     }
 }
