@@ -47,6 +47,11 @@ fn coupled_matches_run(method_edits: &[(&str, &str)]) {
 
 /// `genda couple` on `ranks` ranks (members split: each reads and writes only its rows).
 fn coupled_matches_run_on(method_edits: &[(&str, &str)], ranks: usize) {
+    coupled_matches_run_layout(method_edits, ranks, 1);
+}
+
+/// `genda couple` on `ranks` ranks split into member groups × `domains` state domains.
+fn coupled_matches_run_layout(method_edits: &[(&str, &str)], ranks: usize, domains: usize) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = coupling_config(d, method_edits);
@@ -83,7 +88,11 @@ fn coupled_matches_run_on(method_edits: &[(&str, &str)], ranks: usize) {
         .spawn()
         .unwrap();
     drop(_g);
-    let args = ["couple", cfg.to_str().unwrap(), "--write-initial"];
+    let mut args = vec!["couple", cfg.to_str().unwrap(), "--write-initial"];
+    let set = format!("parallel.domains={domains}");
+    if domains > 1 {
+        args.extend(["--set", set.as_str()]);
+    }
     let o = if ranks == 1 {
         genda(&args)
     } else {
@@ -131,6 +140,25 @@ fn coupled_on_two_and_three_ranks_matches_genda_run() {
             ("rotation = false\n", ""),
         ],
         3,
+    );
+}
+
+/// The state split too: 2 domains (ETKF, global, with the layout-independent tile sums) on 2
+/// ranks, and 2 groups × 2 domains on 4 ranks for the LETKF (with its halo): each rank reads and
+/// writes only its members on its columns, and the analyses are `genda run`'s.
+#[test]
+fn coupled_on_domains_matches_genda_run() {
+    coupled_matches_run_layout(&[], 2, 2);
+    coupled_matches_run_layout(
+        &[
+            (
+                "method = \"etkf\"",
+                "method = \"letkf\"\nlocalization_radius = 4.0",
+            ),
+            ("rotation = false\n", ""),
+        ],
+        4,
+        2,
     );
 }
 

@@ -87,6 +87,54 @@ fn data_parallel_two_ranks_equal_one_rank() {
     assert!(w0.iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-3));
 }
 
+/// `data.shards = 2`: each of 2 ranks reads only its half of the training windows (rank 0 also
+/// the validation ones), and the weights are those of 1 rank reading both shards.
+#[test]
+fn sharded_data_on_two_ranks_equal_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = truth_data(dir.path());
+    let edit = |tag: &str| {
+        let c = train_config(dir.path(), &data, tag, 30, "");
+        let s =
+            std::fs::read_to_string(&c)
+                .unwrap()
+                .replacen("[data]\n", "[data]\nshards = 2\n", 1);
+        std::fs::write(&c, s).unwrap();
+        c
+    };
+    let (c1, c2) = (edit("s1"), edit("s2"));
+    let o = genda(&["train", c1.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mpirun(2, &["train", c2.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) = (
+        params(&dir.path().join("c_s1.h5"), "params"),
+        params(&dir.path().join("c_s2.h5"), "params"),
+    );
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    eprintln!("sharded: max |w1 - w2| = {diff:e} (max |w| = {scale})");
+    assert!(
+        diff <= 1e-4 * scale,
+        "1 rank vs 2 ranks, 2 shards: max diff {diff}"
+    );
+    // The standardisation summed per shard is the whole file's to rounding.
+    let w = read_tensor_file(&dir.path().join("w_s1.h5")).unwrap();
+    let w0 = {
+        let c = train_config(dir.path(), &data, "u1", 1, "");
+        assert!(genda(&["train", c.to_str().unwrap()]).status.success());
+        read_tensor_file(&dir.path().join("w_u1.h5")).unwrap()
+    };
+    for k in ["data_shift", "data_scale"] {
+        let f = |t: &genda::io::TensorFile| -> f64 { t.attrs[k].parse().unwrap() };
+        let (x, y) = (f(&w), f(&w0));
+        assert!((x - y).abs() <= 1e-12 * y.abs().max(1.0), "{k}: {x} vs {y}");
+    }
+}
+
 #[test]
 fn resume_from_checkpoint_continues_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
