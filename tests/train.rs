@@ -56,6 +56,13 @@ fn params(path: &Path, group: &str) -> Vec<f32> {
         .collect()
 }
 
+/// max |a − b| and max |a|.
+fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    (diff, scale)
+}
+
 #[test]
 fn data_parallel_two_ranks_equal_one_rank() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,11 +80,7 @@ fn data_parallel_two_ranks_equal_one_rank() {
     assert_eq!(a.len(), b.len());
     // Same samples, times and noise; only the order of float additions in the batch mean and the
     // allreduce differs, so after 30 Adam steps the weights agree to ~1e-6 of their scale.
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let (diff, scale) = max_diff(&a, &b);
     eprintln!("max |w1 - w2| = {diff:e} (max |w| = {scale})");
     assert!(diff <= 1e-4 * scale, "1 rank vs 2 ranks: max diff {diff}");
     // And training moved the weights at all.
@@ -111,11 +114,7 @@ fn sharded_data_on_two_ranks_equal_one_rank() {
         params(&dir.path().join("c_s1.h5"), "params"),
         params(&dir.path().join("c_s2.h5"), "params"),
     );
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let (diff, scale) = max_diff(&a, &b);
     eprintln!("sharded: max |w1 - w2| = {diff:e} (max |w| = {scale})");
     assert!(
         diff <= 1e-4 * scale,

@@ -146,17 +146,14 @@ pub fn read_ensemble_block(
 ) -> Result<Array2<f64>> {
     let dims = [("member", members), ("x", state_dim)];
     let (f, parallel) = open_input(path, comm)?;
-    let read = (|| -> Result<Vec<f64>> {
-        let v = checked_var(&f, path, var, &dims)?;
-        if parallel {
-            v.access_collective()
-                .map_err(|e| ncerr(path, "collective access", e))?;
-        }
-        read_block(&v, path, var, &dims, &[rows.clone(), cols.clone()])
-    })();
     // Every rank checks the same dims, so a wrong file fails everywhere before the collective
     // read; a non-finite value fails only where it is (the caller agrees).
-    let data = read?;
+    let v = checked_var(&f, path, var, &dims)?;
+    if parallel {
+        v.access_collective()
+            .map_err(|e| ncerr(path, "collective access", e))?;
+    }
+    let data = read_block(&v, path, var, &dims, &[rows.clone(), cols.clone()])?;
     Ok(Array2::from_shape_vec((rows.len(), cols.len()), data).expect("size checked"))
 }
 

@@ -359,17 +359,7 @@ impl Dataset {
             ));
         }
         let n = traj.state_dim;
-        let count = traj.times - window + 1;
-        let mut samples = Vec::with_capacity(count * window * n);
-        for i in 0..count {
-            samples.extend_from_slice(&traj.data[i * n..(i + window) * n]);
-        }
-        if samples.iter().any(|v| !v.is_finite()) {
-            return Err(GendaError::file(
-                path,
-                "dataset `trajectory` contains NaN/inf",
-            ));
-        }
+        let samples = windows(path, &traj.data, traj.times - window + 1, window, n)?;
         if standardize && per_variable {
             return Self::from_samples_per_variable(samples, window * n, n, validation_fraction);
         }
@@ -440,17 +430,7 @@ impl Dataset {
                 return Ok(Vec::new());
             }
             let rows = reader.read_rows(w.start..w.end + window - 1)?;
-            let mut out = Vec::with_capacity(w.len() * window * n);
-            for i in 0..w.len() {
-                out.extend_from_slice(&rows[i * n..(i + window) * n]);
-            }
-            if out.iter().any(|v| !v.is_finite()) {
-                return Err(GendaError::file(
-                    &cfg.path,
-                    "dataset `trajectory` contains NaN/inf",
-                ));
-            }
-            Ok(out)
+            windows(&cfg.path, &rows, w.len(), window, n)
         };
         let train = read_windows(mine.clone())?;
         let valid = if rank == 0 {
@@ -531,6 +511,22 @@ impl Dataset {
             var_scale: if per_variable { sd.clone() } else { Vec::new() },
         })
     }
+}
+
+/// The `count` windows of `window` consecutive states (of `n` values) of the rows `rows`
+/// (row-major) of `path`'s trajectory, one sample after the other; every value finite.
+fn windows(path: &Path, rows: &[f64], count: usize, window: usize, n: usize) -> Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(count * window * n);
+    for i in 0..count {
+        samples.extend_from_slice(&rows[i * n..(i + window) * n]);
+    }
+    if samples.iter().any(|v| !v.is_finite()) {
+        return Err(GendaError::file(
+            path,
+            "dataset `trajectory` contains NaN/inf",
+        ));
+    }
+    Ok(samples)
 }
 
 /// The global training windows rank `rank` of `ranks` needs: the shards that its share
