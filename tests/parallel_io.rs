@@ -167,20 +167,23 @@ fn collective_2d_fields_and_ensembles_equal_the_one_rank_file() {
 
 /// A checkpoint written in parallel by 4 ranks (2 groups × 2 domains), the run killed by
 /// SIGKILL after it, restarted on 3 ranks (3 domains): the file equals the uninterrupted
-/// 1-rank file, and the checkpoint holds the whole ensemble (members, n).
+/// 1-rank file, and the checkpoint holds the whole ensemble (members, n). Checkpoints every 3
+/// cycles: the run-file snapshot the checkpoint of cycle 12 names was updated by the 4 ranks
+/// in place (rows 7–12 written into the copy made at cycle 6), and after the restart the two
+/// snapshots are again updated by the 3 ranks, each holding the uninterrupted run's rows.
 #[test]
 fn restart_on_another_layout_from_a_parallel_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = l96_letkf(dir.path());
     let out = dir.path().join("r.nc");
     let ckpt = dir.path().join("r.ckpt.h5");
-    let every = ["--checkpoint-every", "10"];
+    let every = ["--checkpoint-every", "3"];
     let mut extra: Vec<&str> = ENSEMBLES.to_vec();
     extra.extend(every);
     run_on(1, 1, &cfg, &out, &extra);
     let full = dir.path().join("full.nc");
     std::fs::rename(&out, &full).unwrap();
-    // Killed (SIGKILL on rank 3) in cycle 15, after the checkpoint of cycle 10.
+    // Killed (SIGKILL on rank 3) in cycle 14, after the checkpoint of cycle 12.
     let o = {
         let mut cmd = Command::new("mpirun");
         cmd.args([
@@ -198,7 +201,7 @@ fn restart_on_another_layout_from_a_parallel_checkpoint() {
             "--quiet",
         ])
         .args(&extra)
-        .env("GENDA_INJECT_FAULT", "3:15:kill")
+        .env("GENDA_INJECT_FAULT", "3:14:kill")
         .env("OMP_NUM_THREADS", "1");
         spawn_locked(&mut cmd).wait_with_output().unwrap()
     };
@@ -210,13 +213,57 @@ fn restart_on_another_layout_from_a_parallel_checkpoint() {
         let f = hdf5::File::open(&ckpt).unwrap();
         assert_eq!(f.dataset("ensemble").unwrap().shape(), vec![10, 40]);
         let c: f64 = f.attr("cycle").unwrap().read_scalar().unwrap();
-        assert_eq!(c, 10.0);
+        assert_eq!(c, 12.0);
     }
+    // The checkpoint of cycle 12 names snapshot b (copied whole at cycle 6, updated at 12).
+    let snap_b = dir.path().join("r.ckpt.h5.run-b.nc");
+    assert_same_rows(&full, &snap_b, 12, "snapshot b after cycle 12 (4 ranks)");
     let ck = ckpt.display().to_string();
     let mut restart = extra.clone();
     restart.extend(["--restart", &ck]);
     run_on(3, 3, &cfg, &out, &restart);
     assert_same(&full, &out, "restart on 3 domains from a 4-rank checkpoint");
+    // After the restart: a copied whole at 15, updated at 21 and 27; b updated at 18 and 24.
+    let snaps: Vec<String> = files_in(dir.path())
+        .into_iter()
+        .filter(|f| f.contains(".run-"))
+        .collect();
+    assert_eq!(snaps.len(), 2, "two snapshots beside the checkpoint: {snaps:?}");
+    let snap_a = dir.path().join("r.ckpt.h5.run-a.nc");
+    assert_same_rows(&full, &snap_a, 27, "snapshot a after cycle 27 (3 ranks)");
+    assert_same_rows(&full, &snap_b, 24, "snapshot b after cycle 24 (3 ranks)");
+}
+
+/// The first `rows` time rows of every time-dependent variable of `snap` equal `full`'s.
+fn assert_same_rows(full: &Path, snap: &Path, rows: usize, what: &str) {
+    let _g = nc_lock();
+    let (f, s) = (
+        netcdf::open(full).unwrap(),
+        netcdf::open(snap).unwrap_or_else(|e| panic!("{what}: {e}")),
+    );
+    let mut seen = 0;
+    for v in f.variables() {
+        let name = v.name();
+        let dims: Vec<String> = v.dimensions().iter().map(|d| d.name()).collect();
+        if dims.first().map(String::as_str) != Some("time") || name == "time" {
+            continue;
+        }
+        let a: Vec<f64> = v.get_values::<f64, _>(..).unwrap();
+        let b: Vec<f64> = s
+            .variable(&name)
+            .unwrap_or_else(|| panic!("{what}: no {name}"))
+            .get_values::<f64, _>(..)
+            .unwrap();
+        let row = a.len() / v.dimensions()[0].len();
+        let k = rows * row;
+        assert_eq!(a.len(), b.len(), "{what}: {name} has another shape");
+        assert!(
+            a[..k].iter().zip(&b[..k]).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what}: rows of {name} differ"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 8, "{what}: only {seen} time variables compared");
 }
 
 /// output.every, output.fields and output.compression on 2 ranks: the rows of every k-th cycle,
@@ -404,4 +451,77 @@ fn bad_slab_inputs_are_clear_errors_under_mpirun() {
         "{t}"
     );
     assert!(!out.exists());
+}
+
+/// MASF's pre-training data-parallel (`filter.pretrain_shards`): on 2 ranks each rank reads
+/// only its 2 of the 4 shards of `pretrain_data` and the shards' gradients are summed in shard
+/// order, so the run equals the 1-rank run with the same shards bit for bit; the shards are
+/// part of the science (the unsharded run differs), and bad shard counts are clear errors.
+#[test]
+fn masf_sharded_pretraining_on_two_ranks_equals_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = config_variant(
+        dir.path(),
+        "configs/masf_l63_climatology.toml",
+        "clim.toml",
+        &[("cycles = 1000", "cycles = 100")],
+    );
+    let clim = dir.path().join("clim.nc");
+    let o = genda(&["truth", data.to_str().unwrap(), "-o", clim.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pre = format!("pretrain_data = \"{}\"", dir.path().join("clim.h5").display());
+    let cfg = config_variant(
+        dir.path(),
+        "configs/masf_l63_gap100_reference.toml",
+        "r.toml",
+        &[
+            ("cycles = 300", "cycles = 4"),
+            ("burn_in = 50", "burn_in = 1"),
+            (
+                "pretrain_data = \"output/masf_l63_climatology.truth.h5\"",
+                pre.as_str(),
+            ),
+        ],
+    );
+    let sets = |shards: &str| {
+        vec![
+            "--set".to_string(),
+            "filter.pretrain_epochs=4".into(),
+            "--set".into(),
+            "filter.train_epochs=2".into(),
+            "--set".into(),
+            "filter.steps=30".into(),
+            "--set".into(),
+            format!("filter.pretrain_shards={shards}"),
+        ]
+    };
+    let s4 = sets("4");
+    let extra: Vec<&str> = s4.iter().map(String::as_str).collect();
+    let (one, two) = (dir.path().join("one.nc"), dir.path().join("two.nc"));
+    run_on(1, 1, &cfg, &one, &extra);
+    run_on(2, 1, &cfg, &two, &extra);
+    assert_same(&one, &two, "MASF pre-trained on 4 shards, 2 ranks");
+    let s1 = sets("1");
+    let extra1: Vec<&str> = s1.iter().map(String::as_str).collect();
+    let whole = dir.path().join("whole.nc");
+    run_on(1, 1, &cfg, &whole, &extra1);
+    assert_ne!(
+        nc_var(&whole, "analysis_mean"),
+        nc_var(&one, "analysis_mean"),
+        "4 shards train another network than the whole set"
+    );
+    // 3 shards do not divide the batch of 32; 1 shard per rank of 4 on 2 members each is fine,
+    // but 2 shards on 4 ranks leave ranks without one.
+    for (np, shards, msg) in [(1, "3", "divide the batch"), (4, "2", "every rank needs a shard")] {
+        let s = sets(shards);
+        let mut args = vec!["run", cfg.to_str().unwrap(), "--quiet"];
+        args.extend(s.iter().map(String::as_str));
+        let out = dir.path().join("bad.nc");
+        let o_arg = out.display().to_string();
+        args.extend(["-o", o_arg.as_str()]);
+        let o = if np == 1 { genda(&args) } else { mpirun(np, &args) };
+        assert!(!o.status.success(), "{shards} shards on {np}: ran");
+        assert!(text(&o).contains(msg), "{shards} shards on {np}: {}", text(&o));
+        assert!(!out.exists(), "a refused run left its output");
+    }
 }

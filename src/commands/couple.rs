@@ -127,7 +127,7 @@ pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) ->
     let mine = lay.my_members();
     let mut filter = cfg.filter.build();
     // Weights and training data are opened and checked before the model is waited for.
-    filter.prepare(n, &crate::experiment::DataFromFiles)?;
+    filter.prepare(n, &crate::experiment::DataFromFiles::on(ecomm))?;
     let needs = filter.needs(n);
     if needs.forecast_path {
         return Err(GendaError::invalid(
@@ -235,6 +235,7 @@ pub fn run_coupled(cfg: &Config, write_initial: bool, comm: &dyn Collectives) ->
             domain: cols.domain.clone(),
             reducer: &reducer,
             forecast: None,
+            replicas: ecomm,
         };
         let res = if cols.w > 0 {
             with_halo(&ens, cols.w, dcomm).and_then(|mut e| {

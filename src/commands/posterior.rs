@@ -369,7 +369,7 @@ pub fn run_posterior(cfg: &Config) -> Result<PosteriorReport> {
                 let mut filter = fc.build();
                 let input = AnalysisInput::whole(&y, h, &r, 1, seed);
                 let res = filter
-                    .prepare(n, &crate::experiment::DataFromFiles)
+                    .prepare(n, &crate::experiment::DataFromFiles::SERIAL)
                     .and_then(|()| filter.analyse(&mut ens, &input));
                 match res {
                     Ok(()) if ens.iter().all(|v| v.is_finite()) => {

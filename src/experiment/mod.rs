@@ -871,13 +871,40 @@ fn forecast_members(
     }
 }
 
-/// The data files a method reads (`Filter::prepare`), through `io`.
-pub struct DataFromFiles;
+/// The data files a method reads (`Filter::prepare`), through `io`, on rank `rank` of the
+/// `ranks` that run the analysis alike.
+pub struct DataFromFiles {
+    pub rank: usize,
+    pub ranks: usize,
+}
+
+impl DataFromFiles {
+    /// One process analysing alone.
+    pub const SERIAL: DataFromFiles = DataFromFiles { rank: 0, ranks: 1 };
+
+    /// The ranks of `replicas`.
+    pub fn on(replicas: &dyn Collectives) -> Self {
+        DataFromFiles {
+            rank: replicas.rank(),
+            ranks: replicas.size(),
+        }
+    }
+}
 
 impl crate::filters::DataFiles for DataFromFiles {
     fn trajectory(&self, path: &Path) -> Result<(Vec<f64>, usize)> {
         let t = crate::io::read_trajectory(path)?;
         Ok((t.data, t.state_dim))
+    }
+    fn trajectory_shape(&self, path: &Path) -> Result<(usize, usize)> {
+        let r = crate::io::TrajectoryReader::open(path)?;
+        Ok((r.times, r.state_dim))
+    }
+    fn trajectory_rows(&self, path: &Path, rows: Range<usize>) -> Result<Vec<f64>> {
+        crate::io::TrajectoryReader::open(path)?.read_rows(rows)
+    }
+    fn replica(&self) -> (usize, usize) {
+        (self.rank, self.ranks)
     }
 }
 
@@ -912,7 +939,7 @@ struct TwinRun<'a> {
     member_key: NoiseKey,
     assess: Assessor,
     writer: Option<RunWriter>,
-    snapshot: Option<PathBuf>,
+    snapshots: Snapshots,
     config_hash: String,
     ckpt_path: PathBuf,
     // The cycle's buffers: observations, all members on my columns, the forecast paths.
@@ -921,6 +948,46 @@ struct TwinRun<'a> {
     member_counts: Vec<usize>,
     path_local: Vec<Array2<f64>>,
     path_all: Vec<Array2<f64>>,
+}
+
+/// The two run-file snapshots beside the checkpoint (`snapshot_path` slots 0 and 1), updated in
+/// turn: a checkpoint brings the one the last committed checkpoint does not name up to its
+/// cycle, writing only the rows since that one's previous update, so a run's checkpoints cost
+/// O(its output) in all (a copy of the whole file each time would grow like the square of the
+/// cycles), and a crash mid-update leaves the named one intact.
+#[derive(Default)]
+struct Snapshots {
+    /// The snapshot the last committed checkpoint (or the restart's checkpoint) names.
+    live: Option<PathBuf>,
+    /// Its slot, when it is one of this run's two.
+    live_slot: Option<usize>,
+    /// Per slot, the cycle up to which the file equals the run file (`None`: not known, so
+    /// its next update copies the whole run file).
+    valid: [Option<usize>; 2],
+}
+
+impl Snapshots {
+    /// After a restart from a checkpoint at `cycle` naming `live`: when that is one of this
+    /// run's slots (the same checkpoint path), it equals the rows copied from it.
+    fn restart_from(&mut self, live: PathBuf, ckpt: &Path, cycle: usize) {
+        self.live_slot = (0..2).find(|&k| snapshot_path(ckpt, k) == live);
+        if let Some(k) = self.live_slot {
+            self.valid[k] = Some(cycle);
+        }
+        self.live = Some(live);
+    }
+
+    /// The slot the next checkpoint updates: not the live one.
+    fn next_slot(&self) -> usize {
+        self.live_slot.map_or(0, |k| 1 - k)
+    }
+
+    /// A checkpoint naming slot `slot` (at `p`), brought up to `cycle`, was committed.
+    fn committed(&mut self, p: PathBuf, slot: usize, cycle: usize) {
+        self.valid[slot] = Some(cycle);
+        self.live_slot = Some(slot);
+        self.live = Some(p);
+    }
 }
 
 /// What one cycle's analysis leaves for the output.
@@ -953,7 +1020,7 @@ impl<'a> TwinRun<'a> {
         let mine = lay.my_members();
         let mut filter = cfg.filter.build();
         // Weights and training data are opened and checked now, before any model step.
-        filter.prepare(n, &DataFromFiles)?;
+        filter.prepare(n, &DataFromFiles::on(topo.ensemble.as_ref()))?;
         let needs = filter.needs(n);
         let whole = dec.domains == 1;
         let AnalysisColumns {
@@ -1023,7 +1090,7 @@ impl<'a> TwinRun<'a> {
             member_key,
             assess,
             writer: None,
-            snapshot: None,
+            snapshots: Snapshots::default(),
             config_hash: cfg.science_hash(),
             ckpt_path: cfg.checkpoint_path(),
             ens: Array2::<f64>::zeros((members, len)),
@@ -1064,7 +1131,8 @@ impl<'a> TwinRun<'a> {
             .map_err(in_file)?;
         if self.opts.write_output {
             let name = ck.run_snapshot.ok_or_else(|| GendaError::file(path, "checkpoint has no run-file snapshot (written with --no-output); restart with --no-output"))?;
-            self.snapshot = Some(path.with_file_name(name));
+            self.snapshots
+                .restart_from(path.with_file_name(name), &self.ckpt_path, ck.cycle);
         }
         log::info!(
             "restarting from {} after cycle {}",
@@ -1098,7 +1166,7 @@ impl<'a> TwinRun<'a> {
             slabs,
             self.opts.write_output,
         )?;
-        if let (Some(w), Some(snap)) = (self.writer.as_mut(), self.snapshot.as_deref()) {
+        if let (Some(w), Some(snap)) = (self.writer.as_mut(), self.snapshots.live.as_deref()) {
             w.copy_from(snap, start - 1, self.comm)?;
         }
         Ok(())
@@ -1202,6 +1270,7 @@ impl<'a> TwinRun<'a> {
                 model: self.model.as_ref(),
                 states: &self.path_all,
             }),
+            replicas: self.ecomm,
         };
         let res = match ens_halo.as_mut() {
             Some(e) => self.filter.analyse(e, &input),
@@ -1298,11 +1367,13 @@ impl<'a> TwinRun<'a> {
             return Ok(());
         }
         let t = Instant::now();
-        // The run file so far, copied beside the checkpoint (every rank flushes its part).
+        // The run file so far, beside the checkpoint: the snapshot the last checkpoint does not
+        // name is brought up to this cycle (every rank its part of the rows since its last update).
+        let slot = self.snapshots.next_slot();
         let snap = match self.writer.as_mut() {
             Some(w) => {
-                let p = snapshot_path(&self.ckpt_path, cycle);
-                w.snapshot(&p, self.comm)?;
+                let p = snapshot_path(&self.ckpt_path, slot);
+                w.snapshot(&p, self.snapshots.valid[slot], cycle, self.comm)?;
                 Some(p)
             }
             None => None,
@@ -1350,16 +1421,13 @@ impl<'a> TwinRun<'a> {
             truth,
             truth_at,
         };
-        // Each rank writes its slab into the one file; the root renames it into place, then
-        // removes the previous snapshot: a crash at any moment leaves the previous checkpoint
-        // usable.
+        // Each rank writes its slab into the one file; the root renames it into place. The
+        // snapshot the previous checkpoint names was not touched: a crash at any moment leaves
+        // the previous checkpoint usable.
         write_checkpoint(&self.ckpt_path, &meta, &slab, self.comm)?;
-        if let Some(old) = self.snapshot.take() {
-            if root && Some(&old) != snap.as_ref() {
-                let _ = std::fs::remove_file(old);
-            }
+        if let Some(p) = snap {
+            self.snapshots.committed(p, slot, cycle);
         }
-        self.snapshot = snap;
         if root {
             let secs = t.elapsed().as_secs_f64();
             let mb = 8.0 * (self.cfg.filter.members() * n + truth_len) as f64 / 1e6;

@@ -201,6 +201,15 @@ pub struct MasfConfig {
     /// HDF5 trajectory (`genda truth`) to pre-train on; fixes the standardisation.
     #[serde(default)]
     pub pretrain_data: Option<PathBuf>,
+    /// Reference variants: pre-train data-parallel on `pretrain_data` cut into this many
+    /// contiguous shards of rows (genda's option for large runs; 1, the default: every rank
+    /// reads the whole set and trains the network alone, as the reference). With S > 1 each
+    /// rank reads only its shards (S a multiple of the ranks that analyse alike), every step
+    /// draws batch/S rows from each shard, the holdout is taken per shard, the per-channel
+    /// statistics and the gradients are summed shard by shard in shard order: the same
+    /// network on any number of ranks, a different one from S = 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_shards: Option<usize>,
     #[serde(default)]
     pub prior: MasfPrior,
     /// The prior network: by default an MLP of `hidden` × `layers`; for 2-D fields a U-Net
@@ -427,6 +436,7 @@ impl MasfConfig {
             ("guidance_scale", self.guidance_scale.is_some()),
             ("sigma_max", self.sigma_max.is_some()),
             ("score_clip", self.score_clip.is_some()),
+            ("pretrain_shards", self.pretrain_shards.is_some()),
         ];
         if let Some((k, _)) = reference_only.iter().find(|(_, set)| *set) {
             return bad(&format!("filter.{k}"), format!("{k} is a setting of the reference variants (masf sampler = \"reference\", sf process = \"ve\"), not of genda's {v:?}"));
@@ -473,6 +483,20 @@ impl MasfConfig {
             }
         }
         let r = self.reference_settings(method);
+        if let Some(s) = self.pretrain_shards {
+            if s == 0 || r.pretrain.batch % s != 0 {
+                return bad("filter.pretrain_shards", format!("must be >= 1 and divide the batch of {} (batch/shards rows of each shard per step), got {s}", r.pretrain.batch));
+            }
+            if s > 1 && self.pretrain_data.is_none() {
+                return bad(
+                    "filter.pretrain_shards",
+                    "shards cut pretrain_data; set pretrain_data too".into(),
+                );
+            }
+            if s > 1 && r.standardise != Standardise::PerChannel {
+                return bad("filter.pretrain_shards", "sharded pre-training sums the per-channel statistics (standardise = \"per_channel\")".into());
+            }
+        }
         if !(0.0..1.0).contains(&r.pretrain.holdout) {
             return bad(
                 "filter.holdout",
@@ -544,8 +568,10 @@ pub struct Masf {
     /// The pre-trained prior for `prior_weights`, for the driver to write.
     outputs: Vec<FileOutput>,
     /// The rows of `pretrain_data` (raw), read by `prepare` and
-    /// dropped once the prior is trained.
+    /// dropped once the prior is trained: all of them, or this rank's shards' (`shards`).
     pretrain: Option<Vec<f64>>,
+    /// The shards of `pretrain_data` (`pretrain_shards` > 1) and those this rank holds.
+    shards: Option<crate::score::RowShards>,
 }
 
 /// The pre-trained prior network as a file for the driver to write.
@@ -575,6 +601,7 @@ impl Masf {
             last_loss: f64::NAN,
             outputs: Vec::new(),
             pretrain: None,
+            shards: None,
         }
     }
 
@@ -588,7 +615,34 @@ impl Masf {
     fn load_pretrain(&mut self, n: usize, files: &dyn DataFiles) -> Result<()> {
         let method = self.method();
         if let (Some(p), None) = (&self.cfg.pretrain_data, &self.pretrain) {
-            let (data, state_dim) = files.trajectory(p)?;
+            let shards = self.cfg.pretrain_shards.unwrap_or(1);
+            let (data, state_dim) = if shards > 1 {
+                let (rows, state_dim) = files.trajectory_shape(p)?;
+                let (rank, ranks) = files.replica();
+                let part = crate::score::RowShards::new(rows, shards, rank, ranks).map_err(
+                    |e| {
+                        GendaError::invalid(
+                            "filter.pretrain_shards",
+                            format!("{method}: pretrain_data {}: {e}", p.display()),
+                        )
+                    },
+                )?;
+                log::debug!(
+                    "{method}: rank {rank} of {ranks} reads rows {:?} of {rows} of {} (shards {:?} of {shards})",
+                    part.rows(),
+                    p.display(),
+                    part.mine
+                );
+                let data = if state_dim == n {
+                    files.trajectory_rows(p, part.rows())?
+                } else {
+                    Vec::new()
+                };
+                self.shards = Some(part);
+                (data, state_dim)
+            } else {
+                files.trajectory(p)?
+            };
             if state_dim != n {
                 return Err(GendaError::Dimension {
                     what: format!("{method}: pretrain_data {} state size", p.display()),
@@ -694,7 +748,16 @@ impl Masf {
         if first {
             let stats_from = pre.as_deref().unwrap_or(&fc);
             self.norm = Some(match rs.standardise {
-                Standardise::PerChannel => ChannelNorm::fit(stats_from, n, self.cfg.channels),
+                Standardise::PerChannel => match (&self.shards, pre.as_deref()) {
+                    (Some(part), Some(rows)) => ChannelNorm::fit_sharded(
+                        rows,
+                        n,
+                        self.cfg.channels,
+                        part,
+                        input.replicas,
+                    )?,
+                    _ => ChannelNorm::fit(stats_from, n, self.cfg.channels),
+                },
                 Standardise::PerVariable => {
                     let (m, s) = standardisation(stats_from, n);
                     ChannelNorm::per_variable(m, s)
@@ -730,8 +793,18 @@ impl Masf {
                 log::info!("{method}: prior network loaded from {}", p.display());
             } else {
                 let data = pre.as_deref().map(to_norm).unwrap_or_else(|| z_fc.clone());
-                self.last_loss =
-                    net.fit_phase(noising, &data, &rs.pretrain, input.seed, input.seed)?;
+                self.last_loss = match (&self.shards, pre.is_some()) {
+                    (Some(part), true) => net.fit_phase_sharded(
+                        noising,
+                        &data,
+                        part,
+                        &rs.pretrain,
+                        input.seed,
+                        input.seed,
+                        input.replicas,
+                    )?,
+                    _ => net.fit_phase(noising, &data, &rs.pretrain, input.seed, input.seed)?,
+                };
                 if let Some(p) = &self.cfg.prior_weights {
                     self.outputs
                         .push(prior_output(method, p, net.weights_writer(p, &fingerprint)));
@@ -820,7 +893,10 @@ impl Masf {
                 .unwrap_or_default(),
             rs.pretrain,
             rs.optim,
-        )
+        ) + &match self.cfg.pretrain_shards {
+            Some(s) if s > 1 => format!(", {s} shards"),
+            _ => String::new(),
+        }
     }
 }
 

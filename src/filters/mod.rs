@@ -121,6 +121,9 @@ pub struct AnalysisInput<'a> {
     pub reducer: &'a dyn Reducer,
     /// This cycle's member paths, when the method asked for them.
     pub forecast: Option<ForecastPath<'a>>,
+    /// The ranks that run this analysis alike, each with every member on the same columns
+    /// (a whole-state method: every rank); data-parallel training sums its gradients over them.
+    pub replicas: &'a dyn crate::parallel::Collectives,
 }
 
 impl<'a> AnalysisInput<'a> {
@@ -142,6 +145,7 @@ impl<'a> AnalysisInput<'a> {
             domain: LocalDomain::whole(obs_operator.state_dim()),
             reducer: &SerialReducer,
             forecast: None,
+            replicas: &crate::parallel::SerialComm,
         }
     }
 
@@ -291,6 +295,17 @@ pub trait DataFiles {
     /// The states of an HDF5 trajectory dataset (`genda truth`'s `trajectory`), row-major, and
     /// the state size.
     fn trajectory(&self, path: &std::path::Path) -> Result<(Vec<f64>, usize)>;
+    /// A trajectory's (rows, state size), without reading it.
+    fn trajectory_shape(&self, path: &std::path::Path) -> Result<(usize, usize)>;
+    /// Rows `rows` of a trajectory, row-major.
+    fn trajectory_rows(
+        &self,
+        path: &std::path::Path,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Vec<f64>>;
+    /// This rank's place (rank, ranks) among the ranks that run the analysis alike
+    /// (`AnalysisInput::replicas`): data-parallel training reads only this rank's shards.
+    fn replica(&self) -> (usize, usize);
 }
 
 /// Method choice in the config, tagged by `method`.

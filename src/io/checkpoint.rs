@@ -8,7 +8,8 @@
 //! hidden-variable score sums, phase times) and the filter's own state (particle weights,
 //! networks with their optimiser moments, histories), each a group of named datasets, the
 //! inflation factor in use, a hash of the science config and the genda version. The run file
-//! written so far is kept beside it as a NetCDF snapshot named after the cycle.
+//! written so far is kept beside it as a NetCDF snapshot: two of them (`snapshot_path`), used in
+//! turn, each brought up to date with the rows since its last update (`RunWriter::snapshot`).
 use super::{agree, SharedPending};
 use crate::error::{GendaError, Result};
 use crate::parallel::Collectives;
@@ -320,11 +321,13 @@ pub fn read_checkpoint_slab(
     Ok((e, t))
 }
 
-/// Where the run-file snapshot of `cycle` lives for checkpoint `ckpt`.
-pub fn snapshot_path(ckpt: &Path, cycle: usize) -> PathBuf {
+/// Where run-file snapshot `slot` (0 or 1: a checkpoint updates the one the previous
+/// checkpoint does not name) lives for checkpoint `ckpt`: `<ckpt>.run-a.nc`, `<ckpt>.run-b.nc`.
+pub fn snapshot_path(ckpt: &Path, slot: usize) -> PathBuf {
     let name = ckpt
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "checkpoint".into());
-    ckpt.with_file_name(format!("{name}.cycle{cycle:09}.nc"))
+    let tag = if slot == 0 { 'a' } else { 'b' };
+    ckpt.with_file_name(format!("{name}.run-{tag}.nc"))
 }

@@ -534,6 +534,157 @@ pub(crate) fn put_block<T: netcdf::NcTypeDescriptor>(
         .map_err(at(path, &format!("write {name}")))
 }
 
+/// Copy the time rows `rows` of every variable of `vars` (name, this rank's extents after
+/// `time`, its and the global row length) from `src` into `dst`, in blocks of ≈ 1 MiB of the
+/// global row. Every rank makes the same calls (those without a part with empty blocks), so
+/// a parallel source or destination sees collective calls.
+fn copy_rows(
+    vars: &[(&'static str, Vec<Range<usize>>, usize, usize)],
+    src: &netcdf::File,
+    src_path: &Path,
+    dst: &mut dyn FnMut(&str, &[Range<usize>], &[f64]) -> Result<()>,
+    rows: Range<usize>,
+) -> Result<()> {
+    for (name, ext, local, global) in vars {
+        let v = src.variable(name).ok_or_else(|| {
+            GendaError::file(
+                src_path,
+                format!("run-file snapshot has no `{name}` (written with other output settings?)"),
+            )
+        })?;
+        let block = (FLUSH_VALUES / (*global).max(1)).max(1);
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let r1 = (r0 + block).min(rows.end);
+            let mut e = vec![r0..r1];
+            e.extend(ext.iter().cloned());
+            if *local == 0 {
+                e[0] = 0..0;
+            }
+            let data: Vec<f64> = v
+                .get_values::<f64, _>(extents(&e))
+                .map_err(at(src_path, &format!("read {name}")))?;
+            dst(name, &e, &data)?;
+            r0 = r1;
+        }
+    }
+    Ok(())
+}
+
+/// A NetCDF file opened for writing through the C library: netcdf 0.12 opens an existing
+/// file in parallel only for reading (`open_par_with` gives a `File`), and the update of a
+/// run-file snapshot is written by every rank. Closed on drop.
+struct RawNetcdf {
+    ncid: std::os::raw::c_int,
+    path: PathBuf,
+    parallel: bool,
+    open: bool,
+}
+
+impl RawNetcdf {
+    fn check(&self, rc: std::os::raw::c_int, what: &str) -> Result<()> {
+        if rc == 0 {
+            return Ok(());
+        }
+        // SAFETY: nc_strerror returns a pointer to a static NUL-terminated message.
+        let msg = unsafe { std::ffi::CStr::from_ptr(netcdf_sys::nc_strerror(rc)) };
+        Err(GendaError::file(
+            &self.path,
+            format!("NetCDF {what}: {}", msg.to_string_lossy()),
+        ))
+    }
+
+    /// Open `path` for writing: in parallel on every rank of `comm` (more than one), else alone.
+    fn open_write(path: &Path, comm: &dyn Collectives) -> Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| GendaError::file(path, "path holds a NUL byte"))?;
+        let raw = comm.mpi_handle().filter(|_| comm.size() > 1);
+        let mut f = RawNetcdf {
+            ncid: -1,
+            path: path.to_path_buf(),
+            parallel: raw.is_some(),
+            open: false,
+        };
+        let _g = netcdf_sys::libnetcdf_lock.lock();
+        // SAFETY: a valid C path and an out-pointer; the communicator is this run's, valid for
+        // the call (the library duplicates it).
+        let rc = unsafe {
+            match raw {
+                Some(comm) => netcdf_sys::par::nc_open_par(
+                    c.as_ptr(),
+                    netcdf_sys::NC_WRITE,
+                    comm,
+                    crate::parallel::info_null(),
+                    &mut f.ncid,
+                ),
+                None => netcdf_sys::nc_open(c.as_ptr(), netcdf_sys::NC_WRITE, &mut f.ncid),
+            }
+        };
+        f.check(rc, "open for writing")?;
+        f.open = true;
+        Ok(f)
+    }
+
+    /// Write the block `ext` of variable `name` (collectively on a parallel file; an empty
+    /// block writes nothing and takes part).
+    fn put(&mut self, name: &str, ext: &[Range<usize>], data: &[f64]) -> Result<()> {
+        let c = std::ffi::CString::new(name).expect("variable names hold no NUL");
+        let empty = ext.iter().any(|r| r.is_empty());
+        let start: Vec<usize> = ext.iter().map(|r| if empty { 0 } else { r.start }).collect();
+        let count: Vec<usize> = ext.iter().map(|r| if empty { 0 } else { r.len() }).collect();
+        if count.iter().product::<usize>() != data.len() {
+            return Err(GendaError::file(
+                &self.path,
+                format!("block of `{name}` holds {} values for extents {ext:?}", data.len()),
+            ));
+        }
+        let _g = netcdf_sys::libnetcdf_lock.lock();
+        let mut varid = 0;
+        // SAFETY: an open ncid, a valid C name and an out-pointer.
+        let rc = unsafe { netcdf_sys::nc_inq_varid(self.ncid, c.as_ptr(), &mut varid) };
+        self.check(rc, &format!("variable `{name}` (the snapshot was written with other output settings?)"))?;
+        if self.parallel {
+            // SAFETY: an open ncid and one of its variables.
+            let rc = unsafe {
+                netcdf_sys::par::nc_var_par_access(self.ncid, varid, netcdf_sys::par::NC_COLLECTIVE)
+            };
+            self.check(rc, &format!("collective access of {name}"))?;
+        }
+        // SAFETY: start and count have the variable's rank (the caller's extents are built
+        // from its dimensions) and data holds the product of count values.
+        let rc = unsafe {
+            netcdf_sys::nc_put_vara_double(
+                self.ncid,
+                varid,
+                start.as_ptr(),
+                count.as_ptr(),
+                data.as_ptr(),
+            )
+        };
+        self.check(rc, &format!("write {name}"))
+    }
+
+    /// Close the file (collective on a parallel file), reporting an error.
+    fn close(mut self) -> Result<()> {
+        self.open = false;
+        let _g = netcdf_sys::libnetcdf_lock.lock();
+        // SAFETY: an open ncid, closed once.
+        let rc = unsafe { netcdf_sys::nc_close(self.ncid) };
+        self.check(rc, "close")
+    }
+}
+
+impl Drop for RawNetcdf {
+    fn drop(&mut self) {
+        if self.open {
+            let _g = netcdf_sys::libnetcdf_lock.lock();
+            // SAFETY: an open ncid, closed once.
+            unsafe { netcdf_sys::nc_close(self.ncid) };
+        }
+    }
+}
+
 impl RunWriter {
     /// A new run file at `path`, written by every rank of `comm` together (collective parallel
     /// NetCDF-4 on more than one rank), each rank its `slabs`; every rank passes the same `meta`
@@ -826,67 +977,79 @@ impl RunWriter {
         cycles: usize,
         comm: &dyn Collectives,
     ) -> Result<()> {
-        let res = self.copy_rows(snapshot, cycles / self.every);
+        let res = self.copy_in(snapshot, cycles / self.every);
         agree(comm, res, snapshot, "copying the run-file snapshot")
     }
 
-    fn copy_rows(&mut self, snapshot: &Path, rows: usize) -> Result<()> {
+    fn copy_in(&mut self, snapshot: &Path, rows: usize) -> Result<()> {
         let src = netcdf::open(snapshot).map_err(at(snapshot, "open run-file snapshot"))?;
-        let path = self.pending.target().to_path_buf();
         let have = src.dimension("time").map(|d| d.len());
         let want = self.file.dimension("time").map(|d| d.len());
         if have != want {
             return Err(GendaError::file(snapshot, format!("run-file snapshot has {have:?} time rows, this run writes {want:?} (output.every changed since the checkpoint?)")));
         }
-        for (name, kind) in ROW_VARIABLES {
-            if matches!(name, "time" | "rank_histogram") || self.file.variable(name).is_none() {
-                continue;
-            }
-            let v = src.variable(name).ok_or_else(|| {
-                GendaError::file(
-                    snapshot,
-                    format!(
-                        "run-file snapshot has no `{name}` (written with other output settings?)"
-                    ),
-                )
-            })?;
-            let ext = self.extent(kind);
-            let (local, global) = self.row_lengths(kind, &ext);
-            let block = (FLUSH_VALUES / global.max(1)).max(1);
-            let mut r0 = 0;
-            while r0 < rows {
-                let r1 = (r0 + block).min(rows);
-                let mut e = vec![r0..r1];
-                e.extend(ext.iter().cloned());
-                let data: Vec<f64> = if local > 0 {
-                    v.get_values::<f64, _>(extents(&e))
-                        .map_err(at(snapshot, &format!("read {name}")))?
-                } else {
-                    e[0] = 0..0;
-                    Vec::new()
-                };
-                put_block(&mut self.file, &path, name, &e, &data)?;
-                r0 = r1;
-            }
-        }
-        Ok(())
+        let path = self.pending.target().to_path_buf();
+        let vars = self.layout();
+        let mut dst = |name: &str, e: &[Range<usize>], data: &[f64]| {
+            put_block(&mut self.file, &path, name, e, data)
+        };
+        copy_rows(&vars, &src, snapshot, &mut dst, 0..rows)
     }
 
-    /// Flush everything written so far and copy the file, complete and consistent, to `dest`
-    /// (atomically, by the root); the run keeps writing to its own file. Every rank calls it.
-    pub fn snapshot(&mut self, dest: &Path, comm: &dyn Collectives) -> Result<()> {
+    /// What `copy_rows` needs of this file's layout (every variable present, with this rank's
+    /// extents and row lengths).
+    fn layout(&self) -> Vec<(&'static str, Vec<Range<usize>>, usize, usize)> {
+        ROW_VARIABLES
+            .iter()
+            .filter(|(name, _)| {
+                !matches!(*name, "time" | "rank_histogram") && self.file.variable(name).is_some()
+            })
+            .map(|&(name, kind)| {
+                let ext = self.extent(kind);
+                let (local, global) = self.row_lengths(kind, &ext);
+                (name, ext, local, global)
+            })
+            .collect()
+    }
+
+    /// Bring the run-file snapshot `dest` to this file after cycle `cycle` (every rank calls
+    /// it, after the same cycle). `valid`: the cycle up to which `dest` already equals this
+    /// file (this run brought it up to date before), so only the rows of the cycles since
+    /// are written into it, each rank its own part, collectively — a checkpoint costs the
+    /// output since the snapshot's last update, not the whole file. `None` (its state is not
+    /// known: the first use, or after a restart): the file so far is copied whole, atomically,
+    /// by the root. The run keeps writing to its own file.
+    pub fn snapshot(
+        &mut self,
+        dest: &Path,
+        valid: Option<usize>,
+        cycle: usize,
+        comm: &dyn Collectives,
+    ) -> Result<()> {
         let path = self.pending.target().to_path_buf();
         let res = self
             .flush_all()
             .and_then(|_| self.file.sync().map_err(at(&path, "sync")));
         agree(comm, res, &path, "flushing the run file")?;
-        let res = if comm.is_root() {
-            PendingFile::from_copy(dest, self.pending.tmp_path())
-                .and_then(|p| p.commit().map(|_| ()))
-        } else {
-            Ok(())
+        // Every rank must take the same branch (the update is collective).
+        let valid = valid.filter(|&v| comm.all_ok(v <= cycle && dest.exists()));
+        let res = match valid {
+            Some(v) => self.append_to(dest, v / self.every..cycle / self.every, comm),
+            None if comm.is_root() => PendingFile::from_copy(dest, self.pending.tmp_path())
+                .and_then(|p| p.commit().map(|_| ())),
+            None => Ok(()),
         };
         agree(comm, res, dest, "the run-file snapshot")
+    }
+
+    /// Write this file's `rows` into `dest` (opened for writing by every rank).
+    fn append_to(&mut self, dest: &Path, rows: Range<usize>, comm: &dyn Collectives) -> Result<()> {
+        let mut out = RawNetcdf::open_write(dest, comm)?;
+        let mut dst =
+            |name: &str, e: &[Range<usize>], data: &[f64]| out.put(name, e, data);
+        let path = self.pending.target().to_path_buf();
+        copy_rows(&self.layout(), &self.file, &path, &mut dst, rows)?;
+        out.close()
     }
 
     /// Store the time averages (`extra`: further time-averaged scores) and the rank

@@ -116,6 +116,57 @@ impl Adam {
         self.step();
     }
 
+    /// Zero the gradients, back-propagate `loss` and return the gradients flattened in the
+    /// variables' order (variables without one left out): one shard's part of a data-parallel
+    /// step (`step_with`).
+    pub fn backward_grads(&mut self, loss: &Tensor) -> Result<Vec<f64>> {
+        self.zero_grad();
+        loss.backward();
+        let mut out = Vec::new();
+        for p in &self.vars {
+            let g = p.grad();
+            if g.defined() {
+                out.extend(to_f64(&g)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Set the gradients to `flat` (`backward_grads`' layout: the shards' gradients summed),
+    /// clip the norm at `clip` if given, and take one step.
+    pub fn step_with(&mut self, flat: &[f64], clip: Option<f64>) -> Result<()> {
+        {
+            let _g = tch::no_grad_guard();
+            let mut off = 0;
+            for p in &self.vars {
+                let mut g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let k = g.numel();
+                let part = flat.get(off..off + k).ok_or_else(|| {
+                    GendaError::Score(format!(
+                        "data-parallel step: {} gradient values for more parameters",
+                        flat.len()
+                    ))
+                })?;
+                let _ = g.copy_(&from_f64(part, &g, "gradient")?);
+                off += k;
+            }
+            if off != flat.len() {
+                return Err(GendaError::Score(format!(
+                    "data-parallel step: {} gradient values for {off} parameters",
+                    flat.len()
+                )));
+            }
+        }
+        if let Some(c) = clip {
+            self.clip_grad_norm(c);
+        }
+        self.step();
+        Ok(())
+    }
+
     fn step(&mut self) {
         let _g = tch::no_grad_guard();
         let [b1, b2] = self.betas;

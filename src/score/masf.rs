@@ -497,6 +497,207 @@ impl DiagScore {
         Ok(last)
     }
 
+    /// `fit_phase` on data sharded over the ranks of `comm` (`part`; `data`: the rows of this
+    /// rank's shards, standardised): every step draws batch/S rows from each of the S shards
+    /// (epochs: each shard's rows shuffled and cut into chunks of batch/S; the holdout taken
+    /// per shard), each rank back-propagates its shards' parts one shard at a time, and the
+    /// shards' gradients are summed in shard order on every rank, so the step — and the
+    /// network — is the same on any number of ranks. The loss is the mean over the step's rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_phase_sharded(
+        &mut self,
+        noise: &dyn Noising,
+        data: &[f64],
+        part: &super::RowShards,
+        training: &Training,
+        seed: u64,
+        split_seed: u64,
+        comm: &dyn crate::parallel::Collectives,
+    ) -> Result<f64> {
+        use rand::seq::SliceRandom;
+        let d = self.dim;
+        let s = part.shards.len();
+        let first = part.rows().start;
+        if data.len() != part.rows().len() * d {
+            return Err(GendaError::Score(format!(
+                "prior score: this rank holds {} values, its shards {} rows of {d}",
+                data.len(),
+                part.rows().len()
+            )));
+        }
+        if training.batch == 0 || training.batch % s != 0 {
+            return Err(GendaError::invalid(
+                "filter.pretrain_shards",
+                format!(
+                    "{s} shards must divide the batch of {} (batch/shards rows from each shard per step)",
+                    training.batch
+                ),
+            ));
+        }
+        let per = training.batch / s;
+        let (rank, ranks) = (comm.rank(), comm.size());
+        if part.mine != (rank * s / ranks..(rank + 1) * s / ranks) {
+            return Err(GendaError::Parallel(format!(
+                "rank {rank} of {ranks} holds shards {:?} of {s}: they were read for another layout",
+                part.mine
+            )));
+        }
+        // Rows each shard keeps after its holdout (known on every rank), and my shards' rows.
+        let kept_len: Vec<usize> = part
+            .shards
+            .iter()
+            .map(|sh| sh.len() - ((sh.len() as f64) * training.holdout).floor() as usize)
+            .collect();
+        if kept_len.contains(&0) {
+            return Err(GendaError::Score(format!(
+                "prior score: holdout {} leaves a shard without training rows",
+                training.holdout
+            )));
+        }
+        let kept: Vec<Vec<usize>> = part
+            .mine
+            .clone()
+            .map(|k| {
+                let mut rows: Vec<usize> = part.shards[k].clone().collect();
+                if kept_len[k] < rows.len() {
+                    rows.shuffle(&mut stream(
+                        split_seed,
+                        Purpose::Training,
+                        u64::MAX,
+                        k as u64,
+                        5,
+                    ));
+                    rows.truncate(kept_len[k]);
+                }
+                rows
+            })
+            .collect();
+        // The steps: per step, my shards' rows and the step's row count over every shard.
+        let mut steps: Vec<(Vec<Vec<usize>>, usize)> = Vec::new();
+        match training.batches {
+            Batches::Steps(k) => {
+                for i in 0..k as u64 {
+                    let rows = part
+                        .mine
+                        .clone()
+                        .zip(&kept)
+                        .map(|(sh, rows)| {
+                            let mut rng = stream(
+                                seed,
+                                Purpose::Training,
+                                self.steps_done + i,
+                                sh as u64,
+                                4,
+                            );
+                            let pick = Uniform::new(0, rows.len());
+                            (0..per).map(|_| rows[pick.sample(&mut rng)]).collect()
+                        })
+                        .collect();
+                    steps.push((rows, training.batch));
+                }
+            }
+            Batches::Epochs(e) => {
+                let chunks = kept_len.iter().map(|l| l.div_ceil(per)).max().unwrap_or(0);
+                for epoch in 0..e as u64 {
+                    let orders: Vec<Vec<usize>> = part
+                        .mine
+                        .clone()
+                        .zip(&kept)
+                        .map(|(sh, rows)| {
+                            let mut o = rows.clone();
+                            o.shuffle(&mut stream(seed, Purpose::Training, epoch, sh as u64, 6));
+                            o
+                        })
+                        .collect();
+                    for j in 0..chunks {
+                        let part_of = |o: &Vec<usize>| {
+                            o[(j * per).min(o.len())..((j + 1) * per).min(o.len())].to_vec()
+                        };
+                        let total = kept_len
+                            .iter()
+                            .map(|&l| ((j + 1) * per).min(l).saturating_sub(j * per))
+                            .sum();
+                        steps.push((orders.iter().map(part_of).collect(), total));
+                    }
+                }
+            }
+        }
+        let (lo, hi) = noise.time_range();
+        let tdist = Uniform::new(lo, hi);
+        let params: usize = self.net.vs.trainable_variables().iter().map(|v| v.numel()).sum();
+        let counts: Vec<usize> = part
+            .per_rank(comm.size())
+            .into_iter()
+            .map(|k| k * (params + 1))
+            .collect();
+        let mut z = vec![0.0; d];
+        let mut last = f64::NAN;
+        for (rows_by_shard, total) in steps {
+            let step = self.steps_done;
+            let mut local: Vec<f64> = Vec::with_capacity(part.mine.len() * (params + 1));
+            for (sh, rows) in part.mine.clone().zip(&rows_by_shard) {
+                if rows.is_empty() {
+                    local.extend(std::iter::repeat_n(0.0, params + 1));
+                    continue;
+                }
+                let b = rows.len();
+                let mut rng = stream(seed, Purpose::Training, step, sh as u64, 2);
+                let mut xs = vec![0f32; b * d];
+                let mut tg = vec![0f32; b * d];
+                let mut ts = vec![0f32; b];
+                for (r, &gi) in rows.iter().enumerate() {
+                    let i = gi - first;
+                    let t = tdist.sample(&mut rng);
+                    let key = (sh * per + r) as u64;
+                    fill_standard_normal(seed, Purpose::Training, step, key, 0, &mut z);
+                    for k in 0..d {
+                        let x0 = data[i * d + k];
+                        xs[r * d + k] = noise.noised(k, x0, t, z[k]) as f32;
+                        tg[r * d + k] = match training.target {
+                            Target::Epsilon => -z[k] as f32,
+                            Target::X0 => x0 as f32,
+                        };
+                    }
+                    ts[r] = t as f32;
+                }
+                let shape = [b as i64, d as i64];
+                let dev = self.net.device();
+                let x = Tensor::from_slice(&xs).reshape(shape).to(dev);
+                let target = Tensor::from_slice(&tg).reshape(shape).to(dev);
+                let tt = Tensor::from_slice(&ts).to(dev);
+                let loss = (self.net.eps_hat(&x, &tt) - target)
+                    .square()
+                    .sum(Kind::Float)
+                    * (training.loss_scale / (total * d) as f64);
+                let g = self.opt.backward_grads(&loss)?;
+                if g.len() != params {
+                    return Err(GendaError::Score(format!(
+                        "prior score: {} gradient values for {params} parameters (a parameter without gradient)",
+                        g.len()
+                    )));
+                }
+                local.extend(g);
+                local.push(loss.double_value(&[]));
+            }
+            let mut all = vec![0.0; s * (params + 1)];
+            comm.all_gather_rows(&local, &counts, &mut all)?;
+            let mut sum = vec![0.0; params + 1];
+            for shard in all.chunks(params + 1) {
+                sum.iter_mut().zip(shard).for_each(|(a, v)| *a += v);
+            }
+            let v = sum[params];
+            self.opt.step_with(&sum[..params], self.optim.clip_grad_norm)?;
+            self.steps_done += 1;
+            if !v.is_finite() {
+                return Err(GendaError::Score(format!(
+                    "prior score training loss is {v} (lower the learning rate?)"
+                )));
+            }
+            last = v;
+        }
+        Ok(last)
+    }
+
     /// One optimiser step on `loss` (gradient clipping as the settings say); its value, or an
     /// error naming `what` if it is not finite.
     fn adam_step(&mut self, loss: &Tensor, what: &str) -> Result<f64> {

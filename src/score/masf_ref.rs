@@ -108,6 +108,63 @@ impl ChannelNorm {
         ChannelNorm { u, s }
     }
 
+    /// `fit` over rows sharded across the ranks of `comm` (`data`: the rows of this rank's
+    /// shards of `part`): each channel's sum, then its squared deviations from the mean, per
+    /// shard, added in shard order — the same numbers on any number of ranks (equal to `fit`
+    /// to rounding).
+    pub fn fit_sharded(
+        data: &[f64],
+        dim: usize,
+        channels: usize,
+        part: &crate::score::RowShards,
+        comm: &dyn crate::parallel::Collectives,
+    ) -> crate::error::Result<Self> {
+        let c = channels.max(1);
+        let block = dim / c;
+        let first = part.rows().start;
+        let counts: Vec<usize> = part
+            .per_rank(comm.size())
+            .into_iter()
+            .map(|k| k * c)
+            .collect();
+        let sums = |centre: Option<&[f64]>| -> crate::error::Result<Vec<f64>> {
+            let mut local = Vec::with_capacity(part.mine.len() * c);
+            for k in part.mine.clone() {
+                for ch in 0..c {
+                    let mut acc = 0.0;
+                    for r in part.shards[k].clone() {
+                        let row = &data[(r - first) * dim..(r - first + 1) * dim];
+                        for &v in &row[ch * block..(ch + 1) * block] {
+                            acc += match centre {
+                                None => v,
+                                Some(m) => (v - m[ch]).powi(2),
+                            };
+                        }
+                    }
+                    local.push(acc);
+                }
+            }
+            let mut all = vec![0.0; part.shards.len() * c];
+            comm.all_gather_rows(&local, &counts, &mut all)?;
+            let mut total = vec![0.0; c];
+            for shard in all.chunks(c) {
+                total.iter_mut().zip(shard).for_each(|(t, v)| *t += v);
+            }
+            Ok(total)
+        };
+        let rows = part.shards.last().map_or(0, |s| s.end);
+        let count = (rows * block) as f64;
+        let mean: Vec<f64> = sums(None)?.into_iter().map(|s| s / count).collect();
+        let ss = sums(Some(&mean))?;
+        let (mut u, mut s) = (vec![0.0; dim], vec![0.0; dim]);
+        for ch in 0..c {
+            let var = ss[ch] / (count - 1.0).max(1.0);
+            u[ch * block..(ch + 1) * block].fill(mean[ch]);
+            s[ch * block..(ch + 1) * block].fill(var.sqrt().max(1e-5));
+        }
+        Ok(ChannelNorm { u, s })
+    }
+
     /// Per-variable statistics as this map (genda's standardisation; no ε).
     pub fn per_variable(u: Vec<f64>, s: Vec<f64>) -> Self {
         ChannelNorm { u, s }
@@ -369,6 +426,30 @@ pub fn sf_reference_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sharded statistics (one process holding every shard) equal the whole set's to
+    /// rounding, and the shards cover the rows with every rank holding a contiguous run.
+    #[test]
+    fn sharded_channel_statistics_equal_the_whole_sets() {
+        use crate::score::RowShards;
+        let (rows, dim) = (37, 6);
+        let data: Vec<f64> = (0..rows * dim)
+            .map(|i| ((i * 7919) % 101) as f64 * 0.37 - (i % dim) as f64)
+            .collect();
+        let part = RowShards::new(rows, 5, 0, 1).unwrap();
+        assert_eq!(part.rows(), 0..rows);
+        let a = ChannelNorm::fit(&data, dim, 2);
+        let b = ChannelNorm::fit_sharded(&data, dim, 2, &part, &crate::parallel::SerialComm)
+            .unwrap();
+        for (x, y) in a.u.iter().zip(&b.u).chain(a.s.iter().zip(&b.s)) {
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{x} vs {y}");
+        }
+        let r1 = RowShards::new(rows, 4, 1, 2).unwrap();
+        assert_eq!((r1.mine.clone(), r1.rows()), (2..4, 18..37));
+        assert_eq!(r1.per_rank(2), vec![2, 2]);
+        assert!(RowShards::new(rows, 2, 0, 3).is_err());
+        assert!(RowShards::new(3, 4, 0, 1).is_err());
+    }
 
     /// Values the reading of the reference code states (docs/reference/masf.md §1, §4, §7).
     #[test]

@@ -92,3 +92,50 @@ pub fn torch_info() -> TorchInfo {
         threads: tch::get_num_threads(),
     }
 }
+
+/// A data set's rows cut into contiguous shards for data-parallel training, and the shards
+/// this rank holds: rank r of R holds shards r·S/R..(r+1)·S/R, and reads only their rows. The
+/// numbers of a sharded training depend on the shards, not on the ranks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowShards {
+    /// Global row range of every shard, in order.
+    pub shards: Vec<std::ops::Range<usize>>,
+    /// Indices of the shards this rank holds.
+    pub mine: std::ops::Range<usize>,
+}
+
+impl RowShards {
+    /// `rows` rows in `s` shards (as equal as they come) for rank `rank` of `ranks`; every
+    /// shard needs a row and every rank a shard.
+    pub fn new(rows: usize, s: usize, rank: usize, ranks: usize) -> Result<Self> {
+        if s == 0 || s > rows {
+            return Err(GendaError::invalid(
+                "shards",
+                format!("{s} shards of {rows} rows: each needs at least one"),
+            ));
+        }
+        if s < ranks {
+            return Err(GendaError::invalid(
+                "shards",
+                format!("{s} shards on {ranks} MPI ranks: every rank needs a shard (set shards to a multiple of the ranks)"),
+            ));
+        }
+        Ok(RowShards {
+            shards: (0..s).map(|k| k * rows / s..(k + 1) * rows / s).collect(),
+            mine: rank * s / ranks..(rank + 1) * s / ranks,
+        })
+    }
+
+    /// The global rows this rank holds.
+    pub fn rows(&self) -> std::ops::Range<usize> {
+        self.shards[self.mine.start].start..self.shards[self.mine.end - 1].end
+    }
+
+    /// How many shards each rank of `ranks` holds (in rank order).
+    pub fn per_rank(&self, ranks: usize) -> Vec<usize> {
+        let s = self.shards.len();
+        (0..ranks)
+            .map(|r| (r + 1) * s / ranks - r * s / ranks)
+            .collect()
+    }
+}
