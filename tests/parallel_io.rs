@@ -169,8 +169,9 @@ fn collective_2d_fields_and_ensembles_equal_the_one_rank_file() {
 /// SIGKILL after it, restarted on 3 ranks (3 domains): the file equals the uninterrupted
 /// 1-rank file, and the checkpoint holds the whole ensemble (members, n). Checkpoints every 3
 /// cycles: the run-file snapshot the checkpoint of cycle 12 names was updated by the 4 ranks
-/// in place (rows 7–12 written into the copy made at cycle 6), and after the restart the two
-/// snapshots are again updated by the 3 ranks, each holding the uninterrupted run's rows.
+/// in place (started at cycle 6 with rows 1–6, rows 7–12 written at 12), and after the
+/// restart the two snapshots are again updated by the 3 ranks, each holding the uninterrupted
+/// run's rows.
 #[test]
 fn restart_on_another_layout_from_a_parallel_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,7 +216,7 @@ fn restart_on_another_layout_from_a_parallel_checkpoint() {
         let c: f64 = f.attr("cycle").unwrap().read_scalar().unwrap();
         assert_eq!(c, 12.0);
     }
-    // The checkpoint of cycle 12 names snapshot b (copied whole at cycle 6, updated at 12).
+    // The checkpoint of cycle 12 names snapshot b (started at cycle 6, updated at 12).
     let snap_b = dir.path().join("r.ckpt.h5.run-b.nc");
     assert_same_rows(&full, &snap_b, 12, "snapshot b after cycle 12 (4 ranks)");
     let ck = ckpt.display().to_string();
@@ -223,12 +224,16 @@ fn restart_on_another_layout_from_a_parallel_checkpoint() {
     restart.extend(["--restart", &ck]);
     run_on(3, 3, &cfg, &out, &restart);
     assert_same(&full, &out, "restart on 3 domains from a 4-rank checkpoint");
-    // After the restart: a copied whole at 15, updated at 21 and 27; b updated at 18 and 24.
+    // After the restart: a started anew at 15, updated at 21 and 27; b updated at 18 and 24.
     let snaps: Vec<String> = files_in(dir.path())
         .into_iter()
         .filter(|f| f.contains(".run-"))
         .collect();
-    assert_eq!(snaps.len(), 2, "two snapshots beside the checkpoint: {snaps:?}");
+    assert_eq!(
+        snaps.len(),
+        2,
+        "two snapshots beside the checkpoint: {snaps:?}"
+    );
     let snap_a = dir.path().join("r.ckpt.h5.run-a.nc");
     assert_same_rows(&full, &snap_a, 27, "snapshot a after cycle 27 (3 ranks)");
     assert_same_rows(&full, &snap_b, 24, "snapshot b after cycle 24 (3 ranks)");
@@ -258,7 +263,10 @@ fn assert_same_rows(full: &Path, snap: &Path, rows: usize, what: &str) {
         let k = rows * row;
         assert_eq!(a.len(), b.len(), "{what}: {name} has another shape");
         assert!(
-            a[..k].iter().zip(&b[..k]).all(|(x, y)| x.to_bits() == y.to_bits()),
+            a[..k]
+                .iter()
+                .zip(&b[..k])
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
             "{what}: rows of {name} differ"
         );
         seen += 1;
@@ -467,9 +475,17 @@ fn masf_sharded_pretraining_on_two_ranks_equals_one_rank() {
         &[("cycles = 1000", "cycles = 100")],
     );
     let clim = dir.path().join("clim.nc");
-    let o = genda(&["truth", data.to_str().unwrap(), "-o", clim.to_str().unwrap()]);
+    let o = genda(&[
+        "truth",
+        data.to_str().unwrap(),
+        "-o",
+        clim.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    let pre = format!("pretrain_data = \"{}\"", dir.path().join("clim.h5").display());
+    let pre = format!(
+        "pretrain_data = \"{}\"",
+        dir.path().join("clim.h5").display()
+    );
     let cfg = config_variant(
         dir.path(),
         "configs/masf_l63_gap100_reference.toml",
@@ -512,16 +528,27 @@ fn masf_sharded_pretraining_on_two_ranks_equals_one_rank() {
     );
     // 3 shards do not divide the batch of 32; 1 shard per rank of 4 on 2 members each is fine,
     // but 2 shards on 4 ranks leave ranks without one.
-    for (np, shards, msg) in [(1, "3", "divide the batch"), (4, "2", "every rank needs a shard")] {
+    for (np, shards, msg) in [
+        (1, "3", "divide the batch"),
+        (4, "2", "every rank needs a shard"),
+    ] {
         let s = sets(shards);
         let mut args = vec!["run", cfg.to_str().unwrap(), "--quiet"];
         args.extend(s.iter().map(String::as_str));
         let out = dir.path().join("bad.nc");
         let o_arg = out.display().to_string();
         args.extend(["-o", o_arg.as_str()]);
-        let o = if np == 1 { genda(&args) } else { mpirun(np, &args) };
+        let o = if np == 1 {
+            genda(&args)
+        } else {
+            mpirun(np, &args)
+        };
         assert!(!o.status.success(), "{shards} shards on {np}: ran");
-        assert!(text(&o).contains(msg), "{shards} shards on {np}: {}", text(&o));
+        assert!(
+            text(&o).contains(msg),
+            "{shards} shards on {np}: {}",
+            text(&o)
+        );
         assert!(!out.exists(), "a refused run left its output");
     }
 }

@@ -454,7 +454,7 @@ fn every_method_restarts_after_sigkill_bit_for_bit() {
             name: "enkf",
             config: cfg("configs/l63_sakov2012_enkf.toml", &[]),
             sets: with(&["experiment.cycles=30", "experiment.burn_in=5"]),
-            // Checkpoints at 4, 8 (copied whole), 12 … 24 (updated in place by one rank).
+            // Checkpoints at 4, 8 (each snapshot started), 12 … 24 (updated in place).
             every: 4,
             kill_at: 25,
             ranks: 2,

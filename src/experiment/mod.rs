@@ -544,6 +544,7 @@ fn read_checkpoint_for(
 /// The run file, written by every rank together (each its `slabs`), `None` without output.
 fn open_writer(
     cfg: &Config,
+    path: &Path,
     comm: &dyn Collectives,
     model: &dyn Model,
     filter: &dyn Filter,
@@ -555,7 +556,7 @@ fn open_writer(
     }
     let n = model.dim();
     RunWriter::create(
-        &cfg.output.path,
+        path,
         &RunMeta {
             name: &cfg.experiment.name,
             model: model.name(),
@@ -952,9 +953,10 @@ struct TwinRun<'a> {
 
 /// The two run-file snapshots beside the checkpoint (`snapshot_path` slots 0 and 1), updated in
 /// turn: a checkpoint brings the one the last committed checkpoint does not name up to its
-/// cycle, writing only the rows since that one's previous update, so a run's checkpoints cost
-/// O(its output) in all (a copy of the whole file each time would grow like the square of the
-/// cycles), and a crash mid-update leaves the named one intact.
+/// cycle, writing only the rows since that one's previous update (at its first use in a run:
+/// a new file without rows, then every row so far), so a run's checkpoints cost O(its output)
+/// in all — a copy of the whole file, whose size is fixed at its creation, at every checkpoint
+/// cost O(file) each — and a crash mid-update leaves the named one intact.
 #[derive(Default)]
 struct Snapshots {
     /// The snapshot the last committed checkpoint (or the restart's checkpoint) names.
@@ -962,7 +964,7 @@ struct Snapshots {
     /// Its slot, when it is one of this run's two.
     live_slot: Option<usize>,
     /// Per slot, the cycle up to which the file equals the run file (`None`: not known, so
-    /// its next update copies the whole run file).
+    /// its next use starts it anew).
     valid: [Option<usize>; 2],
 }
 
@@ -1146,8 +1148,26 @@ impl<'a> TwinRun<'a> {
     /// domain, every rank its members of the saved ensembles, world rank 0 the scalars. On a
     /// restart (first cycle `start`), the snapshot's earlier cycles are copied in.
     fn open_output(&mut self, start: usize) -> Result<()> {
+        self.writer = open_writer(
+            self.cfg,
+            &self.cfg.output.path,
+            self.comm,
+            self.model.as_ref(),
+            self.filter.as_ref(),
+            self.run_slabs(),
+            self.opts.write_output,
+        )?;
+        if let (Some(w), Some(snap)) = (self.writer.as_mut(), self.snapshots.live.as_deref()) {
+            w.copy_from(snap, start - 1, self.comm)?;
+        }
+        Ok(())
+    }
+
+    /// What this rank writes of the run file: group 0's ranks the fields of their domain,
+    /// every rank its members of the saved ensembles, world rank 0 the scalars.
+    fn run_slabs(&self) -> RunSlabs {
         let g0 = self.lay.group == 0;
-        let slabs = RunSlabs {
+        RunSlabs {
             state: if g0 { self.own.clone() } else { 0..0 },
             obs: if g0 {
                 self.obs_offset..self.obs_offset + self.own_obs.len()
@@ -1157,19 +1177,7 @@ impl<'a> TwinRun<'a> {
             members: self.mine.clone(),
             ens_state: self.own.clone(),
             scalars: self.comm.is_root(),
-        };
-        self.writer = open_writer(
-            self.cfg,
-            self.comm,
-            self.model.as_ref(),
-            self.filter.as_ref(),
-            slabs,
-            self.opts.write_output,
-        )?;
-        if let (Some(w), Some(snap)) = (self.writer.as_mut(), self.snapshots.live.as_deref()) {
-            w.copy_from(snap, start - 1, self.comm)?;
         }
-        Ok(())
     }
 
     /// Global model step at which `cycle`'s forecast starts.
@@ -1370,13 +1378,32 @@ impl<'a> TwinRun<'a> {
         // The run file so far, beside the checkpoint: the snapshot the last checkpoint does not
         // name is brought up to this cycle (every rank its part of the rows since its last update).
         let slot = self.snapshots.next_slot();
-        let snap = match self.writer.as_mut() {
-            Some(w) => {
-                let p = snapshot_path(&self.ckpt_path, slot);
-                w.snapshot(&p, self.snapshots.valid[slot], cycle, self.comm)?;
-                Some(p)
-            }
-            None => None,
+        let snap = if self.writer.is_some() {
+            let p = snapshot_path(&self.ckpt_path, slot);
+            // Its first use in this run: a file of the run's layout without rows (the
+            // previous checkpoint does not name it, so it may be replaced).
+            let valid = match self.snapshots.valid[slot] {
+                Some(c) => c,
+                None => {
+                    open_writer(
+                        self.cfg,
+                        &p,
+                        self.comm,
+                        self.model.as_ref(),
+                        self.filter.as_ref(),
+                        self.run_slabs(),
+                        true,
+                    )?
+                    .expect("written")
+                    .close_empty(self.comm)?;
+                    0
+                }
+            };
+            let w = self.writer.as_mut().expect("checked");
+            w.snapshot(&p, valid, cycle, self.comm)?;
+            Some(p)
+        } else {
+            None
         };
         // The method's and the assessor's state, from the root (replicated on every rank).
         let root = self.comm.is_root();

@@ -619,14 +619,13 @@ impl Masf {
             let (data, state_dim) = if shards > 1 {
                 let (rows, state_dim) = files.trajectory_shape(p)?;
                 let (rank, ranks) = files.replica();
-                let part = crate::score::RowShards::new(rows, shards, rank, ranks).map_err(
-                    |e| {
+                let part =
+                    crate::score::RowShards::new(rows, shards, rank, ranks).map_err(|e| {
                         GendaError::invalid(
                             "filter.pretrain_shards",
                             format!("{method}: pretrain_data {}: {e}", p.display()),
                         )
-                    },
-                )?;
+                    })?;
                 log::debug!(
                     "{method}: rank {rank} of {ranks} reads rows {:?} of {rows} of {} (shards {:?} of {shards})",
                     part.rows(),
@@ -749,13 +748,9 @@ impl Masf {
             let stats_from = pre.as_deref().unwrap_or(&fc);
             self.norm = Some(match rs.standardise {
                 Standardise::PerChannel => match (&self.shards, pre.as_deref()) {
-                    (Some(part), Some(rows)) => ChannelNorm::fit_sharded(
-                        rows,
-                        n,
-                        self.cfg.channels,
-                        part,
-                        input.replicas,
-                    )?,
+                    (Some(part), Some(rows)) => {
+                        ChannelNorm::fit_sharded(rows, n, self.cfg.channels, part, input.replicas)?
+                    }
                     _ => ChannelNorm::fit(stats_from, n, self.cfg.channels),
                 },
                 Standardise::PerVariable => {

@@ -8,7 +8,7 @@
 //! and optionally `forecast_ensemble`, `analysis_ensemble` (with `forecast_weights`,
 //! `analysis_weights` for a weighted ensemble). Global attributes hold the full config
 //! and the time-averaged statistics.
-use super::{agree, PendingFile, SharedPending};
+use super::{agree, SharedPending};
 use crate::error::{GendaError, Result};
 use crate::metrics::{CycleStats, TimeAverage};
 use crate::parallel::Collectives;
@@ -631,19 +631,31 @@ impl RawNetcdf {
     fn put(&mut self, name: &str, ext: &[Range<usize>], data: &[f64]) -> Result<()> {
         let c = std::ffi::CString::new(name).expect("variable names hold no NUL");
         let empty = ext.iter().any(|r| r.is_empty());
-        let start: Vec<usize> = ext.iter().map(|r| if empty { 0 } else { r.start }).collect();
-        let count: Vec<usize> = ext.iter().map(|r| if empty { 0 } else { r.len() }).collect();
+        let start: Vec<usize> = ext
+            .iter()
+            .map(|r| if empty { 0 } else { r.start })
+            .collect();
+        let count: Vec<usize> = ext
+            .iter()
+            .map(|r| if empty { 0 } else { r.len() })
+            .collect();
         if count.iter().product::<usize>() != data.len() {
             return Err(GendaError::file(
                 &self.path,
-                format!("block of `{name}` holds {} values for extents {ext:?}", data.len()),
+                format!(
+                    "block of `{name}` holds {} values for extents {ext:?}",
+                    data.len()
+                ),
             ));
         }
         let _g = netcdf_sys::libnetcdf_lock.lock();
         let mut varid = 0;
         // SAFETY: an open ncid, a valid C name and an out-pointer.
         let rc = unsafe { netcdf_sys::nc_inq_varid(self.ncid, c.as_ptr(), &mut varid) };
-        self.check(rc, &format!("variable `{name}` (the snapshot was written with other output settings?)"))?;
+        self.check(
+            rc,
+            &format!("variable `{name}` (the snapshot was written with other output settings?)"),
+        )?;
         if self.parallel {
             // SAFETY: an open ncid and one of its variables.
             let rc = unsafe {
@@ -1012,17 +1024,16 @@ impl RunWriter {
             .collect()
     }
 
-    /// Bring the run-file snapshot `dest` to this file after cycle `cycle` (every rank calls
-    /// it, after the same cycle). `valid`: the cycle up to which `dest` already equals this
-    /// file (this run brought it up to date before), so only the rows of the cycles since
-    /// are written into it, each rank its own part, collectively — a checkpoint costs the
-    /// output since the snapshot's last update, not the whole file. `None` (its state is not
-    /// known: the first use, or after a restart): the file so far is copied whole, atomically,
-    /// by the root. The run keeps writing to its own file.
+    /// Bring the run-file snapshot `dest` (a file of this run's layout: made by
+    /// `close_empty`, or updated by this method before) from cycle `valid`, up to which it
+    /// equals this file, to cycle `cycle`: only the rows of the cycles since are written into
+    /// it, each rank its own part, collectively, so a checkpoint costs the output since the
+    /// snapshot's last update, not the whole file. Every rank calls it after the same cycle;
+    /// the run keeps writing to its own file.
     pub fn snapshot(
         &mut self,
         dest: &Path,
-        valid: Option<usize>,
+        valid: usize,
         cycle: usize,
         comm: &dyn Collectives,
     ) -> Result<()> {
@@ -1031,22 +1042,31 @@ impl RunWriter {
             .flush_all()
             .and_then(|_| self.file.sync().map_err(at(&path, "sync")));
         agree(comm, res, &path, "flushing the run file")?;
-        // Every rank must take the same branch (the update is collective).
-        let valid = valid.filter(|&v| comm.all_ok(v <= cycle && dest.exists()));
-        let res = match valid {
-            Some(v) => self.append_to(dest, v / self.every..cycle / self.every, comm),
-            None if comm.is_root() => PendingFile::from_copy(dest, self.pending.tmp_path())
-                .and_then(|p| p.commit().map(|_| ())),
-            None => Ok(()),
-        };
-        agree(comm, res, dest, "the run-file snapshot")
+        // The update is collective: every rank must see the file before any opens it.
+        if !comm.all_ok(valid <= cycle && dest.exists()) {
+            return Err(GendaError::file(
+                dest,
+                format!("run-file snapshot missing, or ahead of cycle {cycle} (at {valid})"),
+            ));
+        }
+        let res = self.append_to(dest, valid / self.every..cycle / self.every, comm);
+        agree(comm, res, dest, "updating the run-file snapshot")
+    }
+
+    /// Close a file that has its variables, coordinates and global attributes but no rows
+    /// (a run-file snapshot before its first update) and move it into place.
+    pub fn close_empty(self, comm: &dyn Collectives) -> Result<PathBuf> {
+        let path = self.pending.target().to_path_buf();
+        let RunWriter { file, pending, .. } = self;
+        let res = file.close().map_err(at(&path, "close"));
+        agree(comm, res, &path, "closing the run-file snapshot")?;
+        pending.commit(comm)
     }
 
     /// Write this file's `rows` into `dest` (opened for writing by every rank).
     fn append_to(&mut self, dest: &Path, rows: Range<usize>, comm: &dyn Collectives) -> Result<()> {
         let mut out = RawNetcdf::open_write(dest, comm)?;
-        let mut dst =
-            |name: &str, e: &[Range<usize>], data: &[f64]| out.put(name, e, data);
+        let mut dst = |name: &str, e: &[Range<usize>], data: &[f64]| out.put(name, e, data);
         let path = self.pending.target().to_path_buf();
         copy_rows(&self.layout(), &self.file, &path, &mut dst, rows)?;
         out.close()

@@ -582,13 +582,8 @@ impl DiagScore {
                         .clone()
                         .zip(&kept)
                         .map(|(sh, rows)| {
-                            let mut rng = stream(
-                                seed,
-                                Purpose::Training,
-                                self.steps_done + i,
-                                sh as u64,
-                                4,
-                            );
+                            let mut rng =
+                                stream(seed, Purpose::Training, self.steps_done + i, sh as u64, 4);
                             let pick = Uniform::new(0, rows.len());
                             (0..per).map(|_| rows[pick.sample(&mut rng)]).collect()
                         })
@@ -624,7 +619,13 @@ impl DiagScore {
         }
         let (lo, hi) = noise.time_range();
         let tdist = Uniform::new(lo, hi);
-        let params: usize = self.net.vs.trainable_variables().iter().map(|v| v.numel()).sum();
+        let params: usize = self
+            .net
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(|v| v.numel())
+            .sum();
         let counts: Vec<usize> = part
             .per_rank(comm.size())
             .into_iter()
@@ -686,7 +687,8 @@ impl DiagScore {
                 sum.iter_mut().zip(shard).for_each(|(a, v)| *a += v);
             }
             let v = sum[params];
-            self.opt.step_with(&sum[..params], self.optim.clip_grad_norm)?;
+            self.opt
+                .step_with(&sum[..params], self.optim.clip_grad_norm)?;
             self.steps_done += 1;
             if !v.is_finite() {
                 return Err(GendaError::Score(format!(

@@ -439,8 +439,8 @@ mod tests {
         let part = RowShards::new(rows, 5, 0, 1).unwrap();
         assert_eq!(part.rows(), 0..rows);
         let a = ChannelNorm::fit(&data, dim, 2);
-        let b = ChannelNorm::fit_sharded(&data, dim, 2, &part, &crate::parallel::SerialComm)
-            .unwrap();
+        let b =
+            ChannelNorm::fit_sharded(&data, dim, 2, &part, &crate::parallel::SerialComm).unwrap();
         for (x, y) in a.u.iter().zip(&b.u).chain(a.s.iter().zip(&b.s)) {
             assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{x} vs {y}");
         }
