@@ -26,6 +26,8 @@ pub enum Purpose {
     Resampling = 8,
     Jitter = 9,
     ModelNoise = 10,
+    /// DAISI's stochastic inversion of the forecast members.
+    Inversion = 11,
 }
 
 #[inline]

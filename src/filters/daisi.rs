@@ -40,6 +40,23 @@ pub enum DaisiGuidance {
     Identity,
 }
 
+/// How the forecast members are carried to latents at `t_start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaisiInversion {
+    /// genda's: the probability-flow ODE by implicit (fixed-point) steps, the exact inverse of
+    /// the sampler's explicit steps (with `epsilon` = 0).
+    #[default]
+    Ode,
+    /// The paper's (Fig. 1: "applies the backward SDE to the forecast ensemble"; the authors'
+    /// group's `DAISI.invert`, docs/reference/daisi.md §2): Euler–Maruyama toward the noise,
+    /// dx = (v + ε_inv(t)·s) dt + √(2 ε_inv(t) dt) ξ with the score s = ε̂/t and
+    /// ε_inv(t) = `invert_epsilon`·t in genda's t (0.03·(1 − t) in the reference's, where t = 1
+    /// is the data), on the grid of `t_min`, `t_start`, `steps`. It keeps the interpolant's
+    /// marginals, so the latents are draws at `t_start`, not the members' images.
+    Sde,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaisiConfig {
@@ -58,6 +75,12 @@ pub struct DaisiConfig {
     /// Diffusion of the guided sampler relative to the standard reverse SDE (0: ODE).
     #[serde(default = "d_one")]
     pub epsilon: f64,
+    /// Inversion of the forecast members: "ode" (genda's, default) or "sde" (the paper's).
+    #[serde(default, skip_serializing_if = "is_default_inversion")]
+    pub inversion: DaisiInversion,
+    /// `inversion = "sde"`: ε_inv(t) = invert_epsilon·t (the reference's 0.03).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invert_epsilon: Option<f64>,
     #[serde(default)]
     pub guidance: DaisiGuidance,
     /// Scale λ of the likelihood score.
@@ -79,6 +102,9 @@ pub struct DaisiConfig {
     pub device: DeviceChoice,
 }
 
+fn is_default_inversion(v: &DaisiInversion) -> bool {
+    *v == DaisiInversion::Ode
+}
 fn d_t_start() -> f64 {
     0.9
 }
@@ -129,6 +155,20 @@ impl DaisiConfig {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(k, format!("must be finite and >= 0, got {v}"));
+            }
+        }
+        if let Some(e) = self.invert_epsilon {
+            if self.inversion != DaisiInversion::Sde {
+                return bad(
+                    "invert_epsilon",
+                    "is the noise of inversion = \"sde\" (the ODE inversion has none)".into(),
+                );
+            }
+            if !(e.is_finite() && e >= 0.0) {
+                return bad(
+                    "invert_epsilon",
+                    format!("must be finite and >= 0, got {e}"),
+                );
             }
         }
         if !(self.inflation.is_finite() && self.inflation > 0.0) {
@@ -310,6 +350,55 @@ pub fn invert(
     Ok(())
 }
 
+/// The reference's ε_inv of `inversion = "sde"` (docs/reference/daisi.md §2).
+pub const REFERENCE_INVERT_EPSILON: f64 = 0.03;
+
+/// The paper's inversion (`inversion = "sde"`): x (standardised members, rows of `n`, at
+/// t_min) → draws at t_start by Euler–Maruyama of the marginal-preserving SDE
+/// dx = (v + ε_inv(t) ε̂/t) dt + √(2 ε_inv(t) dt) ξ, ε_inv(t) = `invert_epsilon`·t (so
+/// ε_inv·s = `invert_epsilon`·ε̂, finite at t → 0). Noise keyed by (seed, cycle, step, member,
+/// global index from `offset`).
+pub fn invert_sde(
+    prior: &dyn InterpolantPrior,
+    cfg: &DaisiConfig,
+    x: &mut [f64],
+    n: usize,
+    seed: u64,
+    cycle: usize,
+    offset: usize,
+) -> Result<()> {
+    let ts = grid(cfg);
+    let eps_inv = cfg.invert_epsilon.unwrap_or(REFERENCE_INVERT_EPSILON);
+    let len = x.len();
+    let mut e = vec![0.0; len];
+    let mut z = vec![0.0; n];
+    for k in 0..cfg.steps {
+        let (t, h) = (ts[k], ts[k + 1] - ts[k]);
+        prior.eps(x, t, &mut e);
+        let sq = (2.0 * eps_inv * t * h).sqrt();
+        for (i, (xr, er)) in x.chunks_mut(n).zip(e.chunks(n)).enumerate() {
+            if sq > 0.0 {
+                let key = ((cycle as u64) << 24) + k as u64;
+                fill_standard_normal(seed, Purpose::Inversion, key, i as u64, offset, &mut z);
+            }
+            for c in 0..n {
+                let drift = velocity(er[c], xr[c], t) + eps_inv * er[c];
+                xr[c] += h * drift + if sq > 0.0 { sq * z[c] } else { 0.0 };
+            }
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(GendaError::Diverged {
+                cycle,
+                what: format!(
+                    "DAISI stochastic inversion produced non-finite values at t = {:.4}",
+                    ts[k + 1]
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Observation guidance at physical Tweedie estimates: for each row of `x0_phys` (M, n), the
 /// gradient Jᵀ (y − h(x̂₀))/(R + var_extra) into the same row of `out`.
 fn likelihood_gradient(input: &AnalysisInput, x0_phys: &[f64], var_extra: f64, out: &mut [f64]) {
@@ -419,7 +508,18 @@ pub fn daisi_analysis(
         }
     }
     let mut x: Vec<f64> = ens.iter().map(|v| (v - shift) / scale).collect();
-    invert(prior, cfg, &mut x, input.cycle)?;
+    match cfg.inversion {
+        DaisiInversion::Ode => invert(prior, cfg, &mut x, input.cycle)?,
+        DaisiInversion::Sde => invert_sde(
+            prior,
+            cfg,
+            &mut x,
+            n,
+            input.seed,
+            input.cycle,
+            input.domain.global(0),
+        )?,
+    }
     guided_sample(prior, cfg, &mut x, input, true)?;
     *ens = Array2::from_shape_vec((m, n), x.iter().map(|v| shift + scale * v).collect())
         .expect("ensemble shape");
@@ -536,7 +636,92 @@ mod tests {
             fixed_point_iters: 50,
             fixed_point_tol: 1e-10,
             device: DeviceChoice::Cpu,
+            inversion: DaisiInversion::Ode,
+            invert_epsilon: None,
         }
+    }
+
+    /// The paper's stochastic inversion keeps the interpolant's marginals: members drawn from
+    /// a Gaussian prior, inverted to t_start, are N(0, (1 − t)² + t²) in standardised
+    /// coordinates (mean and variance over 8000 draws, within 4 standard errors), for the
+    /// reference's ε_inv and a strong one; the draws differ from the ODE's images, and
+    /// ε_inv = 0 is the deterministic explicit flow.
+    #[test]
+    fn stochastic_inversion_keeps_the_interpolant_marginal() {
+        let prior = GaussianPrior {
+            mean: 2.0,
+            std: 3.0,
+        };
+        let (m, n) = (4000, 2);
+        let ens = members(m, n, 11, 2.0, 3.0);
+        let start: Vec<f64> = ens.iter().map(|v| (v - 2.0) / 3.0).collect();
+        for eps in [REFERENCE_INVERT_EPSILON, 1.0] {
+            for t_start in [0.5, 0.7] {
+                let c = DaisiConfig {
+                    t_start,
+                    inversion: DaisiInversion::Sde,
+                    invert_epsilon: Some(eps),
+                    ..cfg(200)
+                };
+                c.validate().unwrap();
+                let mut x = start.clone();
+                invert_sde(&prior, &c, &mut x, n, 5, 3, 0).unwrap();
+                let k = x.len() as f64;
+                let mean = x.iter().sum::<f64>() / k;
+                let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1.0);
+                let want = (1.0 - t_start).powi(2) + t_start * t_start;
+                let (se_m, se_v) = ((want / k).sqrt(), want * (2.0 / k).sqrt());
+                assert!(
+                    mean.abs() < 4.0 * se_m,
+                    "eps {eps}, t {t_start}: mean {mean}"
+                );
+                assert!(
+                    (var - want).abs() < 4.0 * se_v + 0.01 * want,
+                    "eps {eps}, t {t_start}: variance {var}, the marginal's {want}"
+                );
+                let mut ode = start.clone();
+                invert(&prior, &c, &mut ode, 3).unwrap();
+                let apart = x
+                    .iter()
+                    .zip(&ode)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    apart > 1e-2,
+                    "the SDE's draws are not the ODE's images ({apart})"
+                );
+            }
+        }
+        // Without noise it is the explicit Euler flow: deterministic, and first-order close to
+        // the implicit inverse (the gap halves with twice the steps).
+        let gap = |steps: usize, seed: u64| {
+            let c = DaisiConfig {
+                inversion: DaisiInversion::Sde,
+                invert_epsilon: Some(0.0),
+                ..cfg(steps)
+            };
+            let (mut a, mut ode) = (start.clone(), start.clone());
+            invert_sde(&prior, &c, &mut a, n, seed, 3, 0).unwrap();
+            invert(&prior, &c, &mut ode, 3).unwrap();
+            let g = a
+                .iter()
+                .zip(&ode)
+                .map(|(u, v)| (u - v).abs())
+                .fold(0.0, f64::max);
+            (a, g)
+        };
+        let ((a, g1), (b, _), (_, g2)) = (gap(400, 5), gap(400, 6), gap(800, 5));
+        assert_eq!(a, b);
+        assert!(
+            g1 < 0.05 && g2 < 0.6 * g1,
+            "explicit vs implicit flow: {g1} at 400 steps, {g2} at 800"
+        );
+        // invert_epsilon belongs to the SDE inversion.
+        let bad = DaisiConfig {
+            invert_epsilon: Some(0.03),
+            ..cfg(10)
+        };
+        assert!(bad.validate().is_err());
     }
 
     fn members(m: usize, n: usize, seed: u64, mean: f64, std: f64) -> Array2<f64> {
@@ -780,6 +965,8 @@ mod diag {
                 fixed_point_iters: 50,
                 fixed_point_tol: 1e-6,
                 device: DeviceChoice::Cpu,
+                inversion: DaisiInversion::Ode,
+                invert_epsilon: None,
             };
             for (label, c) in [
                 (
