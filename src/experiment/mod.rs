@@ -1378,7 +1378,9 @@ impl<'a> TwinRun<'a> {
         // The run file so far, beside the checkpoint: the snapshot the last checkpoint does not
         // name is brought up to this cycle (every rank its part of the rows since its last update).
         let slot = self.snapshots.next_slot();
-        let snap = if self.writer.is_some() {
+        let snap = if self.writer.is_none() {
+            None
+        } else {
             let p = snapshot_path(&self.ckpt_path, slot);
             // Its first use in this run: a file of the run's layout without rows (the
             // previous checkpoint does not name it, so it may be replaced).
@@ -1399,11 +1401,10 @@ impl<'a> TwinRun<'a> {
                     0
                 }
             };
-            let w = self.writer.as_mut().expect("checked");
-            w.snapshot(&p, valid, cycle, self.comm)?;
+            if let Some(w) = self.writer.as_mut() {
+                w.snapshot(&p, valid, cycle, self.comm)?;
+            }
             Some(p)
-        } else {
-            None
         };
         // The method's and the assessor's state, from the root (replicated on every rank).
         let root = self.comm.is_root();

@@ -57,6 +57,18 @@ pub enum DaisiInversion {
     Sde,
 }
 
+/// The diffusion of the guided sampler, β(t) in dx = −v dt + ½β s dt + √β dW (backward in t).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaisiDiffusion {
+    /// genda's: β = `epsilon` × the standard reverse-SDE diffusion 2t/(1 − t).
+    #[default]
+    Genda,
+    /// The reference's ε(t) = `epsilon`·(1 − t) in its time (t = 1 data; genda's `epsilon`·t),
+    /// i.e. β = 2·`epsilon`·t, dx = −v dt + ε s dt + √(2ε) dW (the authors' group's code: 0.03).
+    Linear,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaisiConfig {
@@ -75,6 +87,10 @@ pub struct DaisiConfig {
     /// Diffusion of the guided sampler relative to the standard reverse SDE (0: ODE).
     #[serde(default = "d_one")]
     pub epsilon: f64,
+    /// What `epsilon` scales: "genda" (the standard reverse-SDE diffusion, default) or
+    /// "linear" (the reference's ε(t)).
+    #[serde(default, skip_serializing_if = "is_default_diffusion")]
+    pub diffusion: DaisiDiffusion,
     /// Inversion of the forecast members: "ode" (genda's, default) or "sde" (the paper's).
     #[serde(default, skip_serializing_if = "is_default_inversion")]
     pub inversion: DaisiInversion,
@@ -102,6 +118,9 @@ pub struct DaisiConfig {
     pub device: DeviceChoice,
 }
 
+fn is_default_diffusion(v: &DaisiDiffusion) -> bool {
+    *v == DaisiDiffusion::Genda
+}
 fn is_default_inversion(v: &DaisiInversion) -> bool {
     *v == DaisiInversion::Ode
 }
@@ -460,7 +479,11 @@ pub fn guided_sample(
             prior.eps(x, t, &mut e);
         }
         let g2 = 2.0 * t / (1.0 - t);
-        let beta = if guided { cfg.epsilon * g2 } else { 0.0 };
+        let beta = match (guided, cfg.diffusion) {
+            (false, _) => 0.0,
+            (true, DaisiDiffusion::Genda) => cfg.epsilon * g2,
+            (true, DaisiDiffusion::Linear) => 2.0 * cfg.epsilon * t,
+        };
         let sq = (beta * h).sqrt();
         let cg = 0.5 * (g2 + beta) * h * lambda * scale / (1.0 - t);
         for i in 0..m {
@@ -636,6 +659,7 @@ mod tests {
             fixed_point_iters: 50,
             fixed_point_tol: 1e-10,
             device: DeviceChoice::Cpu,
+            diffusion: DaisiDiffusion::Genda,
             inversion: DaisiInversion::Ode,
             invert_epsilon: None,
         }
@@ -841,6 +865,73 @@ mod tests {
             assert!(mean.iter().skip(1).all(|v| v.abs() < 0.2), "{mean}");
             assert!(var0 < 0.8 && var0 > 0.1, "{guidance:?}: var {var0}");
         }
+        // The reference's conventions (stochastic inversion, linear diffusion 0.03, t_min 0.3
+        // in its time, 100 steps, DPS: γ = 0): the same posterior within the same bounds.
+        let mut ens = members(m, n, 5, 0.0, 1.0);
+        let c = DaisiConfig {
+            t_start: 0.7,
+            inversion: DaisiInversion::Sde,
+            invert_epsilon: Some(REFERENCE_INVERT_EPSILON),
+            diffusion: DaisiDiffusion::Linear,
+            epsilon: 0.03,
+            gamma: 0.0,
+            ..cfg(100)
+        };
+        daisi_analysis(&prior, &c, &mut ens, &input).unwrap();
+        let mean = ens.mean_axis(Axis(0)).unwrap();
+        let var0 = ens
+            .column(0)
+            .iter()
+            .map(|v| (v - mean[0]).powi(2))
+            .sum::<f64>()
+            / (m - 1) as f64;
+        eprintln!("DAISI reference conventions: mean {mean:.3}, var0 {var0:.3}");
+        assert!(
+            (mean[0] - 0.8).abs() < 0.2,
+            "reference conventions: mean {}",
+            mean[0]
+        );
+        assert!(mean.iter().skip(1).all(|v| v.abs() < 0.2), "{mean}");
+        assert!(
+            var0 < 0.8 && var0 > 0.1,
+            "reference conventions: var {var0}"
+        );
+    }
+
+    /// The reference's linear diffusion keeps the interpolant's marginals too: unguided
+    /// (λ = 0) draws from the exact marginal at t_start end as N(0, (1 − t)² + t²) at t_min.
+    #[test]
+    fn linear_diffusion_sampler_keeps_the_marginal() {
+        let prior = GaussianPrior {
+            mean: 0.0,
+            std: 1.0,
+        };
+        let (m, n) = (4000, 2);
+        let (t0, t1) = (0.7, 1e-3);
+        let sd = ((1.0f64 - t0).powi(2) + t0 * t0).sqrt();
+        let mut x: Vec<f64> = members(m, n, 21, 0.0, sd).iter().cloned().collect();
+        let h = PointObs::new(n, vec![0], false);
+        let input = AnalysisInput::whole(&[0.0], &h, &[1.0], 2, 4);
+        let c = DaisiConfig {
+            t_start: t0,
+            t_min: t1,
+            diffusion: DaisiDiffusion::Linear,
+            epsilon: 0.5,
+            guidance_scale: 0.0,
+            ..cfg(400)
+        };
+        let before = x.clone();
+        guided_sample(&prior, &c, &mut x, &input, true).unwrap();
+        let k = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / k;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1.0);
+        let want = (1.0 - t1).powi(2) + t1 * t1;
+        assert!(mean.abs() < 4.0 * (want / k).sqrt(), "mean {mean}");
+        assert!(
+            (var - want).abs() < 4.0 * want * (2.0 / k).sqrt() + 0.01,
+            "var {var}, want {want}"
+        );
+        assert!(x.iter().zip(&before).any(|(a, b)| (a - b).abs() > 0.1));
     }
 
     #[test]
@@ -965,6 +1056,7 @@ mod diag {
                 fixed_point_iters: 50,
                 fixed_point_tol: 1e-6,
                 device: DeviceChoice::Cpu,
+                diffusion: DaisiDiffusion::Genda,
                 inversion: DaisiInversion::Ode,
                 invert_epsilon: None,
             };

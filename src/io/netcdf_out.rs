@@ -542,6 +542,9 @@ pub(crate) fn put_block<T: netcdf::NcTypeDescriptor>(
         .map_err(at(path, &format!("write {name}")))
 }
 
+/// Where `copy_rows` puts a block: (variable, extents, values).
+type RowSink<'a> = dyn FnMut(&str, &[Range<usize>], &[f64]) -> Result<()> + 'a;
+
 /// Copy the time rows `rows` of every variable of `vars` (name, this rank's extents after
 /// `time`, its and the global row length) from `src` into `dst`, in blocks of ≈ 1 MiB of the
 /// global row. Every rank makes the same calls (those without a part with empty blocks), so
@@ -550,7 +553,7 @@ fn copy_rows(
     vars: &[(&'static str, Vec<Range<usize>>, usize, usize)],
     src: &netcdf::File,
     src_path: &Path,
-    dst: &mut dyn FnMut(&str, &[Range<usize>], &[f64]) -> Result<()>,
+    dst: &mut RowSink<'_>,
     rows: Range<usize>,
 ) -> Result<()> {
     for (name, ext, local, global) in vars {

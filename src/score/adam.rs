@@ -150,7 +150,7 @@ impl Adam {
                         flat.len()
                     ))
                 })?;
-                let _ = g.copy_(&from_f64(part, &g, "gradient")?);
+                g.copy_(&from_f64(part, &g, "gradient")?);
                 off += k;
             }
             if off != flat.len() {
