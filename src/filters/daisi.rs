@@ -34,7 +34,6 @@ use std::path::PathBuf;
 #[serde(rename_all = "snake_case")]
 pub enum DaisiGuidance {
     /// Exact: (∂x̂₀/∂x)ᵀ g by one backward pass through the network (DPS-style).
-    #[default]
     Vjp,
     /// ∂x̂₀/∂x ≈ I/α (no network backward pass).
     Identity,
@@ -42,7 +41,8 @@ pub enum DaisiGuidance {
     /// Tweedie estimate with its covariance, ∇ log N(y; h(x̂₀), R + A Σ Aᵀ), Σ = (t²/(1 − t))·
     /// scale²·∂x̂₀/∂x, A = ∂h at x̂₀ (a point operator), the inverse by one GMRES iteration from
     /// zero; Σ Aᵀ r by one backward pass (∂x̂₀/∂x is symmetric for a score network), then the
-    /// gradient through x̂₀ by a second one. `gamma` is not used.
+    /// gradient through x̂₀ by a second one. `gamma` is not used. The default.
+    #[default]
     Mmps,
 }
 
@@ -52,14 +52,14 @@ pub enum DaisiGuidance {
 pub enum DaisiInversion {
     /// genda's: the probability-flow ODE by implicit (fixed-point) steps, the exact inverse of
     /// the sampler's explicit steps (with `epsilon` = 0).
-    #[default]
     Ode,
     /// The paper's (Fig. 1: "applies the backward SDE to the forecast ensemble"; the authors'
     /// group's `DAISI.invert`, docs/reference/daisi.md §2): Euler–Maruyama toward the noise,
     /// dx = (v + ε_inv(t)·s) dt + √(2 ε_inv(t) dt) ξ with the score s = ε̂/t and
     /// ε_inv(t) = `invert_epsilon`·t in genda's t (0.03·(1 − t) in the reference's, where t = 1
     /// is the data), on the grid of `t_min`, `t_start`, `steps`. It keeps the interpolant's
-    /// marginals, so the latents are draws at `t_start`, not the members' images.
+    /// marginals, so the latents are draws at `t_start`, not the members' images. The default.
+    #[default]
     Sde,
 }
 
@@ -68,10 +68,11 @@ pub enum DaisiInversion {
 #[serde(rename_all = "snake_case")]
 pub enum DaisiDiffusion {
     /// genda's: β = `epsilon` × the standard reverse-SDE diffusion 2t/(1 − t).
-    #[default]
     Genda,
     /// The reference's ε(t) = `epsilon`·(1 − t) in its time (t = 1 data; genda's `epsilon`·t),
     /// i.e. β = 2·`epsilon`·t, dx = −v dt + ε s dt + √(2ε) dW (the authors' group's code: 0.03).
+    /// The default.
+    #[default]
     Linear,
 }
 
@@ -81,23 +82,26 @@ pub struct DaisiConfig {
     pub members: usize,
     /// Prior network weights written by `genda train` (interpolant process).
     pub weights: PathBuf,
-    /// Time the forecast members are inverted to (partial inversion: < the network's t_max).
+    /// Time the forecast members are inverted to (partial inversion: < the network's t_max;
+    /// default 0.7, the reference's t_min = 0.3 in its time, where t = 1 is the data).
     #[serde(default = "d_t_start")]
     pub t_start: f64,
     /// Smallest time: inversion starts and sampling ends here.
     #[serde(default = "d_t_min")]
     pub t_min: f64,
-    /// Time steps between t_min and t_start (the same grid for inversion and sampling).
+    /// Time steps between t_min and t_start (the same grid for inversion and sampling; default
+    /// 100, the reference's).
     #[serde(default = "d_steps")]
     pub steps: usize,
-    /// Diffusion of the guided sampler relative to the standard reverse SDE (0: ODE).
-    #[serde(default = "d_one")]
+    /// Diffusion of the guided sampler (0: ODE): ε of the reference's ε(t) (default 0.03), or
+    /// with `diffusion = "genda"` relative to the standard reverse SDE.
+    #[serde(default = "d_epsilon")]
     pub epsilon: f64,
-    /// What `epsilon` scales: "genda" (the standard reverse-SDE diffusion, default) or
-    /// "linear" (the reference's ε(t)).
+    /// What `epsilon` scales: "linear" (the reference's ε(t), default) or "genda" (the
+    /// standard reverse-SDE diffusion).
     #[serde(default, skip_serializing_if = "is_default_diffusion")]
     pub diffusion: DaisiDiffusion,
-    /// Inversion of the forecast members: "ode" (genda's, default) or "sde" (the paper's).
+    /// Inversion of the forecast members: "sde" (the paper's, default) or "ode" (genda's).
     #[serde(default, skip_serializing_if = "is_default_inversion")]
     pub inversion: DaisiInversion,
     /// `inversion = "sde"`: ε_inv(t) = invert_epsilon·t (the reference's 0.03).
@@ -125,19 +129,22 @@ pub struct DaisiConfig {
 }
 
 fn is_default_diffusion(v: &DaisiDiffusion) -> bool {
-    *v == DaisiDiffusion::Genda
+    *v == DaisiDiffusion::default()
 }
 fn is_default_inversion(v: &DaisiInversion) -> bool {
-    *v == DaisiInversion::Ode
+    *v == DaisiInversion::default()
 }
 fn d_t_start() -> f64 {
-    0.9
+    0.7
 }
 fn d_t_min() -> f64 {
     1e-3
 }
 fn d_steps() -> usize {
-    50
+    100
+}
+fn d_epsilon() -> f64 {
+    0.03
 }
 fn d_one() -> f64 {
     1.0
