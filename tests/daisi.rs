@@ -99,6 +99,42 @@ fn daisi_trains_a_prior_and_runs_cycles_to_netcdf() {
         "{spread:?}"
     );
     drop(_g);
+    // The reference's conventions (the defaults: stochastic inversion, linear diffusion, MMPS)
+    // run too; and the numbers do not depend on libtorch's thread count (a loaded network runs
+    // on one libtorch thread on the CPU, whatever OMP_NUM_THREADS says).
+    let mut outs = Vec::new();
+    for threads in ["1", "2"] {
+        let o2 = d.join(format!("daisi_ref_{threads}.nc"));
+        let o = std::process::Command::new(genda_bin())
+            .args([
+                "run",
+                run_cfg.to_str().unwrap(),
+                "-o",
+                o2.to_str().unwrap(),
+                "--quiet",
+                "--set",
+                "filter.inversion=\"sde\"",
+                "--set",
+                "filter.diffusion=\"linear\"",
+                "--set",
+                "filter.epsilon=0.03",
+                "--set",
+                "filter.guidance=\"mmps\"",
+                "--set",
+                "filter.t_start=0.7",
+            ])
+            .env("OMP_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        outs.push(o2);
+    }
+    let (a, b) = (
+        nc_var(&outs[0], "analysis_mean"),
+        nc_var(&outs[1], "analysis_mean"),
+    );
+    assert!(a.iter().all(|v| v.is_finite()), "{a:?}");
+    assert_eq!(a, b, "DAISI's numbers depend on libtorch's thread count");
 
     // A VP-trained score network is not an interpolant prior: a clear error naming the file.
     let tv = train_config(d, &data, "configs/train_l63_score.toml", "vp", 5);

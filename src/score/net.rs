@@ -610,7 +610,11 @@ impl ScoreNetwork {
         Ok(net)
     }
 
-    /// Load weights written by `genda train`, refusing a different forward process.
+    /// Load weights written by `genda train`, refusing a different forward process. On the
+    /// CPU this sets libtorch's (process-wide) thread count to 1, as `for_fine_tuning` does:
+    /// with libtorch's default (one thread per core) a DAISI or SDA run's numbers depended on
+    /// the node's core count (2·10⁻⁸ relative in a 200-cycle L63 DAISI run here) and its small
+    /// networks ran 5× slower on this 2-core machine.
     pub fn load(
         path: &std::path::Path,
         expected_process: Option<&ForwardProcess>,
@@ -619,6 +623,9 @@ impl ScoreNetwork {
         let tf = crate::io::read_tensor_file(path)?;
         let origin = path.display().to_string();
         let net = Self::from_tensor_file(&tf, "params", device, &origin)?;
+        if net.device() == Device::Cpu {
+            tch::set_num_threads(1);
+        }
         if let Some(p) = expected_process {
             if p != &net.process {
                 return Err(GendaError::Score(format!(
