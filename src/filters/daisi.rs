@@ -99,10 +99,10 @@ pub struct DaisiConfig {
     pub epsilon: f64,
     /// What `epsilon` scales: "linear" (the reference's ε(t), default) or "genda" (the
     /// standard reverse-SDE diffusion).
-    #[serde(default, skip_serializing_if = "is_default_diffusion")]
+    #[serde(default)]
     pub diffusion: DaisiDiffusion,
     /// Inversion of the forecast members: "sde" (the paper's, default) or "ode" (genda's).
-    #[serde(default, skip_serializing_if = "is_default_inversion")]
+    #[serde(default)]
     pub inversion: DaisiInversion,
     /// `inversion = "sde"`: ε_inv(t) = invert_epsilon·t (the reference's 0.03).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,12 +128,6 @@ pub struct DaisiConfig {
     pub device: DeviceChoice,
 }
 
-fn is_default_diffusion(v: &DaisiDiffusion) -> bool {
-    *v == DaisiDiffusion::default()
-}
-fn is_default_inversion(v: &DaisiInversion) -> bool {
-    *v == DaisiInversion::default()
-}
 fn d_t_start() -> f64 {
     0.7
 }
