@@ -971,8 +971,15 @@ struct Snapshots {
 impl Snapshots {
     /// After a restart from a checkpoint at `cycle` naming `live`: when that is one of this
     /// run's slots (the same checkpoint path), it equals the rows copied from it.
+    /// The file is compared, not its spelling (`--restart ./out/r.ckpt.h5` against a config's
+    /// `out/r.ckpt.h5`): taking the live snapshot for a free slot would overwrite it before the
+    /// next checkpoint names another.
     fn restart_from(&mut self, live: PathBuf, ckpt: &Path, cycle: usize) {
-        self.live_slot = (0..2).find(|&k| snapshot_path(ckpt, k) == live);
+        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => a == b,
+        };
+        self.live_slot = (0..2).find(|&k| same(&snapshot_path(ckpt, k), &live));
         if let Some(k) = self.live_slot {
             self.valid[k] = Some(cycle);
         }
@@ -1609,4 +1616,35 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
     write_trajectory(h5_path, &traj, &config_toml)?;
     let nc = writer.finish(&comm, None, &[], None)?;
     Ok((nc, h5_path.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restart names its snapshot by another spelling of the same path: it is still known
+    /// as this run's slot, so the next checkpoint updates the other one.
+    #[test]
+    fn restart_knows_its_snapshot_by_any_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("r.ckpt.h5");
+        for slot in 0..2 {
+            let file = snapshot_path(&ckpt, slot);
+            std::fs::write(&file, b"x").unwrap();
+            std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+            let spelled = dir.path().join("sub/..").join(file.file_name().unwrap());
+            assert_ne!(spelled, file, "the spelling must differ");
+            let mut s = Snapshots::default();
+            s.restart_from(spelled, &ckpt, 12);
+            assert_eq!(s.live_slot, Some(slot));
+            assert_eq!(s.valid[slot], Some(12));
+            assert_eq!(s.next_slot(), 1 - slot);
+        }
+        // Another checkpoint's snapshot is none of this run's slots.
+        let other = dir.path().join("other.ckpt.h5.run-a.nc");
+        std::fs::write(&other, b"x").unwrap();
+        let mut s = Snapshots::default();
+        s.restart_from(other, &ckpt, 12);
+        assert_eq!((s.live_slot, s.next_slot()), (None, 0));
+    }
 }
