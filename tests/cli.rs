@@ -661,35 +661,7 @@ fn masf_and_sf_learn_a_prior_and_assimilate_l63() {
 #[test]
 fn masf_and_sf_reference_variants_run_and_refuse_mixed_settings() {
     let dir = tempfile::tempdir().unwrap();
-    let data = config_variant(
-        dir.path(),
-        "configs/masf_l63_climatology.toml",
-        "clim.toml",
-        &[("cycles = 1000", "cycles = 100")],
-    );
-    let clim = dir.path().join("clim.nc");
-    let o = genda(&[
-        "truth",
-        data.to_str().unwrap(),
-        "-o",
-        clim.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let h5 = dir.path().join("clim.h5");
-    let pre = format!("pretrain_data = \"{}\"", h5.display());
-    let cfg = config_variant(
-        dir.path(),
-        "configs/masf_l63_gap100_reference.toml",
-        "r.toml",
-        &[
-            ("cycles = 300", "cycles = 6"),
-            ("burn_in = 50", "burn_in = 1"),
-            (
-                "pretrain_data = \"output/masf_l63_climatology.truth.h5\"",
-                pre.as_str(),
-            ),
-        ],
-    );
+    let cfg = masf_l63_reference_config(dir.path(), 6);
     for (method, extra) in [("masf", "filter.steps=60"), ("sf", "filter.steps=120")] {
         let out = dir.path().join(format!("{method}.nc"));
         let o = genda(&[

@@ -468,37 +468,7 @@ fn bad_slab_inputs_are_clear_errors_under_mpirun() {
 #[test]
 fn masf_sharded_pretraining_on_two_ranks_equals_one_rank() {
     let dir = tempfile::tempdir().unwrap();
-    let data = config_variant(
-        dir.path(),
-        "configs/masf_l63_climatology.toml",
-        "clim.toml",
-        &[("cycles = 1000", "cycles = 100")],
-    );
-    let clim = dir.path().join("clim.nc");
-    let o = genda(&[
-        "truth",
-        data.to_str().unwrap(),
-        "-o",
-        clim.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let pre = format!(
-        "pretrain_data = \"{}\"",
-        dir.path().join("clim.h5").display()
-    );
-    let cfg = config_variant(
-        dir.path(),
-        "configs/masf_l63_gap100_reference.toml",
-        "r.toml",
-        &[
-            ("cycles = 300", "cycles = 4"),
-            ("burn_in = 50", "burn_in = 1"),
-            (
-                "pretrain_data = \"output/masf_l63_climatology.truth.h5\"",
-                pre.as_str(),
-            ),
-        ],
-    );
+    let cfg = masf_l63_reference_config(dir.path(), 4);
     let sets = |shards: &str| {
         vec![
             "--set".to_string(),

@@ -947,13 +947,7 @@ mod tests {
                 ..cfg(100)
             };
             daisi_analysis(&prior, &c, &mut ens, &input).unwrap();
-            let mean = ens.mean_axis(Axis(0)).unwrap();
-            let var0 = ens
-                .column(0)
-                .iter()
-                .map(|v| (v - mean[0]).powi(2))
-                .sum::<f64>()
-                / (m - 1) as f64;
+            let (mean, var0) = posterior_moments(&ens);
             eprintln!(
                 "DAISI {guidance:?}: mean {mean:.3}, var0 {var0:.3}; Kalman mean 0.8, var 0.333"
             );
@@ -977,13 +971,8 @@ mod tests {
                 ..cfg(steps)
             };
             daisi_analysis(&prior, &c, &mut ens, &input).unwrap();
-            let mean = ens.column(0).mean().unwrap();
-            let var = ens
-                .column(0)
-                .iter()
-                .map(|v| (v - mean).powi(2))
-                .sum::<f64>()
-                / (m - 1) as f64;
+            let (means, var) = posterior_moments(&ens);
+            let mean = means[0];
             eprintln!("DAISI MMPS, {steps} steps: mean {mean:.3}, var0 {var:.3}");
             (mean, var)
         };
@@ -1009,13 +998,7 @@ mod tests {
             ..cfg(100)
         };
         daisi_analysis(&prior, &c, &mut ens, &input).unwrap();
-        let mean = ens.mean_axis(Axis(0)).unwrap();
-        let var0 = ens
-            .column(0)
-            .iter()
-            .map(|v| (v - mean[0]).powi(2))
-            .sum::<f64>()
-            / (m - 1) as f64;
+        let (mean, var0) = posterior_moments(&ens);
         eprintln!("DAISI reference conventions: mean {mean:.3}, var0 {var0:.3}");
         assert!(
             (mean[0] - 0.8).abs() < 0.2,
@@ -1027,6 +1010,18 @@ mod tests {
             var0 < 0.8 && var0 > 0.1,
             "reference conventions: var {var0}"
         );
+    }
+
+    /// The members' mean and the (unbiased) variance of component 0.
+    fn posterior_moments(ens: &Array2<f64>) -> (ndarray::Array1<f64>, f64) {
+        let mean = ens.mean_axis(Axis(0)).unwrap();
+        let var0 = ens
+            .column(0)
+            .iter()
+            .map(|v| (v - mean[0]).powi(2))
+            .sum::<f64>()
+            / (ens.nrows() - 1) as f64;
+        (mean, var0)
     }
 
     /// The reference's linear diffusion keeps the interpolant's marginals too: unguided

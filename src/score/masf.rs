@@ -461,40 +461,65 @@ impl DiagScore {
         };
         let (lo, hi) = noise.time_range();
         let tdist = Uniform::new(lo, hi);
-        let mut z = vec![0.0; d];
         let mut last = f64::NAN;
         for rows in batches {
             let step = self.steps_done;
-            let b = rows.len();
-            let mut rng = stream(seed, Purpose::Training, step, u64::MAX, 2);
-            let mut xs = vec![0f32; b * d];
-            let mut tg = vec![0f32; b * d];
-            let mut ts = vec![0f32; b];
-            for (r, &i) in rows.iter().enumerate() {
-                let t = tdist.sample(&mut rng);
-                fill_standard_normal(seed, Purpose::Training, step, r as u64, 0, &mut z);
-                for k in 0..d {
-                    let x0 = data[i * d + k];
-                    xs[r * d + k] = noise.noised(k, x0, t, z[k]) as f32;
-                    tg[r * d + k] = match training.target {
-                        Target::Epsilon => -z[k] as f32,
-                        Target::X0 => x0 as f32,
-                    };
-                }
-                ts[r] = t as f32;
-            }
-            let shape = [b as i64, d as i64];
-            let dev = self.net.device();
-            let x = Tensor::from_slice(&xs).reshape(shape).to(dev);
-            let target = Tensor::from_slice(&tg).reshape(shape).to(dev);
-            let tt = Tensor::from_slice(&ts).to(dev);
-            let loss = (self.net.eps_hat(&x, &tt) - target)
-                .square()
-                .mean(Kind::Float)
-                * training.loss_scale;
+            let err = self.batch_error(
+                noise,
+                data,
+                &rows,
+                training.target,
+                &tdist,
+                (seed, step),
+                u64::MAX,
+                |r| r as u64,
+            );
+            let loss = err.square().mean(Kind::Float) * training.loss_scale;
             last = self.adam_step(&loss, "prior score")?;
         }
         Ok(last)
+    }
+
+    /// The network's output minus its target on rows `rows` of `data` noised under `noise`
+    /// at (seed, step) `at`: the times drawn in row order from the stream (seed, step,
+    /// `member`, 2), row r's noise keyed by `key(r)`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_error(
+        &self,
+        noise: &dyn Noising,
+        data: &[f64],
+        rows: &[usize],
+        target: Target,
+        tdist: &Uniform<f64>,
+        (seed, step): (u64, u64),
+        member: u64,
+        key: impl Fn(usize) -> u64,
+    ) -> Tensor {
+        let (d, b) = (self.dim, rows.len());
+        let mut rng = stream(seed, Purpose::Training, step, member, 2);
+        let mut z = vec![0.0; d];
+        let mut xs = vec![0f32; b * d];
+        let mut tg = vec![0f32; b * d];
+        let mut ts = vec![0f32; b];
+        for (r, &i) in rows.iter().enumerate() {
+            let t = tdist.sample(&mut rng);
+            fill_standard_normal(seed, Purpose::Training, step, key(r), 0, &mut z);
+            for k in 0..d {
+                let x0 = data[i * d + k];
+                xs[r * d + k] = noise.noised(k, x0, t, z[k]) as f32;
+                tg[r * d + k] = match target {
+                    Target::Epsilon => -z[k] as f32,
+                    Target::X0 => x0 as f32,
+                };
+            }
+            ts[r] = t as f32;
+        }
+        let shape = [b as i64, d as i64];
+        let dev = self.net.device();
+        let x = Tensor::from_slice(&xs).reshape(shape).to(dev);
+        let target = Tensor::from_slice(&tg).reshape(shape).to(dev);
+        let tt = Tensor::from_slice(&ts).to(dev);
+        self.net.eps_hat(&x, &tt) - target
     }
 
     /// `fit_phase` on data sharded over the ranks of `comm` (`part`; `data`: the rows of this
@@ -631,7 +656,6 @@ impl DiagScore {
             .into_iter()
             .map(|k| k * (params + 1))
             .collect();
-        let mut z = vec![0.0; d];
         let mut last = f64::NAN;
         for (rows_by_shard, total) in steps {
             let step = self.steps_done;
@@ -641,35 +665,19 @@ impl DiagScore {
                     local.extend(std::iter::repeat_n(0.0, params + 1));
                     continue;
                 }
-                let b = rows.len();
-                let mut rng = stream(seed, Purpose::Training, step, sh as u64, 2);
-                let mut xs = vec![0f32; b * d];
-                let mut tg = vec![0f32; b * d];
-                let mut ts = vec![0f32; b];
-                for (r, &gi) in rows.iter().enumerate() {
-                    let i = gi - first;
-                    let t = tdist.sample(&mut rng);
-                    let key = (sh * per + r) as u64;
-                    fill_standard_normal(seed, Purpose::Training, step, key, 0, &mut z);
-                    for k in 0..d {
-                        let x0 = data[i * d + k];
-                        xs[r * d + k] = noise.noised(k, x0, t, z[k]) as f32;
-                        tg[r * d + k] = match training.target {
-                            Target::Epsilon => -z[k] as f32,
-                            Target::X0 => x0 as f32,
-                        };
-                    }
-                    ts[r] = t as f32;
-                }
-                let shape = [b as i64, d as i64];
-                let dev = self.net.device();
-                let x = Tensor::from_slice(&xs).reshape(shape).to(dev);
-                let target = Tensor::from_slice(&tg).reshape(shape).to(dev);
-                let tt = Tensor::from_slice(&ts).to(dev);
-                let loss = (self.net.eps_hat(&x, &tt) - target)
-                    .square()
-                    .sum(Kind::Float)
-                    * (training.loss_scale / (total * d) as f64);
+                let held: Vec<usize> = rows.iter().map(|&gi| gi - first).collect();
+                let err = self.batch_error(
+                    noise,
+                    data,
+                    &held,
+                    training.target,
+                    &tdist,
+                    (seed, step),
+                    sh as u64,
+                    |r| (sh * per + r) as u64,
+                );
+                let loss =
+                    err.square().sum(Kind::Float) * (training.loss_scale / (total * d) as f64);
                 let g = self.opt.backward_grads(&loss)?;
                 if g.len() != params {
                     return Err(GendaError::Score(format!(

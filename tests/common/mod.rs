@@ -258,3 +258,38 @@ pub fn assert_same_contents(a: &Path, b: &Path, what: &str) {
         );
     }
 }
+
+/// A 100-state L63 climatology (`genda truth` of configs/masf_l63_climatology.toml) in `dir`,
+/// and configs/masf_l63_gap100_reference.toml pre-training on it, `cycles` cycles, burn-in 1:
+/// the MASF/SF reference variants' small end-to-end case.
+pub fn masf_l63_reference_config(dir: &Path, cycles: usize) -> PathBuf {
+    let data = config_variant(
+        dir,
+        "configs/masf_l63_climatology.toml",
+        "clim.toml",
+        &[("cycles = 1000", "cycles = 100")],
+    );
+    let clim = dir.join("clim.nc");
+    let o = genda(&[
+        "truth",
+        data.to_str().unwrap(),
+        "-o",
+        clim.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pre = format!("pretrain_data = \"{}\"", dir.join("clim.h5").display());
+    let c = format!("cycles = {cycles}");
+    config_variant(
+        dir,
+        "configs/masf_l63_gap100_reference.toml",
+        "r.toml",
+        &[
+            ("cycles = 300", c.as_str()),
+            ("burn_in = 50", "burn_in = 1"),
+            (
+                "pretrain_data = \"output/masf_l63_climatology.truth.h5\"",
+                pre.as_str(),
+            ),
+        ],
+    )
+}
