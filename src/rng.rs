@@ -28,6 +28,8 @@ pub enum Purpose {
     ModelNoise = 10,
     /// DAISI's stochastic inversion of the forecast members.
     Inversion = 11,
+    /// The free run a fitted CG surrogate's climatology comes from (Ω).
+    SurrogateFit = 12,
 }
 
 #[inline]

@@ -587,11 +587,85 @@ fn omega_beats_enkf_on_spekf_and_refuses_bad_input() {
             vec![("operator = \"sparse\"", "operator = \"arctan\"")],
             "omega observes the conditionally Gaussian model's observed variables directly",
         ),
+        (
+            "configs/omega_surrogate_lorenz96.toml",
+            vec![("\nsurrogate = \"fitted\"", "\n")],
+            "cg_lorenz96 with y_advection > 0 has no conditionally Gaussian structure",
+        ),
+        (
+            "configs/l96_sakov2008.toml",
+            vec![
+                (
+                    "method = \"etkf\"",
+                    "method = \"omega\"\nsurrogate = \"fitted\"",
+                ),
+                ("inflation = 1.02", ""),
+                ("rotation = false", ""),
+            ],
+            "lorenz96 has no conditionally Gaussian surrogate",
+        ),
     ];
     for (i, (cfg, edits, msg)) in bad.iter().enumerate() {
         let c = config_variant(dir.path(), cfg, &format!("bad{i}.toml"), edits);
         assert_run_fails_without_output(&c, &dir.path().join(format!("bad{i}.nc")), msg);
     }
+}
+
+/// Ω on a truth that is not conditionally Gaussian (two-layer L96 with self-advected small
+/// scales): the baseline made of the fitted CG surrogate (the mean stochastic model) beats the
+/// truncated surrogate's and EnKF's hidden RMSE.
+#[test]
+fn omega_with_a_fitted_surrogate_on_a_non_cg_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = [
+        ("cycles = 500", "cycles = 60"),
+        ("burn_in = 50", "burn_in = 10"),
+        (
+            "method = \"omega\"",
+            "method = \"omega\"\nbaseline_only = true",
+        ),
+    ];
+    let run = |name: &str, edits: &[(&str, &str)]| -> f64 {
+        let mut e = short.to_vec();
+        e.extend_from_slice(edits);
+        let cfg = config_variant(
+            dir.path(),
+            "configs/omega_surrogate_lorenz96.toml",
+            &format!("{name}.toml"),
+            &e,
+        );
+        let out = dir.path().join(format!("{name}.nc"));
+        let o = genda(&["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        nc_attr_f64(&out, "rmse_analysis_hidden_time_mean")
+    };
+    let fitted = run("fitted", &[]);
+    let truncated = run(
+        "truncated",
+        &[("\nsurrogate = \"fitted\"", "\nsurrogate = \"truncated\"")],
+    );
+    let enkf = run(
+        "enkf",
+        &[
+            (
+                "method = \"omega\"\nbaseline_only = true",
+                "method = \"enkf\"",
+            ),
+            ("\nsurrogate = \"fitted\"", "\n"),
+            ("bandwidth_scale = 1.0", ""),
+            ("residual_steps = 30", ""),
+            ("history = 3", ""),
+            ("levels = 10", ""),
+            ("steps_per_level = 3", ""),
+            ("eps = 2e-4", ""),
+            ("t_start = 0.05", ""),
+        ],
+    );
+    eprintln!("hidden RMSE: fitted {fitted}, truncated {truncated}, EnKF {enkf}");
+    assert!(
+        fitted < truncated && fitted < enkf,
+        "{fitted} {truncated} {enkf}"
+    );
 }
 
 /// MASF and SF train their prior score on CPU and assimilate L63 with a 100-step gap: the

@@ -1071,10 +1071,7 @@ impl<'a> TwinRun<'a> {
             members,
             cfg.experiment.burn_in,
             cfg.output.distributional_scores,
-            model
-                .conditional_gaussian()
-                .filter(|_| whole)
-                .map(|cg| cg.observed_dim()),
+            model.hidden_start().filter(|_| whole),
         );
         Ok(TwinRun {
             cfg,

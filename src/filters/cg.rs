@@ -35,7 +35,7 @@ pub fn cg_structure(model: &dyn Model) -> Result<&dyn ConditionalGaussian> {
         GendaError::invalid(
             "model.kind",
             format!(
-                "{} has no conditionally Gaussian structure (observed u, hidden v linear given u); use spekf or cg_lorenz96",
+                "{} has no conditionally Gaussian structure (observed u, hidden v linear given u); use spekf or cg_lorenz96 (with y_advection = 0), or give Ω a surrogate (filter.surrogate = \"fitted\")",
                 model.name()
             ),
         )

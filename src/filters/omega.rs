@@ -24,11 +24,19 @@
 //!
 //! Works in coordinates standardised by the forecast ensemble; needs the whole state (one
 //! domain). Members keep the moments of the component they were drawn from.
+//!
+//! **Surrogate.** With `surrogate = "model"` (default) the CG structure is the model's own, so
+//! on a CG model the baseline is the exact conditional and the residual has nothing to learn.
+//! On a model that is not CG (e.g. `cg_lorenz96` with `y_advection > 0`) the members are
+//! forecast by the model, but (a)–(c) use a CG surrogate of it (`surrogate = "fitted"`: the mean
+//! stochastic model fitted to a free run of the model; `"truncated"`: the model's coefficients
+//! with the non-CG terms dropped), and the residual learns the gap between the surrogate's
+//! prior and the members' (the model's) forecast distribution.
 use super::particle::systematic_resample;
 use super::{AnalysisInput, Filter, Needs};
 use crate::error::{GendaError, Result};
 use crate::filters::cg::CgStep;
-use crate::models::Model;
+use crate::models::{Model, SurrogateKind};
 use crate::parallel::SerialReducer;
 use crate::rng::{fill_standard_normal, stream, Purpose};
 use crate::score::mixture::diag_mixture_score_tiled;
@@ -81,6 +89,30 @@ pub struct OmegaConfig {
     /// one, else the CPU), "cpu" or "cuda".
     #[serde(default)]
     pub device: crate::score::DeviceChoice,
+    /// The conditionally Gaussian model of (a)–(c): "model" (the model's own structure; the
+    /// model must be CG), "fitted" or "truncated" (a surrogate of a model that is not CG).
+    #[serde(default)]
+    pub surrogate: OmegaSurrogate,
+    /// Model steps of the free run a fitted surrogate's climatology comes from.
+    #[serde(default = "d_fit_steps")]
+    pub surrogate_fit_steps: usize,
+}
+
+/// Which conditionally Gaussian model Ω's baseline uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OmegaSurrogate {
+    /// The model's own CG structure (an error when the model has none).
+    #[default]
+    Model,
+    /// The mean stochastic model of the hidden variables, fitted to a free run of the model.
+    Fitted,
+    /// The model's coefficients with its non-CG terms dropped.
+    Truncated,
+}
+
+fn d_fit_steps() -> usize {
+    200_000
 }
 
 fn one() -> f64 {
@@ -154,6 +186,9 @@ impl OmegaConfig {
 
 pub struct Omega {
     cfg: OmegaConfig,
+    /// The CG surrogate of a model that is not CG (made at the first analysis; deterministic,
+    /// so a restart makes it again).
+    surrogate: Option<Box<dyn Model>>,
     /// Per member: moments of v given its u path so far.
     moments: Vec<(DVector<f64>, DMatrix<f64>)>,
     residual: Option<ResidualScore>,
@@ -165,6 +200,7 @@ impl Omega {
     pub fn new(cfg: OmegaConfig) -> Self {
         Omega {
             cfg,
+            surrogate: None,
             moments: Vec::new(),
             residual: None,
             last_ess: f64::NAN,
@@ -198,7 +234,7 @@ impl Filter for Omega {
         Needs {
             forecast_path: true,
             whole_state: Some("it follows every member's conditional-Gaussian path"),
-            conditional_gaussian: true,
+            conditional_gaussian: self.cfg.surrogate == OmegaSurrogate::Model,
             component_selection: Some("omega observes the conditionally Gaussian model's observed variables directly: use operator = \"sparse\" or \"identity\" on its observed components (u)"),
             ..Needs::default()
         }
@@ -278,7 +314,22 @@ impl Filter for Omega {
                 "omega needs the members' forecast paths (run it through genda run)",
             )
         })?;
-        let model: &dyn Model = fp.model;
+        let how = match self.cfg.surrogate {
+            OmegaSurrogate::Model => None,
+            OmegaSurrogate::Fitted => Some(SurrogateKind::Fitted),
+            OmegaSurrogate::Truncated => Some(SurrogateKind::Truncated),
+        };
+        if let (Some(how), None) = (how, &self.surrogate) {
+            let sur = fp
+                .model
+                .cg_surrogate(how, input.seed, self.cfg.surrogate_fit_steps)?;
+            crate::filters::cg::cg_structure(sur.as_ref())?;
+            self.surrogate = Some(sur);
+        }
+        let model: &dyn Model = match &self.surrogate {
+            Some(m) => m.as_ref(),
+            None => fp.model,
+        };
         let probe = CgStep::new(model)?;
         let (nu, nv) = (probe.nu, probe.nv);
         let (m, n) = ens.dim();

@@ -115,6 +115,11 @@ pub struct CgLorenz96Config {
     pub sigma_x: f64,
     #[serde(default = "cgl96_sigma_y")]
     pub sigma_y: f64,
+    /// b > 0: the small scales advect themselves, −b Y_{v+1}(Y_{v+2} − Y_{v−1}) on the ring of
+    /// all hidden variables (Lorenz 1996's two-level model), and the model is no longer
+    /// conditionally Gaussian (Ω then needs `filter.surrogate`).
+    #[serde(default)]
+    pub y_advection: f64,
 }
 
 fn cgl96_j() -> usize {
@@ -288,6 +293,12 @@ impl ModelConfig {
                     return Err(GendaError::invalid(
                         "model.sigma_x / sigma_y / d_y",
                         "need sigma_x > 0, sigma_y >= 0, d_y > 0",
+                    ));
+                }
+                if !(c.y_advection.is_finite() && c.y_advection >= 0.0) {
+                    return Err(GendaError::invalid(
+                        "model.y_advection",
+                        format!("must be a number >= 0, got {}", c.y_advection),
                     ));
                 }
             }
@@ -472,6 +483,7 @@ impl ModelConfig {
                 h: c.h,
                 sigma_x: c.sigma_x,
                 sigma_y: c.sigma_y,
+                y_advection: c.y_advection,
             }),
             ModelConfig::Sqg(c) => Box::new(Turbulence2d::new(c.params(Flow::Sqg))),
         }

@@ -20,6 +20,17 @@ pub use turbulence2d::{Flow, Turbulence2d, Turbulence2dParams};
 use crate::error::{GendaError, Result};
 use serde::{Deserialize, Serialize};
 
+/// How a conditionally Gaussian surrogate is made of a model that is not one (Ω).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SurrogateKind {
+    /// The model's own coefficients with the terms that break the CG form dropped.
+    Truncated,
+    /// The mean stochastic model: the hidden variables as Ornstein–Uhlenbeck processes with the
+    /// model's climatological mean, variance and correlation time (from a free run).
+    Fitted,
+}
+
 /// Time scheme of a model's deterministic part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,6 +183,27 @@ pub trait Model: Send + Sync {
     /// The conditionally Gaussian structure, for models that have one (Ω, CG filters).
     fn conditional_gaussian(&self) -> Option<&dyn ConditionalGaussian> {
         None
+    }
+    /// Where the hidden part of the state starts, for models split into observed u and hidden
+    /// v (scored separately), conditionally Gaussian or not.
+    fn hidden_start(&self) -> Option<usize> {
+        self.conditional_gaussian().map(|c| c.observed_dim())
+    }
+    /// A conditionally Gaussian surrogate of this model, made as `how` says (`seed` and
+    /// `steps` key and size the free run a fitted surrogate is made from).
+    fn cg_surrogate(
+        &self,
+        _how: SurrogateKind,
+        _seed: u64,
+        _steps: usize,
+    ) -> Result<Box<dyn Model>> {
+        Err(GendaError::invalid(
+            "filter.surrogate",
+            format!(
+                "{} has no conditionally Gaussian surrogate (cg_lorenz96 has)",
+                self.name()
+            ),
+        ))
     }
     /// A problem with the state before a run starts (e.g. a CFL violation), as a message.
     fn stability_problem(&self, _x: &[f64]) -> Option<String> {
