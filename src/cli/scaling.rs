@@ -34,6 +34,9 @@ pub struct Timing {
     pub forecast_s: f64,
     pub communication_s: f64,
     pub analysis_s: f64,
+    /// Scoring against the truth (older timing files have none).
+    #[serde(default)]
+    pub assessment_s: f64,
     pub output_s: f64,
     /// Layout of the run.
     #[serde(default)]
@@ -54,6 +57,7 @@ pub fn write_timing(path: &Path, cfg: &Config, s: &RunSummary, wall: f64) -> Res
         forecast_s: s.times.forecast,
         communication_s: s.times.communication,
         analysis_s: s.times.analysis,
+        assessment_s: s.times.assessment,
         output_s: s.times.output,
         domains: s.domains,
         max_rss_mib: s
@@ -141,7 +145,7 @@ pub fn run_series(
     }
     let base = &rows[0];
     let per_cycle = |t: &Timing| t.wall_s / t.cycles.max(1) as f64;
-    let mut csv = String::from("ranks,members,state_dim,cycles,wall_s,time_per_cycle_s,speedup,efficiency,forecast_s,analysis_s,communication_s,io_s,truth_s\n");
+    let mut csv = String::from("ranks,members,state_dim,cycles,wall_s,time_per_cycle_s,speedup,efficiency,forecast_s,analysis_s,communication_s,io_s,truth_s,assessment_s\n");
     let mut md = format!(
         "{} scaling of `{}` ({} cycles, state {})\n\n| ranks | members | time/cycle [ms] | speed-up | efficiency | forecast | analysis | communication | I/O |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         if mode == Mode::Strong { "Strong" } else { "Weak" },
@@ -157,11 +161,16 @@ pub fn run_series(
             Mode::Weak => ratio * per_cycle(base) / per_cycle(t),
         };
         let eff = speedup / ratio;
-        let total =
-            (t.forecast_s + t.analysis_s + t.communication_s + t.output_s + t.truth_s).max(1e-300);
+        let total = (t.forecast_s
+            + t.analysis_s
+            + t.assessment_s
+            + t.communication_s
+            + t.output_s
+            + t.truth_s)
+            .max(1e-300);
         let pct = |v: f64| format!("{:.0} %", 100.0 * v / total);
         csv += &format!(
-            "{},{},{},{},{:.6},{:.6e},{:.4},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6}\n",
+            "{},{},{},{},{:.6},{:.6e},{:.4},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6}\n",
             t.ranks,
             t.members,
             t.state_dim,
@@ -174,7 +183,8 @@ pub fn run_series(
             t.analysis_s,
             t.communication_s,
             t.output_s,
-            t.truth_s
+            t.truth_s,
+            t.assessment_s
         );
         md += &format!(
             "| {} | {} | {:.3} | {:.2} | {:.0} % | {} | {} | {} | {} |\n",

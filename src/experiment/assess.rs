@@ -21,12 +21,19 @@ pub struct PhaseTimes {
     pub forecast: f64,
     pub communication: f64,
     pub analysis: f64,
+    /// Scoring the forecast and the analysis against the truth (RMSE, spread, CRPS, ranks).
+    pub assessment: f64,
     pub output: f64,
 }
 
 impl PhaseTimes {
     pub fn table(&self, cycles: usize) -> String {
-        let total = self.truth + self.forecast + self.communication + self.analysis + self.output;
+        let total = self.truth
+            + self.forecast
+            + self.communication
+            + self.analysis
+            + self.assessment
+            + self.output;
         let mut s = format!(
             "{:<14} {:>10} {:>14} {:>7}\n",
             "phase", "total [s]", "per cycle [µs]", "share"
@@ -36,6 +43,7 @@ impl PhaseTimes {
             ("forecast", self.forecast),
             ("communication", self.communication),
             ("analysis", self.analysis),
+            ("assessment", self.assessment),
             ("output", self.output),
         ] {
             s += &format!(
@@ -504,7 +512,14 @@ impl Assessor {
         let t = &self.times;
         s.put(
             "times",
-            vec![t.truth, t.forecast, t.communication, t.analysis, t.output],
+            vec![
+                t.truth,
+                t.forecast,
+                t.communication,
+                t.analysis,
+                t.output,
+                t.assessment,
+            ],
         );
         s
     }
@@ -543,13 +558,21 @@ impl Assessor {
         if let Some(h) = self.hidden.as_mut() {
             h.restore(&s.take("hidden")?)?;
         }
-        let t = s.take_len("times", 5)?;
+        // Checkpoints written before the assessment had its own timer hold 5 values.
+        let t = s.take("times")?;
+        if !(t.len() == 5 || t.len() == 6) {
+            return Err(crate::error::GendaError::invalid(
+                "checkpoint",
+                format!("`times` has {} values, this run needs 6", t.len()),
+            ));
+        }
         self.times = PhaseTimes {
             truth: t[0],
             forecast: t[1],
             communication: t[2],
             analysis: t[3],
             output: t[4],
+            assessment: t.get(5).copied().unwrap_or(0.0),
         };
         s.finish("the assessor")
     }

@@ -1261,12 +1261,14 @@ impl<'a> TwinRun<'a> {
         // A weighted ensemble (the particle filter between resamplings) is assessed with its
         // weights, as DAPPER does; the others with equal weights.
         let forecast_weights = self.filter.weights().map(<[f64]>::to_vec);
+        let ta = Instant::now();
         let fc = self.assess.forecast(
             &self.ens,
             forecast_weights.as_deref(),
             &self.truth.slab,
             &self.tiles_own,
         );
+        let mut t_assess = ta.elapsed().as_secs_f64();
         let forecast = (self.cfg.output.save_ensemble || self.assess.needs_forecast_copy(cycle))
             .then(|| self.ens.clone());
         let input = AnalysisInput {
@@ -1302,6 +1304,7 @@ impl<'a> TwinRun<'a> {
             .filter
             .analysis_sample()
             .or_else(|| self.filter.weights().map(|wt| (self.ens.view(), wt)));
+        let ta = Instant::now();
         let assessed = self.assess.analysis(
             cycle,
             &fc,
@@ -1312,7 +1315,9 @@ impl<'a> TwinRun<'a> {
             &self.reducer,
             forecast.as_ref(),
         )?;
-        self.assess.times.analysis += t.elapsed().as_secs_f64();
+        t_assess += ta.elapsed().as_secs_f64();
+        self.assess.times.assessment += t_assess;
+        self.assess.times.analysis += t.elapsed().as_secs_f64() - t_assess;
         Ok(Analysed {
             fc,
             cycle: assessed,

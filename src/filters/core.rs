@@ -23,6 +23,34 @@ pub fn ensemble_mean(ens: &Array2<f64>) -> Array1<f64> {
     mean / n_mem
 }
 
+/// `ensemble_mean` into a reused buffer (the same additions in the same order).
+pub fn mean_into(ens: &Array2<f64>, mean: &mut Vec<f64>) {
+    let n_mem = ens.nrows() as f64;
+    mean.clear();
+    mean.resize(ens.ncols(), 0.0);
+    for row in ens.rows() {
+        for (m, x) in mean.iter_mut().zip(row) {
+            *m += x;
+        }
+    }
+    for m in mean.iter_mut() {
+        *m /= n_mem;
+    }
+}
+
+/// `inflate` with the mean in a reused buffer.
+pub fn inflate_with(ens: &mut Array2<f64>, factor: f64, mean: &mut Vec<f64>) {
+    if factor == 1.0 {
+        return;
+    }
+    mean_into(ens, mean);
+    for mut row in ens.rows_mut() {
+        for (x, m) in row.iter_mut().zip(mean.iter()) {
+            *x = m + factor * (*x - m);
+        }
+    }
+}
+
 /// Anomalies E − x̄ (N, n).
 pub fn anomalies(ens: &Array2<f64>, mean: &Array1<f64>) -> Array2<f64> {
     ens - &mean.view().insert_axis(Axis(0))

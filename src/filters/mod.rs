@@ -6,6 +6,7 @@
 pub mod cg;
 mod core;
 mod daisi;
+pub mod eigen;
 mod enkf;
 mod ensf;
 mod etkf;

@@ -553,6 +553,56 @@ pub trait Reducer {
     /// `partials`: this rank's tiles in order, `k` values each. Returns the `k` sums over every
     /// tile of the state, added in global tile order (bit-identical on any layout).
     fn sum_tiles(&self, partials: &[f64], k: usize) -> Result<Vec<f64>>;
+
+    /// `sum_tiles` with the partials produced tile by tile: `add_tile(t, acc)` adds local tile
+    /// t's `k` partials to `acc`, rounding as if each partial were formed first and then added
+    /// (a one-column tile may add its products straight in). A rank that holds the whole state
+    /// accumulates as it goes, with no buffer of every tile's partials; otherwise they are
+    /// materialised and gathered. The same sums, bit for bit, on any layout. `out`: the k sums.
+    fn sum_tiles_by(
+        &self,
+        tiles: usize,
+        k: usize,
+        add_tile: &mut dyn FnMut(usize, &mut [f64]),
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
+        materialised_sums(self, tiles, k, add_tile, out)
+    }
+}
+
+fn materialised_sums<R: Reducer + ?Sized>(
+    r: &R,
+    tiles: usize,
+    k: usize,
+    add_tile: &mut dyn FnMut(usize, &mut [f64]),
+    out: &mut Vec<f64>,
+) -> Result<()> {
+    let mut partials = vec![0.0; tiles * k];
+    for (t, p) in partials.chunks_mut(k.max(1)).enumerate() {
+        add_tile(t, p);
+    }
+    *out = r.sum_tiles(&partials, k)?;
+    Ok(())
+}
+
+/// The streaming form of `sum_in_order` (out = 0, then each tile added in order).
+fn streamed_sums(
+    tiles: usize,
+    k: usize,
+    add_tile: &mut dyn FnMut(usize, &mut [f64]),
+    out: &mut Vec<f64>,
+) -> Result<()> {
+    if k == 0 {
+        return Err(GendaError::Parallel(
+            "sum_tiles: zero values per tile".into(),
+        ));
+    }
+    out.clear();
+    out.resize(k, 0.0);
+    for t in 0..tiles {
+        add_tile(t, out);
+    }
+    Ok(())
 }
 
 fn sum_in_order(all: &[f64], k: usize) -> Vec<f64> {
@@ -577,6 +627,16 @@ impl Reducer for SerialReducer {
             ));
         }
         Ok(sum_in_order(partials, k))
+    }
+
+    fn sum_tiles_by(
+        &self,
+        tiles: usize,
+        k: usize,
+        add_tile: &mut dyn FnMut(usize, &mut [f64]),
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
+        streamed_sums(tiles, k, add_tile, out)
     }
 }
 
@@ -613,6 +673,20 @@ impl Reducer for TileReducer<'_> {
         let mut all = vec![0.0; counts.iter().sum()];
         self.comm.all_gather_rows(partials, &counts, &mut all)?;
         Ok(sum_in_order(&all, k))
+    }
+
+    fn sum_tiles_by(
+        &self,
+        tiles: usize,
+        k: usize,
+        add_tile: &mut dyn FnMut(usize, &mut [f64]),
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
+        if self.comm.size() == 1 && self.tiles_per_rank == [tiles] {
+            streamed_sums(tiles, k, add_tile, out)
+        } else {
+            materialised_sums(self, tiles, k, add_tile, out)
+        }
     }
 }
 
