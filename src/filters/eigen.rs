@@ -498,9 +498,3 @@ mod tests {
         }
     }
 }
-
-#[doc(hidden)]
-pub fn bench_tred2(a: &[f64], n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
-    v.copy_from_slice(a);
-    tred2(n, v, d, e);
-}

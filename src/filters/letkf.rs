@@ -8,9 +8,9 @@
 //! (and so the observations) of `halo()` columns on each side, so every point sees exactly the
 //! observations it would see on one rank, visited in the same order: bit-identical results.
 use super::core::{ensemble_mean, inflate};
+use super::eigen::SymEigen;
 use super::{AnalysisInput, Filter, LocalDomain, Needs};
 use crate::error::{GendaError, Result};
-use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use ndarray::{Array1, Array2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -137,48 +137,84 @@ impl Letkf {
     }
 }
 
+/// Per-thread scratch of the point analyses: nothing is allocated per grid point.
+#[derive(Default)]
+struct PointWork {
+    local: Vec<(usize, f64)>,
+    eig: SymEigen,
+    /// The point's N×N or p_l×p_l matrix.
+    m: Vec<f64>,
+    b: Vec<f64>,
+    /// Rows of Sᵀ (p_l × N) and d̃ (observation-space form).
+    st: Vec<f64>,
+    dt: Vec<f64>,
+    fr: Vec<f64>,
+    /// T a_i.
+    ta: Vec<f64>,
+}
+
+#[inline]
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>()
+}
+
 /// One grid point in member space (N×N eigenproblem, for p_l ≥ N local observations).
 /// C = Y_l R_l⁻¹ Y_lᵀ + (N−1) I = V D Vᵀ, b = Y_l R_l⁻¹ dy_l; with u = Vᵀ a_i:
-/// shift = wᵀ a_i (w = V D⁻¹ Vᵀ b) and T a_i = V diag(√((N−1)/d)) u.
+/// shift = wᵀ a_i (w = V D⁻¹ Vᵀ b) and T a_i = V diag(√((N−1)/d)) u. T a_i into `wk.ta`.
 fn point_update_member_space(
-    local: &[(usize, f64)],
+    wk: &mut PointWork,
     yt: &Array2<f64>,
     dy: &Array1<f64>,
     ai: &[f64],
     n1: f64,
-) -> Option<(f64, Vec<f64>)> {
+) -> Result<Option<f64>> {
     let n_mem = ai.len();
-    let mut cm = DMatrix::<f64>::zeros(n_mem, n_mem);
-    let mut b = DVector::<f64>::zeros(n_mem);
-    for &(j, wr) in local {
+    let PointWork {
+        local,
+        eig,
+        m: cm,
+        b,
+        ta,
+        ..
+    } = wk;
+    cm.clear();
+    cm.resize(n_mem * n_mem, 0.0);
+    b.clear();
+    b.resize(n_mem, 0.0);
+    for &(j, wr) in local.iter() {
         let yj = yt.row(j);
         let yj = yj.as_slice().expect("standard layout");
         for m in 0..n_mem {
             let ym = yj[m] * wr;
             b[m] += ym * dy[j];
-            for k in 0..=m {
-                cm[(m, k)] += ym * yj[k];
+            for (c, yk) in cm[m * n_mem..m * n_mem + m + 1].iter_mut().zip(yj) {
+                *c += ym * yk;
             }
         }
     }
     for m in 0..n_mem {
-        cm[(m, m)] += n1;
+        cm[m * n_mem + m] += n1;
         for k in 0..m {
-            cm[(k, m)] = cm[(m, k)];
+            cm[k * n_mem + m] = cm[m * n_mem + k];
         }
     }
-    let eig = SymmetricEigen::new(cm);
-    if eig.eigenvalues.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
-        return None;
+    eig.compute(cm, n_mem)?;
+    if eig.values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        return Ok(None);
     }
-    let v = &eig.eigenvectors;
-    let ai = DVector::from_column_slice(ai);
-    let vtb = v.tr_mul(&b);
-    let w = v * vtb.component_div(&eig.eigenvalues);
-    let u = v
-        .tr_mul(&ai)
-        .component_mul(&eig.eigenvalues.map(|d| (n1 / d).sqrt()));
-    Some((w.dot(&ai), (v * u).as_slice().to_vec()))
+    let mut shift = 0.0;
+    ta.clear();
+    ta.resize(n_mem, 0.0);
+    for k in 0..n_mem {
+        let (z, d) = (eig.vector(k), eig.values[k]);
+        let u = dot(z, ai);
+        shift += dot(z, b) / d * u;
+        let c = (n1 / d).sqrt() * u;
+        for (t, zm) in ta.iter_mut().zip(z) {
+            *t += c * zm;
+        }
+    }
+    Ok(Some(shift))
 }
 
 /// One grid point in observation space (p_l×p_l eigenproblem, for p_l < N), the same analysis:
@@ -189,16 +225,28 @@ fn point_update_member_space(
 ///         = −1 / (√(a+λ) (√a + √(a+λ))), finite as λ → 0.
 /// The eigenproblem shrinks from N³ to p_l³ — the LETKF's cost per point at large N.
 fn point_update_obs_space(
-    local: &[(usize, f64)],
+    wk: &mut PointWork,
     yt: &Array2<f64>,
     dy: &Array1<f64>,
     ai: &[f64],
     a: f64,
-) -> Option<(f64, Vec<f64>)> {
+) -> Result<Option<f64>> {
+    let PointWork {
+        local,
+        eig,
+        m: g,
+        b: q,
+        st,
+        dt,
+        fr,
+        ta,
+    } = wk;
     let (p, n_mem) = (local.len(), ai.len());
     // Rows of Sᵀ (p × N) and d̃.
-    let mut st = vec![0.0; p * n_mem];
-    let mut dt = DVector::<f64>::zeros(p);
+    st.clear();
+    st.resize(p * n_mem, 0.0);
+    dt.clear();
+    dt.resize(p, 0.0);
     for (k, &(j, wr)) in local.iter().enumerate() {
         let sw = wr.sqrt();
         let yj = yt.row(j);
@@ -208,43 +256,44 @@ fn point_update_obs_space(
         dt[k] = sw * dy[j];
     }
     let row = |k: usize| &st[k * n_mem..(k + 1) * n_mem];
-    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
-    let mut g = DMatrix::<f64>::zeros(p, p);
+    g.clear();
+    g.resize(p * p, 0.0);
     for k in 0..p {
         for l in 0..=k {
             let v = dot(row(k), row(l));
-            g[(k, l)] = v;
-            g[(l, k)] = v;
+            g[k * p + l] = v;
+            g[l * p + k] = v;
         }
     }
-    let eig = SymmetricEigen::new(g);
-    if eig
-        .eigenvalues
-        .iter()
-        .any(|l| !(l.is_finite() && a + l > 0.0))
-    {
-        return None;
+    eig.compute(g, p)?;
+    if eig.values.iter().any(|l| !(l.is_finite() && a + l > 0.0)) {
+        return Ok(None);
     }
-    let v = &eig.eigenvectors;
-    let q = DVector::<f64>::from_fn(p, |k, _| dot(row(k), ai));
-    let r = v.tr_mul(&q);
-    let e = v.tr_mul(&dt);
+    // q = Sᵀ a_i; with r = Vᵀ q and e = Vᵀ d̃, shift = Σ e r / (a + λ), g = V (φ(λ) r).
+    q.clear();
+    q.extend((0..p).map(|k| dot(row(k), ai)));
     let mut shift = 0.0;
-    let mut fr = DVector::<f64>::zeros(p);
+    fr.clear();
+    fr.resize(p, 0.0);
     for k in 0..p {
-        let l = eig.eigenvalues[k].max(0.0);
-        shift += e[k] * r[k] / (a + l);
+        let z = eig.vector(k);
+        let (r, e) = (dot(z, q), dot(z, dt));
+        let l = eig.values[k].max(0.0);
+        shift += e * r / (a + l);
         let sl = (a + l).sqrt();
-        fr[k] = -r[k] / (sl * (a.sqrt() + sl));
+        let c = -r / (sl * (a.sqrt() + sl));
+        for (f, zj) in fr.iter_mut().zip(z) {
+            *f += c * zj;
+        }
     }
-    let g = v * fr;
-    let mut ta = ai.to_vec();
+    ta.clear();
+    ta.extend_from_slice(ai);
     for k in 0..p {
         for (t, s) in ta.iter_mut().zip(row(k)) {
-            *t += s * g[k];
+            *t += s * fr[k];
         }
     }
-    Some((shift, ta))
+    Ok(Some(shift))
 }
 
 impl Letkf {
@@ -278,31 +327,35 @@ impl Filter for Letkf {
         let n_mem = ens.nrows();
         let dom = &input.domain;
         let mean = ensemble_mean(ens);
-        let a = &*ens - &mean.view().insert_axis(Axis(0));
+        // Anomalies by column (n_loc, N), contiguous per grid point.
+        let mut at = Array2::<f64>::zeros((ens.ncols(), n_mem));
+        for (m, row) in ens.rows().into_iter().enumerate() {
+            for ((t, x), xm) in at.column_mut(m).iter_mut().zip(row).zip(&mean) {
+                *t = x - xm;
+            }
+        }
         let (yt, dy) = observed_anomalies(ens, input);
         let search = LocalSearch::new(self, input, ens.ncols())?;
         let point = PointAnalysis {
             search,
-            // Anomalies by column (n_loc, N), contiguous per grid point.
-            at: a.t().as_standard_layout().into_owned(),
+            at,
             mean,
             yt,
             dy,
             n1: (n_mem - 1) as f64,
         };
-        // Analysis of each owned grid point: its column of the new ensemble.
-        let cols: Vec<Result<Vec<f64>>> = dom
-            .own
-            .clone()
-            .into_par_iter()
-            .map_init(Vec::new, |local: &mut Vec<(usize, f64)>, i| {
-                point.column(i, local)
-            })
-            .collect();
-        for (i, col) in dom.own.clone().zip(cols) {
-            let col = col?;
-            for (m, v) in col.into_iter().enumerate() {
-                ens[[m, i]] = v;
+        // Analysis of each owned grid point: its row of `cols` (own, N), one workspace per
+        // rayon task.
+        let own = dom.own.clone();
+        let mut cols = vec![0.0; own.len() * n_mem];
+        cols.par_chunks_mut(n_mem)
+            .enumerate()
+            .try_for_each_init(PointWork::default, |wk, (k, out)| {
+                point.column(own.start + k, wk, out)
+            })?;
+        for (k, col) in own.clone().zip(cols.chunks(n_mem)) {
+            for (m, v) in col.iter().enumerate() {
+                ens[[m, k]] = *v;
             }
         }
         inflate(ens, self.cfg.inflation);
@@ -515,28 +568,34 @@ struct PointAnalysis<'a> {
 }
 
 impl PointAnalysis<'_> {
-    /// The analysis column (one value per member) of local grid point `i`; `local` is scratch.
-    fn column(&self, i: usize, local: &mut Vec<(usize, f64)>) -> Result<Vec<f64>> {
+    /// The analysis column (one value per member) of local grid point `i` into `out`.
+    fn column(&self, i: usize, wk: &mut PointWork, out: &mut [f64]) -> Result<()> {
         let gi = self.search.dom.global(i);
-        self.search.gather(i, gi, local);
+        self.search.gather(i, gi, &mut wk.local);
         let ai = self.at.row(i);
         let ai = ai.as_slice().expect("standard layout");
         let xm = self.mean[i];
-        if local.is_empty() {
-            return Ok(ai.iter().map(|v| xm + v).collect());
+        if wk.local.is_empty() {
+            for (o, v) in out.iter_mut().zip(ai) {
+                *o = xm + v;
+            }
+            return Ok(());
         }
         let (yt, dy, n1) = (&self.yt, &self.dy, self.n1);
-        let (shift, ta) = if local.len() < ai.len() {
-            point_update_obs_space(local, yt, dy, ai, n1)
+        let shift = if wk.local.len() < ai.len() {
+            point_update_obs_space(wk, yt, dy, ai, n1)?
         } else {
-            point_update_member_space(local, yt, dy, ai, n1)
+            point_update_member_space(wk, yt, dy, ai, n1)?
         }
         .ok_or_else(|| {
             GendaError::LinAlg(format!(
                 "LETKF: local matrix at grid point {gi} is not positive definite"
             ))
         })?;
-        Ok(ta.iter().map(|t| xm + shift + t).collect())
+        for (o, t) in out.iter_mut().zip(&wk.ta) {
+            *o = xm + shift + t;
+        }
+        Ok(())
     }
 }
 
