@@ -10,6 +10,8 @@
 #      reference's 1024 trajectories (`genda smooth`), MASF and SF as their authors' code on
 #      Lorenz-63 (`genda run`, the reference training schedule), and compares CPU and GPU
 #      analyses (same draws; float32 networks, so agreement is to training round-off, not bits);
+#   3b. runs the training-free EnSF with `device = "cuda"`: CPU and GPU analyses of the same
+#      draws at n = 4000, then one cycle at 10^6 and at 10^7 variables on the GPU;
 #   4. writes output/gpu_check/report.md (and report.csv) with the times and the speed-ups.
 # Without a GPU it stops after step 1 with a clear message; `GPU_CHECK_CPU_ONLY=1` runs every
 # step on the CPU alone (to test this script).
@@ -98,6 +100,33 @@ for dev in $devices; do
       -o "$tmp/${m}_$dev.nc"
   done
 done
+
+# 3b. The training-free EnSF on the device (issue 22): CPU and device analyses of the same
+# draws at n = 4000 (f64: agreement to round-off), then one cycle at 10^6 (100 reverse steps)
+# and 10^7 (10 steps, to fit the budget; no spin-up) on the GPU.
+ensf_agree() { # device; prints the analysis RMSE and spread of a 3-cycle n = 4000 run
+  timeout "$(left)" "$GENDA" run configs/l96_1m_ensf.toml --set model.dim=4000 \
+    --set experiment.cycles=3 --set experiment.spinup_steps=0 --set filter.device="\"$1\"" \
+    --no-output 2>&1 | awk '$1=="analysis" && NF>=3 {print $2, $3; exit}'
+}
+cpu_a=$(ensf_agree cpu)
+echo "ensf_n4000_agreement,cpu,,$cpu_a" >> "$csv"
+echo "- EnSF n = 4000, 3 cycles, CPU path: analysis RMSE, spread $cpu_a" >> "$report"
+if [ "$devices" != cpu ]; then
+  gpu_a=$(ensf_agree cuda)
+  echo "ensf_n4000_agreement,cuda,,$gpu_a" >> "$csv"
+  echo "- the same on the GPU (f64, same draws): $gpu_a" >> "$report"
+  for nd in "1000000 100 400" "10000000 10 0"; do
+    set -- $nd
+    out=$(timeout "$(left)" "$GENDA" bench configs/l96_1m_ensf.toml --cycle --cycles 1 \
+      --set model.dim="$1" --set filter.steps="$2" --set experiment.spinup_steps="$3" \
+      --set filter.device='"cuda"' 2>&1) || { log "EnSF n = $1 on cuda failed: $(echo "$out" | tail -3)"; continue; }
+    line=$(echo "$out" | grep 'per cycle' | head -1)
+    echo "ensf_n$1_steps$2,cuda,$(echo "$line" | sed -E 's/.*analysis ([0-9.]+).*/\1/' | awk '{print $1/1e6}')," >> "$csv"
+    echo "- EnSF n = $1, $2 reverse steps, GPU: $line" >> "$report"
+    log "EnSF n = $1 on cuda: $line"
+  done
+fi
 
 # 4. The report.
 {

@@ -220,6 +220,8 @@ fn ensf_equals_the_authors_reverse_sde_legacy_and_published() {
         terminal: EnsfTerminal::Unit,
         score_clip: None,
         forecast_clip: None,
+        device: genda::score::DeviceChoice::Cpu,
+        precision: genda::filters::Precision::F64,
     };
     // legacy_code/EnSF_L96.py
     ensf_case(dir.as_path(), "legacy", base.clone(), 40);

@@ -21,12 +21,13 @@
 //!   the driver applies it, the truth is never clipped).
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
+use crate::score::ensf_device::DeviceReverse;
 pub use crate::score::mixture::mixture_score;
 use crate::score::mixture::mixture_score_tiled;
 use crate::score::sampler::{
     prior_sample_at, sample_at, unit_sample_at, SamplerConfig, SamplerKind,
 };
-use crate::score::ForwardProcess;
+use crate::score::{select_local_device, DeviceChoice, ForwardProcess};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Zip};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,35 @@ pub struct EnsfConfig {
     /// Clip the forecast members to ±forecast_clip after every model step.
     #[serde(default)]
     pub forecast_clip: Option<f64>,
+    /// Where the reverse process runs: `cpu` (default: genda's own rayon path), `cuda`
+    /// (libtorch tensors on this rank's GPU, local rank mod the node's GPU count; a clear error
+    /// where libtorch sees none) or `auto` (the GPU when libtorch sees one, else `cpu`).
+    #[serde(default = "d_device")]
+    pub device: DeviceChoice,
+    /// Arithmetic of the device path: `f64` (default; agrees with the CPU path to round-off)
+    /// or `f32` (opt-in).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// Floating-point width of a device computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F64,
+    F32,
+}
+
+fn no_cuda() -> GendaError {
+    GendaError::invalid(
+        "filter.device",
+        "ensf: device = \"cuda\" requested but libtorch sees no CUDA device (use \"auto\" or \"cpu\")",
+    )
+}
+
+fn d_device() -> DeviceChoice {
+    DeviceChoice::Cpu
 }
 
 fn d_steps() -> usize {
@@ -105,6 +135,9 @@ impl EnsfConfig {
                     self.steps, self.eps_alpha, self.eps_beta, self.t_min
                 ),
             ));
+        }
+        if self.device == DeviceChoice::Cuda && tch::Cuda::device_count() <= 0 {
+            return Err(no_cuda());
         }
         for (k, v) in [
             ("filter.score_clip", self.score_clip),
@@ -174,6 +207,12 @@ impl Filter for Ensf {
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
         input.check(ens, "ensf")?;
+        if self.cfg.device != DeviceChoice::Cpu {
+            let device = select_local_device(self.cfg.device).map_err(|_| no_cuda())?;
+            if device != tch::Device::Cpu {
+                return self.analyse_on_device(ens, input, device);
+            }
+        }
         let (m, n) = ens.dim();
         let h = input.obs_operator;
         let p = h.obs_dim();
@@ -269,6 +308,56 @@ impl Filter for Ensf {
     }
 }
 
+impl Ensf {
+    /// The reverse process as tensor operations on `device` (`score::ensf_device`), from the
+    /// same t = 1 sample and step noise as the CPU path.
+    pub fn analyse_on_device(
+        &self,
+        ens: &mut Array2<f64>,
+        input: &AnalysisInput,
+        device: tch::Device,
+    ) -> Result<()> {
+        input.check(ens, "ensf")?;
+        let (m, n) = ens.dim();
+        let transform = input.obs_operator.pointwise().ok_or_else(|| {
+            GendaError::invalid(
+                "filter.device",
+                "EnSF on a GPU needs point observations (identity, sparse, arctan, quadratic)",
+            )
+        })?;
+        let seed = ensf_seed(input.seed, input.cycle);
+        let offset = input.domain.global(0);
+        let mut x = ensf_terminal(&self.cfg, m, n, seed, offset);
+        let forecast = ens.as_standard_layout();
+        DeviceReverse {
+            process: self.cfg.process(),
+            steps: self.cfg.steps,
+            t_min: self.cfg.t_min,
+            mixture: self.cfg.prior == EnsfPrior::Mixture,
+            score_clip: self.cfg.score_clip,
+            forecast: forecast.as_slice().expect("standard layout"),
+            m,
+            n,
+            obs: input.obs,
+            obs_error_var: input.obs_error_var,
+            idx: input.obs_operator.locations(),
+            transform,
+            tiles: &input.domain.tiles,
+            reducer: input.reducer,
+            seed,
+            offset,
+            device,
+            kind: match self.cfg.precision {
+                Precision::F64 => tch::Kind::Double,
+                Precision::F32 => tch::Kind::Float,
+            },
+        }
+        .run(&mut x)?;
+        *ens = Array2::from_shape_vec((m, n), x).expect("sample shape");
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +415,8 @@ mod tests {
             terminal: EnsfTerminal::Marginal,
             score_clip: None,
             forecast_clip: None,
+            device: DeviceChoice::Cpu,
+            precision: Precision::F64,
         });
         f.analyse(&mut ens, &input).unwrap();
         let mean0 = ens.column(0).sum() / m as f64;
@@ -351,5 +442,101 @@ mod tests {
             (var0 - 1.0 / 3.0).abs() < 0.15 && (var1 - 1.0).abs() < 0.3,
             "{var0} {var1}"
         );
+    }
+
+    /// The tensor path (on libtorch's CPU device here) against the CPU path: the same t = 1
+    /// sample and step noise, mixture and paired priors, arctan observations of every 2nd
+    /// variable, score clipping and a state cut in 4 tiles: the same analysis to 1e-10.
+    #[test]
+    fn device_path_equals_the_cpu_path() {
+        let (m, n) = (12, 24);
+        let h = PointObs::new(n, (0..n).step_by(2).collect(), true);
+        let p = n / 2;
+        let y: Vec<f64> = (0..p).map(|j| (j as f64 * 0.7).sin()).collect();
+        let r = vec![0.3; p];
+        let mut ens0 = Array2::zeros((m, n));
+        let mut z = vec![0.0; n];
+        for i in 0..m {
+            fill_standard_normal(4, Purpose::EnsembleInit, 0, i as u64, 0, &mut z);
+            for j in 0..n {
+                ens0[[i, j]] = 2.0 * z[j] + (j as f64 * 0.3).cos();
+            }
+        }
+        let mut input = AnalysisInput::whole(&y, &h, &r, 3, 11);
+        input.domain.tiles = (0..4).map(|t| t * 6..(t + 1) * 6).collect();
+        for (prior, terminal, clip) in [
+            (EnsfPrior::Mixture, EnsfTerminal::Marginal, None),
+            (EnsfPrior::Paired, EnsfTerminal::Standardized, Some(5.0)),
+        ] {
+            let cfg = EnsfConfig {
+                members: m,
+                steps: 40,
+                eps_alpha: 0.05,
+                eps_beta: 0.025,
+                t_min: 1e-3,
+                prior,
+                terminal,
+                score_clip: clip,
+                forecast_clip: None,
+                device: DeviceChoice::Cpu,
+                precision: Precision::F64,
+            };
+            let mut want = ens0.clone();
+            Ensf::new(cfg.clone()).analyse(&mut want, &input).unwrap();
+            let mut got = ens0.clone();
+            Ensf::new(cfg.clone())
+                .analyse_on_device(&mut got, &input, tch::Device::Cpu)
+                .unwrap();
+            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let err = (&got - &want).iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            assert!(
+                err <= 1e-10 * scale,
+                "{prior:?}: max difference {err:e} of {scale}"
+            );
+            // f32 (opt-in): the same analysis to single-precision round-off.
+            let mut g32 = ens0.clone();
+            Ensf::new(EnsfConfig {
+                precision: Precision::F32,
+                ..cfg
+            })
+            .analyse_on_device(&mut g32, &input, tch::Device::Cpu)
+            .unwrap();
+            let e32 = (&g32 - &want).iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            assert!(e32 <= 1e-3 * scale, "{prior:?} f32: max difference {e32:e}");
+            assert!(e32 > err, "f32 must differ more than f64");
+        }
+        // Without a GPU, asking for one is one clear error; `auto` runs on the CPU path.
+        if tch::Cuda::device_count() == 0 {
+            let mut cfg = EnsfConfig {
+                members: m,
+                steps: 5,
+                eps_alpha: 0.05,
+                eps_beta: 0.0,
+                t_min: 1e-3,
+                prior: EnsfPrior::Mixture,
+                terminal: EnsfTerminal::Marginal,
+                score_clip: None,
+                forecast_clip: None,
+                device: DeviceChoice::Cuda,
+                precision: Precision::F64,
+            };
+            let mut e = ens0.clone();
+            let msg = Ensf::new(cfg.clone())
+                .analyse(&mut e, &input)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("filter.device") && msg.contains("no CUDA device"),
+                "{msg}"
+            );
+            assert_eq!(e, ens0, "a failed analysis leaves the ensemble alone");
+            cfg.device = DeviceChoice::Auto;
+            let mut a = ens0.clone();
+            Ensf::new(cfg.clone()).analyse(&mut a, &input).unwrap();
+            cfg.device = DeviceChoice::Cpu;
+            let mut c = ens0.clone();
+            Ensf::new(cfg).analyse(&mut c, &input).unwrap();
+            assert_eq!(a, c);
+        }
     }
 }

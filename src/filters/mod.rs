@@ -24,7 +24,7 @@ pub use daisi::{
 };
 pub use enkf::{Enkf, EnkfConfig, Perturbations};
 pub use ensf::{
-    ensf_seed, ensf_terminal, mixture_score, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal,
+    ensf_seed, ensf_terminal, mixture_score, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal, Precision,
 };
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};

@@ -15,6 +15,11 @@ pub trait ObsOperator: Send + Sync {
     fn is_linear(&self) -> bool;
     /// State index each observation looks at (for localisation and output).   (obs_dim)
     fn locations(&self) -> &[usize];
+    /// When each observation is a pointwise transform of the one variable it looks at:
+    /// that transform (device implementations of the likelihood use it).
+    fn pointwise(&self) -> Option<Transform> {
+        None
+    }
 }
 
 /// Pointwise transform applied to observed components.
@@ -351,6 +356,9 @@ impl ObsOperator for PointObs {
     }
     fn locations(&self) -> &[usize] {
         &self.idx
+    }
+    fn pointwise(&self) -> Option<Transform> {
+        (!matches!(self.transform, Transform::BlockMean { .. })).then_some(self.transform)
     }
 }
 

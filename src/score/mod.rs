@@ -8,6 +8,7 @@
 //!   MPI data parallel); device selection and libtorch facts for `genda doctor` here.
 pub mod adam;
 pub mod analytic;
+pub mod ensf_device;
 pub mod masf;
 pub mod masf_ref;
 pub mod mixture;

@@ -89,7 +89,7 @@ pub fn step_noise_at(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64
 /// or row is computed alone, so the numbers do not depend on the thread count).
 const PARALLEL_MIN_LEN: usize = 1 << 15;
 
-fn noise(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64]) {
+pub(crate) fn noise(seed: u64, step: u64, d: usize, offset: usize, z: &mut [f64]) {
     let draw = |(i, row): (usize, &mut [f64])| {
         fill_standard_normal(seed, Purpose::Sampling, step, i as u64, offset, row)
     };
