@@ -1383,3 +1383,44 @@ fn files_a_method_reads_are_checked_before_the_spinup() {
         assert!(!out.exists());
     }
 }
+
+/// The training-free filters' GPU option on a machine without one: `device = "cuda"` is one
+/// clear error naming `filter.device` with no output; `"auto"` runs (on the CPU path).
+#[test]
+fn ensf_and_kde_device_cuda_without_a_gpu_is_a_clear_error() {
+    if tch::Cuda::device_count() > 0 {
+        eprintln!("a GPU is visible: the no-GPU error cannot be checked here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.nc");
+    let o = out.to_str().unwrap();
+    let small = [
+        ("configs/l96_1m_ensf.toml", "model.dim=40"),
+        ("configs/l63_arctan_kde.toml", "experiment.burn_in=1"),
+    ];
+    for (cfg, size) in small {
+        let args = |dev: &str| {
+            vec![
+                "run".to_string(),
+                cfg.to_string(),
+                "--set".into(),
+                size.into(),
+                "--set".into(),
+                "experiment.cycles=3".into(),
+                "--set".into(),
+                format!("filter.device=\"{dev}\""),
+                "-o".into(),
+                o.into(),
+            ]
+        };
+        let cuda = args("cuda");
+        let cuda: Vec<&str> = cuda.iter().map(String::as_str).collect();
+        assert_clean_failure(dir.path(), &cuda, "filter.device");
+        let auto = args("auto");
+        let auto: Vec<&str> = auto.iter().map(String::as_str).collect();
+        let r = genda(&auto);
+        assert!(r.status.success(), "{cfg} with auto: {}", text(&r));
+        std::fs::remove_file(&out).unwrap();
+    }
+}

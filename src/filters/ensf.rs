@@ -21,7 +21,7 @@
 //!   the driver applies it, the truth is never clipped).
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
-use crate::score::ensf_device::DeviceReverse;
+use crate::score::ensf_device::{DeviceLikelihood, DeviceReverse};
 pub use crate::score::mixture::mixture_score;
 use crate::score::mixture::mixture_score_tiled;
 use crate::score::sampler::{
@@ -100,10 +100,20 @@ pub enum Precision {
     F32,
 }
 
-fn no_cuda() -> GendaError {
+impl Precision {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::F64 => tch::Kind::Double,
+            Precision::F32 => tch::Kind::Float,
+        }
+    }
+}
+
+/// `device = "cuda"` where libtorch sees no GPU.
+pub fn no_cuda() -> GendaError {
     GendaError::invalid(
         "filter.device",
-        "ensf: device = \"cuda\" requested but libtorch sees no CUDA device (use \"auto\" or \"cpu\")",
+        "device = \"cuda\" requested but libtorch sees no CUDA device (use \"auto\" or \"cpu\")",
     )
 }
 
@@ -333,24 +343,26 @@ impl Ensf {
             process: self.cfg.process(),
             steps: self.cfg.steps,
             t_min: self.cfg.t_min,
+            probability_flow: false,
             mixture: self.cfg.prior == EnsfPrior::Mixture,
+            kernel_var: 0.0,
+            log_weights: None,
+            likelihood: Some(DeviceLikelihood {
+                obs: input.obs,
+                obs_error_var: input.obs_error_var,
+                idx: input.obs_operator.locations(),
+                transform,
+            }),
             score_clip: self.cfg.score_clip,
             forecast: forecast.as_slice().expect("standard layout"),
             m,
             n,
-            obs: input.obs,
-            obs_error_var: input.obs_error_var,
-            idx: input.obs_operator.locations(),
-            transform,
             tiles: &input.domain.tiles,
             reducer: input.reducer,
             seed,
             offset,
             device,
-            kind: match self.cfg.precision {
-                Precision::F64 => tch::Kind::Double,
-                Precision::F32 => tch::Kind::Float,
-            },
+            kind: self.cfg.precision.kind(),
         }
         .run(&mut x)?;
         *ens = Array2::from_shape_vec((m, n), x).expect("sample shape");

@@ -13,14 +13,16 @@
 //! whose score is the Gaussian-mixture kernel with per-member log-weights (shared with EnSF,
 //! `score::mixture`). The reverse SDE from t = 1 to t_min draws the analysis ensemble.
 //! Bandwidths follow Silverman's or Scott's rule on the ensemble's mean variance, times a scale.
+use super::ensf::{no_cuda, Precision};
 use super::{AnalysisInput, Filter};
 use crate::error::{GendaError, Result};
 use crate::rng::{fill_standard_normal, stream, Purpose};
+use crate::score::ensf_device::DeviceReverse;
 use crate::score::mixture::mixture_score_tiled;
 use crate::score::sampler::{
     prior_sample_at, sample_at, unit_sample_at, SamplerConfig, SamplerKind,
 };
-use crate::score::ForwardProcess;
+use crate::score::{select_local_device, DeviceChoice, ForwardProcess};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -84,6 +86,17 @@ pub struct KdeConfig {
     /// start as the SDE does.
     #[serde(default)]
     pub terminal: KdeTerminal,
+    /// Where the reverse process runs, as EnSF's `device`: `cpu` (default), `cuda` (libtorch
+    /// tensors on this rank's GPU; a clear error without one) or `auto`.
+    #[serde(default = "d_device")]
+    pub device: DeviceChoice,
+    /// Arithmetic of the device path: `f64` (default) or `f32` (opt-in).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+fn d_device() -> DeviceChoice {
+    DeviceChoice::Cpu
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -143,6 +156,9 @@ impl KdeConfig {
                 ));
             }
         }
+        if self.device == DeviceChoice::Cuda && tch::Cuda::device_count() <= 0 {
+            return Err(no_cuda());
+        }
         Ok(())
     }
 }
@@ -151,6 +167,8 @@ pub struct KdeDiffusion {
     cfg: KdeConfig,
     /// Bandwidths (σ_x, σ_y) of the last analysis, for diagnostics.
     pub last_bandwidths: (f64, f64),
+    /// Run the tensor path on this device whatever `device` says (tests: libtorch's CPU).
+    pub device_override: Option<tch::Device>,
 }
 
 impl KdeDiffusion {
@@ -158,6 +176,7 @@ impl KdeDiffusion {
         KdeDiffusion {
             cfg,
             last_bandwidths: (f64::NAN, f64::NAN),
+            device_override: None,
         }
     }
 }
@@ -319,6 +338,37 @@ impl Filter for KdeDiffusion {
         let seed = input.seed ^ (input.cycle as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         // The t = 1 draw, then the reverse process from t = 1 down to t_min.
         let mut x = self.terminal_draw(&process, ens, &logw, sx, m, n, seed, dom.global(0));
+        let device = match self.device_override {
+            Some(d) => d,
+            None if self.cfg.device == DeviceChoice::Cpu => tch::Device::Cpu,
+            None => select_local_device(self.cfg.device).map_err(|_| no_cuda())?,
+        };
+        if device != tch::Device::Cpu || self.device_override.is_some() {
+            let fc = ens.as_standard_layout();
+            DeviceReverse {
+                process,
+                steps: self.cfg.steps,
+                t_min: self.cfg.t_min,
+                probability_flow: self.cfg.sampler == KdeSampler::ProbabilityFlow,
+                mixture: true,
+                kernel_var: sx * sx,
+                log_weights: Some(&logw),
+                likelihood: None,
+                score_clip: None,
+                forecast: fc.as_slice().expect("standard layout"),
+                m,
+                n,
+                tiles: &dom.tiles,
+                reducer: input.reducer,
+                seed,
+                offset: dom.global(0),
+                device,
+                kind: self.cfg.precision.kind(),
+            }
+            .run(&mut x)?;
+            *ens = Array2::from_shape_vec((m, n), x).expect("sample shape");
+            return Ok(());
+        }
         let sampler = SamplerConfig {
             kind: match self.cfg.sampler {
                 KdeSampler::Sde => SamplerKind::EulerMaruyama,
@@ -377,6 +427,8 @@ mod tests {
             perturb_predicted: true,
             sampler: KdeSampler::Sde,
             terminal: KdeTerminal::Gaussian,
+            device: DeviceChoice::Cpu,
+            precision: Precision::F64,
         });
         // The target: weights from the same perturbed predicted measurements.
         let prior = ens.clone();
@@ -418,5 +470,59 @@ mod tests {
         let f = BandwidthRule::Silverman.factor(100, 1);
         assert!((f - (4.0f64 / 3.0).powf(0.2) * 100f64.powf(-0.2)).abs() < 1e-12);
         assert!((BandwidthRule::Scott.factor(100, 1) - 100f64.powf(-0.2)).abs() < 1e-12);
+    }
+
+    /// The tensor path (libtorch's CPU device) against the CPU path: the same draws and
+    /// kernel weights, SDE and probability-flow samplers, 3 tiles: the same analysis to 1e-10.
+    #[test]
+    fn device_path_equals_the_cpu_path() {
+        let (m, n) = (10, 18);
+        let h = PointObs::new(n, (0..n).step_by(3).collect(), true);
+        let p = n / 3;
+        let y: Vec<f64> = (0..p).map(|j| (j as f64 * 0.9).cos()).collect();
+        let r = vec![0.4; p];
+        let mut ens0 = Array2::zeros((m, n));
+        let mut z = vec![0.0; n];
+        for i in 0..m {
+            fill_standard_normal(8, Purpose::EnsembleInit, 0, i as u64, 0, &mut z);
+            for j in 0..n {
+                ens0[[i, j]] = 1.5 * z[j] + (j as f64 * 0.2).sin();
+            }
+        }
+        let mut input = AnalysisInput::whole(&y, &h, &r, 2, 5);
+        input.domain.tiles = (0..3).map(|t| t * 6..(t + 1) * 6).collect();
+        for (sampler, terminal) in [
+            (KdeSampler::Sde, KdeTerminal::Gaussian),
+            (KdeSampler::ProbabilityFlow, KdeTerminal::Mixture),
+        ] {
+            let cfg = KdeConfig {
+                members: m,
+                steps: 30,
+                eps_alpha: 0.05,
+                t_min: 1e-3,
+                bandwidth: BandwidthRule::Silverman,
+                state_scale: 1.0,
+                obs_scale: 1.0,
+                perturb_predicted: true,
+                sampler,
+                terminal,
+                device: DeviceChoice::Cpu,
+                precision: Precision::F64,
+            };
+            let mut want = ens0.clone();
+            KdeDiffusion::new(cfg.clone())
+                .analyse(&mut want, &input)
+                .unwrap();
+            let mut f = KdeDiffusion::new(cfg);
+            f.device_override = Some(tch::Device::Cpu);
+            let mut got = ens0.clone();
+            f.analyse(&mut got, &input).unwrap();
+            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let err = (&got - &want).iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            assert!(
+                err <= 1e-10 * scale,
+                "{sampler:?}: max difference {err:e} of {scale}"
+            );
+        }
     }
 }
