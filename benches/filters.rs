@@ -117,5 +117,33 @@ fn turbulence_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, l96_rk4, etkf_cycle, turbulence_step);
+/// The ETKF's ensemble-space eigenproblem alone: C = S Sᵀ + (N − 1) I at N = 20 (p = 40), by
+/// genda's solver (`filters::eigen`) and by nalgebra's `SymmetricEigen` (the former one), and
+/// the LETKF's observation-space size 15 (docs/scaling.md: both are latency-bound).
+fn sym_eigen(c: &mut Criterion) {
+    use genda::filters::eigen::SymEigen;
+    let mut g = c.benchmark_group("sym_eigen");
+    for (n, p) in [(20usize, 40usize), (15, 20)] {
+        let mut s = vec![0.0; n * p];
+        fill_standard_normal(3, Purpose::EnsembleInit, 0, 0, 0, &mut s);
+        let a: Vec<f64> = (0..n * n)
+            .map(|k| {
+                let (i, j) = (k / n, k % n);
+                (0..p).map(|l| s[i * p + l] * s[j * p + l]).sum::<f64>()
+                    + if i == j { (n - 1) as f64 } else { 0.0 }
+            })
+            .collect();
+        let mut eig = SymEigen::new();
+        g.bench_with_input(BenchmarkId::new("genda", n), &n, |b, &n| {
+            b.iter(|| eig.compute(black_box(&a), n).unwrap())
+        });
+        let m = nalgebra::DMatrix::from_row_slice(n, n, &a);
+        g.bench_with_input(BenchmarkId::new("nalgebra", n), &n, |b, _| {
+            b.iter(|| nalgebra::SymmetricEigen::new(black_box(m.clone())))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, l96_rk4, etkf_cycle, sym_eigen, turbulence_step);
 criterion_main!(benches);
