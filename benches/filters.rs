@@ -102,6 +102,7 @@ fn turbulence_step(c: &mut Criterion) {
             drag: 0.1,
             forcing_wavenumber: 4,
             forcing_amplitude: 4.0,
+            forcing_on_velocity: false,
             substeps: 1,
             flow: Flow::NavierStokes,
         });

@@ -133,6 +133,65 @@ pub struct InitialConfig {
     /// config then holds the full lists.
     #[serde(default)]
     pub tile: bool,
+    /// A spatial filter applied to every draw (truth and members) after N(mean, var), e.g.
+    /// `filter = { kind = "filtered_velocity", max_speed = 3.0, peak_wavenumber = 4.0 }`:
+    /// jax-cfd's `filtered_velocity_field` of the white noise (mean 0, var 1), the MASF code's
+    /// initial conditions (velocity-state Kolmogorov model only, one domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<InitialFilter>,
+}
+
+/// A filter of the initial draws.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InitialFilter {
+    /// Divergence-free velocity, log-normal spectrum peaked at `peak_wavenumber`, largest speed
+    /// `max_speed`.
+    FilteredVelocity {
+        max_speed: f64,
+        peak_wavenumber: f64,
+    },
+}
+
+impl InitialFilter {
+    /// Filter one whole draw `x` of `model`'s state in place.
+    pub fn apply(&self, model: &crate::models::ModelConfig, x: &mut [f64]) -> Result<()> {
+        match (*self, model) {
+            (
+                InitialFilter::FilteredVelocity {
+                    max_speed,
+                    peak_wavenumber,
+                },
+                crate::models::ModelConfig::Kolmogorov(c),
+            ) if c.state == crate::models::FlowState::Velocity => {
+                let m = model.build_velocity_form().expect("velocity state");
+                m.filter_initial(x, max_speed, peak_wavenumber);
+                Ok(())
+            }
+            _ => Err(GendaError::invalid(
+                "initial.filter",
+                "filtered_velocity needs model.kind = \"kolmogorov\" with state = \"velocity\"",
+            )),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let InitialFilter::FilteredVelocity {
+            max_speed,
+            peak_wavenumber,
+        } = *self;
+        if !(max_speed.is_finite()
+            && max_speed > 0.0
+            && peak_wavenumber.is_finite()
+            && peak_wavenumber > 0.0)
+        {
+            return Err(GendaError::invalid(
+                "initial.filter",
+                "max_speed and peak_wavenumber must be positive and finite",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl InitialConfig {
@@ -163,6 +222,12 @@ impl InitialConfig {
             return Ok(x);
         }
         let (m, v) = self.truth_moments(n)?;
+        if self.filter.is_some() && range != (0..n) {
+            return Err(GendaError::invalid(
+                "initial.filter",
+                "a filtered draw needs the whole state on one domain (parallel.domains = 1)",
+            ));
+        }
         crate::rng::fill_standard_normal(
             seed,
             crate::rng::Purpose::TruthInit,
@@ -389,6 +454,18 @@ impl Config {
         }
         self.model.validate()?;
         let n = self.model.dim();
+        if let Some(f) = &self.initial.filter {
+            f.validate()?;
+            if self.model.build_velocity_form().is_none() {
+                f.apply(&self.model, &mut [])?;
+            }
+            if self.parallel.domains > 1 {
+                return Err(GendaError::invalid(
+                    "initial.filter",
+                    "a filtered draw needs the whole state on one domain (parallel.domains = 1)",
+                ));
+            }
+        }
         let mean = self.initial.mean.expand(n, "initial.mean")?;
         let var = self.initial.var.expand(n, "initial.var")?;
         let (tm, tv) = self.initial.truth_moments(n)?;

@@ -345,6 +345,15 @@ pub fn initial_ensemble(
             let i = own.start + k;
             *xi = mean0[i] + var0[i].sqrt() * *xi;
         }
+        if let Some(f) = &cfg.initial.filter {
+            if own != (0..n) {
+                return Err(GendaError::invalid(
+                    "initial.filter",
+                    "a filtered draw needs the whole state on one domain (parallel.domains = 1)",
+                ));
+            }
+            f.apply(&cfg.model, x)?;
+        }
     }
     Ok(local)
 }

@@ -44,6 +44,9 @@ impl Truth {
         let n = model.dim();
         let (seed, obs_every) = (cfg.experiment.seed, cfg.observations.obs_every);
         let mut slab = cfg.initial.draw_truth_slab(n, seed, own.clone())?;
+        if let Some(f) = &cfg.initial.filter {
+            f.apply(&cfg.model, &mut slab)?;
+        }
         let source = if let Some(p) = &cfg.experiment.truth_file {
             let cycle_dt = obs_every as f64 * model.dt();
             Source::Replayed(TruthReplay::open(

@@ -165,6 +165,45 @@ pub struct TurbulenceConfig {
     /// coarse model's CFL number).
     #[serde(default)]
     pub truth_substeps: Option<usize>,
+    /// Kolmogorov only: the forcing acts on the vorticity (`"vorticity"`, genda's and SDA's
+    /// setup: F = amplitude · sin(k_f y)) or on the x-velocity (`"velocity"`: f_u = amplitude ·
+    /// sin(k_f y), jax-cfd's `kolmogorov_forcing` as in the MASF code).
+    #[serde(default, skip_serializing_if = "ForcingOn::is_vorticity")]
+    pub forcing_on: ForcingOn,
+    /// Kolmogorov only: the state is the vorticity on the n² grid (`"vorticity"`), or the
+    /// velocity (`"velocity"`: u then v, 2n² values, the MASF code's state; one domain).
+    #[serde(default, skip_serializing_if = "FlowState::is_vorticity")]
+    pub state: FlowState,
+}
+
+/// Which field the Kolmogorov forcing acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForcingOn {
+    #[default]
+    Vorticity,
+    Velocity,
+}
+
+impl ForcingOn {
+    fn is_vorticity(&self) -> bool {
+        *self == ForcingOn::Vorticity
+    }
+}
+
+/// The state variables of a 2-D flow model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    #[default]
+    Vorticity,
+    Velocity,
+}
+
+impl FlowState {
+    fn is_vorticity(&self) -> bool {
+        *self == FlowState::Vorticity
+    }
 }
 
 fn kf_default() -> usize {
@@ -175,6 +214,14 @@ fn one_substep() -> usize {
 }
 
 impl TurbulenceConfig {
+    /// Fields of the state: 2 for the velocity state (u, v), else 1.
+    pub fn fields(&self) -> usize {
+        match self.state {
+            FlowState::Velocity => 2,
+            FlowState::Vorticity => 1,
+        }
+    }
+
     fn params(&self, flow: Flow) -> Turbulence2dParams {
         Turbulence2dParams {
             n: self.n,
@@ -183,6 +230,7 @@ impl TurbulenceConfig {
             drag: self.drag,
             forcing_wavenumber: self.forcing_wavenumber,
             forcing_amplitude: self.forcing_amplitude,
+            forcing_on_velocity: self.forcing_on == ForcingOn::Velocity,
             substeps: self.substeps,
             flow,
         }
@@ -236,7 +284,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Lorenz63 { .. } => 3,
             ModelConfig::Lorenz96 { dim, .. } => *dim,
-            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.n * c.n,
+            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.fields() * c.n * c.n,
             ModelConfig::Spekf(_) => 3,
             ModelConfig::CgLorenz96(c) => c.k * (1 + c.j),
         }
@@ -307,6 +355,20 @@ impl ModelConfig {
                     return Err(GendaError::invalid(
                         "model.n",
                         format!("grid side must be even and >= 8, got {}", c.n),
+                    ));
+                }
+                if matches!(self, ModelConfig::Sqg(_))
+                    && (c.state != FlowState::Vorticity || c.forcing_on != ForcingOn::Vorticity)
+                {
+                    return Err(GendaError::invalid(
+                        "model.state / model.forcing_on",
+                        "apply to kolmogorov only (SQG's state is the surface buoyancy)",
+                    ));
+                }
+                if c.state == FlowState::Velocity && c.truth_grid.is_some() {
+                    return Err(GendaError::invalid(
+                        "model.truth_grid",
+                        "a finer-grid truth is a vorticity-state option; the velocity state runs a perfect-model truth",
                     ));
                 }
                 if c.substeps == 0 || c.truth_substeps == Some(0) {
@@ -431,6 +493,16 @@ impl ModelConfig {
         }
     }
 
+    /// The velocity-state Kolmogorov model, if this is one.
+    pub fn build_velocity_form(&self) -> Option<VelocityForm> {
+        match self {
+            ModelConfig::Kolmogorov(c) if c.state == FlowState::Velocity => Some(
+                VelocityForm::new(Turbulence2d::new(c.params(Flow::NavierStokes))),
+            ),
+            _ => None,
+        }
+    }
+
     /// The registry: config → model.
     pub fn build(&self) -> Box<dyn Model> {
         match self {
@@ -458,6 +530,9 @@ impl ModelConfig {
                 noise: *noise,
                 ..Lorenz96::new(*dim, *forcing, *dt)
             }),
+            ModelConfig::Kolmogorov(c) if c.state == FlowState::Velocity => Box::new(
+                VelocityForm::new(Turbulence2d::new(c.params(Flow::NavierStokes))),
+            ),
             ModelConfig::Kolmogorov(c) => Box::new(Turbulence2d::new(c.params(Flow::NavierStokes))),
             ModelConfig::Spekf(c) => Box::new(Spekf {
                 dt: c.dt,

@@ -7,15 +7,19 @@ mod lorenz96;
 mod noise;
 mod spekf;
 mod turbulence2d;
+mod velocity2d;
 
 pub use cg_lorenz96::CgLorenz96;
-pub use config::{CgLorenz96Config, ModelConfig, SpekfConfig, TurbulenceConfig};
+pub use config::{
+    CgLorenz96Config, FlowState, ForcingOn, ModelConfig, SpekfConfig, TurbulenceConfig,
+};
 pub use linear::LinearModel;
 pub use lorenz63::Lorenz63;
 pub use lorenz96::Lorenz96;
 pub use noise::{add_model_noise, NoiseKey, NoisyStepper, TRUTH_STREAM};
 pub use spekf::Spekf;
 pub use turbulence2d::{Flow, Turbulence2d, Turbulence2dParams};
+pub use velocity2d::VelocityForm;
 
 use crate::error::{GendaError, Result};
 use serde::{Deserialize, Serialize};

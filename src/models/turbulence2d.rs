@@ -50,9 +50,12 @@ pub struct Turbulence2dParams {
     pub dt: f64,
     pub viscosity: f64,
     pub drag: f64,
-    /// Forcing F(y) = amplitude · sin(k_f y) on the vorticity equation.
+    /// Forcing F(y) = amplitude · sin(k_f y) on the vorticity equation, or (`forcing_on_velocity`)
+    /// on the x-velocity, i.e. F = −amplitude · k_f cos(k_f y) on the vorticity (jax-cfd's
+    /// `kolmogorov_forcing`, the MASF code's setup).
     pub forcing_wavenumber: usize,
     pub forcing_amplitude: f64,
+    pub forcing_on_velocity: bool,
     /// RK4 steps of `dt` per model step.
     pub substeps: usize,
     pub flow: Flow,
@@ -172,7 +175,13 @@ impl Turbulence2d {
         let mut forcing_y: Vec<Complex64> = (0..n)
             .map(|y| {
                 let yy = 2.0 * std::f64::consts::PI * y as f64 / n as f64;
-                Complex64::new(p.forcing_amplitude * n as f64 * (kf * yy).sin(), 0.0)
+                let f = if p.forcing_on_velocity {
+                    // curl of (A sin(k_f y), 0): −∂y(A sin(k_f y)).
+                    -p.forcing_amplitude * kf * (kf * yy).cos()
+                } else {
+                    p.forcing_amplitude * (kf * yy).sin()
+                };
+                Complex64::new(f * n as f64, 0.0)
             })
             .collect();
         fwd.process(&mut forcing_y);
@@ -558,6 +567,87 @@ impl Turbulence2d {
         })
     }
 
+    /// Vorticity ω = ∂x v − ∂y u of a velocity field on the grid (spectral derivatives; the
+    /// inverse of `velocity` on the divergence-free, zero-mean part).
+    pub fn vorticity_of(&self, u: &[f64], v: &[f64]) -> Vec<f64> {
+        let n = self.p.n;
+        self.with_scratch(|s| {
+            let mut uh: Vec<Complex64> = u.iter().map(|&r| Complex64::new(r, 0.0)).collect();
+            let mut vh: Vec<Complex64> = v.iter().map(|&r| Complex64::new(r, 0.0)).collect();
+            self.fft2(&mut uh, true, s);
+            self.fft2(&mut vh, true, s);
+            for ky in 0..n {
+                for kx in 0..n {
+                    let i = ky * n + kx;
+                    uh[i] = Complex64::new(0.0, self.k[kx]) * vh[i]
+                        - Complex64::new(0.0, self.k[ky]) * uh[i];
+                }
+            }
+            self.fft2(&mut uh, false, s);
+            uh.iter().map(|c| c.re).collect()
+        })
+    }
+
+    /// jax-cfd's `filtered_velocity_field` (the MASF code's initial draws): each component of
+    /// the white noise `(noise_u, noise_v)` multiplied in Fourier space by the log-normal
+    /// amplitude exp(−(ln k − ln k_p − ¼)²/(2·¼) − ln k)/k at |k| = k > 0 (0 at k = 0), made
+    /// divergence free, and scaled so that max |u| = `max_speed` (the Nyquist modes, where the
+    /// spectral derivative is not defined, are left out). The projection here is the
+    /// exact spectral one, so jax-cfd's repeated project-and-normalise (against its finite-volume
+    /// projection's rounding) is one pass.
+    pub fn filtered_velocity(
+        &self,
+        noise_u: &[f64],
+        noise_v: &[f64],
+        max_speed: f64,
+        peak_wavenumber: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let n = self.p.n;
+        let (mu, var) = (peak_wavenumber.ln() + 0.25, 0.25);
+        let density = |k: f64| (-(mu - k.ln()).powi(2) / 2.0 / var - k.ln()).exp() / k;
+        let (mut u, mut v) = self.with_scratch(|s| {
+            let mut uh: Vec<Complex64> = noise_u.iter().map(|&r| Complex64::new(r, 0.0)).collect();
+            let mut vh: Vec<Complex64> = noise_v.iter().map(|&r| Complex64::new(r, 0.0)).collect();
+            self.fft2(&mut uh, true, s);
+            self.fft2(&mut vh, true, s);
+            for ky in 0..n {
+                for kx in 0..n {
+                    let i = ky * n + kx;
+                    let (a, b) = (self.k[kx], self.k[ky]);
+                    let k2 = a * a + b * b;
+                    // k = 0 carries no filtered energy; the Nyquist row and column have no real
+                    // derivative, so a divergence-free field leaves them empty.
+                    if k2 == 0.0 || kx == n / 2 || ky == n / 2 {
+                        uh[i] = Complex64::new(0.0, 0.0);
+                        vh[i] = uh[i];
+                        continue;
+                    }
+                    let f = density(k2.sqrt());
+                    let (fu, fv) = (uh[i] * f, vh[i] * f);
+                    // Leray projection: remove the component along k.
+                    let dot = (fu * a + fv * b) / k2;
+                    uh[i] = fu - dot * a;
+                    vh[i] = fv - dot * b;
+                }
+            }
+            self.fft2(&mut uh, false, s);
+            self.fft2(&mut vh, false, s);
+            (
+                uh.iter().map(|c| c.re).collect::<Vec<f64>>(),
+                vh.iter().map(|c| c.re).collect::<Vec<f64>>(),
+            )
+        });
+        let vmax = u
+            .iter()
+            .zip(&v)
+            .fold(0.0f64, |m, (a, b)| m.max((a * a + b * b).sqrt()));
+        if vmax > 0.0 {
+            let c = max_speed / vmax;
+            u.iter_mut().chain(v.iter_mut()).for_each(|x| *x *= c);
+        }
+        (u, v)
+    }
+
     /// Largest CFL number max(|u|,|v|)·dt/dx of a field.
     pub fn cfl(&self, x: &[f64]) -> f64 {
         let (u, v) = self.velocity(x);
@@ -688,6 +778,7 @@ mod tests {
             drag: 0.0,
             forcing_wavenumber: 4,
             forcing_amplitude: 0.0,
+            forcing_on_velocity: false,
             substeps: 1,
             flow: Flow::NavierStokes,
         }
@@ -731,6 +822,8 @@ mod tests {
             drag: 0.0,
             forcing_wavenumber: 4,
             forcing_amplitude: 0.0,
+            forcing_on: Default::default(),
+            state: Default::default(),
             substeps: 2,
             truth_grid: Some(32),
             truth_substeps: None,
@@ -814,6 +907,7 @@ mod spectrum_tests {
             drag: 0.1,
             forcing_wavenumber: 4,
             forcing_amplitude: 4.0,
+            forcing_on_velocity: false,
             substeps: 1,
             flow: Flow::NavierStokes,
         });
