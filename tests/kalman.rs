@@ -174,6 +174,9 @@ fn stochastic_enkf_approaches_kalman_filter_with_large_ensemble() {
         members,
         inflation: 1.0,
         perturbations: Default::default(),
+        perturbation_draws: Default::default(),
+        inflate: Default::default(),
+        gain_jitter: 0.0,
     });
     let input = AnalysisInput::whole(&y, &op, &r_var, 1, 21);
     filter.analyse(&mut ens, &input).unwrap();

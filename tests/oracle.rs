@@ -8,10 +8,10 @@
 use genda::filters::AnalysisInput;
 use genda::filters::{
     ensf_seed, masf_seed, pf_draws, Enkf, EnkfConfig, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal,
-    Etkf, EtkfConfig, Filter, Jitter, Masf, MasfConfig, ParticleFilter, Perturbations, PfConfig,
-    Resampling,
+    Etkf, EtkfConfig, Filter, Geometry, InflateAt, Jitter, Letkf, LetkfConfig, LocalizationScale,
+    Masf, MasfConfig, ParticleFilter, PerturbationDraws, Perturbations, PfConfig, Resampling,
 };
-use genda::obs::PointObs;
+use genda::obs::{ObsConfig, ObsKind, PointObs};
 use genda::rng::{fill_standard_normal, Purpose};
 use genda::score::masf_ref::{
     masf_reference_sample, ref_a, sf_reference_sample, ChannelNorm, Output, Ramp, RefProcess,
@@ -337,6 +337,35 @@ fn particle_filter_equals_dappers_partfilt() {
 /// standard normals per member, keyed as the filter keys them) are handed to the oracle.
 #[test]
 fn enkf_equals_dappers_perturbed_observation_update() {
+    enkf_oracle_cases("enkf.py", "enkf", |n_mem, infl| EnkfConfig {
+        members: n_mem,
+        inflation: infl,
+        perturbations: Perturbations::Dapper,
+        perturbation_draws: PerturbationDraws::PerCycle,
+        inflate: InflateAt::Analysis,
+        gain_jitter: 0.0,
+    });
+}
+
+/// The MASF code's `enkf_update` (physical space): forecast anomalies of X and Y inflated,
+/// P_xy and S = P_yy + (R + 1e-6) I, K = solve(Sᵀ, P_xyᵀ)ᵀ, X += (z + ε − Y) Kᵀ with the raw
+/// perturbations of cycle 1 (the reference draws the same ones at every analysis).
+#[test]
+fn enkf_equals_the_masf_codes_update() {
+    enkf_oracle_cases("enkf_masf.py", "enkf_masf", |n_mem, infl| EnkfConfig {
+        members: n_mem,
+        inflation: infl,
+        perturbations: Perturbations::Raw,
+        perturbation_draws: PerturbationDraws::Fixed,
+        inflate: InflateAt::Forecast,
+        gain_jitter: 1e-6,
+    });
+}
+
+/// Two EnKF cases (20 members on 40 variables, every 2nd observed, inflated; 10 on 3, all
+/// observed) through `cfg` and the oracle `script`. The perturbation draws handed over are those
+/// of the cycle the config keys them by.
+fn enkf_oracle_cases(script: &str, tag: &str, cfg: impl Fn(usize, f64) -> EnkfConfig) {
     let (_keep, dir) = case_dir();
     for (case, (n_mem, n, every, infl)) in
         [(20, 40, 2, 1.04), (10, 3, 1, 1.0)].into_iter().enumerate()
@@ -350,7 +379,12 @@ fn enkf_equals_dappers_perturbed_observation_update() {
         let y = obs_of(&truth, &idx, false, r, 8);
         let rv = vec![r; idx.len()];
         let (seed, cycle) = (13u64, 3usize);
-        let path = dir.as_path().join(format!("enkf{case}.h5"));
+        let cfg = cfg(n_mem, infl);
+        let key_cycle = match cfg.perturbation_draws {
+            PerturbationDraws::PerCycle => cycle as u64,
+            PerturbationDraws::Fixed => 1,
+        };
+        let path = dir.as_path().join(format!("{tag}{case}.h5"));
         let h5 = H5::new(&path);
         h5.arr("prior", ens.as_slice().unwrap(), &[n_mem, n]);
         h5.arr("obs", &y, &[y.len()]);
@@ -361,31 +395,82 @@ fn enkf_equals_dappers_perturbed_observation_update() {
         );
         h5.arr("obs_error_var", &rv, &[rv.len()]);
         h5.num("inflation", infl);
+        h5.num("gain_jitter", cfg.gain_jitter);
         let p = idx.len();
         let mut z = vec![0.0; n_mem * p];
         for (i, row) in z.chunks_mut(p).enumerate() {
-            fill_standard_normal(
-                seed,
-                Purpose::ObsPerturbation,
-                cycle as u64,
-                i as u64,
-                0,
-                row,
-            );
+            fill_standard_normal(seed, Purpose::ObsPerturbation, key_cycle, i as u64, 0, row);
         }
         h5.arr("perturbation_normals", &z, &[n_mem, p]);
         let h = PointObs::new(n, idx.clone(), false);
         let input = AnalysisInput::whole(&y, &h, &rv, cycle, seed);
-        Enkf::new(EnkfConfig {
+        Enkf::new(cfg).analyse(&mut ens, &input).unwrap();
+        h5.arr("analysis", ens.as_slice().unwrap(), &[n_mem, n]);
+        h5.finish();
+        run_oracle(script, &path);
+    }
+}
+
+/// The MASF code's LETKF (`letkf_update`, methods/letkf.py) on a two-field (u, v) torus: every
+/// observation of either field within 2·radius on the shared grid, weight GC(d / radius),
+/// forecast anomalies × inflation, R + eps and (N−1)I + SSᵀ + eps I, W_a = sqrtm((N−1)Pa).
+/// Eight members (the N×N form at most points) and 24 (the p_l×p_l form where p_l < 24).
+#[test]
+fn letkf_equals_the_masf_codes_update_on_two_fields() {
+    let (_keep, dir) = case_dir();
+    let (side, k, fields) = (12usize, 3usize, 2usize);
+    let n = fields * side * side;
+    let obs = ObsConfig {
+        operator: ObsKind::Sparse,
+        stride: 1,
+        offset: 0,
+        grid_stride: Some(k),
+        fields,
+        count: None,
+        error_var: genda::values::ScalarOrVec::Scalar(0.04),
+        obs_every: 1,
+    };
+    obs.validate(n).unwrap();
+    let idx = obs.locations(n);
+    for (case, n_mem) in [8usize, 24].into_iter().enumerate() {
+        let mut ens = prior(n_mem, n, 1.1, 77 + case as u64);
+        let truth: Vec<f64> = (0..n).map(|j| (0.37 * j as f64).sin() * 1.5).collect();
+        let rv = vec![0.04; idx.len()];
+        let y = obs_of(&truth, &idx, false, 0.04, 9);
+        let path = dir.as_path().join(format!("letkf_masf{case}.h5"));
+        let h5 = H5::new(&path);
+        h5.arr("prior", ens.as_slice().unwrap(), &[n_mem, n]);
+        h5.arr("obs", &y, &[y.len()]);
+        h5.arr(
+            "obs_index",
+            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
+            &[idx.len()],
+        );
+        h5.arr("obs_error_var", &rv, &[rv.len()]);
+        h5.num("inflation", 1.1);
+        h5.num("radius", 2.0);
+        h5.num("eps", 1e-6);
+        h5.num("side", side as f64);
+        h5.num("fields", fields as f64);
+        let h = PointObs::new(n, idx.clone(), false);
+        let input = AnalysisInput::whole(&y, &h, &rv, 2, 5);
+        Letkf::new(LetkfConfig {
             members: n_mem,
-            inflation: infl,
-            perturbations: Perturbations::Dapper,
+            inflation: 1.1,
+            localization_radius: 2.0,
+            localization_radius_y: None,
+            geometry: Geometry::Torus,
+            ring_size: None,
+            fields,
+            localization_scale: LocalizationScale::HalfWidth,
+            inflate: InflateAt::Forecast,
+            jitter: 1e-6,
         })
         .analyse(&mut ens, &input)
         .unwrap();
         h5.arr("analysis", ens.as_slice().unwrap(), &[n_mem, n]);
         h5.finish();
-        run_oracle("enkf.py", &path);
+        run_oracle("letkf_masf.py", &path);
     }
 }
 

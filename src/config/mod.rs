@@ -499,6 +499,27 @@ impl Config {
             ));
         }
         self.observations.validate(n)?;
+        let fields = self.model.fields();
+        if self.observations.grid_stride.is_some() && self.observations.fields != fields {
+            return Err(GendaError::invalid(
+                "observations.fields",
+                format!(
+                    "is {}, but the model's state stacks {fields} grids (set observations.fields = {fields})",
+                    self.observations.fields
+                ),
+            ));
+        }
+        if let crate::filters::FilterConfig::Letkf(c) = &self.filter {
+            if c.geometry == crate::filters::Geometry::Torus && c.fields != fields {
+                return Err(GendaError::invalid(
+                    "filter.fields",
+                    format!(
+                        "is {}, but the model's state stacks {fields} grids (set filter.fields = {fields})",
+                        c.fields
+                    ),
+                ));
+            }
+        }
         self.filter.validate()?;
         Ok(())
     }

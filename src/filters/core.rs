@@ -56,6 +56,24 @@ pub fn anomalies(ens: &Array2<f64>, mean: &Array1<f64>) -> Array2<f64> {
     ens - &mean.view().insert_axis(Axis(0))
 }
 
+/// When a filter's multiplicative inflation scales the anomalies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InflateAt {
+    /// The analysis anomalies, after the update (genda's and DAPPER's `infl` placement).
+    #[default]
+    Analysis,
+    /// The forecast anomalies, before the update (the MASF code's EnKF and LETKF: X and
+    /// h(X) anomalies × the factor; for a linear h the same as inflating the members first).
+    Forecast,
+}
+
+impl InflateAt {
+    pub fn is_default(&self) -> bool {
+        *self == InflateAt::Analysis
+    }
+}
+
 /// Multiplicative inflation of the anomalies about the (unchanged) ensemble mean.
 pub fn inflate(ens: &mut Array2<f64>, factor: f64) {
     if factor == 1.0 {

@@ -2,12 +2,13 @@
 //! the observations near it, R-localised by the Gaspari–Cohn (1999) function — DAPPER's "LETKF is
 //! the ETKF core applied per grid point". Grid points are independent, so they run on rayon
 //! threads with identical results for any thread count. Inflation scales the analysis anomalies
-//! afterwards, as in genda's ETKF.
+//! afterwards, as in genda's ETKF, or the forecast anomalies first (`inflate = "forecast"`, the
+//! MASF code's LETKF).
 //!
 //! On a decomposed state each rank analyses its own columns; the driver supplies the ensemble
 //! (and so the observations) of `halo()` columns on each side, so every point sees exactly the
 //! observations it would see on one rank, visited in the same order: bit-identical results.
-use super::core::{ensemble_mean, inflate};
+use super::core::{ensemble_mean, inflate, InflateAt};
 use super::eigen::SymEigen;
 use super::{AnalysisInput, Filter, LocalDomain, Needs};
 use crate::error::{GendaError, Result};
@@ -72,6 +73,52 @@ pub struct LetkfConfig {
     /// `geometry = "layered_ring"`: the number of ring points K.
     #[serde(default)]
     pub ring_size: Option<usize>,
+    /// Torus: the state stacks this many square grids field-major (the velocity state's u and
+    /// v: 2); a point sees the observations of every field within the taper's support, by its
+    /// distance on the shared grid (the MASF code's LETKF). Must equal the model's field count.
+    #[serde(default = "one_field", skip_serializing_if = "is_one_field")]
+    pub fields: usize,
+    /// How `localization_radius` sets the Gaspari–Cohn half-width c: `dapper` (default)
+    /// c = √(10/3)·L; `half_width` c = L (the MASF code's LETKF: weight GC(d, c = radius), zero
+    /// beyond 2·radius).
+    #[serde(default, skip_serializing_if = "LocalizationScale::is_default")]
+    pub localization_scale: LocalizationScale,
+    /// Where the inflation applies: the analysis anomalies (default) or the forecast's.
+    #[serde(default, skip_serializing_if = "InflateAt::is_default")]
+    pub inflate: InflateAt,
+    /// Added to each observation-error variance and to the diagonal of the transform matrix
+    /// (N−1)I + SSᵀ (the MASF code's LETKF `eps` = 1e-6 in both places). Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub jitter: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn one_field() -> usize {
+    1
+}
+
+fn is_one_field(v: &usize) -> bool {
+    *v == 1
+}
+
+/// How the localisation radius maps to the Gaspari–Cohn half-width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalizationScale {
+    /// c = √(10/3)·L (DAPPER's `dist2coeff`).
+    #[default]
+    Dapper,
+    /// c = L.
+    HalfWidth,
+}
+
+impl LocalizationScale {
+    fn is_default(&self) -> bool {
+        *self == LocalizationScale::Dapper
+    }
 }
 
 fn unit() -> f64 {
@@ -111,9 +158,17 @@ impl Letkf {
         (2.0 * self.half_width()).floor().min(n_global as f64) as usize
     }
 
+    /// c / L of the configured scale.
+    fn c_per_radius(&self) -> f64 {
+        match self.cfg.localization_scale {
+            LocalizationScale::Dapper => GC_HALF_WIDTH_PER_RADIUS,
+            LocalizationScale::HalfWidth => 1.0,
+        }
+    }
+
     /// Gaspari–Cohn half-width c in grid units.
     fn half_width(&self) -> f64 {
-        GC_HALF_WIDTH_PER_RADIUS
+        self.c_per_radius()
             * self
                 .cfg
                 .localization_radius
@@ -126,8 +181,8 @@ impl Letkf {
             let d = a.abs_diff(b);
             d.min(side - d) as f64
         };
-        let cx = GC_HALF_WIDTH_PER_RADIUS * self.cfg.localization_radius;
-        let cy = GC_HALF_WIDTH_PER_RADIUS
+        let cx = self.c_per_radius() * self.cfg.localization_radius;
+        let cy = self.c_per_radius()
             * self
                 .cfg
                 .localization_radius_y
@@ -161,12 +216,14 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
 /// One grid point in member space (N×N eigenproblem, for p_l ≥ N local observations).
 /// C = Y_l R_l⁻¹ Y_lᵀ + (N−1) I = V D Vᵀ, b = Y_l R_l⁻¹ dy_l; with u = Vᵀ a_i:
 /// shift = wᵀ a_i (w = V D⁻¹ Vᵀ b) and T a_i = V diag(√((N−1)/d)) u. T a_i into `wk.ta`.
+/// `eps` joins the diagonal of C (the transform stays √(N−1) C^{-1/2}).
 fn point_update_member_space(
     wk: &mut PointWork,
     yt: &Array2<f64>,
     dy: &Array1<f64>,
     ai: &[f64],
     n1: f64,
+    eps: f64,
 ) -> Result<Option<f64>> {
     let n_mem = ai.len();
     let PointWork {
@@ -193,7 +250,7 @@ fn point_update_member_space(
         }
     }
     for m in 0..n_mem {
-        cm[m * n_mem + m] += n1;
+        cm[m * n_mem + m] += n1 + eps;
         for k in 0..m {
             cm[k * n_mem + m] = cm[m * n_mem + k];
         }
@@ -224,12 +281,14 @@ fn point_update_member_space(
 ///   T a_i = √a C^{-1/2} a_i = a_i + S V diag(φ(λ)) Vᵀ Sᵀ a_i,  φ(λ) = (√(a/(a+λ)) − 1)/λ
 ///         = −1 / (√(a+λ) (√a + √(a+λ))), finite as λ → 0.
 /// The eigenproblem shrinks from N³ to p_l³ — the LETKF's cost per point at large N.
+/// With a jitter ε, C = SSᵀ + (N−1+ε)I: `a` = N−1+ε and T a_i = √((N−1)/a)·(the form above).
 fn point_update_obs_space(
     wk: &mut PointWork,
     yt: &Array2<f64>,
     dy: &Array1<f64>,
     ai: &[f64],
     a: f64,
+    t_scale: f64,
 ) -> Result<Option<f64>> {
     let PointWork {
         local,
@@ -293,6 +352,11 @@ fn point_update_obs_space(
             *t += s * fr[k];
         }
     }
+    if t_scale != 1.0 {
+        for t in ta.iter_mut() {
+            *t *= t_scale;
+        }
+    }
     Ok(Some(shift))
 }
 
@@ -302,11 +366,18 @@ impl Letkf {
     fn halo(&self, n_global: usize) -> usize {
         let reach = self.reach(n_global);
         if self.cfg.geometry == Geometry::Torus {
-            let side = (n_global as f64).sqrt().round() as usize;
+            let side = self.side(n_global);
             reach.min(side / 2) * side
         } else {
             reach
         }
+    }
+}
+
+impl Letkf {
+    /// Side of each of the torus's stacked square grids.
+    fn side(&self, n_global: usize) -> usize {
+        ((n_global / self.cfg.fields.max(1)) as f64).sqrt().round() as usize
     }
 }
 
@@ -324,6 +395,9 @@ impl Filter for Letkf {
 
     fn analyse(&mut self, ens: &mut Array2<f64>, input: &AnalysisInput) -> Result<()> {
         input.check(ens, "letkf")?;
+        if self.cfg.inflate == InflateAt::Forecast {
+            inflate(ens, self.cfg.inflation);
+        }
         let n_mem = ens.nrows();
         let dom = &input.domain;
         let mean = ensemble_mean(ens);
@@ -358,7 +432,9 @@ impl Filter for Letkf {
                 ens[[m, k]] = *v;
             }
         }
-        inflate(ens, self.cfg.inflation);
+        if self.cfg.inflate == InflateAt::Analysis {
+            inflate(ens, self.cfg.inflation);
+        }
         Ok(())
     }
 }
@@ -403,8 +479,9 @@ struct LocalSearch<'a> {
     geom: Geometry,
     n_glob: usize,
     n_loc: usize,
-    /// Side of the torus's square grid.
+    /// Side of the torus's square grids, and how many are stacked.
     side: usize,
+    fields: usize,
     /// Ring points K of the layered ring.
     ring: usize,
 }
@@ -424,10 +501,14 @@ impl<'a> LocalSearch<'a> {
         let halo = letkf.halo(n_glob);
         let geom = letkf.cfg.geometry;
         let taper: Vec<f64> = (0..=reach).map(|d| gaspari_cohn(d as f64 / c)).collect();
-        let side = (n_glob as f64).sqrt().round() as usize;
-        if geom == Geometry::Torus && (side * side != n_glob || dom.ext_start % side != 0) {
+        let (side, fields) = (letkf.side(n_glob), letkf.cfg.fields.max(1));
+        if geom == Geometry::Torus
+            && (fields * side * side != n_glob
+                || dom.ext_start % side != 0
+                || (fields > 1 && !dom.whole))
+        {
             return Err(GendaError::Parallel(format!(
-                "LETKF: the torus geometry needs a square grid split in whole rows (state of {n_glob}, slab from index {})",
+                "LETKF: the torus geometry needs {fields} square grid(s) of the state of {n_glob}, split in whole rows (slab from index {}), stacked grids on one domain",
                 dom.ext_start
             )));
         }
@@ -456,6 +537,7 @@ impl<'a> LocalSearch<'a> {
             n_glob,
             n_loc,
             side,
+            fields,
             ring,
         })
     }
@@ -477,28 +559,33 @@ impl<'a> LocalSearch<'a> {
     /// Push the observations of local column `k` with taper weight `w`.
     fn push_column(&self, k: usize, w: f64, local: &mut Vec<(usize, f64)>) {
         for &j in &self.obs_at[k] {
-            local.push((j, w / self.obs_error_var[j]));
+            local.push((j, w / (self.obs_error_var[j] + self.letkf.cfg.jitter)));
         }
     }
 
     /// Torus: the 2-D box of half-width `reach` around the point, visited in global grid
-    /// order; rows map into the slab (owned rows plus `reach` halo rows).
+    /// order; rows map into the slab (owned rows plus `reach` halo rows). Stacked grids (one
+    /// domain): the same box on every field, field by field.
     fn gather_torus(&self, gi: usize, local: &mut Vec<(usize, f64)>) {
         let (side, reach) = (self.side, self.reach);
+        let plane = side * side;
+        let gi = gi % plane;
         let (lo, hi) = (reach.min((side - 1) / 2), reach.min(side / 2));
         let (yi, xi) = (gi / side, gi % side);
         let row0 = self.dom.ext_start / side;
-        for yy in (yi + side - lo)..=(yi + side + hi) {
-            let lrow = (yy % side + side - row0) % side;
-            for xx in (xi + side - lo)..=(xi + side + hi) {
-                let k = lrow * side + xx % side;
-                if self.obs_at[k].is_empty() {
-                    continue;
-                }
-                let gk = (yy % side) * side + xx % side;
-                let w = self.letkf.torus_weight(gi, gk, side);
-                if w > 0.0 {
-                    self.push_column(k, w, local);
+        for f in 0..self.fields {
+            for yy in (yi + side - lo)..=(yi + side + hi) {
+                let lrow = (yy % side + side - row0) % side;
+                for xx in (xi + side - lo)..=(xi + side + hi) {
+                    let k = f * plane + lrow * side + xx % side;
+                    if self.obs_at[k].is_empty() {
+                        continue;
+                    }
+                    let gk = (yy % side) * side + xx % side;
+                    let w = self.letkf.torus_weight(gi, gk, side);
+                    if w > 0.0 {
+                        self.push_column(k, w, local);
+                    }
                 }
             }
         }
@@ -582,10 +669,12 @@ impl PointAnalysis<'_> {
             return Ok(());
         }
         let (yt, dy, n1) = (&self.yt, &self.dy, self.n1);
+        let eps = self.search.letkf.cfg.jitter;
         let shift = if wk.local.len() < ai.len() {
-            point_update_obs_space(wk, yt, dy, ai, n1)?
+            let a = n1 + eps;
+            point_update_obs_space(wk, yt, dy, ai, a, (n1 / a).sqrt())?
         } else {
-            point_update_member_space(wk, yt, dy, ai, n1)?
+            point_update_member_space(wk, yt, dy, ai, n1, eps)?
         }
         .ok_or_else(|| {
             GendaError::LinAlg(format!(
@@ -641,6 +730,10 @@ mod tests {
             localization_radius_y: None,
             ring_size: None,
             geometry: Geometry::Ring,
+            fields: 1,
+            localization_scale: LocalizationScale::Dapper,
+            inflate: InflateAt::Analysis,
+            jitter: 0.0,
         })
         .analyse(&mut a, &input)
         .unwrap();
@@ -675,6 +768,10 @@ mod tests {
             localization_radius_y: None,
             ring_size: None,
             geometry: Geometry::Ring,
+            fields: 1,
+            localization_scale: LocalizationScale::Dapper,
+            inflate: InflateAt::Analysis,
+            jitter: 0.0,
         })
         .analyse(&mut a, &input)
         .unwrap();
@@ -706,6 +803,10 @@ mod tests {
                 localization_radius_y: Some(1.0),
                 ring_size: None,
                 geometry: Geometry::Torus,
+                fields: 1,
+                localization_scale: LocalizationScale::Dapper,
+                inflate: InflateAt::Analysis,
+                jitter: 0.0,
             })
             .analyse(&mut a, &input)
             .unwrap();
@@ -734,6 +835,10 @@ mod tests {
             localization_radius_y: None,
             ring_size: Some(k),
             geometry: Geometry::LayeredRing,
+            fields: 1,
+            localization_scale: LocalizationScale::Dapper,
+            inflate: InflateAt::Analysis,
+            jitter: 0.0,
         })
         .analyse(&mut a, &input)
         .unwrap();

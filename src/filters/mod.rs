@@ -18,18 +18,20 @@ mod omega;
 mod particle;
 mod sda;
 
-pub use self::core::{anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace};
+pub use self::core::{
+    anomalies, ensemble_mean, inflate, mean_preserving_rotation, EnsembleSpace, InflateAt,
+};
 pub use daisi::{
     daisi_analysis, Daisi, DaisiConfig, DaisiGuidance, GaussianPrior, InterpolantPrior,
 };
-pub use enkf::{Enkf, EnkfConfig, Perturbations};
+pub use enkf::{Enkf, EnkfConfig, PerturbationDraws, Perturbations};
 pub use ensf::{
     ensf_seed, ensf_terminal, mixture_score, Ensf, EnsfConfig, EnsfPrior, EnsfTerminal, Precision,
 };
 pub use etkf::{Etkf, EtkfConfig};
 pub use free::{FreeConfig, FreeRun};
 pub use kde::{BandwidthRule, KdeConfig, KdeDiffusion, KdeSampler, KdeTerminal};
-pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig};
+pub use letkf::{gaspari_cohn, Geometry, Letkf, LetkfConfig, LocalizationScale};
 pub use masf::{
     masf_seed, Masf, MasfConfig, MasfPrior, MasfSampler, Prediction, SfProcess, Standardise,
     Variant,
@@ -382,7 +384,16 @@ macro_rules! method_config {
 }
 
 method_config!(EtkfConfig, |c| c.inflation, |_, _| Ok(()));
-method_config!(EnkfConfig, |c| c.inflation, |_, _| Ok(()));
+method_config!(EnkfConfig, |c| c.inflation, |c, _| {
+    if c.gain_jitter.is_finite() && c.gain_jitter >= 0.0 {
+        Ok(())
+    } else {
+        Err(GendaError::invalid(
+            "filter.gain_jitter",
+            format!("must be >= 0, got {}", c.gain_jitter),
+        ))
+    }
+});
 method_config!(LetkfConfig, |c| c.inflation, |c, _| validate_letkf(c));
 method_config!(MasfConfig, |c| c.inflation, |c, m| c.validate(m));
 method_config!(DaisiConfig, |c| c.inflation, |c, _| c.validate());
@@ -412,6 +423,18 @@ fn validate_letkf(c: &LetkfConfig) -> Result<()> {
         return Err(GendaError::invalid(
             "filter.ring_size",
             "is required with geometry = \"layered_ring\" (the number of ring points K) and only there",
+        ));
+    }
+    if c.fields == 0 || (c.fields > 1 && c.geometry != Geometry::Torus) {
+        return Err(GendaError::invalid(
+            "filter.fields",
+            "must be >= 1, and stacked fields (> 1) need geometry = \"torus\"",
+        ));
+    }
+    if !(c.jitter.is_finite() && c.jitter >= 0.0) {
+        return Err(GendaError::invalid(
+            "filter.jitter",
+            format!("must be >= 0, got {}", c.jitter),
         ));
     }
     if !(c.localization_radius.is_finite() && c.localization_radius > 0.0) {

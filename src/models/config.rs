@@ -290,6 +290,14 @@ impl ModelConfig {
         }
     }
 
+    /// Stacked grids of a 2-D model's state (the velocity state's u and v: 2); 1 otherwise.
+    pub fn fields(&self) -> usize {
+        match self {
+            ModelConfig::Kolmogorov(c) | ModelConfig::Sqg(c) => c.fields(),
+            _ => 1,
+        }
+    }
+
     pub fn dt(&self) -> f64 {
         match self {
             ModelConfig::Lorenz63 { dt, .. } | ModelConfig::Lorenz96 { dt, .. } => *dt,

@@ -82,7 +82,7 @@ impl ObsConfig {
             ObsKind::Quadratic => Transform::Square,
             ObsKind::Coarse => Transform::BlockMean {
                 k: self.grid_stride.unwrap_or(1),
-                side: Self::side(state_dim),
+                side: self.side(state_dim),
             },
         }
     }
@@ -104,6 +104,12 @@ pub struct ObsConfig {
     /// (row-major (y, x) state), instead of every `stride`-th state index.
     #[serde(default)]
     pub grid_stride: Option<usize>,
+    /// 2-D models with a state of several fields stacked field-major (the velocity state
+    /// (u, v) of `model.state = "velocity"`: 2): `grid_stride` picks the same points of every
+    /// field, the observations ordered field by field (as the MASF code's flattened mask).
+    /// Must equal the model's field count when `grid_stride` is set.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub fields: usize,
     /// 1-D: observe at most this many of the strided variables (e.g. the first K of a state
     /// [X; Y] whose X part is observed).
     #[serde(default)]
@@ -116,6 +122,10 @@ pub struct ObsConfig {
 
 fn one() -> usize {
     1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl ObsConfig {
@@ -138,8 +148,23 @@ impl ObsConfig {
                 "must be at least 1, and applies to 1-D strides (not grid_stride)",
             ));
         }
+        if self.fields == 0 || state_dim % self.fields != 0 {
+            return Err(GendaError::invalid(
+                "observations.fields",
+                format!(
+                    "{} fields do not split the state (dimension {state_dim}) into equal grids",
+                    self.fields
+                ),
+            ));
+        }
+        if self.fields > 1 && (self.grid_stride.is_none() || self.operator == ObsKind::Coarse) {
+            return Err(GendaError::invalid(
+                "observations.fields",
+                "stacked fields are observed with grid_stride (sparse, arctan, quadratic), not with 1-D strides or coarse blocks",
+            ));
+        }
         if self.operator == ObsKind::Coarse {
-            let s = Self::side(state_dim);
+            let s = self.side(state_dim);
             let ok = matches!(self.grid_stride, Some(k) if k >= 1 && s * s == state_dim && s % k == 0)
                 && self.offset == 0;
             if !ok {
@@ -150,8 +175,8 @@ impl ObsConfig {
             }
         }
         if let Some(k) = self.grid_stride {
-            let s = Self::side(state_dim);
-            if s * s != state_dim || k == 0 || self.stride != 1 || self.offset >= s {
+            let s = self.side(state_dim);
+            if self.fields * s * s != state_dim || k == 0 || self.stride != 1 || self.offset >= s {
                 return Err(GendaError::invalid(
                     "observations.grid_stride",
                     format!("needs a square 2-D grid state (got dimension {state_dim}), grid_stride >= 1, stride = 1 and offset < the grid side"),
@@ -195,9 +220,9 @@ impl ObsConfig {
         }
     }
 
-    /// Side of the square grid a `grid_stride` refers to.
-    fn side(state_dim: usize) -> usize {
-        (state_dim as f64).sqrt().round() as usize
+    /// Side of the square grid a `grid_stride` refers to (each of `fields` stacked grids).
+    fn side(&self, state_dim: usize) -> usize {
+        ((state_dim / self.fields.max(1)) as f64).sqrt().round() as usize
     }
 
     /// Diagonal of R.   (obs_dim)
@@ -213,17 +238,22 @@ impl ObsConfig {
                 .then(|| (l - self.offset) / self.stride)
                 .filter(|&j| j < self.count.unwrap_or(usize::MAX)),
             Some(k) if self.operator == ObsKind::Coarse => {
-                let s = Self::side(state_dim);
+                let s = self.side(state_dim);
                 let (y, x) = (l / s, l % s);
                 let c = k / 2;
                 (y % k == c && x % k == c).then(|| (y / k) * (s / k) + x / k)
             }
             Some(k) => {
-                let s = Self::side(state_dim);
+                // Field f's grid holds state indices f·s² .. (f+1)·s²; its observations follow
+                // those of the fields before it.
+                let s = self.side(state_dim);
+                let (f, l) = (l / (s * s), l % (s * s));
                 let (y, x) = (l / s, l % s);
                 let o = self.offset;
                 let on = |v: usize| v >= o && (v - o) % k == 0;
-                (on(x) && on(y)).then(|| ((y - o) / k) * (s - o).div_ceil(k) + (x - o) / k)
+                let per_row = (s - o).div_ceil(k);
+                (on(x) && on(y))
+                    .then(|| f * per_row * per_row + ((y - o) / k) * per_row + (x - o) / k)
             }
         }
     }
@@ -421,5 +451,32 @@ mod tests {
                 .unwrap();
         assert_eq!(c.locations(10), vec![1, 4, 7]);
         assert!(c.validate(10).is_ok());
+    }
+
+    /// Two stacked 128² fields with stride 10: the MASF code's mask, 13 × 13 points of each
+    /// field, field-major, the observation index counting up with the state index.
+    #[test]
+    fn stacked_fields_share_the_grid_points() {
+        let c: ObsConfig = toml::from_str(
+            "operator='sparse'\ngrid_stride=10\nfields=2\nerror_var=0.01\nobs_every=10",
+        )
+        .unwrap();
+        let (s, n) = (128, 2 * 128 * 128);
+        assert!(c.validate(n).is_ok());
+        let loc = c.locations(n);
+        assert_eq!(loc.len(), 2 * 13 * 13);
+        assert_eq!(&loc[..2], &[0, 10]);
+        assert_eq!(loc[13], 10 * s);
+        assert_eq!(loc[169], s * s);
+        assert_eq!(loc[169 + 14], s * s + 10 * s + 10);
+        for (j, &l) in loc.iter().enumerate() {
+            assert_eq!(c.obs_index(n, l), Some(j));
+        }
+        // One field of the same state, or fields that do not split it: refused.
+        let one: ObsConfig =
+            toml::from_str("operator='sparse'\ngrid_stride=10\nerror_var=0.01\nobs_every=10")
+                .unwrap();
+        assert!(one.validate(n).is_err());
+        assert!(c.validate(n + 1).is_err());
     }
 }
