@@ -1424,3 +1424,56 @@ fn ensf_and_kde_device_cuda_without_a_gpu_is_a_clear_error() {
         std::fs::remove_file(&out).unwrap();
     }
 }
+
+/// `output.path_rmse` pools every model step from the first scored analysis to the last: a free
+/// run observed every 3rd step for 4 cycles (analyses at steps 3, 6, 9, 12 and the 6 forecast
+/// states between them) scores the same 10 states as the same run observed every step for 12
+/// cycles with 2 burn-in cycles; and with obs_every = 1 it is the RMS of the analysis RMSEs.
+#[test]
+fn path_rmse_pools_every_model_step_between_scored_analyses() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |obs_every: usize, cycles: usize, burn_in: usize| {
+        let cfg = dir.path().join(format!("p{obs_every}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[experiment]\nname = \"p\"\nseed = 3\ncycles = {cycles}\nburn_in = {burn_in}\n\
+                 [model]\nkind = \"lorenz63\"\ndt = 0.01\n\
+                 [initial]\nmean = [1.0, 2.0, 20.0]\nvar = 4.0\n\
+                 [observations]\noperator = \"identity\"\nerror_var = 1.0\nobs_every = {obs_every}\n\
+                 [filter]\nmethod = \"none\"\nmembers = 5\n\
+                 [output]\npath_rmse = true\n"
+            ),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("p{obs_every}.nc"));
+        let o = genda(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        out
+    };
+    let every3 = run(3, 4, 0);
+    let every1 = run(1, 12, 2);
+    let (p3, p1) = (
+        nc_attr_f64(&every3, "rmse_path"),
+        nc_attr_f64(&every1, "rmse_path"),
+    );
+    assert!(p3 > 0.1 && ((p3 - p1) / p1).abs() < 1e-12, "{p3} vs {p1}");
+    let a = nc_var(&every1, "rmse_analysis");
+    let rms = (a[2..].iter().map(|r| r * r).sum::<f64>() / 10.0).sqrt();
+    assert!(((rms - p1) / p1).abs() < 1e-12, "{rms} vs {p1}");
+    // A replayed truth holds no states between observations: refused by name.
+    let cfg = dir.path().join("p1.toml");
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("burn_in = 2\n", "burn_in = 2\ntruth_file = \"t.h5\"\n");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let o = genda(&["run", cfg.to_str().unwrap(), "--quiet"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("output.path_rmse"), "{}", text(&o));
+}

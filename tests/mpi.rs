@@ -359,7 +359,7 @@ fn bench_times_the_model_step_on_1_and_2_ranks() {
 
 /// `[output] distributional_scores`: the CRPS series and the rank histogram are the same on
 /// every layout (tile-ordered sums of per-tile CRPS and counts), and the histogram counts every
-/// variable of every scored cycle once.
+/// variable of every scored cycle once; so is `output.path_rmse`.
 #[test]
 fn distributional_scores_are_layout_independent() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,10 +370,14 @@ fn distributional_scores_are_layout_independent() {
         &[
             ("cycles = 5000", "cycles = 120"),
             ("burn_in = 1000", "burn_in = 20"),
-            ("[output]", "[output]\ndistributional_scores = true"),
+            ("obs_every = 1 ", "obs_every = 2 "),
+            (
+                "[output]",
+                "[output]\ndistributional_scores = true\npath_rmse = true",
+            ),
         ],
     );
-    let mut runs = Vec::new();
+    let (mut runs, mut paths) = (Vec::new(), Vec::new());
     for out in run_layouts(dir.path(), &cfg, &[(1, 1), (2, 2), (4, 2)]) {
         runs.push((
             nc_var(&out, "crps_analysis"),
@@ -381,7 +385,14 @@ fn distributional_scores_are_layout_independent() {
             nc_attr_f64(&out, "crps_analysis_time_mean"),
             nc_attr_f64(&out, "rmse_analysis_time_mean"),
         ));
+        paths.push(nc_attr_f64(&out, "rmse_path"));
     }
+    // The path RMSE (observed every 2nd step: the forecast states between the analyses too)
+    // is the same on every layout.
+    assert!(
+        paths[0] > 0.0 && paths.iter().all(|p| *p == paths[0]),
+        "{paths:?}"
+    );
     let (c1, h1, m1, rmse) = &runs[0];
     assert_eq!(h1.len(), 21);
     assert_eq!(h1.iter().sum::<f64>(), (40 * 100) as f64, "{h1:?}");

@@ -254,7 +254,7 @@ fn wrong_or_corrupt_checkpoints_are_refused() {
 /// The state a restart needs beyond the ensemble: the particle filter's carried weights and the
 /// accumulators of the distributional scores (CRPS, rank histogram). Restarting from the last
 /// checkpoint of a run (cycle 900 of 1001) must give every variable and time-mean attribute of
-/// the uninterrupted run, bit for bit — for DAPPER's PartFilt (weights rarely equal at a
+/// the uninterrupted run, bit for bit (the path RMSE's sums too) — for DAPPER's PartFilt (weights rarely equal at a
 /// checkpoint: it resamples only when N_eff <= 0.3 N) and for the L96 ETKF of issue 20's report.
 #[test]
 fn restart_keeps_particle_weights_and_distributional_scores() {
@@ -270,7 +270,10 @@ fn restart_keeps_particle_weights_and_distributional_scores() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut edits = edits;
-        edits.push(("[output]", "[output]\ndistributional_scores = true"));
+        edits.push((
+            "[output]",
+            "[output]\ndistributional_scores = true\npath_rmse = true",
+        ));
         let cfg = config_variant(dir.path(), base, "c.toml", &edits);
         let cfg = cfg.to_str().unwrap();
         let full = dir.path().join("full.nc");
@@ -308,6 +311,7 @@ fn restart_keeps_particle_weights_and_distributional_scores() {
             "crps_analysis_time_mean",
             "spread_analysis_time_mean",
             "rmse_forecast_time_mean",
+            "rmse_path",
         ] {
             assert_eq!(
                 nc_attr_f64(&full, a),

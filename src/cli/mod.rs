@@ -475,7 +475,10 @@ pub fn execute(cli: Cli) -> Result<()> {
             let nc = output.unwrap_or_else(|| cfg.output.path.with_extension("truth.nc"));
             let h5 = nc.with_extension("h5");
             let (nc, h5) = run_truth(&cfg, &nc, &h5)?;
-            println!("wrote {}\nwrote {}", nc.display(), h5.display());
+            if cfg.experiment.samples.is_none() {
+                println!("wrote {}", nc.display());
+            }
+            println!("wrote {}", h5.display());
             Ok(())
         }
         Command::Train(a) => train_command(a, &sets),
@@ -816,6 +819,9 @@ fn print_run_summary(cfg: &crate::config::Config, summary: &crate::experiment::R
             d.rank_histogram.len() - 1,
             d.rank_histogram
         );
+    }
+    if let Some((r, states)) = summary.path_rmse {
+        println!("path RMSE (ensemble mean, {states} model steps from the first scored analysis to the last): {r:.5}");
     }
     if let Some(h) = &summary.hidden {
         println!(

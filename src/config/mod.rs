@@ -107,6 +107,13 @@ pub struct ExperimentConfig {
     /// One costly truth (e.g. a fine-grid `model.truth_grid` run) then serves every method.
     #[serde(default)]
     pub truth_file: Option<std::path::PathBuf>,
+    /// `genda truth`: write this many independent states instead of one trajectory, each
+    /// drawn as the truth is (the initial distribution and `initial.filter`, sample i from its
+    /// own key) and integrated `spinup_steps`: a pre-training set of independent draws (the
+    /// MASF code's `dynamics.prior(1000)` integrated 50 steps). Rows of the HDF5 file are the
+    /// samples; no NetCDF file is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
 }
 
 /// Gaussian distribution that the truth and the initial ensemble are drawn from
@@ -208,12 +215,38 @@ impl InitialConfig {
         seed: u64,
         range: std::ops::Range<usize>,
     ) -> Result<Vec<f64>> {
+        self.draw_truth_keyed(n, seed, range, 0)
+    }
+
+    /// Independent sample `k` ≥ 1 of the truth's initial distribution (`experiment.samples`;
+    /// the truth itself is key 0).
+    pub fn draw_truth_sample(
+        &self,
+        model: &crate::models::ModelConfig,
+        seed: u64,
+        k: u64,
+    ) -> Result<Vec<f64>> {
+        let n = model.dim();
+        let mut x = self.draw_truth_keyed(n, seed, 0..n, k)?;
+        if let Some(f) = &self.filter {
+            f.apply(model, &mut x)?;
+        }
+        Ok(x)
+    }
+
+    fn draw_truth_keyed(
+        &self,
+        n: usize,
+        seed: u64,
+        range: std::ops::Range<usize>,
+        key: u64,
+    ) -> Result<Vec<f64>> {
         let mut x = vec![0.0; range.len()];
         if let Some([lo, hi]) = self.truth_uniform {
             crate::rng::fill_uniform(
                 seed,
                 crate::rng::Purpose::TruthInit,
-                0,
+                key,
                 1,
                 range.start,
                 &mut x,
@@ -231,7 +264,7 @@ impl InitialConfig {
         crate::rng::fill_standard_normal(
             seed,
             crate::rng::Purpose::TruthInit,
-            0,
+            key,
             0,
             range.start,
             &mut x,
@@ -268,6 +301,14 @@ pub struct OutputConfig {
     /// sort of N members per variable and cycle.
     #[serde(default)]
     pub distributional_scores: bool,
+    /// Also score every model step between the scored analyses: `rmse_path`, the RMSE of the
+    /// ensemble mean pooled over the analysis states and the forecast states between them, from
+    /// the first scored analysis to the last (the MASF code's `rmse_overall`: steps 50..100 of
+    /// its Kolmogorov case, 6 analyses and 45 forecast states). The forecast then advances one
+    /// model step at a time (for the 2-D velocity state this differs from whole-cycle steps by
+    /// rounding). Needs a simulated truth (not `experiment.truth_file`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub path_rmse: bool,
     /// Write every k-th cycle only (the time means still cover every cycle); 1: all.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub every: usize,
@@ -324,6 +365,10 @@ impl OutputConfig {
     }
 }
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 fn default_output_path() -> PathBuf {
     PathBuf::from("output/genda_run.nc")
 }
@@ -334,6 +379,7 @@ impl Default for OutputConfig {
             path: default_output_path(),
             save_ensemble: false,
             distributional_scores: false,
+            path_rmse: false,
             every: 1,
             fields: Vec::new(),
             compression: 0,
@@ -441,6 +487,18 @@ impl Config {
                     "{} must be smaller than experiment.cycles = {}",
                     e.burn_in, e.cycles
                 ),
+            ));
+        }
+        if self.output.path_rmse && e.truth_file.is_some() {
+            return Err(GendaError::invalid(
+                "output.path_rmse",
+                "scores every model step, which a replayed truth (experiment.truth_file) does not hold; simulate the truth in the run",
+            ));
+        }
+        if e.samples == Some(0) || (e.samples.is_some() && self.model.has_fine_truth()) {
+            return Err(GendaError::invalid(
+                "experiment.samples",
+                "must be at least 1, and the samples are drawn on the members' grid (no model.truth_grid)",
             ));
         }
         if e.ensemble_start_step >= self.observations.obs_every {

@@ -341,6 +341,8 @@ pub struct Assessor {
     /// Σ CRPS and scored cycles, then the N + 1 rank-histogram counts (as f64, exact).
     scores: Option<(f64, usize, Vec<f64>)>,
     hidden: Option<HiddenScores>,
+    /// `output.path_rmse`: Σ of the mean squared errors of the scored states and their count.
+    path: Option<(f64, usize)>,
     pub times: PhaseTimes,
 }
 
@@ -365,8 +367,61 @@ impl Assessor {
                 observed_dim,
                 ..Default::default()
             }),
+            path: None,
             times: PhaseTimes::default(),
         }
+    }
+
+    /// Score every model step between the scored analyses (`output.path_rmse`).
+    pub fn with_path_scores(mut self, on: bool) -> Self {
+        self.path = on.then_some((0.0, 0));
+        self
+    }
+
+    /// The forecast states between the analyses of cycles `cycle − 1` and `cycle` (`ens_path`:
+    /// the members at the cycle's start, after each model step, and at the observation time;
+    /// `truth_path`: the truth after steps 1 .. obs_every − 1), when both analyses are scored.
+    /// One tile-ordered reduction for all the states.
+    pub fn path(
+        &mut self,
+        cycle: usize,
+        ens_path: &[Array2<f64>],
+        truth_path: &[Vec<f64>],
+        tiles: &[Range<usize>],
+        reducer: &dyn Reducer,
+    ) -> Result<()> {
+        let Some((sum, count)) = self.path.as_mut() else {
+            return Ok(());
+        };
+        if cycle < self.burn_in + 2 {
+            return Ok(());
+        }
+        let k = truth_path.len();
+        if k == 0 {
+            return Ok(());
+        }
+        if ens_path.len() != k + 2 {
+            return Err(GendaError::invalid(
+                "output.path_rmse",
+                format!(
+                    "cycle {cycle}: {} forecast states for {k} truth states between observations",
+                    ens_path.len()
+                ),
+            ));
+        }
+        let mut partials = vec![0.0; tiles.len() * k];
+        for (s, truth) in truth_path.iter().enumerate() {
+            let (err, _) = tile_error_sums(&ens_path[s + 1], truth, tiles);
+            for (t, e) in err.iter().enumerate() {
+                partials[t * k + s] = *e;
+            }
+        }
+        let sums = reducer.sum_tiles(&partials, k)?;
+        for v in sums {
+            *sum += v / self.n as f64;
+            *count += 1;
+        }
+        Ok(())
     }
 
     /// Cycles after the burn-in enter the time means.
@@ -468,6 +523,10 @@ impl Assessor {
             }
             None => None,
         };
+        if let (Some((sum, count)), true) = (self.path.as_mut(), scored) {
+            *sum += sums[2] / n;
+            *count += 1;
+        }
         if let (Some(h), Some(f), true) = (self.hidden.as_mut(), forecast_copy, scored) {
             h.push(f, ens, truth);
         }
@@ -508,6 +567,9 @@ impl Assessor {
         }
         if let Some(h) = &self.hidden {
             s.put("hidden", h.save());
+        }
+        if let Some((sum, count)) = self.path {
+            s.put("path_rmse", vec![sum, count as f64]);
         }
         let t = &self.times;
         s.put(
@@ -558,6 +620,24 @@ impl Assessor {
         if let Some(h) = self.hidden.as_mut() {
             h.restore(&s.take("hidden")?)?;
         }
+        if self.path.is_some() != s.has("path_rmse") {
+            return Err(GendaError::invalid(
+                "checkpoint",
+                format!(
+                    "was written {} output.path_rmse, this run has it {}",
+                    if s.has("path_rmse") {
+                        "with"
+                    } else {
+                        "without"
+                    },
+                    if self.path.is_some() { "on" } else { "off" }
+                ),
+            ));
+        }
+        if let Some(p) = self.path.as_mut() {
+            let v = s.take_len("path_rmse", 2)?;
+            *p = (v[0], v[1] as usize);
+        }
         // Checkpoints written before the assessment had its own timer hold 5 values.
         let t = s.take("times")?;
         if !(t.len() == 5 || t.len() == 6) {
@@ -590,7 +670,21 @@ impl Assessor {
                 extra.push(("crps_analysis_time_mean", sum / *count as f64));
             }
         }
+        if let Some(r) = self.path_rmse() {
+            extra.push(("rmse_path", r));
+        }
         (extra, self.scores.as_ref().map(|s| &s.2[..]))
+    }
+
+    /// `output.path_rmse`: the pooled RMSE over every scored model step, and how many states.
+    pub fn path_rmse(&self) -> Option<f64> {
+        self.path
+            .filter(|(_, c)| *c > 0)
+            .map(|(sum, c)| (sum / c as f64).sqrt())
+    }
+
+    pub fn path_states(&self) -> usize {
+        self.path.map(|p| p.1).unwrap_or(0)
     }
 
     /// The time means of the hidden-variable scores, if any.

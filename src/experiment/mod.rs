@@ -118,6 +118,8 @@ pub struct RunSummary {
     pub hidden: Option<HiddenScores>,
     /// With `[output] distributional_scores`.
     pub distributional: Option<DistributionalScores>,
+    /// With `[output] path_rmse`: the pooled RMSE and the number of states it pools.
+    pub path_rmse: Option<(f64, usize)>,
 }
 
 /// Options that are not part of the science config.
@@ -863,6 +865,9 @@ fn forecast_members(
         for s in from..to {
             let xs = x.as_slice_mut().expect("local ensemble is contiguous");
             c += prop.advance(model, xs, 1, comm, key, first_step + s as u64)?;
+            if let Some(clip) = clip {
+                xs.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
+            }
             path.push(x.clone());
         }
         return Ok(c);
@@ -930,7 +935,11 @@ struct TwinRun<'a> {
     ecomm: &'a dyn Collectives,
     model: Box<dyn Model>,
     filter: Box<dyn Filter>,
+    /// Keep the members' forecast path: for the method (`filter_path`) or for `path_rmse`.
     want_path: bool,
+    filter_path: bool,
+    /// The truth between this cycle's observation times (`output.path_rmse`).
+    truth_path: Vec<Vec<f64>>,
     /// Halo width of the analysed columns (0 on one domain).
     w: usize,
     own: Range<usize>,
@@ -1081,7 +1090,8 @@ impl<'a> TwinRun<'a> {
             cfg.experiment.burn_in,
             cfg.output.distributional_scores,
             model.hidden_start().filter(|_| whole),
-        );
+        )
+        .with_path_scores(cfg.output.path_rmse);
         Ok(TwinRun {
             cfg,
             comm,
@@ -1091,7 +1101,9 @@ impl<'a> TwinRun<'a> {
             ecomm: topo.ensemble.as_ref(),
             reducer: TileReducer::new(dcomm, &dec),
             filter,
-            want_path: needs.forecast_path,
+            want_path: needs.forecast_path || cfg.output.path_rmse,
+            filter_path: needs.forecast_path,
+            truth_path: Vec::new(),
             w,
             tiles_own,
             domain,
@@ -1201,7 +1213,16 @@ impl<'a> TwinRun<'a> {
     /// The truth to the observation time of `cycle`, and its observations of my columns.
     fn observe(&mut self, cycle: usize) -> Result<()> {
         let t = Instant::now();
-        let c = self.truth.advance(self.model.as_ref(), cycle, self.dcomm)?;
+        let c = if self.cfg.output.path_rmse {
+            self.truth.advance_keeping_path(
+                self.model.as_ref(),
+                cycle,
+                self.dcomm,
+                &mut self.truth_path,
+            )?
+        } else {
+            self.truth.advance(self.model.as_ref(), cycle, self.dcomm)?
+        };
         let seed = self.cfg.experiment.seed;
         self.truth
             .observe(&self.lobs, self.w, self.dcomm, seed, cycle, &mut self.obs)?;
@@ -1266,6 +1287,17 @@ impl<'a> TwinRun<'a> {
     /// the method produced, and assess the analysis.
     fn analyse(&mut self, cycle: usize) -> Result<Analysed> {
         let mut ens_halo = self.gather_forecast(cycle)?;
+        if self.cfg.output.path_rmse {
+            let ta = Instant::now();
+            self.assess.path(
+                cycle,
+                &self.path_all,
+                &self.truth_path,
+                &self.tiles_own,
+                &self.reducer,
+            )?;
+            self.assess.times.assessment += ta.elapsed().as_secs_f64();
+        }
         let t = Instant::now();
         // A weighted ensemble (the particle filter between resamplings) is assessed with its
         // weights, as DAPPER does; the others with equal weights.
@@ -1289,7 +1321,7 @@ impl<'a> TwinRun<'a> {
             obs_offset: self.obs_offset,
             domain: self.domain.clone(),
             reducer: &self.reducer,
-            forecast: self.want_path.then(|| ForecastPath {
+            forecast: self.filter_path.then(|| ForecastPath {
                 model: self.model.as_ref(),
                 states: &self.path_all,
             }),
@@ -1510,6 +1542,7 @@ impl<'a> TwinRun<'a> {
             times: assess.times,
             hidden: assess.hidden(),
             distributional: assess.distributional(),
+            path_rmse: assess.path_rmse().map(|r| (r, assess.path_states())),
             averages: assess.into_average(),
             output,
             ranks: self.comm.size(),
@@ -1572,6 +1605,10 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
     }
     let model = cfg.model.build();
     let n = model.dim();
+    if let Some(samples) = cfg.experiment.samples {
+        write_samples(cfg, model.as_ref(), samples, h5_path)?;
+        return Ok((PathBuf::new(), h5_path.to_path_buf()));
+    }
     let h = cfg.observations.build(n);
     let cycles = cfg.experiment.cycles;
     let config_toml = cfg.to_toml();
@@ -1627,6 +1664,58 @@ pub fn run_truth(cfg: &Config, nc_path: &Path, h5_path: &Path) -> Result<(PathBu
     write_trajectory(h5_path, &traj, &config_toml)?;
     let nc = writer.finish(&comm, None, &[], None)?;
     Ok((nc, h5_path.to_path_buf()))
+}
+
+/// `experiment.samples`: independent draws of the truth's initial distribution, each integrated
+/// `spinup_steps` (all at once, one row per sample, model noise keyed per sample), written as
+/// the rows of an HDF5 trajectory file.
+fn write_samples(cfg: &Config, model: &dyn Model, samples: usize, h5_path: &Path) -> Result<()> {
+    let n = model.dim();
+    let seed = cfg.experiment.seed;
+    let mut data = Vec::with_capacity(samples * n);
+    for k in 0..samples {
+        data.extend(
+            cfg.initial
+                .draw_truth_sample(&cfg.model, seed, k as u64 + 1)?,
+        );
+    }
+    if let Some(problem) = model.stability_problem(&data[..n]) {
+        return Err(GendaError::invalid(
+            "model.dt",
+            format!("samples: {problem}"),
+        ));
+    }
+    let key = NoiseKey {
+        seed,
+        rows: (0..samples as u64).map(|k| TRUTH_STREAM - 1 - k).collect(),
+        offset: 0,
+    };
+    let mut prop = Propagator::new(model, samples, n);
+    prop.advance(
+        model,
+        &mut data,
+        cfg.experiment.spinup_steps,
+        &SerialComm,
+        &key,
+        0,
+    )?;
+    if let Some(k) = data
+        .chunks(n)
+        .position(|x| x.iter().any(|v| !v.is_finite()))
+    {
+        return Err(GendaError::Diverged {
+            cycle: 0,
+            what: format!("sample {k} contains non-finite values (model unstable: reduce dt)"),
+        });
+    }
+    let traj = Trajectory {
+        data,
+        times: samples,
+        state_dim: n,
+        dt: 0.0,
+        model: model.name().to_string(),
+    };
+    write_trajectory(h5_path, &traj, &cfg.to_toml())
 }
 
 #[cfg(test)]

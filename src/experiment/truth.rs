@@ -123,6 +123,27 @@ impl Truth {
         self.advance_steps(model, first_step, self.obs_every, comm)
     }
 
+    /// `advance`, one model step at a time, keeping the states between the observation times
+    /// (`path`: the obs_every − 1 states after steps 1 .. obs_every − 1 of the cycle).
+    pub fn advance_keeping_path(
+        &mut self,
+        model: &dyn Model,
+        cycle: usize,
+        comm: &dyn Collectives,
+        path: &mut Vec<Vec<f64>>,
+    ) -> Result<f64> {
+        let first_step = (self.spinup + (cycle - 1) * self.obs_every) as u64;
+        path.clear();
+        let mut c = 0.0;
+        for s in 0..self.obs_every {
+            if s > 0 {
+                path.push(self.slab.clone());
+            }
+            c += self.advance_steps(model, first_step + s as u64, 1, comm)?;
+        }
+        Ok(c)
+    }
+
     /// Advance a simulated truth by `steps` model steps from global step `first_step` (counted
     /// from the start of the spin-up), for commands that need the states between observation
     /// times; `advance` is this over one cycle. Returns the seconds spent in halo exchanges.
