@@ -1477,3 +1477,48 @@ fn path_rmse_pools_every_model_step_between_scored_analyses() {
     assert!(!o.status.success());
     assert!(text(&o).contains("output.path_rmse"), "{}", text(&o));
 }
+
+/// `experiment.samples`: `genda truth` writes that many independent draws of the truth's
+/// distribution, each integrated `spinup_steps`: without spin-up, row k is the draw
+/// `draw_truth_sample(k + 1)`; the rows are distinct; a set of 3 is the first 3 rows of a set
+/// of 5 (each sample its own key); no NetCDF file is written.
+#[test]
+fn truth_samples_are_independent_keyed_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |samples: usize, spinup: usize| {
+        let cfg = config_variant(
+            dir.path(),
+            "configs/l96_sakov2008.toml",
+            &format!("s{samples}_{spinup}.toml"),
+            &[
+                (
+                    "cycles = 5000",
+                    &format!("cycles = 1\nsamples = {samples}\nspinup_steps = {spinup}"),
+                ),
+                ("burn_in = 1000", "burn_in = 0"),
+            ],
+        );
+        let nc = dir.path().join(format!("s{samples}_{spinup}.nc"));
+        let o = genda(&["truth", cfg.to_str().unwrap(), "-o", nc.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(!nc.exists(), "no NetCDF file for samples");
+        let traj = genda::io::read_trajectory(&dir.path().join(format!("s{samples}_{spinup}.h5")))
+            .unwrap();
+        assert_eq!((traj.times, traj.state_dim), (samples, 40));
+        (cfg, traj.data)
+    };
+    let (cfg, raw) = write(3, 0);
+    let c = genda::config::Config::from_file(&cfg).unwrap();
+    for k in 0..3 {
+        let x = c
+            .initial
+            .draw_truth_sample(&c.model, c.experiment.seed, k as u64 + 1)
+            .unwrap();
+        assert_eq!(&raw[k * 40..(k + 1) * 40], &x[..], "sample {k}");
+    }
+    let (_, three) = write(3, 20);
+    let (_, five) = write(5, 20);
+    assert_eq!(&five[..3 * 40], &three[..]);
+    assert_ne!(&three[..40], &three[40..80]);
+    assert_ne!(&three[..40], &raw[..40], "the spin-up moved the states");
+}
