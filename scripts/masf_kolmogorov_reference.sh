@@ -8,14 +8,15 @@
 # mean ± std over seeds; a run that fails or gives a non-finite RMSE is counted as diverged.
 # The pre-training set (1000 independent step-50 states) is written first if missing; MASF's
 # and SF's networks are pre-trained by their first run and reused (filter.prior_weights).
-#   scripts/masf_kolmogorov_reference.sh  # GENDA=..., SEEDS, METHODS="enkf letkf masf sf",
+#   scripts/masf_kolmogorov_reference.sh  # GENDA=..., SEEDS, METHODS="enkf letkf letkf_r5 masf sf"
+#     (letkf_r5: radius 5 grid points, the reference's number, twice its physical radius at 64²),
 #     JOBS=2 (runs at once: the networks train on one thread each), OUT=output/masf_ref (a run
 #     whose file and log are there is kept), PYTHON (with h5py: the venv of scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GENDA=${GENDA:-target/release/genda}
 SEEDS=${SEEDS:-"1 2 3 4 5"}
-METHODS=${METHODS:-"enkf letkf masf sf"}
+METHODS=${METHODS:-"enkf letkf letkf_r5 masf sf"}
 JOBS=${JOBS:-2}
 OUT=${OUT:-output/masf_ref}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -23,19 +24,23 @@ mkdir -p "$OUT"
 [ -f output/masf_kolmogorov_reference_samples.truth.h5 ] ||
   "$GENDA" truth configs/masf/kolmogorov_reference_samples.toml >&2
 config_of() { case $1 in masf) echo configs/masf/kolmogorov_reference.toml ;;
+  letkf_r5) echo configs/masf/kolmogorov_reference_letkf.toml ;;
   *) echo "configs/masf/kolmogorov_reference_$1.toml" ;; esac; }
+extra_of() { # letkf_r5: the reference's radius in grid points (5) instead of its scale at 64² (2.5)
+  [ "$1" = letkf_r5 ] && echo "--set filter.localization_radius=5" || true; }
 run_one() { # method seed: writes $OUT/<method>.seed<seed>.{nc,log} (kept if already done)
   local m=$1 s=$2 t0
   if [ -f "$OUT/$m.seed$s.nc" ] && grep -q '^wall ' "$OUT/$m.seed$s.log" 2>/dev/null; then return; fi
   t0=$(date +%s)
-  if "$GENDA" run "$(config_of "$m")" --seed "$s" -o "$OUT/$m.seed$s.nc" --quiet \
+  # shellcheck disable=SC2046
+  if "$GENDA" run "$(config_of "$m")" $(extra_of "$m") --seed "$s" -o "$OUT/$m.seed$s.nc" --quiet \
       > "$OUT/$m.seed$s.log" 2>&1; then
     echo "wall $(( $(date +%s) - t0 ))" >> "$OUT/$m.seed$s.log"
   else
     echo "FAILED" >> "$OUT/$m.seed$s.log"
   fi
 }
-export -f run_one config_of
+export -f run_one config_of extra_of
 export GENDA OUT
 # The first seed of each network method alone (it pre-trains the shared network), then the rest.
 for m in $METHODS; do echo "$m ${SEEDS%% *}"; done | xargs -P "$JOBS" -n 2 bash -c 'run_one "$0" "$1"'
