@@ -61,6 +61,12 @@ fn without_wall(rows: &[Vec<String>]) -> Vec<Vec<String>> {
 fn sweep_results_equal_single_runs_and_tables_are_written() {
     let dir = tempfile::tempdir().unwrap();
     let s = write_sweep(dir.path(), "");
+    // With output.path_rmse: its column too.
+    let text_s = std::fs::read_to_string(&s).unwrap().replace(
+        "\"experiment.burn_in\" = 50",
+        "\"experiment.burn_in\" = 50, \"output.path_rmse\" = true",
+    );
+    std::fs::write(&s, text_s).unwrap();
     let o = genda(&["sweep", s.to_str().unwrap(), "--jobs", "2", "--quiet"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = dir.path().join("out");
@@ -94,11 +100,14 @@ fn sweep_results_equal_single_runs_and_tables_are_written() {
         "300",
         "--burn-in",
         "50",
+        "--set",
+        "output.path_rmse=true",
         "-o",
         nc.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
     for (attr, c) in [
+        ("rmse_path", "rmse_path"),
         ("rmse_analysis_time_mean", "rmse_analysis"),
         ("rmse_forecast_time_mean", "rmse_forecast"),
         ("spread_analysis_time_mean", "spread_analysis"),

@@ -45,6 +45,11 @@ const CRPS: Metric = Metric {
     short: "crps.a",
     get: |r| r.crps_analysis,
 };
+const PATH_RMSE: Metric = Metric {
+    name: "rmse_path",
+    short: "rmse.path",
+    get: |r| r.rmse_path,
+};
 const HIDDEN_METRICS: &[Metric] = &[
     Metric {
         name: "hidden_rmse_analysis",
@@ -82,6 +87,9 @@ fn metrics_for(rows: &[&Row]) -> Vec<&'static Metric> {
     let mut m: Vec<&'static Metric> = BASE_METRICS.iter().collect();
     if rows.iter().any(|r| r.crps_analysis.is_some()) {
         m.push(&CRPS);
+    }
+    if rows.iter().any(|r| r.rmse_path.is_some()) {
+        m.push(&PATH_RMSE);
     }
     if rows.iter().any(|r| r.hidden.is_some()) {
         m.extend(HIDDEN_METRICS.iter());

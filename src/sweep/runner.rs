@@ -87,6 +87,7 @@ fn run_one(sweep: &Sweep, e: &Experiment, out_dir: &std::path::Path) -> Result<R
         spread_forecast: None,
         spread_analysis: None,
         crps_analysis: None,
+        rmse_path: None,
         hidden: None,
         cycles_scored: 0,
         wall_s,
@@ -113,6 +114,7 @@ fn run_one(sweep: &Sweep, e: &Experiment, out_dir: &std::path::Path) -> Result<R
                 row.spread_forecast = Some(m.spread_forecast);
                 row.spread_analysis = Some(m.spread_analysis);
                 row.crps_analysis = s.distributional.as_ref().map(|d| d.crps_analysis);
+                row.rmse_path = s.path_rmse.map(|p| p.0);
                 row.hidden = s.hidden.as_ref().map(|h| HiddenRow {
                     rmse_forecast: h.rmse_forecast,
                     rmse_analysis: h.rmse_analysis,

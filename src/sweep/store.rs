@@ -42,6 +42,10 @@ pub struct Row {
     pub spread_forecast: Option<f64>,
     pub spread_analysis: Option<f64>,
     pub crps_analysis: Option<f64>,
+    /// `output.path_rmse`: the pooled RMSE over every scored model step (stores written
+    /// before it existed read as `None`).
+    #[serde(default)]
+    pub rmse_path: Option<f64>,
     pub hidden: Option<HiddenRow>,
     /// Cycles in the time means.
     pub cycles_scored: usize,
@@ -168,6 +172,7 @@ mod tests {
             spread_forecast: Some(1.0),
             spread_analysis: Some(0.1 + 0.2),
             crps_analysis: None,
+            rmse_path: None,
             hidden: None,
             cycles_scored: 10,
             wall_s: 0.5,
