@@ -8,15 +8,15 @@
 # mean ± std over seeds; a run that fails or gives a non-finite RMSE is counted as diverged.
 # The pre-training set (1000 independent step-50 states) is written first if missing; MASF's
 # and SF's networks are pre-trained by their first run and reused (filter.prior_weights).
-#   scripts/masf_kolmogorov_reference.sh  # GENDA=..., SEEDS, METHODS="enkf letkf letkf_r5 masf sf"
-#     (letkf_r5: radius 5 grid points, the reference's number, twice its physical radius at 64²),
+#   scripts/masf_kolmogorov_reference.sh  # GENDA=..., SEEDS, METHODS="free enkf letkf letkf_r5 masf sf"
+#     (free: no assimilation; letkf_r5: radius 5 grid points, the reference's number, twice its physical radius at 64²),
 #     JOBS=2 (runs at once: the networks train on one thread each), OUT=output/masf_ref (a run
 #     whose file and log are there is kept), PYTHON (with h5py: the venv of scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GENDA=${GENDA:-target/release/genda}
 SEEDS=${SEEDS:-"1 2 3 4 5"}
-METHODS=${METHODS:-"enkf letkf letkf_r5 masf sf"}
+METHODS=${METHODS:-"free enkf letkf letkf_r5 masf sf"}
 JOBS=${JOBS:-2}
 OUT=${OUT:-output/masf_ref}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -49,6 +49,7 @@ for m in $METHODS; do for s in ${SEEDS#* }; do echo "$m $s"; done; done |
 "${PYTHON:-$HOME/.cache/genda/venv/bin/python}" - "$OUT" $METHODS -- $SEEDS <<'PY'
 import math, re, statistics as st, sys
 import h5py
+import numpy as np
 out, rest = sys.argv[1], sys.argv[2:]
 methods, seeds = rest[:rest.index("--")], rest[rest.index("--") + 1:]
 print("| method | rmse_path (51 states) | analysis RMSE | analysis spread | seeds | diverged | wall per run [s] |")
@@ -61,9 +62,8 @@ for m in methods:
             bad += 1
             continue
         with h5py.File(f"{out}/{m}.seed{s}.nc", "r") as f:
-            p = float(f.attrs["rmse_path"])
-            a = float(f.attrs["rmse_analysis_time_mean"])
-            sp = float(f.attrs["spread_analysis_time_mean"])
+            attr = lambda k: float(np.asarray(f.attrs[k]).ravel()[0])
+            p, a, sp = attr("rmse_path"), attr("rmse_analysis_time_mean"), attr("spread_analysis_time_mean")
         if not all(map(math.isfinite, (p, a, sp))):
             bad += 1
             continue
