@@ -1522,3 +1522,21 @@ fn truth_samples_are_independent_keyed_draws() {
     assert_ne!(&three[..40], &three[40..80]);
     assert_ne!(&three[..40], &raw[..40], "the spin-up moved the states");
 }
+
+/// Stacked-field settings that do not match the model's (u, v) state are refused by name
+/// before anything runs: the observations' and the LETKF's field counts.
+#[test]
+fn field_counts_that_do_not_match_the_velocity_state_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "configs/masf/kolmogorov_reference_letkf.toml";
+    let obs = config_variant(dir.path(), base, "o.toml", &[("fields = 2\n", "")]);
+    let out = dir.path().join("o.nc");
+    assert_run_fails_without_output(&obs, &out, "observations.fields = 2");
+    let filt = config_variant(
+        dir.path(),
+        base,
+        "f.toml",
+        &[("geometry = \"torus\"\nfields = 2", "geometry = \"torus\"")],
+    );
+    assert_run_fails_without_output(&filt, &out, "filter.fields = 2");
+}

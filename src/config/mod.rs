@@ -556,7 +556,6 @@ impl Config {
                 "must be finite and >= 0",
             ));
         }
-        self.observations.validate(n)?;
         let fields = self.model.fields();
         if self.observations.grid_stride.is_some() && self.observations.fields != fields {
             return Err(GendaError::invalid(
@@ -567,6 +566,7 @@ impl Config {
                 ),
             ));
         }
+        self.observations.validate(n)?;
         if let crate::filters::FilterConfig::Letkf(c) = &self.filter {
             if c.geometry == crate::filters::Geometry::Torus && c.fields != fields {
                 return Err(GendaError::invalid(
