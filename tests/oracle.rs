@@ -77,6 +77,16 @@ impl H5 {
     fn finish(self) {
         self.f.close().unwrap();
     }
+    /// The observations `y` at state indices `idx` (as `obs`, `obs_index`) and, when given,
+    /// their error variances (`obs_error_var`).
+    fn observations(&self, y: &[f64], idx: &[usize], error_var: Option<&[f64]>) {
+        self.arr("obs", y, &[y.len()]);
+        let at: Vec<f64> = idx.iter().map(|&i| i as f64).collect();
+        self.arr("obs_index", &at, &[idx.len()]);
+        if let Some(r) = error_var {
+            self.arr("obs_error_var", r, &[r.len()]);
+        }
+    }
     fn num(&self, name: &str, v: f64) {
         self.f
             .new_attr::<f64>()
@@ -137,13 +147,7 @@ fn etkf_equals_dappers_sqrt_update_with_inflation() {
         let path = dir.as_path().join(format!("etkf{case}.h5"));
         let h5 = H5::new(&path);
         h5.arr("prior", ens.as_slice().unwrap(), &[n_mem, n]);
-        h5.arr("obs", &y, &[y.len()]);
-        h5.arr(
-            "obs_index",
-            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
-            &[idx.len()],
-        );
-        h5.arr("obs_error_var", &rv, &[rv.len()]);
+        h5.observations(&y, &idx, Some(&rv));
         h5.num("inflation", infl);
         let h = PointObs::new(n, idx.clone(), false);
         let input = AnalysisInput::whole(&y, &h, &rv, 1, 3);
@@ -387,13 +391,7 @@ fn enkf_oracle_cases(script: &str, tag: &str, cfg: impl Fn(usize, f64) -> EnkfCo
         let path = dir.as_path().join(format!("{tag}{case}.h5"));
         let h5 = H5::new(&path);
         h5.arr("prior", ens.as_slice().unwrap(), &[n_mem, n]);
-        h5.arr("obs", &y, &[y.len()]);
-        h5.arr(
-            "obs_index",
-            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
-            &[idx.len()],
-        );
-        h5.arr("obs_error_var", &rv, &[rv.len()]);
+        h5.observations(&y, &idx, Some(&rv));
         h5.num("inflation", infl);
         h5.num("gain_jitter", cfg.gain_jitter);
         let p = idx.len();
@@ -440,13 +438,7 @@ fn letkf_equals_the_masf_codes_update_on_two_fields() {
         let path = dir.as_path().join(format!("letkf_masf{case}.h5"));
         let h5 = H5::new(&path);
         h5.arr("prior", ens.as_slice().unwrap(), &[n_mem, n]);
-        h5.arr("obs", &y, &[y.len()]);
-        h5.arr(
-            "obs_index",
-            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
-            &[idx.len()],
-        );
-        h5.arr("obs_error_var", &rv, &[rv.len()]);
+        h5.observations(&y, &idx, Some(&rv));
         h5.num("inflation", 1.1);
         h5.num("radius", 2.0);
         h5.num("eps", 1e-6);
@@ -539,12 +531,7 @@ fn masf_and_sf_reference_filters_equal_the_authors_samplers() {
         let path = dir.join(format!("{case}.h5"));
         let h5 = H5::new(&path);
         h5.arr("forecast", ens.as_slice().unwrap(), &[n_mem, n]);
-        h5.arr("obs", &y, &[y.len()]);
-        h5.arr(
-            "obs_index",
-            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
-            &[idx.len()],
-        );
+        h5.observations(&y, &idx, None);
         h5.num("net", 0.0);
         masf_settings(&h5, sf, steps, r.sqrt(), channels);
         masf_draws(&h5, masf_seed(seed, cycle), n_mem, n, steps);
@@ -579,12 +566,7 @@ fn masf_and_sf_reference_samplers_with_a_gaussian_prior_equal_the_authors() {
         let path = dir.join(format!("{case}.h5"));
         let h5 = H5::new(&path);
         h5.arr("forecast", fc.as_slice().unwrap(), &[n_mem, n]);
-        h5.arr("obs", &y, &[y.len()]);
-        h5.arr(
-            "obs_index",
-            &idx.iter().map(|&i| i as f64).collect::<Vec<_>>(),
-            &[idx.len()],
-        );
+        h5.observations(&y, &idx, None);
         h5.arr("m0", &m0, &[n]);
         h5.arr("p0", &p0, &[n]);
         h5.num("net", 1.0);

@@ -119,8 +119,12 @@ impl Truth {
             r.read(cycle, &mut self.slab)?;
             return Ok(0.0);
         }
-        let first_step = (self.spinup + (cycle - 1) * self.obs_every) as u64;
-        self.advance_steps(model, first_step, self.obs_every, comm)
+        self.advance_steps(model, self.first_step(cycle), self.obs_every, comm)
+    }
+
+    /// Global model step at which `cycle` starts (counted from the start of the spin-up).
+    fn first_step(&self, cycle: usize) -> u64 {
+        (self.spinup + (cycle - 1) * self.obs_every) as u64
     }
 
     /// `advance`, one model step at a time, keeping the states between the observation times
@@ -132,7 +136,7 @@ impl Truth {
         comm: &dyn Collectives,
         path: &mut Vec<Vec<f64>>,
     ) -> Result<f64> {
-        let first_step = (self.spinup + (cycle - 1) * self.obs_every) as u64;
+        let first_step = self.first_step(cycle);
         path.clear();
         let mut c = 0.0;
         for s in 0..self.obs_every {
