@@ -9,7 +9,7 @@
 //! (and so the observations) of `halo()` columns on each side, so every point sees exactly the
 //! observations it would see on one rank, visited in the same order: bit-identical results.
 use super::core::{ensemble_mean, inflate, InflateAt};
-use super::eigen::SymEigen;
+use super::eigen::{finish_batch_by, SymAction};
 use super::{AnalysisInput, Filter, LocalDomain, Needs};
 use crate::error::{GendaError, Result};
 use ndarray::{Array1, Array2, Axis};
@@ -196,7 +196,8 @@ impl Letkf {
 #[derive(Default)]
 struct PointWork {
     local: Vec<(usize, f64)>,
-    eig: SymEigen,
+    /// The point's eigenproblem, kept as its action on vectors (no eigenvectors formed).
+    eig: SymAction,
     /// The point's N×N or p_l×p_l matrix.
     m: Vec<f64>,
     b: Vec<f64>,
@@ -206,7 +207,15 @@ struct PointWork {
     fr: Vec<f64>,
     /// T a_i.
     ta: Vec<f64>,
+    /// Vᵀ a_i (member-space form).
+    u: Vec<f64>,
+    /// The point has an eigenproblem to solve (it has local observations).
+    pending: bool,
 }
+
+/// Grid points analysed side by side: their QL iterations run interleaved
+/// (`eigen::finish_batch_by`), each point's arithmetic as if alone.
+const POINT_BATCH: usize = 8;
 
 #[inline]
 fn dot(x: &[f64], y: &[f64]) -> f64 {
@@ -216,22 +225,22 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
 /// One grid point in member space (N×N eigenproblem, for p_l ≥ N local observations).
 /// C = Y_l R_l⁻¹ Y_lᵀ + (N−1) I = V D Vᵀ, b = Y_l R_l⁻¹ dy_l; with u = Vᵀ a_i:
 /// shift = wᵀ a_i (w = V D⁻¹ Vᵀ b) and T a_i = V diag(√((N−1)/d)) u. T a_i into `wk.ta`.
+/// Vᵀ and V act through the eigenproblem's reflectors and rotations (`SymAction`).
 /// `eps` joins the diagonal of C (the transform stays √(N−1) C^{-1/2}).
-fn point_update_member_space(
+/// This half forms C and b and prepares the eigenproblem; `member_space_finish` ends it.
+fn member_space_prepare(
     wk: &mut PointWork,
     yt: &Array2<f64>,
     dy: &Array1<f64>,
-    ai: &[f64],
+    n_mem: usize,
     n1: f64,
     eps: f64,
-) -> Result<Option<f64>> {
-    let n_mem = ai.len();
+) -> Result<()> {
     let PointWork {
         local,
         eig,
         m: cm,
         b,
-        ta,
         ..
     } = wk;
     cm.clear();
@@ -255,23 +264,28 @@ fn point_update_member_space(
             cm[k * n_mem + m] = cm[m * n_mem + k];
         }
     }
-    eig.compute(cm, n_mem)?;
+    eig.prepare(cm, n_mem)
+}
+
+/// The member-space point's shift and T a_i, once its eigenproblem is solved.
+fn member_space_finish(wk: &mut PointWork, ai: &[f64], n1: f64) -> Option<f64> {
+    let PointWork {
+        eig, b, ta, u, ..
+    } = wk;
     if eig.values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
-        return Ok(None);
+        return None;
     }
+    u.clear();
+    u.extend_from_slice(ai);
+    eig.to_eigen2(u, b);
     let mut shift = 0.0;
     ta.clear();
-    ta.resize(n_mem, 0.0);
-    for k in 0..n_mem {
-        let (z, d) = (eig.vector(k), eig.values[k]);
-        let u = dot(z, ai);
-        shift += dot(z, b) / d * u;
-        let c = (n1 / d).sqrt() * u;
-        for (t, zm) in ta.iter_mut().zip(z) {
-            *t += c * zm;
-        }
+    for ((&uk, &bk), &d) in u.iter().zip(b.iter()).zip(&eig.values) {
+        shift += bk / d * uk;
+        ta.push((n1 / d).sqrt() * uk);
     }
-    Ok(Some(shift))
+    eig.from_eigen(ta);
+    Some(shift)
 }
 
 /// One grid point in observation space (p_l×p_l eigenproblem, for p_l < N), the same analysis:
@@ -282,25 +296,22 @@ fn point_update_member_space(
 ///         = −1 / (√(a+λ) (√a + √(a+λ))), finite as λ → 0.
 /// The eigenproblem shrinks from N³ to p_l³ — the LETKF's cost per point at large N.
 /// With a jitter ε, C = SSᵀ + (N−1+ε)I: `a` = N−1+ε and T a_i = √((N−1)/a)·(the form above).
-fn point_update_obs_space(
+/// This half forms Sᵀ, d̃ and SᵀS and prepares the eigenproblem; `obs_space_finish` ends it.
+fn obs_space_prepare(
     wk: &mut PointWork,
     yt: &Array2<f64>,
     dy: &Array1<f64>,
-    ai: &[f64],
-    a: f64,
-    t_scale: f64,
-) -> Result<Option<f64>> {
+    n_mem: usize,
+) -> Result<()> {
     let PointWork {
         local,
         eig,
         m: g,
-        b: q,
         st,
         dt,
-        fr,
-        ta,
+        ..
     } = wk;
-    let (p, n_mem) = (local.len(), ai.len());
+    let p = local.len();
     // Rows of Sᵀ (p × N) and d̃.
     st.clear();
     st.resize(p * n_mem, 0.0);
@@ -324,27 +335,40 @@ fn point_update_obs_space(
             g[l * p + k] = v;
         }
     }
-    eig.compute(g, p)?;
+    eig.prepare(g, p)
+}
+
+/// The observation-space point's shift and T a_i (into `wk.ta`), once its eigenproblem is
+/// solved.
+fn obs_space_finish(wk: &mut PointWork, ai: &[f64], a: f64, t_scale: f64) -> Option<f64> {
+    let PointWork {
+        local,
+        eig,
+        b: q,
+        st,
+        dt,
+        fr,
+        ta,
+        ..
+    } = wk;
+    let (p, n_mem) = (local.len(), ai.len());
+    let row = |k: usize| &st[k * n_mem..(k + 1) * n_mem];
     if eig.values.iter().any(|l| !(l.is_finite() && a + l > 0.0)) {
-        return Ok(None);
+        return None;
     }
     // q = Sᵀ a_i; with r = Vᵀ q and e = Vᵀ d̃, shift = Σ e r / (a + λ), g = V (φ(λ) r).
     q.clear();
     q.extend((0..p).map(|k| dot(row(k), ai)));
+    eig.to_eigen2(q, dt);
     let mut shift = 0.0;
     fr.clear();
-    fr.resize(p, 0.0);
-    for k in 0..p {
-        let z = eig.vector(k);
-        let (r, e) = (dot(z, q), dot(z, dt));
-        let l = eig.values[k].max(0.0);
+    for ((&r, &e), &l) in q.iter().zip(dt.iter()).zip(&eig.values) {
+        let l = l.max(0.0);
         shift += e * r / (a + l);
         let sl = (a + l).sqrt();
-        let c = -r / (sl * (a.sqrt() + sl));
-        for (f, zj) in fr.iter_mut().zip(z) {
-            *f += c * zj;
-        }
+        fr.push(-r / (sl * (a.sqrt() + sl)));
     }
+    eig.from_eigen(fr);
     ta.clear();
     ta.extend_from_slice(ai);
     for k in 0..p {
@@ -357,7 +381,7 @@ fn point_update_obs_space(
             *t *= t_scale;
         }
     }
-    Ok(Some(shift))
+    Some(shift)
 }
 
 impl Letkf {
@@ -422,10 +446,10 @@ impl Filter for Letkf {
         // rayon task.
         let own = dom.own.clone();
         let mut cols = vec![0.0; own.len() * n_mem];
-        cols.par_chunks_mut(n_mem)
+        cols.par_chunks_mut(POINT_BATCH * n_mem)
             .enumerate()
-            .try_for_each_init(PointWork::default, |wk, (k, out)| {
-                point.column(own.start + k, wk, out)
+            .try_for_each_init(Vec::<PointWork>::new, |wk, (k, out)| {
+                point.columns(own.start + k * POINT_BATCH, wk, out)
             })?;
         for (k, col) in own.clone().zip(cols.chunks(n_mem)) {
             for (m, v) in col.iter().enumerate() {
@@ -655,34 +679,57 @@ struct PointAnalysis<'a> {
 }
 
 impl PointAnalysis<'_> {
-    /// The analysis column (one value per member) of local grid point `i` into `out`.
-    fn column(&self, i: usize, wk: &mut PointWork, out: &mut [f64]) -> Result<()> {
-        let gi = self.search.dom.global(i);
-        self.search.gather(i, gi, &mut wk.local);
-        let ai = self.at.row(i);
-        let ai = ai.as_slice().expect("standard layout");
-        let xm = self.mean[i];
-        if wk.local.is_empty() {
-            for (o, v) in out.iter_mut().zip(ai) {
-                *o = xm + v;
-            }
-            return Ok(());
+    /// The analysis columns (one value per member) of the local grid points `first..` into
+    /// `out` (one row of N per point), the points' eigenproblems solved side by side.
+    fn columns(&self, first: usize, lanes: &mut Vec<PointWork>, out: &mut [f64]) -> Result<()> {
+        let n_mem = self.at.ncols();
+        let count = out.len() / n_mem;
+        if lanes.len() < count {
+            lanes.resize_with(count, PointWork::default);
         }
+        let lanes = &mut lanes[..count];
         let (yt, dy, n1) = (&self.yt, &self.dy, self.n1);
         let eps = self.search.letkf.cfg.jitter;
-        let shift = if wk.local.len() < ai.len() {
-            let a = n1 + eps;
-            point_update_obs_space(wk, yt, dy, ai, a, (n1 / a).sqrt())?
-        } else {
-            point_update_member_space(wk, yt, dy, ai, n1, eps)?
+        for (k, wk) in lanes.iter_mut().enumerate() {
+            let i = first + k;
+            self.search.gather(i, self.search.dom.global(i), &mut wk.local);
+            wk.pending = !wk.local.is_empty();
+            if !wk.pending {
+                continue;
+            }
+            if wk.local.len() < n_mem {
+                obs_space_prepare(wk, yt, dy, n_mem)?;
+            } else {
+                member_space_prepare(wk, yt, dy, n_mem, n1, eps)?;
+            }
         }
-        .ok_or_else(|| {
-            GendaError::LinAlg(format!(
-                "LETKF: local matrix at grid point {gi} is not positive definite"
-            ))
-        })?;
-        for (o, t) in out.iter_mut().zip(&wk.ta) {
-            *o = xm + shift + t;
+        finish_batch_by(lanes, |wk| wk.pending.then_some(&mut wk.eig))?;
+        for (k, (wk, out)) in lanes.iter_mut().zip(out.chunks_mut(n_mem)).enumerate() {
+            let i = first + k;
+            let ai = self.at.row(i);
+            let ai = ai.as_slice().expect("standard layout");
+            let xm = self.mean[i];
+            if !wk.pending {
+                for (o, v) in out.iter_mut().zip(ai) {
+                    *o = xm + v;
+                }
+                continue;
+            }
+            let shift = if wk.local.len() < n_mem {
+                let a = n1 + eps;
+                obs_space_finish(wk, ai, a, (n1 / a).sqrt())
+            } else {
+                member_space_finish(wk, ai, n1)
+            }
+            .ok_or_else(|| {
+                GendaError::LinAlg(format!(
+                    "LETKF: local matrix at grid point {} is not positive definite",
+                    self.search.dom.global(i)
+                ))
+            })?;
+            for (o, t) in out.iter_mut().zip(&wk.ta) {
+                *o = xm + shift + t;
+            }
         }
         Ok(())
     }
