@@ -202,7 +202,11 @@ impl SymAction {
         let n = self.n;
         debug_assert_eq!(x.len(), n);
         for k in 0..n.saturating_sub(2) {
-            reflect(&self.h[k * n + k + 1..(k + 1) * n], self.beta[k], &mut x[k + 1..]);
+            reflect(
+                &self.h[k * n + k + 1..(k + 1) * n],
+                self.beta[k],
+                &mut x[k + 1..],
+            );
         }
         let mut j = 0;
         for &(l, m) in &self.rot.sweeps {
@@ -275,7 +279,11 @@ impl SymAction {
             y[m] = a;
         }
         for k in (0..n.saturating_sub(2)).rev() {
-            reflect(&self.h[k * n + k + 1..(k + 1) * n], self.beta[k], &mut y[k + 1..]);
+            reflect(
+                &self.h[k * n + k + 1..(k + 1) * n],
+                self.beta[k],
+                &mut y[k + 1..],
+            );
         }
     }
 }
@@ -389,7 +397,12 @@ impl QlLane {
 
     /// From the start of eigenvalue `l` (or after a converged one): finish the eigenvalues that
     /// need no iteration and set up the next QL iteration. False when all are done.
-    fn next_iteration(&mut self, d: &mut [f64], e: &mut [f64], rot: &mut Rotations) -> Result<bool> {
+    fn next_iteration(
+        &mut self,
+        d: &mut [f64],
+        e: &mut [f64],
+        rot: &mut Rotations,
+    ) -> Result<bool> {
         let (n, eps) = (self.n, f64::EPSILON);
         while self.l < n {
             let l = self.l;
@@ -981,7 +994,10 @@ mod tests {
         let norm = a.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
         let tol = 1e-13 * n.max(1) as f64;
         for (g, w) in act.values.iter().zip(&eig.values) {
-            assert!((g - w).abs() <= tol * norm, "n = {n}: eigenvalue {g} vs {w}");
+            assert!(
+                (g - w).abs() <= tol * norm,
+                "n = {n}: eigenvalue {g} vs {w}"
+            );
         }
         assert!(act.values.windows(2).all(|w| w[0] <= w[1]), "ascending");
         let mut st = 99 + n as u64;
@@ -1109,8 +1125,10 @@ mod tests {
                 assert_eq!(bits(&d), bits(&one.values), "tql, n = {n}");
             }
             // Two vectors in one pass = two passes.
-            let (mut p, mut q): (Vec<f64>, Vec<f64>) =
-                ((0..n).map(|i| i as f64).collect(), (0..n).map(|i| 1.0 / (1.0 + i as f64)).collect());
+            let (mut p, mut q): (Vec<f64>, Vec<f64>) = (
+                (0..n).map(|i| i as f64).collect(),
+                (0..n).map(|i| 1.0 / (1.0 + i as f64)).collect(),
+            );
             let (mut p1, mut q1) = (p.clone(), q.clone());
             one.to_eigen2(&mut p, &mut q);
             one.to_eigen(&mut p1);

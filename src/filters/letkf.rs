@@ -269,9 +269,7 @@ fn member_space_prepare(
 
 /// The member-space point's shift and T a_i, once its eigenproblem is solved.
 fn member_space_finish(wk: &mut PointWork, ai: &[f64], n1: f64) -> Option<f64> {
-    let PointWork {
-        eig, b, ta, u, ..
-    } = wk;
+    let PointWork { eig, b, ta, u, .. } = wk;
     if eig.values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
         return None;
     }
@@ -692,7 +690,8 @@ impl PointAnalysis<'_> {
         let eps = self.search.letkf.cfg.jitter;
         for (k, wk) in lanes.iter_mut().enumerate() {
             let i = first + k;
-            self.search.gather(i, self.search.dom.global(i), &mut wk.local);
+            self.search
+                .gather(i, self.search.dom.global(i), &mut wk.local);
             wk.pending = !wk.local.is_empty();
             if !wk.pending {
                 continue;
