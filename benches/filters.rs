@@ -122,7 +122,7 @@ fn turbulence_step(c: &mut Criterion) {
 /// genda's solver (`filters::eigen`) and by nalgebra's `SymmetricEigen` (the former one), and
 /// the LETKF's observation-space size 15 (docs/scaling.md: both are latency-bound).
 fn sym_eigen(c: &mut Criterion) {
-    use genda::filters::eigen::SymEigen;
+    use genda::filters::eigen::{finish_batch_by, SymAction, SymEigen};
     let mut g = c.benchmark_group("sym_eigen");
     for (n, p) in [(20usize, 40usize), (15, 20)] {
         let mut s = vec![0.0; n * p];
@@ -141,6 +141,24 @@ fn sym_eigen(c: &mut Criterion) {
         let m = nalgebra::DMatrix::from_row_slice(n, n, &a);
         g.bench_with_input(BenchmarkId::new("nalgebra", n), &n, |b, _| {
             b.iter(|| nalgebra::SymmetricEigen::new(black_box(m.clone())))
+        });
+        // The LETKF's per-point form: the action f(A)x on one vector, eigenvectors never
+        // formed, 8 problems' QL iterations interleaved (time per problem = this / 8).
+        let mut acts = vec![SymAction::new(); 8];
+        let x0: Vec<f64> = (0..n).map(|i| (i as f64).cos()).collect();
+        g.bench_with_input(BenchmarkId::new("genda_action_x8", n), &n, |b, &n| {
+            b.iter(|| {
+                for act in acts.iter_mut() {
+                    act.prepare(black_box(&a), n).unwrap();
+                }
+                finish_batch_by(&mut acts, |a| Some(a)).unwrap();
+                for act in acts.iter_mut() {
+                    let mut x = x0.clone();
+                    act.to_eigen(&mut x);
+                    act.from_eigen(&mut x);
+                    black_box(&x);
+                }
+            })
         });
     }
     g.finish();
