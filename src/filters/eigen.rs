@@ -149,6 +149,7 @@ impl SymAction {
 
     /// The first half of `compute`: scaling and the Householder reduction. `finish_batch` then
     /// runs the QL iterations of many prepared problems interleaved.
+    #[inline(always)]
     pub fn prepare(&mut self, a: &[f64], n: usize) -> Result<()> {
         if a.len() != n * n {
             return Err(GendaError::LinAlg(format!(
@@ -198,6 +199,7 @@ impl SymAction {
     }
 
     /// x ← Vᵀ x: the coordinates of x in the eigenbasis (ascending eigenvalues).
+    #[inline(always)]
     pub fn to_eigen(&mut self, x: &mut [f64]) {
         let n = self.n;
         debug_assert_eq!(x.len(), n);
@@ -227,6 +229,7 @@ impl SymAction {
 
     /// x ← Vᵀ x and y ← Vᵀ y in one pass (two independent dependency chains through the
     /// rotations); the same values as two `to_eigen` calls.
+    #[inline(always)]
     pub fn to_eigen2(&mut self, x: &mut [f64], y: &mut [f64]) {
         let n = self.n;
         debug_assert!(x.len() == n && y.len() == n);
@@ -257,6 +260,7 @@ impl SymAction {
     }
 
     /// y ← V y: the vector whose eigen-coordinates are y.
+    #[inline(always)]
     pub fn from_eigen(&mut self, y: &mut [f64]) {
         let n = self.n;
         debug_assert_eq!(y.len(), n);
@@ -299,6 +303,7 @@ pub fn finish_batch(acts: &mut [&mut SymAction]) -> Result<()> {
 
 /// `finish_batch` over the problems `get` finds in `items` (None: nothing to do there), with no
 /// allocation: at most 64 problems run side by side, more are taken 64 at a time.
+#[inline(always)]
 pub fn finish_batch_by<T>(
     items: &mut [T],
     get: impl Fn(&mut T) -> Option<&mut SymAction>,
@@ -522,6 +527,7 @@ fn reflect(v: &[f64], beta: f64, x: &mut [f64]) {
 /// subdiagonal into `e[1..]` (e[k+1] couples k and k+1, as `tql` reads it), v_k into row k of
 /// `h` at columns k+1..n. The trailing block is kept whole (both triangles, equal bit for bit:
 /// its update is symmetric term by term), so every pass runs along contiguous rows.
+#[inline(always)]
 fn householder_tridiagonal(
     n: usize,
     h: &mut [f64],
@@ -601,7 +607,7 @@ fn tridiagonal_eigen_avx2(n: usize, w: &mut [f64], d: &mut [f64], e: &mut [f64])
 
 /// 4-lane dot product (a fixed order, so results do not depend on the caller).
 #[inline(always)]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0; 4];
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
     let (ra, rb) = (ca.remainder(), cb.remainder());

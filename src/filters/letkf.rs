@@ -217,10 +217,9 @@ struct PointWork {
 /// (`eigen::finish_batch_by`), each point's arithmetic as if alone.
 const POINT_BATCH: usize = 8;
 
-#[inline]
-fn dot(x: &[f64], y: &[f64]) -> f64 {
-    x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>()
-}
+/// Four partial sums in a fixed order (no dependence on the caller), so the point kernel's
+/// dot products are not one serial chain of additions.
+use super::eigen::dot;
 
 /// One grid point in member space (N×N eigenproblem, for p_l ≥ N local observations).
 /// C = Y_l R_l⁻¹ Y_lᵀ + (N−1) I = V D Vᵀ, b = Y_l R_l⁻¹ dy_l; with u = Vᵀ a_i:
@@ -228,6 +227,7 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
 /// Vᵀ and V act through the eigenproblem's reflectors and rotations (`SymAction`).
 /// `eps` joins the diagonal of C (the transform stays √(N−1) C^{-1/2}).
 /// This half forms C and b and prepares the eigenproblem; `member_space_finish` ends it.
+#[inline(always)]
 fn member_space_prepare(
     wk: &mut PointWork,
     yt: &Array2<f64>,
@@ -268,6 +268,7 @@ fn member_space_prepare(
 }
 
 /// The member-space point's shift and T a_i, once its eigenproblem is solved.
+#[inline(always)]
 fn member_space_finish(wk: &mut PointWork, ai: &[f64], n1: f64) -> Option<f64> {
     let PointWork { eig, b, ta, u, .. } = wk;
     if eig.values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
@@ -295,6 +296,7 @@ fn member_space_finish(wk: &mut PointWork, ai: &[f64], n1: f64) -> Option<f64> {
 /// The eigenproblem shrinks from N³ to p_l³ — the LETKF's cost per point at large N.
 /// With a jitter ε, C = SSᵀ + (N−1+ε)I: `a` = N−1+ε and T a_i = √((N−1)/a)·(the form above).
 /// This half forms Sᵀ, d̃ and SᵀS and prepares the eigenproblem; `obs_space_finish` ends it.
+#[inline(always)]
 fn obs_space_prepare(
     wk: &mut PointWork,
     yt: &Array2<f64>,
@@ -338,6 +340,7 @@ fn obs_space_prepare(
 
 /// The observation-space point's shift and T a_i (into `wk.ta`), once its eigenproblem is
 /// solved.
+#[inline(always)]
 fn obs_space_finish(wk: &mut PointWork, ai: &[f64], a: f64, t_scale: f64) -> Option<f64> {
     let PointWork {
         local,
@@ -447,7 +450,7 @@ impl Filter for Letkf {
         cols.par_chunks_mut(POINT_BATCH * n_mem)
             .enumerate()
             .try_for_each_init(Vec::<PointWork>::new, |wk, (k, out)| {
-                point.columns(own.start + k * POINT_BATCH, wk, out)
+                point.columns_dispatch(own.start + k * POINT_BATCH, wk, out)
             })?;
         for (k, col) in own.clone().zip(cols.chunks(n_mem)) {
             for (m, v) in col.iter().enumerate() {
@@ -677,8 +680,37 @@ struct PointAnalysis<'a> {
 }
 
 impl PointAnalysis<'_> {
+    /// `columns`, compiled a second time for AVX2 and taken when the CPU has it: the same
+    /// operations in the same order (Rust never fuses a·b + c), so the same bits, with the row
+    /// loops (Sᵀ, SᵀS, the reflectors, T a_i) four doubles wide instead of two.
+    fn columns_dispatch(
+        &self,
+        first: usize,
+        lanes: &mut Vec<PointWork>,
+        out: &mut [f64],
+    ) -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { self.columns_avx2(first, lanes, out) };
+        }
+        self.columns(first, lanes, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn columns_avx2(
+        &self,
+        first: usize,
+        lanes: &mut Vec<PointWork>,
+        out: &mut [f64],
+    ) -> Result<()> {
+        self.columns(first, lanes, out)
+    }
+
     /// The analysis columns (one value per member) of the local grid points `first..` into
     /// `out` (one row of N per point), the points' eigenproblems solved side by side.
+    #[inline(always)]
     fn columns(&self, first: usize, lanes: &mut Vec<PointWork>, out: &mut [f64]) -> Result<()> {
         let n_mem = self.at.ncols();
         let count = out.len() / n_mem;
